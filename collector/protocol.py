@@ -1,0 +1,250 @@
+"""The evalterm wire protocol, version 1 (see docs/protocol.md, which this module implements).
+
+Pure functions only: topic parsing, the signature scheme, decoding and schema validation.
+Nothing here touches the network, the clock or a database, so the firmware, the simulator and
+the collector can all share the same rules and the tests can check them byte for byte.
+
+Errors raised while decoding a message form one small tree::
+
+    ProtocolError (carries .reason, a Rejection)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+__all__ = [
+    "DEVICE_KINDS",
+    "FEED_KINDS",
+    "MAX_DEVICE_PAYLOAD",
+    "MAX_FEED_PAYLOAD",
+    "PROTOCOL_VERSION",
+    "REASON_TAGS",
+    "SIG_SUFFIX_LEN",
+    "DeviceTopic",
+    "ProtocolError",
+    "Rejection",
+    "build_signed",
+    "decode_feed_message",
+    "device_topic",
+    "feed_topic",
+    "parse_device_payload",
+    "parse_topic",
+    "sign",
+    "signed_bytes",
+    "validate_device_message",
+    "verify",
+]
+
+PROTOCOL_VERSION = 1
+MAX_DEVICE_PAYLOAD = 1024
+MAX_FEED_PAYLOAD = 4096
+
+# Topic suffixes a device publishes on, and the one it listens on.
+DEVICE_KINDS = ("rating", "event", "status")
+COMMAND_KIND = "cmd"
+FEED_KINDS = (
+    "txn_completed",
+    "staff_signon",
+    "staff_signoff",
+    "window_paused",
+    "window_resumed",
+)
+
+# Reason tags a citizen may choose after a 1-2 rating ("none": the prompt timed out).
+REASON_TAGS = ("attitude", "efficiency", "notice", "wait", "facility", "other", "none")
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+_SIG_HEAD = b',"sig":"'
+_SIG_HEX_LEN = 64
+SIG_SUFFIX_LEN = len(_SIG_HEAD) + _SIG_HEX_LEN + 2  # ,"sig":"<64 hex>"}
+_HEX = frozenset(b"0123456789abcdef")
+
+
+class Rejection(StrEnum):
+    """Why an inbound message was refused. The value is the metrics/storage label."""
+
+    OVERSIZED = "oversized"
+    BAD_TOPIC = "bad_topic"
+    MALFORMED = "malformed"
+    UNKNOWN_VERSION = "unknown_version"
+    INVALID = "invalid"
+    UNKNOWN_DEVICE = "unknown_device"
+    REVOKED_DEVICE = "revoked_device"
+    WRONG_WINDOW = "wrong_window"
+    DEVICE_MISMATCH = "device_mismatch"
+    BAD_SIGNATURE = "bad_signature"
+    REPLAY = "replay"
+    UNAUTHORIZED = "unauthorized"
+
+
+class ProtocolError(Exception):
+    """A message that breaks the protocol. `reason` says which rule; `detail` is safe to log."""
+
+    def __init__(self, reason: Rejection, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTopic:
+    hall: str
+    window: str
+    device: str
+    kind: str
+
+
+def device_topic(prefix: str, hall: str, window: str, device: str, kind: str) -> str:
+    return f"{prefix}/dev/{hall}/{window}/{device}/{kind}"
+
+
+def feed_topic(prefix: str, hall: str) -> str:
+    return f"{prefix}/feed/{hall}"
+
+
+def parse_topic(prefix: str, topic: str) -> DeviceTopic | tuple[str, str]:
+    """Split an inbound topic. Returns a DeviceTopic, or ("feed", hall) for the business feed."""
+    parts = topic.split("/")
+    plen = prefix.count("/") + 1
+    if "/".join(parts[:plen]) != prefix:
+        raise ProtocolError(Rejection.BAD_TOPIC, "topic outside the configured prefix")
+    rest = parts[plen:]
+    if len(rest) == 5 and rest[0] == "dev" and rest[4] in DEVICE_KINDS:
+        hall, window, device = rest[1:4]
+        if all(ID_PATTERN.match(x) for x in (hall, window, device)):
+            return DeviceTopic(hall, window, device, rest[4])
+    elif len(rest) == 2 and rest[0] == "feed" and ID_PATTERN.match(rest[1]):
+        return ("feed", rest[1])
+    raise ProtocolError(Rejection.BAD_TOPIC, "topic does not match the evalterm layout")
+
+
+# --- signatures -------------------------------------------------------------------------------
+
+
+def signed_bytes(topic: str, payload: bytes) -> bytes:
+    """The exact bytes the HMAC covers: topic, LF, the payload with its signature member cut out.
+
+    A signed payload ends with `,"sig":"<64 lowercase hex>"}`; the signed bytes are
+    `topic + b"\\n" + payload[:-74] + b"}"`.
+    """
+    if len(payload) < SIG_SUFFIX_LEN + 1 or payload[-SIG_SUFFIX_LEN:-_SIG_HEX_LEN - 2] != _SIG_HEAD:
+        raise ProtocolError(Rejection.BAD_SIGNATURE, "payload does not end with a sig member")
+    if payload[-2:] != b'"}':
+        raise ProtocolError(Rejection.BAD_SIGNATURE, "payload does not end with a sig member")
+    return topic.encode() + b"\n" + payload[:-SIG_SUFFIX_LEN] + b"}"
+
+
+def sign(key: bytes, topic: str, body: bytes) -> str:
+    """HMAC-SHA256 (hex) of an unsigned JSON object `body` (`{...}`) published on `topic`."""
+    return hmac.new(key, topic.encode() + b"\n" + body, hashlib.sha256).hexdigest()
+
+
+def build_signed(key: bytes, topic: str, fields: dict[str, Any]) -> bytes:
+    """Serialise `fields` (in their order) and append the signature member."""
+    body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+    return body[:-1] + _SIG_HEAD + sign(key, topic, body).encode() + b'"}'
+
+
+def verify(key: bytes, topic: str, payload: bytes) -> bool:
+    try:
+        data = signed_bytes(topic, payload)
+    except ProtocolError:
+        return False
+    sig = payload[-_SIG_HEX_LEN - 2 : -2]
+    if not _HEX.issuperset(sig):
+        return False
+    expected = hmac.new(key, data, hashlib.sha256).hexdigest().encode()
+    return hmac.compare_digest(expected, sig)
+
+
+# --- decoding and schemas ---------------------------------------------------------------------
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in obj:
+            raise ValueError(f"duplicate key {k!r}")
+        obj[k] = v
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard number {name}")
+
+
+def _parse_json_object(payload: bytes, limit: int) -> dict[str, Any]:
+    if len(payload) > limit:
+        raise ProtocolError(Rejection.OVERSIZED, f"{len(payload)} bytes, limit {limit}")
+    try:
+        obj = json.loads(
+            payload.decode("utf-8"),
+            object_pairs_hook=_no_duplicate_keys,
+            parse_constant=_reject_constant,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(Rejection.MALFORMED, f"not a JSON document: {str(exc)[:80]}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(Rejection.MALFORMED, "JSON document is not an object")
+    if obj.get("v") != PROTOCOL_VERSION:
+        v = obj.get("v")
+        shown = v if isinstance(v, int | str) and len(str(v)) < 12 else type(v).__name__
+        raise ProtocolError(Rejection.UNKNOWN_VERSION, f"protocol version {shown!r} not supported")
+    return obj
+
+
+@cache
+def _validator(name: str) -> jsonschema.protocols.Validator:
+    text = resources.files("collector").joinpath(f"schemas/v1/{name}.json").read_text("utf-8")
+    schema = json.loads(text)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _validate(name: str, obj: dict[str, Any]) -> None:
+    err = jsonschema.exceptions.best_match(_validator(name).iter_errors(obj))
+    if err is not None:
+        where = "/".join(str(p) for p in err.absolute_path) or "(message)"
+        raise ProtocolError(Rejection.INVALID, f"{name} {where}: {err.message[:120]}")
+
+
+def parse_device_payload(payload: bytes) -> dict[str, Any]:
+    """Size, JSON and version checks of a device message (before the registry and signature)."""
+    return _parse_json_object(payload, MAX_DEVICE_PAYLOAD)
+
+
+def validate_device_message(topic: DeviceTopic, obj: dict[str, Any]) -> dict[str, Any]:
+    """Schema and consistency checks of a parsed device message whose signature was verified."""
+    _validate(topic.kind, obj)
+    if obj["kind"] != topic.kind:
+        raise ProtocolError(Rejection.INVALID, f"kind {obj['kind']!r} on a {topic.kind} topic")
+    if obj["dev"] != topic.device:
+        raise ProtocolError(Rejection.DEVICE_MISMATCH, "payload device differs from topic device")
+    if topic.kind == "rating":
+        level, reason = obj["level"], obj["reason"]
+        if level <= 2 and reason is None:
+            raise ProtocolError(Rejection.INVALID, "a 1-2 rating needs a reason tag")
+        if level >= 3 and reason is not None:
+            raise ProtocolError(Rejection.INVALID, "only a 1-2 rating carries a reason tag")
+    return obj
+
+
+def decode_feed_message(payload: bytes) -> dict[str, Any]:
+    obj = _parse_json_object(payload, MAX_FEED_PAYLOAD)
+    _validate("feed", obj)
+    if obj["kind"] == "txn_completed" and obj["completed"] < obj["started"]:
+        raise ProtocolError(Rejection.INVALID, "completed before started")
+    return obj

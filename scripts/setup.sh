@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs everything evalterm needs on a Debian machine: the Mosquitto and InfluxDB 1.x servers
+# (Debian packages; the project starts its own instances on free ports, never the system services)
+# and a virtual environment in .venv with the collector and its test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
+command -v mosquitto_passwd >/dev/null 2>&1 || need_pkgs+=(mosquitto)
+command -v influxd >/dev/null 2>&1 || need_pkgs+=(influxdb)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${need_pkgs[*]}"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.evalterm-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing Python packages into .venv"
+    .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+    touch "$stamp"
+fi
+echo "setup: ready"
