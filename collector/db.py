@@ -1,0 +1,125 @@
+"""The collector's embedded state database (SQLite, WAL).
+
+One file holds everything that must survive a crash together: the device registry, the linking
+state, the identities of processed messages (replay protection), and the two outboxes (points for
+InfluxDB, commands for devices). One transaction covers all effects of a batch of inbound messages,
+and only then are those messages acknowledged to the broker.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+__all__ = ["SCHEMA_VERSION", "connect"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE IF NOT EXISTS device (
+    device   TEXT PRIMARY KEY,
+    hall     TEXT NOT NULL,
+    window   TEXT NOT NULL,
+    key_hex  TEXT NOT NULL,
+    state    TEXT NOT NULL CHECK (state IN ('active', 'revoked')),
+    created_ms INTEGER NOT NULL,
+    revoked_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS device_place ON device (hall, window, state);
+
+-- Identities of processed device messages: (device, boot, seq) is accepted once.
+CREATE TABLE IF NOT EXISTS seen_msg (
+    device TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (device, boot, seq)
+) WITHOUT ROWID;
+
+-- Event ids of the business-system feed already processed, per hall.
+CREATE TABLE IF NOT EXISTS seen_feed (
+    hall TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (hall, id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS txn (
+    hall TEXT NOT NULL, txn TEXT NOT NULL, window TEXT NOT NULL,
+    staff_id TEXT NOT NULL, staff_name TEXT, staff_badge TEXT,
+    service_code TEXT NOT NULL, service_name TEXT,
+    started_ms INTEGER NOT NULL, completed_ms INTEGER NOT NULL, outcome TEXT NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('awaiting', 'rated', 'unrated')),
+    rating_id TEXT, level INTEGER,
+    PRIMARY KEY (hall, txn)
+);
+CREATE INDEX IF NOT EXISTS txn_window ON txn (hall, window, state, completed_ms);
+CREATE INDEX IF NOT EXISTS txn_deadline ON txn (state, deadline_ms);
+
+CREATE TABLE IF NOT EXISTS rating (
+    rating_id TEXT PRIMARY KEY,          -- device:boot:seq
+    hall TEXT NOT NULL, window TEXT NOT NULL, device TEXT NOT NULL,
+    boot INTEGER NOT NULL, seq INTEGER NOT NULL,
+    level INTEGER NOT NULL, reason TEXT, mode TEXT NOT NULL, rt_ms INTEGER,
+    txn_claimed TEXT,                    -- the case number the device sent, if any
+    press_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL, device_ts INTEGER,
+    state TEXT NOT NULL CHECK (state IN ('held', 'linked', 'unlinked')),
+    hold_until_ms INTEGER,
+    txn TEXT, staff_id TEXT, service_code TEXT, unlinked_reason TEXT,
+    paused INTEGER NOT NULL DEFAULT 0, signed_on INTEGER
+);
+CREATE INDEX IF NOT EXISTS rating_held ON rating (state, hold_until_ms);
+
+-- What the business system last said about each window.
+CREATE TABLE IF NOT EXISTS window_state (
+    hall TEXT NOT NULL, window TEXT NOT NULL,
+    paused INTEGER NOT NULL DEFAULT 0,
+    staff_id TEXT, staff_name TEXT, staff_badge TEXT,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (hall, window)
+);
+
+-- Command counters per device (docs/protocol.md §5).
+CREATE TABLE IF NOT EXISTS cmd_seq (device TEXT PRIMARY KEY, cseq INTEGER NOT NULL);
+
+-- Line-protocol points waiting to be written to InfluxDB, in order.
+CREATE TABLE IF NOT EXISTS influx_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);
+-- Points InfluxDB refused as invalid (kept, never silently dropped).
+CREATE TABLE IF NOT EXISTS influx_dead (
+    id INTEGER PRIMARY KEY, line TEXT NOT NULL, error TEXT NOT NULL, at_ms INTEGER NOT NULL
+);
+
+-- Commands waiting for the broker's PUBACK.
+CREATE TABLE IF NOT EXISTS cmd_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL, payload BLOB NOT NULL, expires_ms INTEGER NOT NULL
+);
+
+-- Messages whose processing raised an unexpected error: kept for a human, never lost.
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, topic TEXT NOT NULL,
+    payload BLOB NOT NULL, error TEXT NOT NULL, at_ms INTEGER NOT NULL
+);
+"""
+
+
+def connect(path: str | Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """Open (creating if needed) the state database in WAL mode with the current schema.
+
+    Transactions are explicit (`isolation_level=None`; callers use `BEGIN IMMEDIATE`), and
+    `synchronous=FULL` so a committed transaction survives a power cut, not just a process kill.
+    """
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(
+        str(path), isolation_level=None, timeout=30.0, check_same_thread=check_same_thread
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.executescript(_SCHEMA)
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+    )
+    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    if int(row[0]) != SCHEMA_VERSION:
+        raise RuntimeError(f"state database {path} has schema {row[0]}, expected {SCHEMA_VERSION}")
+    return conn

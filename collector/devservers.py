@@ -1,0 +1,161 @@
+"""Private Mosquitto and InfluxDB 1.x servers for the demo and the tests.
+
+Each server runs from the Debian package's binary (installed by scripts/setup.sh) with its own
+config and data under a folder of ours, on free loopback ports, so nothing depends on or disturbs
+the machine's own services. `stop()`, `kill()` and `start()` let fault tests take a server away and
+bring it back on the same port with the same data.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+__all__ = ["InfluxServer", "MosquittoServer", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _binary(name: str, fallback: str) -> str:
+    found = shutil.which(name) or (fallback if Path(fallback).exists() else None)
+    if not found:
+        raise RuntimeError(f"{name} is not installed: run scripts/setup.sh")
+    return found
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}; see {log}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout}s; see {log}")
+
+
+class _Server:
+    name = "server"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = self.root / f"{self.name}.log"
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        logf = self.log.open("ab")
+        return subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def kill(self) -> None:
+        """Abrupt stop (SIGKILL), as a crash or power cut would do."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class MosquittoServer(_Server):
+    name = "mosquitto"
+
+    def __init__(self, root: Path, port: int | None = None, extra_conf: str = "") -> None:
+        super().__init__(root)
+        self.port = port or free_port()
+        self.extra_conf = extra_conf
+        self.conf = self.root / "mosquitto.conf"
+
+    def write_conf(self) -> None:
+        persist = self.root / "data"
+        persist.mkdir(exist_ok=True)
+        default_auth = "" if "allow_anonymous" in self.extra_conf else "allow_anonymous true\n"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            f"{default_auth}"
+            "persistence true\n"
+            f"persistence_location {persist}/\n"
+            "autosave_interval 1\n"
+            "autosave_on_changes true\n"
+            "max_inflight_messages 1000\n"
+            "max_queued_messages 1000000\n"
+            "log_dest stdout\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+            f"{self.extra_conf}\n"
+        )
+
+    def start(self) -> MosquittoServer:
+        self.write_conf()
+        binary = _binary("mosquitto", "/usr/sbin/mosquitto")
+        self.proc = self._spawn([binary, "-c", str(self.conf)])
+        _wait_port(self.port, self.proc, "mosquitto", self.log, 15)
+        return self
+
+
+class InfluxServer(_Server):
+    name = "influxd"
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        super().__init__(root)
+        self.port = port or free_port()
+        self.rpc_port = free_port()
+        self.conf = self.root / "influxdb.conf"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write_conf(self) -> None:
+        d = self.root
+        self.conf.write_text(
+            'reporting-disabled = true\n'
+            f'bind-address = "127.0.0.1:{self.rpc_port}"\n'
+            f'[meta]\n  dir = "{d}/meta"\n'
+            f'[data]\n  dir = "{d}/data"\n  wal-dir = "{d}/wal"\n'
+            '  query-log-enabled = false\n  wal-fsync-delay = "0s"\n'
+            '[monitor]\n  store-enabled = false\n'
+            f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
+            '[logging]\n  level = "warn"\n'
+            '[continuous_queries]\n  enabled = false\n'
+        )
+
+    def start(self, timeout: float = 60) -> InfluxServer:
+        self.write_conf()
+        binary = _binary("influxd", "/usr/bin/influxd")
+        self.proc = self._spawn([binary, "-config", str(self.conf)])
+        _wait_port(self.port, self.proc, "influxd", self.log, timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as resp:
+                    if resp.status == 204:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"influxd did not answer /ping; see {self.log}")

@@ -1,0 +1,267 @@
+"""Writing points to InfluxDB from the durable outbox.
+
+Points reach InfluxDB only through the `influx_outbox` table: the ingest path inserts them in the
+same transaction as the linking state, and `OutboxDrainer` writes them in order and deletes them
+only after InfluxDB confirmed the write. While InfluxDB is down the outbox grows and nothing is lost;
+when it returns the outbox drains. A batch InfluxDB rejects as invalid (HTTP 400) is split until the
+offending points are isolated; they are moved to `influx_dead` and counted, never silently dropped.
+
+Two writers: `V1Writer` speaks the 1.x `/write` API (the Debian `influxdb` server), `V2Writer` uses
+`influxdb-client` for 2.x and 3.x (token, org, bucket).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import sqlite3
+import threading
+import time
+from typing import Protocol
+from urllib.parse import urlencode
+
+import urllib3
+
+from .config import Config
+from .metrics import Metrics
+
+__all__ = [
+    "InvalidPoints", "OutboxDrainer", "V1Writer", "V2Writer", "WriteFailed", "influxql", "make_writer",
+]
+
+_LOG = logging.getLogger(__name__)
+
+
+class WriteFailed(Exception):
+    """A write that may succeed later (InfluxDB down, timeout, 5xx, auth): retried."""
+
+
+class InvalidPoints(Exception):
+    """InfluxDB refused the points themselves (HTTP 400): retrying the same batch cannot help."""
+
+
+class Writer(Protocol):
+    def write(self, lines: list[str]) -> None: ...
+    def ping(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+class V1Writer:
+    def __init__(self, url: str, database: str, username: str = "", password: str = "",
+                 timeout_s: float = 10.0) -> None:
+        self._base = url.rstrip("/")
+        self._db = database
+        self._http = urllib3.PoolManager(
+            maxsize=2, timeout=urllib3.Timeout(total=timeout_s), retries=False
+        )
+        self._headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if username:
+            token = base64.b64encode(f"{username}:{password}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
+        self._db_ready = False
+
+    def _request(self, method: str, path: str, body: bytes | None = None) -> urllib3.BaseHTTPResponse:
+        try:
+            return self._http.request(method, self._base + path, body=body, headers=self._headers)
+        except urllib3.exceptions.HTTPError as exc:
+            raise WriteFailed(f"InfluxDB unreachable: {type(exc).__name__}") from None
+
+    def ensure_database(self) -> None:
+        q = urlencode({"q": f'CREATE DATABASE "{self._db}"'})
+        resp = self._request("POST", f"/query?{q}")
+        if resp.status != 200:
+            raise WriteFailed(f"CREATE DATABASE answered HTTP {resp.status}")
+        self._db_ready = True
+
+    def write(self, lines: list[str]) -> None:
+        if not self._db_ready:
+            self.ensure_database()
+        q = urlencode({"db": self._db, "precision": "ns"})
+        resp = self._request("POST", f"/write?{q}", "\n".join(lines).encode())
+        if resp.status == 204:
+            return
+        text = resp.data[:300].decode("utf-8", "replace")
+        if resp.status == 400:
+            raise InvalidPoints(text)
+        if resp.status == 404 and "database not found" in text:
+            self._db_ready = False
+        raise WriteFailed(f"InfluxDB answered HTTP {resp.status}: {text}")
+
+    def ping(self) -> bool:
+        try:
+            return self._request("GET", "/ping").status == 204
+        except WriteFailed:
+            return False
+
+    def close(self) -> None:
+        self._http.clear()
+
+
+class V2Writer:
+    def __init__(self, url: str, token: str, org: str, bucket: str, timeout_s: float = 10.0) -> None:
+        from influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
+        self._client = InfluxDBClient(url=url, token=token, org=org, timeout=int(timeout_s * 1000))
+        self._api = self._client.write_api(write_options=SYNCHRONOUS)
+        self._bucket = bucket
+        self._org = org
+
+    def write(self, lines: list[str]) -> None:
+        from influxdb_client import WritePrecision
+        from influxdb_client.rest import ApiException
+
+        try:
+            self._api.write(bucket=self._bucket, org=self._org, record="\n".join(lines),
+                            write_precision=WritePrecision.NS)
+        except ApiException as exc:
+            if exc.status == 400:
+                raise InvalidPoints(str(exc.body)[:300]) from None
+            raise WriteFailed(f"InfluxDB answered HTTP {exc.status}") from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise WriteFailed(f"InfluxDB unreachable: {type(exc).__name__}") from None
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._client.ping())
+        except Exception:  # noqa: BLE001 - any failure means "not reachable"
+            return False
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def make_writer(cfg: Config) -> Writer:
+    i = cfg.influx
+    if i.version == 1:
+        return V1Writer(i.url, i.database, i.username, i.password, i.timeout_s)
+    return V2Writer(i.url, i.token, i.org, i.bucket, i.timeout_s)
+
+
+class OutboxDrainer:
+    """Background thread: influx_outbox -> InfluxDB, in order, delete after confirmation."""
+
+    def __init__(self, conn: sqlite3.Connection, writer: Writer, metrics: Metrics, *,
+                 batch_size: int = 5000, flush_interval_s: float = 0.2,
+                 retry_max_s: float = 30.0) -> None:
+        self._db = conn
+        self._writer = writer
+        self._metrics = metrics
+        self._batch = batch_size
+        self._flush = flush_interval_s
+        self._retry_max = retry_max_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="influx-drainer", daemon=True)
+        self.healthy = True
+        self.last_error = ""
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def notify(self) -> None:
+        """Points were committed to the outbox."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def depth(self) -> int:
+        row = self._db.execute("SELECT count(*) FROM influx_outbox").fetchone()
+        return int(row[0])
+
+    def _run(self) -> None:
+        backoff = 0.0
+        while not self._stop.is_set():
+            try:
+                wrote = self.drain_once()
+            except WriteFailed as exc:
+                self.healthy = False
+                self.last_error = str(exc)
+                self._metrics.write_errors.labels("unavailable").inc()
+                backoff = min(self._retry_max, max(0.25, backoff * 2))
+                _LOG.warning("InfluxDB write failed, retrying in %.1fs: %s", backoff, exc)
+                self._stop.wait(backoff)
+                continue
+            except Exception:
+                self._metrics.write_errors.labels("internal").inc()
+                _LOG.exception("outbox drainer error; retrying")
+                self._stop.wait(1.0)
+                continue
+            backoff = 0.0
+            self.healthy = True
+            if wrote == 0:
+                self._wake.wait(1.0)
+                self._wake.clear()
+            elif wrote < self._batch and self._flush > 0:
+                # Let a burst gather into the next write instead of many small ones.
+                self._stop.wait(self._flush)
+
+    def drain_once(self) -> int:
+        """Write one batch from the outbox. Returns how many points left the outbox."""
+        rows = self._db.execute(
+            "SELECT id, line FROM influx_outbox ORDER BY id LIMIT ?", (self._batch,)
+        ).fetchall()
+        self._metrics.outbox_depth.set(self.depth())
+        if not rows:
+            return 0
+        self._write_rows(rows)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("DELETE FROM influx_outbox WHERE id BETWEEN ? AND ?",
+                             (rows[0][0], rows[-1][0]))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._metrics.points_written.inc(len(rows))
+        self._metrics.outbox_depth.set(self.depth())
+        return len(rows)
+
+    def _write_rows(self, rows: list[tuple[int, str]]) -> None:
+        try:
+            self._writer.write([line for _, line in rows])
+        except InvalidPoints as exc:
+            if len(rows) == 1:
+                self._bury(rows[0], str(exc))
+                return
+            mid = len(rows) // 2
+            self._write_rows(rows[:mid])
+            self._write_rows(rows[mid:])
+
+    def _bury(self, row: tuple[int, str], error: str) -> None:
+        _LOG.error("InfluxDB refused point %d as invalid; kept in influx_dead: %s", row[0], error)
+        self._db.execute(
+            "INSERT OR REPLACE INTO influx_dead (id, line, error, at_ms) VALUES (?, ?, ?, ?)",
+            (row[0], row[1], error, int(time.time() * 1000)),
+        )
+        self._metrics.dead_points.inc()
+
+
+def influxql(url: str, database: str, q: str, *, username: str = "", password: str = "",
+             epoch: str = "ms", timeout_s: float = 10.0) -> list[dict[str, object]]:
+    """Run an InfluxQL query (1.x `/query`, also served by 2.x/3.x) and return its series:
+    `[{"name", "tags", "columns", "values"}]`. Raises WriteFailed if InfluxDB is unreachable and
+    ValueError with InfluxDB's message if the query is refused."""
+    import json
+
+    params = {"db": database, "q": q, "epoch": epoch}
+    if username:
+        params.update(u=username, p=password)
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(total=timeout_s), retries=False)
+    try:
+        resp = http.request("POST", url.rstrip("/") + "/query", fields=params,
+                            encode_multipart=False)
+    except urllib3.exceptions.HTTPError as exc:
+        raise WriteFailed(f"InfluxDB unreachable: {type(exc).__name__}") from None
+    body = json.loads(resp.data or b"{}")
+    if resp.status != 200 or "error" in body:
+        raise ValueError(body.get("error", f"HTTP {resp.status}"))
+    series: list[dict[str, object]] = []
+    for result in body.get("results", []):
+        if "error" in result:
+            raise ValueError(result["error"])
+        series.extend(result.get("series", []))
+    return series

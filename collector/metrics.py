@@ -1,0 +1,56 @@
+"""The collector's own counters, exposed on /metrics in the Prometheus text format."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """One registry per collector instance, so tests can run several side by side."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.received = Counter("evalterm_received", "Inbound messages by kind", ["kind"], registry=r)
+        self.linked = Counter("evalterm_linked", "Ratings linked to a transaction", registry=r)
+        self.unlinked = Counter(
+            "evalterm_unlinked", "Ratings stored unlinked, by reason", ["reason"], registry=r
+        )
+        self.rejected = Counter(
+            "evalterm_rejected", "Inbound messages refused, by reason", ["reason"], registry=r
+        )
+        self.duplicates = Counter(
+            "evalterm_feed_duplicates", "Feed messages whose event id was already processed",
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "evalterm_dead_letters", "Messages whose processing failed unexpectedly (kept)",
+            registry=r,
+        )
+        self.unrated = Counter(
+            "evalterm_unrated", "Transactions whose rating window expired unrated", registry=r
+        )
+        self.invites = Counter("evalterm_invites", "Invitations queued for devices", registry=r)
+        self.commands_sent = Counter(
+            "evalterm_commands_acked", "Commands acknowledged by the broker", registry=r
+        )
+        self.outbox_depth = Gauge(
+            "evalterm_outbox_depth", "Points waiting to be written to InfluxDB", registry=r
+        )
+        self.points_written = Counter(
+            "evalterm_influx_points_written", "Points written to InfluxDB", registry=r
+        )
+        self.write_errors = Counter(
+            "evalterm_influx_write_errors", "Failed InfluxDB writes (retried)", ["kind"], registry=r
+        )
+        self.dead_points = Counter(
+            "evalterm_influx_dead_points", "Points InfluxDB refused as invalid (kept in the "
+            "influx_dead table)", registry=r,
+        )
+        self.held = Gauge("evalterm_held_ratings", "Ratings waiting for their transaction", registry=r)
+        self.batches = Counter("evalterm_batches", "Committed ingest batches", registry=r)
+        self.mqtt_connected = Gauge(
+            "evalterm_mqtt_connected", "1 while connected to the broker", registry=r
+        )

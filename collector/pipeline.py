@@ -1,0 +1,305 @@
+"""Ingest: validate inbound messages, run the linking engine, queue points and commands.
+
+`Ingest.process_batch` is the one place where inbound messages take effect. It runs a batch inside
+one SQLite transaction (a savepoint per message, so one bad message cannot undo the others) and
+returns only after COMMIT; the transports acknowledge the messages after that. It takes the current
+time as an argument, so it is as deterministic as the linking engine under it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import points
+from .config import Config
+from .linking import (
+    Decision,
+    Invite,
+    Linker,
+    RatingIn,
+    RatingJudged,
+    TxnIn,
+    TxnRecorded,
+    WindowEvent,
+    WindowSet,
+)
+from .metrics import Metrics
+from .protocol import (
+    DeviceTopic,
+    ProtocolError,
+    Rejection,
+    build_signed,
+    decode_feed_message,
+    device_topic,
+    parse_device_payload,
+    parse_topic,
+    validate_device_message,
+    verify,
+)
+from .registry import Registry
+
+__all__ = ["Inbound", "Ingest", "Outcome"]
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Inbound:
+    source: str  # mqtt, http, import
+    topic: str
+    payload: bytes
+    received_ms: int
+    token: Any = None  # the transport's handle (MQTT mid, HTTP waiter)
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: str  # accepted, duplicate, rejected, error
+    reason: str = ""
+    detail: str = ""
+    decisions: list[Decision] = field(default_factory=list)
+
+
+class Ingest:
+    def __init__(self, conn: sqlite3.Connection, cfg: Config, metrics: Metrics | None = None) -> None:
+        self._db = conn
+        self.cfg = cfg
+        self.prefix = cfg.mqtt.topic_prefix
+        self.metrics = metrics or Metrics()
+        self.registry = Registry(conn)
+        self.linker = Linker(
+            conn,
+            rating_window_ms=cfg.linking.rating_window_s * 1000,
+            grace_ms=cfg.linking.grace_s * 1000,
+            invite_ttl_ms=cfg.linking.invite_ttl_s * 1000,
+            unrated_default=cfg.unrated_default,
+        )
+        self._serial = 0
+
+    # -- the batch ---------------------------------------------------------------------------------
+
+    def process_batch(self, items: Iterable[Inbound], now_ms: int) -> list[Outcome]:
+        db = self._db
+        outcomes: list[Outcome] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for item in items:
+                db.execute("SAVEPOINT msg")
+                try:
+                    outcome = self._handle(item)
+                    db.execute("RELEASE msg")
+                except ProtocolError as exc:
+                    db.execute("ROLLBACK TO msg")
+                    db.execute("RELEASE msg")
+                    outcome = Outcome("rejected", exc.reason.value, exc.detail)
+                    self._record_rejection(item, exc)
+                except Exception as exc:  # a bug must not take the service down or lose the message
+                    db.execute("ROLLBACK TO msg")
+                    db.execute("RELEASE msg")
+                    _LOG.exception("processing failed for %s message on %s", item.source, item.topic)
+                    db.execute(
+                        "INSERT INTO dead_letter (source, topic, payload, error, at_ms) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (item.source, item.topic, item.payload, repr(exc)[:500], item.received_ms),
+                    )
+                    outcome = Outcome("error", "internal", type(exc).__name__)
+                outcomes.append(outcome)
+            ticked = self.linker.tick(now_ms)
+            self._apply(ticked, now_ms, "")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._count(outcomes, ticked)
+        return outcomes
+
+    def tick(self, now_ms: int) -> list[Decision]:
+        """Time passes with no message: expire and judge what is due."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            decisions = self.linker.tick(now_ms)
+            self._apply(decisions, now_ms, "")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._count([], decisions)
+        return decisions
+
+    def _count(self, outcomes: list[Outcome], ticked: list[Decision]) -> None:
+        m = self.metrics
+        m.batches.inc()
+        for o in outcomes:
+            if o.status == "rejected":
+                m.rejected.labels(o.reason).inc()
+            elif o.status == "duplicate":
+                m.duplicates.inc()
+            elif o.status == "error":
+                m.dead_letters.inc()
+        for d in [d for o in outcomes for d in o.decisions] + ticked:
+            if isinstance(d, RatingJudged):
+                if d.linked:
+                    m.linked.inc()
+                else:
+                    m.unlinked.labels(d.reason.value if d.reason else "").inc()
+            elif isinstance(d, TxnRecorded) and d.state == "unrated":
+                m.unrated.inc()
+            elif isinstance(d, Invite):
+                m.invites.inc()
+
+    # -- one message -----------------------------------------------------------------------------
+
+    def _handle(self, item: Inbound) -> Outcome:
+        where = parse_topic(self.prefix, item.topic)
+        if isinstance(where, DeviceTopic):
+            self.metrics.received.labels(where.kind).inc()
+            return self._device_message(where, item)
+        self.metrics.received.labels("feed").inc()
+        return self._feed_message(where[1], item)
+
+    def _device_message(self, topic: DeviceTopic, item: Inbound) -> Outcome:
+        msg = parse_device_payload(item.payload)
+        dev = self.registry.get(topic.device)
+        if dev is None:
+            raise ProtocolError(Rejection.UNKNOWN_DEVICE, f"device {topic.device} not registered")
+        if dev.state != "active":
+            raise ProtocolError(Rejection.REVOKED_DEVICE, f"device {topic.device} is revoked")
+        if (dev.hall, dev.window) != (topic.hall, topic.window):
+            raise ProtocolError(
+                Rejection.WRONG_WINDOW,
+                f"device {topic.device} is registered at {dev.hall}/{dev.window}, "
+                f"published as {topic.hall}/{topic.window}",
+            )
+        if not verify(dev.key, item.topic, item.payload):
+            raise ProtocolError(Rejection.BAD_SIGNATURE, f"signature of {topic.device} does not verify")
+        msg = validate_device_message(topic, msg)
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO seen_msg (device, boot, seq) VALUES (?, ?, ?)",
+            (msg["dev"], msg["boot"], msg["seq"]),
+        )
+        if cur.rowcount == 0:
+            raise ProtocolError(
+                Rejection.REPLAY, f"{msg['dev']} boot {msg['boot']} seq {msg['seq']} already processed"
+            )
+        event_ms = self._event_time(msg, item.received_ms)
+        if topic.kind == "rating":
+            r = RatingIn(
+                hall=topic.hall, window=topic.window, device=topic.device, boot=msg["boot"],
+                seq=msg["seq"], level=msg["level"], reason=msg["reason"], mode=msg["mode"],
+                rt_ms=msg["rt"], txn=msg["txn"], press_ms=event_ms, received_ms=item.received_ms,
+                device_ts=msg["ts"],
+            )
+            decisions = self.linker.rating(r, item.received_ms)
+            self._apply(decisions, item.received_ms, "")
+            return Outcome("accepted", decisions=decisions)
+        if topic.kind == "event":
+            lines = [points.device_event_point(topic.hall, topic.window, msg, event_ms)]
+            if msg["type"] == "heartbeat":
+                lines.append(points.telemetry_point(topic.hall, topic.window, msg, event_ms))
+            self._queue_points(lines)
+        else:
+            self._queue_points([points.status_point(topic.hall, topic.window, msg, event_ms)])
+        return Outcome("accepted")
+
+    def _event_time(self, msg: dict[str, Any], received_ms: int) -> int:
+        """Device time when it is plausible, else the collector's receive time."""
+        ts = msg["ts"]
+        lk = self.cfg.linking
+        if ts is not None and received_ms - lk.max_delivery_delay_s * 1000 <= ts <= (
+            received_ms + lk.max_clock_skew_s * 1000
+        ):
+            return int(ts)
+        return received_ms
+
+    def _feed_message(self, hall: str, item: Inbound) -> Outcome:
+        msg = decode_feed_message(item.payload)
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO seen_feed (hall, id) VALUES (?, ?)", (hall, msg["id"])
+        )
+        if cur.rowcount == 0:
+            return Outcome("duplicate")
+        if msg["kind"] == "txn_completed":
+            staff, service = msg["staff"], msg["service"]
+            t = TxnIn(
+                hall=hall, window=msg["window"], txn=msg["txn"], staff_id=staff["id"],
+                staff_name=staff.get("name", ""), staff_badge=staff.get("badge", ""),
+                service_code=service["code"], service_name=service.get("name", ""),
+                started_ms=msg["started"], completed_ms=msg["completed"], outcome=msg["outcome"],
+            )
+            decisions = self.linker.txn_completed(t, item.received_ms)
+        else:
+            staff = msg.get("staff") or {}
+            e = WindowEvent(
+                hall=hall, window=msg["window"], kind=msg["kind"], ts_ms=msg["ts"],
+                staff_id=staff.get("id"), staff_name=staff.get("name"),
+                staff_badge=staff.get("badge"), reason=msg.get("reason"),
+            )
+            decisions = self.linker.window_event(e)
+        self._apply(decisions, item.received_ms, msg["id"])
+        return Outcome("accepted", decisions=decisions)
+
+    # -- effects -----------------------------------------------------------------------------------
+
+    def _apply(self, decisions: list[Decision], now_ms: int, feed_id: str) -> None:
+        lines: list[str] = []
+        for d in decisions:
+            if isinstance(d, RatingJudged):
+                lines.append(points.rating_point(d))
+            elif isinstance(d, TxnRecorded):
+                lines.append(points.transaction_point(d))
+            elif isinstance(d, WindowSet):
+                lines.append(points.window_point(d, feed_id))
+                if d.event.kind in ("window_paused", "window_resumed"):
+                    cmd = "pause" if d.event.kind == "window_paused" else "resume"
+                    self._queue_command(d.event.hall, d.event.window, {"cmd": cmd}, now_ms, 3600_000)
+            elif isinstance(d, Invite):
+                ttl_s = self.cfg.linking.invite_ttl_s
+                fields = {
+                    "cmd": "invite", "txn": d.txn,
+                    "staff": {"name": d.staff_name, "badge": d.staff_badge},
+                    "service": d.service_name, "ttl": ttl_s,
+                }
+                self._queue_command(d.hall, d.window, fields, now_ms, ttl_s * 1000)
+        self._queue_points(lines)
+
+    def _queue_points(self, lines: list[str]) -> None:
+        if lines:
+            self._db.executemany("INSERT INTO influx_outbox (line) VALUES (?)", [(x,) for x in lines])
+
+    def _queue_command(self, hall: str, window: str, fields: dict[str, Any], now_ms: int,
+                       ttl_ms: int) -> None:
+        for dev in self.registry.active_at(hall, window):
+            row = self._db.execute(
+                "INSERT INTO cmd_seq (device, cseq) VALUES (?, 1) "
+                "ON CONFLICT (device) DO UPDATE SET cseq = cseq + 1 RETURNING cseq",
+                (dev.device,),
+            ).fetchone()
+            topic = device_topic(self.prefix, hall, window, dev.device, "cmd")
+            body = {"v": 1, "kind": "cmd", "cmd": fields["cmd"], "cseq": row[0], "ts": now_ms}
+            body.update((k, v) for k, v in fields.items() if k != "cmd")
+            self._db.execute(
+                "INSERT INTO cmd_outbox (topic, payload, expires_ms) VALUES (?, ?, ?)",
+                (topic, build_signed(dev.key, topic, body), now_ms + ttl_ms),
+            )
+
+    def _record_rejection(self, item: Inbound, exc: ProtocolError) -> None:
+        self._serial += 1
+        hall = window = device = None
+        try:
+            where = parse_topic(self.prefix, item.topic)
+            if isinstance(where, DeviceTopic):
+                hall, window, device = where.hall, where.window, where.device
+            else:
+                hall = where[1]
+        except ProtocolError:
+            pass
+        _LOG.warning("rejected %s message on %r: %s", item.source, item.topic[:120], exc)
+        self._queue_points([
+            points.rejection_point(exc.reason.value, item.source, item.topic, exc.detail,
+                                   item.received_ms, self._serial, hall, window, device)
+        ])

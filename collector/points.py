@@ -1,0 +1,174 @@
+"""InfluxDB points for what the collector decided and received (schema: docs/storage.md).
+
+Tags hold only low-cardinality dimensions; identifiers (case numbers, sequence numbers) are fields.
+Every timestamp is derived from the event itself, plus a deterministic sub-millisecond offset that
+keeps two events of the same series apart, so writing a point twice overwrites it instead of
+duplicating it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from influxdb_client import Point, WritePrecision
+
+from .linking import RatingJudged, TxnRecorded, WindowSet
+
+__all__ = [
+    "device_event_point",
+    "rating_point",
+    "rejection_point",
+    "status_point",
+    "telemetry_point",
+    "transaction_point",
+    "window_point",
+]
+
+UNKNOWN = "unknown"
+_NS = WritePrecision.NS
+
+
+def _ts(ms: int, discriminator: int) -> int:
+    """Nanosecond timestamp: the event's millisecond plus a stable offset below one ms."""
+    return ms * 1_000_000 + discriminator % 1_000_000
+
+
+def _stable(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+def rating_point(d: RatingJudged) -> str:
+    r = d.rating
+    p = (
+        Point("rating")
+        .tag("hall", r.hall).tag("window", r.window).tag("device", r.device)
+        .tag("staff", d.staff_id or UNKNOWN).tag("service", d.service_code or UNKNOWN)
+        .tag("level", str(r.level)).tag("link", "linked" if d.linked else "unlinked")
+        .tag("mode", r.mode)
+        .field("value", r.level)
+        .field("satisfied", int(r.level >= 3))
+        .field("bad", int(r.level <= 2))
+        .field("rating_id", r.rating_id)
+        .field("boot", r.boot).field("seq", r.seq)
+        .field("received_ms", r.received_ms)
+        .field("paused", int(d.paused))
+        .time(_ts(r.press_ms, r.seq), _NS)
+    )
+    if r.txn is not None:
+        p.field("txn_claimed", r.txn)
+    if d.txn is not None:
+        p.field("txn", d.txn)
+        p.field("implicit", int(r.txn is None))
+    if d.reason is not None:
+        p.field("unlinked_reason", d.reason.value)
+    if r.reason is not None:
+        p.field("reason", r.reason)
+    if r.rt_ms is not None:
+        p.field("rt_ms", r.rt_ms)
+    if r.device_ts is not None:
+        p.field("device_ts", r.device_ts)
+    if d.signed_on is not None:
+        p.field("signed_on", int(d.signed_on))
+    return p.to_line_protocol()
+
+
+def transaction_point(d: TxnRecorded) -> str:
+    t = d.txn
+    p = (
+        Point("transaction")
+        .tag("hall", t.hall).tag("window", t.window).tag("staff", t.staff_id)
+        .tag("service", t.service_code).tag("outcome", t.outcome)
+        .field("txn", t.txn)
+        .field("state", d.state)
+        .field("rated", int(d.state == "rated"))
+        .field("unrated", int(d.state == "unrated"))
+        .field("completed_n", 1)
+        .field("duration_ms", max(0, t.completed_ms - t.started_ms))
+        .field("staff_name", t.staff_name)
+        .field("staff_badge", t.staff_badge)
+        .field("service_name", t.service_name)
+        .field("defaulted", int(d.defaulted))
+        .time(_ts(t.completed_ms, _stable(t.txn)), _NS)
+    )
+    if d.level is not None:
+        p.field("level", d.level)
+    if d.rating_id is not None:
+        p.field("rating_id", d.rating_id)
+    return p.to_line_protocol()
+
+
+def window_point(d: WindowSet, event_id: str) -> str:
+    e = d.event
+    p = (
+        Point("window_event")
+        .tag("hall", e.hall).tag("window", e.window).tag("kind", e.kind)
+        .field("event_id", event_id)
+        .time(_ts(e.ts_ms, _stable(event_id)), _NS)
+    )
+    if e.staff_id:
+        p.field("staff", e.staff_id)
+    if e.staff_name:
+        p.field("staff_name", e.staff_name)
+    if e.reason:
+        p.field("reason", e.reason)
+    return p.to_line_protocol()
+
+
+def _device_point(measurement: str, hall: str, window: str, msg: dict[str, Any], ms: int) -> Point:
+    return (
+        Point(measurement)
+        .tag("hall", hall).tag("window", window).tag("device", msg["dev"])
+        .field("boot", msg["boot"]).field("seq", msg["seq"]).field("up_ms", msg["up"])
+        .time(_ts(ms, msg["seq"]), _NS)
+    )
+
+
+def telemetry_point(hall: str, window: str, msg: dict[str, Any], ms: int) -> str:
+    data = msg["data"]
+    p = _device_point("telemetry", hall, window, msg, ms)
+    for name in ("heap_free", "outbox", "discards", "reconnects", "uninvited"):
+        if name in data:
+            p.field(name, data[name])
+    if data.get("rssi") is not None:
+        p.field("rssi", data["rssi"])
+    for i, count in enumerate(data["keys"], start=1):
+        p.field(f"key{i}", count)
+    p.field("fw", data["fw"]).field("state", data["state"])
+    return p.to_line_protocol()
+
+
+def device_event_point(hall: str, window: str, msg: dict[str, Any], ms: int) -> str:
+    p = _device_point("device_event", hall, window, msg, ms).tag("type", msg["type"])
+    p.field("n", 1)
+    for name, value in msg["data"].items():
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, int | float | str):
+            p.field(f"d_{name}"[:40], value)
+    return p.to_line_protocol()
+
+
+def status_point(hall: str, window: str, msg: dict[str, Any], ms: int) -> str:
+    p = _device_point("device_status", hall, window, msg, ms)
+    p.field("online", int(msg["state"] == "online")).field("fw", msg["fw"])
+    return p.to_line_protocol()
+
+
+def rejection_point(
+    reason: str, source: str, topic: str, detail: str, ms: int, serial: int,
+    hall: str | None = None, window: str | None = None, device: str | None = None,
+) -> str:
+    p = (
+        Point("rejection")
+        .tag("reason", reason).tag("source", source)
+        .field("n", 1).field("topic", topic[:200]).field("detail", detail[:200])
+        .time(_ts(ms, serial), _NS)
+    )
+    if hall:
+        p.tag("hall", hall)
+    if window:
+        p.tag("window", window)
+    if device:
+        p.field("device", device)
+    return p.to_line_protocol()

@@ -1,0 +1,111 @@
+"""Device registry: which device sits at which hall and window, its key, and whether it is active.
+
+Keys are 32 random bytes. They leave this module only through `Device.key` (for signing and
+verification) and `add`'s return value (for provisioning); `Device.__repr__` and every listing show a
+fingerprint instead, so a key cannot end up in a log by accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+from dataclasses import dataclass, field
+
+from .protocol import ID_PATTERN
+
+__all__ = ["Device", "Registry", "RegistryError", "fingerprint"]
+
+
+class RegistryError(ValueError):
+    pass
+
+
+def fingerprint(key: bytes) -> str:
+    """Short, non-secret identifier of a key (first 8 bytes of its SHA-256)."""
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    device: str
+    hall: str
+    window: str
+    state: str
+    created_ms: int
+    key: bytes = field(repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.key)
+
+
+class Registry:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._cache: dict[str, Device | None] = {}
+
+    def invalidate(self) -> None:
+        """Forget cached rows (another process may have added or revoked devices)."""
+        self._cache.clear()
+
+    def get(self, device: str) -> Device | None:
+        if device in self._cache:
+            return self._cache[device]
+        row = self._conn.execute(
+            "SELECT device, hall, window, state, created_ms, key_hex FROM device WHERE device=?",
+            (device,),
+        ).fetchone()
+        dev = None if row is None else Device(*row[:5], key=bytes.fromhex(row[5]))
+        # Unknown devices are not cached: a newly registered one must work at once.
+        if dev is not None:
+            self._cache[device] = dev
+        return dev
+
+    def add(self, device: str, hall: str, window: str, now_ms: int, key: bytes | None = None) -> Device:
+        for what, value in (("device", device), ("hall", hall), ("window", window)):
+            if not ID_PATTERN.match(value):
+                raise RegistryError(f"{what} id {value!r}: use 1-32 of A-Z a-z 0-9 _ -")
+        if key is None:
+            key = secrets.token_bytes(32)
+        if len(key) != 32:
+            raise RegistryError("a device key is 32 bytes")
+        existing = self.get(device)
+        if existing is not None:
+            raise RegistryError(f"device {device} is already registered ({existing.state})")
+        self._conn.execute(
+            "INSERT INTO device (device, hall, window, key_hex, state, created_ms) "
+            "VALUES (?, ?, ?, ?, 'active', ?)",
+            (device, hall, window, key.hex(), now_ms),
+        )
+        self._cache.pop(device, None)
+        dev = self.get(device)
+        assert dev is not None
+        return dev
+
+    def revoke(self, device: str, now_ms: int) -> Device:
+        dev = self.get(device)
+        if dev is None:
+            raise RegistryError(f"device {device} is not registered")
+        self._conn.execute(
+            "UPDATE device SET state='revoked', revoked_ms=? WHERE device=? AND state='active'",
+            (now_ms, device),
+        )
+        self._cache.pop(device, None)
+        dev = self.get(device)
+        assert dev is not None
+        return dev
+
+    def list(self) -> list[Device]:
+        rows = self._conn.execute(
+            "SELECT device, hall, window, state, created_ms, key_hex FROM device "
+            "ORDER BY hall, window, device"
+        ).fetchall()
+        return [Device(*r[:5], key=bytes.fromhex(r[5])) for r in rows]
+
+    def active_at(self, hall: str, window: str) -> list[Device]:
+        rows = self._conn.execute(
+            "SELECT device FROM device WHERE hall=? AND window=? AND state='active' ORDER BY device",
+            (hall, window),
+        ).fetchall()
+        return [d for (name,) in rows if (d := self.get(name)) is not None]

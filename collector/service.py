@@ -1,0 +1,353 @@
+"""The running collector: MQTT in, HTTP in, one ingest worker, the InfluxDB drainer, commands out.
+
+Threads and who owns what:
+
+* paho's network thread receives PUBLISH packets and only queues them (`_on_message`);
+* the ingest worker owns the main SQLite connection: it takes queued messages in order, commits a
+  batch through `Ingest.process_batch`, and only then acknowledges each message to the broker
+  (paho manual ack) or answers the waiting HTTP request; it also publishes queued commands;
+* the drainer owns a second connection and moves points from the outbox to InfluxDB;
+* the HTTP server threads serve /healthz, /metrics and the feed webhook.
+
+A kill at any moment loses nothing: an unacknowledged message is delivered again by the broker
+(persistent session), a committed one is in SQLite, and its replay is refused harmlessly.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import queue
+import signal
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .config import Config
+from .db import connect
+from .influx import OutboxDrainer, make_writer
+from .metrics import Metrics
+from .pipeline import Inbound, Ingest, Outcome
+from .protocol import MAX_FEED_PAYLOAD, feed_topic
+
+__all__ = ["Collector", "now_ms"]
+
+_LOG = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Waiter:
+    """An HTTP request waiting for its message to be committed."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.outcome: Outcome | None = None
+
+
+class Collector:
+    def __init__(self, cfg: Config, *, clock: Any = now_ms) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.metrics = Metrics()
+        self._db = connect(cfg.state_db, check_same_thread=False)
+        self.ingest = Ingest(self._db, cfg, self.metrics)
+        self._queue: queue.Queue[Inbound | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._drainer = OutboxDrainer(
+            connect(cfg.state_db, check_same_thread=False),
+            make_writer(cfg),
+            self.metrics,
+            batch_size=cfg.influx.batch_size,
+            flush_interval_s=cfg.influx.flush_interval_ms / 1000,
+            retry_max_s=cfg.influx.retry_max_s,
+        )
+        self._client = self._make_client()
+        self._inflight_cmds: dict[int, int] = {}  # paho mid -> cmd_outbox id
+        self._published_cmds: set[int] = set()
+        self._cmd_lock = threading.Lock()
+        self._worker = threading.Thread(target=self._work, name="ingest", daemon=True)
+        self._http: ThreadingHTTPServer | None = None
+        self.last_batch_ms = 0
+
+    # -- MQTT ------------------------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        m = self.cfg.mqtt
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=m.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if m.username:
+            client.username_pw_set(m.username, m.password or None)
+        if m.tls_ca_file:
+            client.tls_set(ca_certs=m.tls_ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.max_inflight_messages_set(100)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            _LOG.error("broker refused the connection: %s", reason)
+            return
+        _LOG.info("connected to the broker (session present: %s)", flags.session_present)
+        self.metrics.mqtt_connected.set(1)
+        prefix = self.cfg.mqtt.topic_prefix
+        opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+        client.subscribe([
+            (f"{prefix}/dev/+/+/+/rating", opts),
+            (f"{prefix}/dev/+/+/+/event", opts),
+            (f"{prefix}/dev/+/+/+/status", opts),
+            (f"{prefix}/feed/+", opts),
+        ])
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self.metrics.mqtt_connected.set(0)
+        if not self._stop.is_set():
+            _LOG.warning("disconnected from the broker (%s); reconnecting", reason)
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self._queue.put(Inbound("mqtt", msg.topic, bytes(msg.payload), self.clock(), (msg.mid, msg.qos)))
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        with self._cmd_lock:
+            row = self._inflight_cmds.pop(mid, None)
+        if row is not None:
+            # The ingest worker deletes it; this thread must not touch its connection.
+            self._queue.put(Inbound("cmd-acked", "", b"", 0, row))
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        m = self.cfg.mqtt
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = m.session_expiry_s
+        props.ReceiveMaximum = m.receive_maximum
+        self._drainer.start()
+        self._worker.start()
+        self._client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False,
+                                   properties=props)
+        self._client.loop_start()
+        if self.cfg.http.listen:
+            self._start_http()
+        _LOG.info("collector started (state %s)", self.cfg.state_db)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put(None)
+        self._worker.join(10)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._drainer.stop()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+
+    def run_forever(self) -> None:
+        done = threading.Event()
+
+        def _term(_sig: int, _frame: Any) -> None:
+            done.set()
+
+        signal.signal(signal.SIGTERM, _term)
+        signal.signal(signal.SIGINT, _term)
+        self.start()
+        done.wait()
+        _LOG.info("stopping")
+        self.stop()
+
+    # -- the ingest worker -----------------------------------------------------------------------
+
+    def _work(self) -> None:
+        self._publish_commands()  # what a previous run left queued
+        while not self._stop.is_set():
+            due = self.ingest.linker.next_due_ms()
+            timeout = 1.0 if due is None else max(0.0, min(1.0, (due - self.clock()) / 1000))
+            try:
+                first = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                first = None
+                if due is not None and due <= self.clock():
+                    self._run(self.ingest.tick, self.clock())
+                    self._publish_commands()
+                    self._drainer.notify()
+                continue
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.cfg.collector.batch_max:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._stop.set()
+                    break
+                batch.append(nxt)
+            self._process(batch)
+
+    def _run(self, fn: Any, *args: Any) -> Any:
+        """Run a database step; on an unexpected failure wait and retry (never drop the batch)."""
+        delay = 0.5
+        while True:
+            try:
+                return fn(*args)
+            except Exception:
+                if self._stop.is_set():
+                    raise
+                _LOG.exception("ingest step failed; retrying in %.1fs", delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30)
+
+    def _process(self, batch: list[Inbound]) -> None:
+        acked_cmds = [i.token for i in batch if i.source == "cmd-acked"]
+        items = [i for i in batch if i.source != "cmd-acked"]
+        if acked_cmds:
+            self._db.executemany("DELETE FROM cmd_outbox WHERE id=?", [(r,) for r in acked_cmds])
+            self.metrics.commands_sent.inc(len(acked_cmds))
+        if items:
+            outcomes = self._run(self.ingest.process_batch, items, self.clock())
+            self.last_batch_ms = self.clock()
+            for item, outcome in zip(items, outcomes, strict=True):
+                if item.source == "mqtt":
+                    mid, qos = item.token
+                    self._client.ack(mid, qos)  # only now: its effects are committed
+                elif isinstance(item.token, _Waiter):
+                    item.token.outcome = outcome
+                    item.token.done.set()
+            self._drainer.notify()
+        self._publish_commands()
+
+    def _publish_commands(self) -> None:
+        now = self.clock()
+        rows = self._db.execute("SELECT id, topic, payload, expires_ms FROM cmd_outbox ORDER BY id")
+        expired = []
+        for row_id, topic, payload, expires in rows.fetchall():
+            if row_id in self._published_cmds:
+                continue  # paho holds it and resends it until the PUBACK
+            if expires <= now:
+                expired.append((row_id,))
+                continue
+            info = self._client.publish(topic, payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
+                continue
+            with self._cmd_lock:
+                self._inflight_cmds[info.mid] = row_id
+            self._published_cmds.add(row_id)
+        if expired:
+            self._db.executemany("DELETE FROM cmd_outbox WHERE id=?", expired)
+
+    # -- HTTP --------------------------------------------------------------------------------------
+
+    def submit_feed(self, hall: str, body: bytes, timeout: float = 30.0) -> Outcome | None:
+        waiter = _Waiter()
+        topic = feed_topic(self.cfg.mqtt.topic_prefix, hall)
+        self._queue.put(Inbound("http", topic, body, self.clock(), waiter))
+        return waiter.outcome if waiter.done.wait(timeout) else None
+
+    def health(self) -> dict[str, Any]:
+        depth = self._drainer.depth()
+        mqtt_ok = self._client.is_connected()
+        influx_ok = self._drainer.healthy
+        return {
+            "status": "ok" if mqtt_ok and influx_ok else "degraded",
+            "mqtt_connected": mqtt_ok,
+            "influx_ok": influx_ok,
+            "influx_error": "" if influx_ok else self._drainer.last_error,
+            "outbox_depth": depth,
+            "queue_depth": self._queue.qsize(),
+        }
+
+    def _start_http(self) -> None:
+        host, _, port = self.cfg.http.listen.rpartition(":")
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "evalterm"
+
+            def log_message(self, fmt: str, *args: Any) -> None:
+                _LOG.debug("http: " + fmt, *args)
+
+            def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _json(self, code: int, obj: dict[str, Any]) -> None:
+                self._send(code, json.dumps(obj, ensure_ascii=False).encode())
+
+            def do_GET(self) -> None:
+                if self.path == "/healthz":
+                    h = collector.health()
+                    self._json(200 if h["status"] == "ok" else 503, h)
+                elif self.path == "/metrics":
+                    collector.metrics.outbox_depth.set(collector._drainer.depth())
+                    self._send(200, generate_latest(collector.metrics.registry), CONTENT_TYPE_LATEST)
+                else:
+                    self._json(404, {"error": "not_found"})
+
+            def do_POST(self) -> None:
+                parts = self.path.split("/")
+                if len(parts) != 5 or parts[:4] != ["", "api", "v1", "feed"]:
+                    self._json(404, {"error": "not_found"})
+                    return
+                token = collector.cfg.http.feed_token
+                auth = self.headers.get("Authorization", "")
+                if not token or not hmac.compare_digest(auth.encode(), f"Bearer {token}".encode()):
+                    collector.metrics.rejected.labels("unauthorized").inc()
+                    _LOG.warning("feed webhook: request without a valid token from %s",
+                                 self.client_address[0])
+                    self._json(401, {"error": "unauthorized"})
+                    return
+                try:
+                    length = int(self.headers.get("Content-Length", "-1"))
+                except ValueError:
+                    length = -1
+                if length < 0:
+                    self._json(411, {"error": "length_required"})
+                    return
+                if length > MAX_FEED_PAYLOAD:
+                    collector.metrics.rejected.labels("oversized").inc()
+                    self._json(413, {"error": "oversized", "detail": f"limit {MAX_FEED_PAYLOAD}"})
+                    return
+                body = self.rfile.read(length)
+                outcome = collector.submit_feed(parts[4], body)
+                if outcome is None:
+                    self._json(503, {"error": "busy"})
+                elif outcome.status == "accepted":
+                    self._json(202, {"status": "accepted"})
+                elif outcome.status == "duplicate":
+                    self._json(200, {"status": "duplicate"})
+                elif outcome.status == "rejected":
+                    self._json(400, {"error": outcome.reason, "detail": outcome.detail})
+                else:
+                    self._json(500, {"error": "internal"})
+
+        self._http = ThreadingHTTPServer((host, int(port)), Handler)
+        self._http.daemon_threads = True
+        threading.Thread(target=self._http.serve_forever, name="http", daemon=True).start()
+        _LOG.info("HTTP on %s", self.cfg.http.listen)
+
+    @property
+    def http_port(self) -> int | None:
+        return None if self._http is None else self._http.server_address[1]

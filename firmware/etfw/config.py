@@ -1,0 +1,222 @@
+"""The device config: one JSON file per device, checked completely at boot.
+
+Every problem is collected, so one boot shows all of them (serial console, indicators, and
+a config_error event when the link part is usable). Defaults live in DEFAULTS; a board
+profile is either the name of a reference profile below or a full dict.
+"""
+
+import json
+
+# Reference boards (ESP32-DevKitC). Keys use pins with internal pull-ups and no boot-strap
+# role; input-only pins 34-39 have no pull-up and 6-11 belong to the flash.
+PROFILES = {
+    "devkitc-5led": {
+        "keys": [32, 33, 25, 26, 27],  # key 1 (非常不满意) .. key 5 (非常满意)
+        "key_active_low": True,
+        "leds": [19, 18, 17, 16, 4],  # one LED above each key
+        "rgb": None,
+        "led_active_high": True,
+        "buzzer": 23,
+    },
+    "devkitc-rgb": {
+        "keys": [32, 33, 25, 26, 27],
+        "key_active_low": True,
+        "leds": None,
+        "rgb": [21, 22, 13],  # one common-cathode RGB LED: red, green, blue
+        "led_active_high": True,
+        "buzzer": 23,
+    },
+}
+
+REASONS = ("attitude", "efficiency", "notice", "wait", "facility", "other")
+
+DEFAULTS = {
+    "lang": "zh",
+    "standalone": False,
+    "min_interval_ms": 5000,  # stand-alone repeat filter, like commercial terminals
+    "reason_keys": ["attitude", "efficiency", "notice", "wait", "other"],
+    "reason_ms": 20000,
+    "thanks_ms": 3000,
+    "debounce_ms": 30,
+    "stuck_ms": 10000,
+    "heartbeat_s": 60,
+    "ntp": "pool.ntp.org",
+    "outbox_records": 200,
+    "outbox_bytes": 65536,
+}
+
+BROKER_DEFAULTS = {"port": 1883, "user": None, "password": None, "keepalive": 30,
+                   "topic_prefix": "evalterm", "timeout_s": 5}
+
+_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+_HEX = "0123456789abcdef"
+
+
+class ConfigError(ValueError):
+    """args[0] lists every problem. `link` holds identity, key, Wi-Fi and broker when those
+    were valid, so the device can still connect and report a config_error event."""
+
+    def __init__(self, msg: str, link=None) -> None:
+        super().__init__(msg)
+        self.link = link
+
+
+def _is_id(v) -> bool:
+    if not isinstance(v, str) or not 1 <= len(v) <= 32:
+        return False
+    for ch in v:
+        if ch not in _ID_CHARS:
+            return False
+    return True
+
+
+def _is_int(v, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _pins(v, n: int) -> bool:
+    if not isinstance(v, list) or len(v) != n:
+        return False
+    for p in v:
+        if not _is_int(p, 0, 48):
+            return False
+    return True
+
+
+class Config:
+    """Validated settings; attribute names follow the JSON keys."""
+
+    def __init__(self, d: dict) -> None:
+        self.device = d["device"]
+        self.hall = d["hall"]
+        self.window = d["window"]
+        self.key = d["key_bytes"]
+        self.wifi = d["wifi"]
+        self.broker = d["broker"]
+        self.board = d["board"]
+        self.lang = d["lang"]
+        self.standalone = d["standalone"]
+        self.min_interval_ms = d["min_interval_ms"]
+        self.reason_keys = d["reason_keys"]
+        self.reason_ms = d["reason_ms"]
+        self.thanks_ms = d["thanks_ms"]
+        self.debounce_ms = d["debounce_ms"]
+        self.stuck_ms = d["stuck_ms"]
+        self.heartbeat_s = d["heartbeat_s"]
+        self.ntp = d["ntp"]
+        self.outbox_records = d["outbox_records"]
+        self.outbox_bytes = d["outbox_bytes"]
+
+
+def parse(text) -> Config:
+    """Parse and check a config document; raise ConfigError listing every problem."""
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise ConfigError("config: not valid JSON")
+    if not isinstance(raw, dict):
+        raise ConfigError("config: not a JSON object")
+    errs = []
+    d = {}
+    for k in DEFAULTS:
+        d[k] = raw.get(k, DEFAULTS[k])
+    for k in ("device", "hall", "window"):
+        d[k] = raw.get(k)
+        if not _is_id(d[k]):
+            errs.append("%s: 1-32 of A-Z a-z 0-9 _ -" % k)
+    key = raw.get("key")
+    if isinstance(key, str) and len(key) == 64 and all(c in _HEX for c in key):
+        d["key_bytes"] = bytes(int(key[i:i + 2], 16) for i in range(0, 64, 2))
+    else:
+        d["key_bytes"] = b""
+        errs.append("key: 64 lowercase hex digits (32 bytes)")
+
+    wifi = raw.get("wifi")
+    if not (isinstance(wifi, dict) and isinstance(wifi.get("ssid"), str)
+            and 1 <= len(wifi["ssid"]) <= 32 and isinstance(wifi.get("password", ""), str)):
+        errs.append("wifi: needs ssid (1-32 chars) and password")
+        wifi = {"ssid": "", "password": ""}
+    d["wifi"] = {"ssid": wifi["ssid"], "password": wifi.get("password", "")}
+
+    b = raw.get("broker")
+    broker = {}
+    if not isinstance(b, dict) or not isinstance(b.get("host"), str) or not b["host"]:
+        errs.append("broker: needs host")
+        b = {}
+    broker["host"] = b.get("host", "")
+    for k in BROKER_DEFAULTS:
+        broker[k] = b.get(k, BROKER_DEFAULTS[k])
+    if not _is_int(broker["port"], 1, 65535):
+        errs.append("broker.port: 1-65535")
+    if not _is_int(broker["keepalive"], 10, 600):
+        errs.append("broker.keepalive: 10-600 s")
+    if not _is_int(broker["timeout_s"], 1, 30):
+        errs.append("broker.timeout_s: 1-30 s")
+    for k in ("user", "password"):
+        if broker[k] is not None and not isinstance(broker[k], str):
+            errs.append("broker.%s: string or null" % k)
+    p = broker["topic_prefix"]
+    if not isinstance(p, str) or not p or "+" in p or "#" in p:
+        errs.append("broker.topic_prefix: non-empty, no wildcards")
+    d["broker"] = broker
+    link_ok = not errs
+
+    board = raw.get("board", "devkitc-5led")
+    if isinstance(board, str):
+        if board in PROFILES:
+            board = PROFILES[board]
+        else:
+            errs.append("board: unknown profile %s" % board)
+            board = {}
+    if not isinstance(board, dict):
+        errs.append("board: profile name or object")
+        board = {}
+    d["board"] = board
+    used = []
+    if not _pins(board.get("keys"), 5):
+        errs.append("board.keys: 5 GPIO numbers, key 1 first")
+    else:
+        used += board["keys"]
+    leds = board.get("leds")
+    rgb = board.get("rgb")
+    if leds is not None:
+        if _pins(leds, 5):
+            used += leds
+        else:
+            errs.append("board.leds: 5 GPIO numbers or null")
+    if rgb is not None:
+        if _pins(rgb, 3):
+            used += rgb
+        else:
+            errs.append("board.rgb: 3 GPIO numbers (r, g, b) or null")
+    if leds is None and rgb is None:
+        errs.append("board: needs leds or rgb")
+    bz = board.get("buzzer")
+    if bz is not None:
+        if _is_int(bz, 0, 48):
+            used.append(bz)
+        else:
+            errs.append("board.buzzer: GPIO number or null")
+    for i, pin in enumerate(used):
+        if pin in used[i + 1:]:
+            errs.append("board: GPIO %d used twice" % pin)
+            break
+
+    if d["lang"] not in ("zh", "en"):
+        errs.append("lang: zh or en")
+    if not isinstance(d["standalone"], bool):
+        errs.append("standalone: true or false")
+    rk = d["reason_keys"]
+    if not (isinstance(rk, list) and len(rk) == 5 and all(r in REASONS for r in rk)):
+        errs.append("reason_keys: 5 of %s" % ", ".join(REASONS))
+    for k, lo, hi in (("min_interval_ms", 0, 600000), ("reason_ms", 3000, 120000),
+                      ("thanks_ms", 500, 30000), ("debounce_ms", 5, 200),
+                      ("stuck_ms", 2000, 600000), ("heartbeat_s", 10, 3600),
+                      ("outbox_records", 4, 2000), ("outbox_bytes", 4096, 1048576)):
+        if not _is_int(d[k], lo, hi):
+            errs.append("%s: integer %d-%d" % (k, lo, hi))
+    if d["ntp"] is not None and not isinstance(d["ntp"], str):
+        errs.append("ntp: host name or null")
+    if errs:
+        raise ConfigError("; ".join(errs), d if link_ok else None)
+    return Config(d)

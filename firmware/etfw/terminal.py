@@ -1,0 +1,147 @@
+"""The rating state machine. Pure: times come in as arguments (uptime ms), decisions go out
+through two injected objects, so every transition is testable without hardware.
+
+    sink.rating(level, txn, reason, rt, mode)   a rating to sign and store
+    sink.event(type, data)                      a protocol event
+    ui.show(state, now, info)                   what the citizen sees
+
+States: idle -> invited -> (reason ->) thanks -> idle, and paused. A key press outside an
+invitation is never a rating (stand-alone mode excepted): it is counted and reported.
+"""
+
+IDLE = "idle"
+INVITED = "invited"
+REASON = "reason"
+THANKS = "thanks"
+PAUSED = "paused"
+
+# How often a key_uninvited event may be stored: a key hammered outside an invitation
+# must not fill the outbox and push real ratings out. Every press is still counted.
+UNINVITED_EVENT_GAP_MS = 1000
+
+
+class Terminal:
+    def __init__(self, sink, ui, standalone: bool = False, min_interval_ms: int = 5000,
+                 reason_ms: int = 20000, thanks_ms: int = 3000,
+                 reason_keys=("attitude", "efficiency", "notice", "wait", "other")) -> None:
+        self._sink = sink
+        self._ui = ui
+        self.standalone = standalone
+        self.min_interval_ms = min_interval_ms
+        self.reason_ms = reason_ms
+        self.thanks_ms = thanks_ms
+        self.reason_keys = tuple(reason_keys)
+        self.state = IDLE
+        self.invite = None  # the invite command being shown
+        self._shown_at = 0
+        self._expires_at = 0
+        self._pending = None  # (level, txn, rt, mode) waiting for a reason tag
+        self._until = 0  # end of the reason prompt or of the thanks screen
+        self._last_accept = None
+        self._last_uninvited_event = None
+        self.uninvited = 0
+        self.filtered = 0  # stand-alone presses inside the repeat interval
+        self.refused_invites = 0  # invites while paused
+
+    def start(self, now: int) -> None:
+        self._ui.show(IDLE, now, None)
+
+    def _go(self, state: str, now: int, info=None) -> None:
+        self.state = state
+        self._ui.show(state, now, info)
+
+    def _rate(self, level: int, txn, reason, rt, mode: str, now: int) -> None:
+        self._sink.rating(level, txn, reason, rt, mode)
+        self._last_accept = now
+        self._until = now + self.thanks_ms
+        self._go(THANKS, now, level)
+
+    def _flush_pending(self, now: int) -> None:
+        # A 1-2 rating waiting for its reason is never lost: it goes out with "none".
+        p = self._pending
+        if p is not None:
+            self._pending = None
+            self._sink.rating(p[0], p[1], "none", p[2], p[3])
+            self._last_accept = now
+
+    def _uninvited(self, key: int, now: int) -> None:
+        self.uninvited += 1
+        last = self._last_uninvited_event
+        if last is None or now - last >= UNINVITED_EVENT_GAP_MS:
+            self._last_uninvited_event = now
+            self._sink.event("key_uninvited", {"key": key, "state": self.state})
+
+    def _accept_level(self, level: int, txn, rt, mode: str, now: int) -> None:
+        if level <= 2:
+            self._pending = (level, txn, rt, mode)
+            self._until = now + self.reason_ms
+            self._go(REASON, now, self.reason_keys)
+        else:
+            self._rate(level, txn, None, rt, mode, now)
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def press(self, key: int, now: int) -> None:
+        """A debounced key press (1..5)."""
+        st = self.state
+        if st == INVITED:
+            inv = self.invite
+            self.invite = None
+            txn = inv["txn"] if inv else None
+            self._accept_level(key, txn, now - self._shown_at, "invited", now)
+        elif st == REASON:
+            p = self._pending
+            self._pending = None
+            if p is not None:
+                self._rate(p[0], p[1], self.reason_keys[key - 1], p[2], p[3], now)
+        elif self.standalone and st in (IDLE, THANKS):
+            last = self._last_accept
+            if last is not None and now - last < self.min_interval_ms:
+                self.filtered += 1
+                return
+            self._accept_level(key, None, None, "standalone", now)
+        else:
+            self._uninvited(key, now)
+
+    def tick(self, now: int) -> None:
+        st = self.state
+        if st == INVITED and now >= self._expires_at:
+            inv = self.invite
+            self.invite = None
+            if inv:
+                self._sink.event("invite_expired", {"txn": inv["txn"]})
+            self._go(IDLE, now)
+        elif st == REASON and now >= self._until:
+            p = self._pending
+            self._pending = None
+            if p is not None:
+                self._rate(p[0], p[1], "none", p[2], p[3], now)
+        elif st == THANKS and now >= self._until:
+            self._go(IDLE, now)
+
+    def command(self, c: dict, now: int) -> None:
+        """A verified command (see message.Messages.command)."""
+        name = c["cmd"]
+        if name == "invite":
+            if self.state == PAUSED:
+                self.refused_invites += 1
+                return
+            self._flush_pending(now)
+            self.invite = c
+            self._shown_at = now
+            self._expires_at = now + c["ttl"] * 1000
+            self._go(INVITED, now, c)
+        elif name == "cancel":
+            inv = self.invite
+            if self.state == INVITED and inv and inv["txn"] == c["txn"]:
+                self.invite = None
+                self._go(IDLE, now)
+        elif name == "pause":
+            self._flush_pending(now)
+            self.invite = None
+            self._go(PAUSED, now)
+        elif name == "resume":
+            if self.state == PAUSED:
+                self._go(IDLE, now)
+        elif name == "display":
+            self._ui.message(c["text"])
