@@ -357,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rating-window", type=int, default=60,
                       help="rating window in seconds (production default: 600)")
     demo.set_defaults(func=cmd_demo)
+
+    # Subcommands of other concerns register themselves (kept out of this file on purpose).
+    from .detection_cli import add_subcommands as add_detection
+
+    add_detection(sub)
     return p
 
 

@@ -76,6 +76,23 @@ CREATE TABLE IF NOT EXISTS window_state (
     PRIMARY KEY (hall, window)
 );
 
+-- Facts the integrity detector reads (docs/detection.md); append-only, one row per event.
+CREATE TABLE IF NOT EXISTS device_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL, hall TEXT NOT NULL, window TEXT NOT NULL,
+    kind TEXT NOT NULL,           -- status, or the event type (heartbeat, key_uninvited, ...)
+    at_ms INTEGER NOT NULL,       -- event time as stored in InfluxDB
+    received_ms INTEGER NOT NULL,
+    data TEXT NOT NULL            -- JSON: the event's data, or {"state": ...} for status
+);
+CREATE INDEX IF NOT EXISTS device_log_place ON device_log (hall, window, at_ms);
+CREATE TABLE IF NOT EXISTS window_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    hall TEXT NOT NULL, window TEXT NOT NULL, kind TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    staff_id TEXT, reason TEXT
+);
+CREATE INDEX IF NOT EXISTS window_log_place ON window_log (hall, window, at_ms);
+
 -- Command counters per device (docs/protocol.md §5).
 CREATE TABLE IF NOT EXISTS cmd_seq (device TEXT PRIMARY KEY, cseq INTEGER NOT NULL);
 

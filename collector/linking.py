@@ -336,6 +336,11 @@ class Linker:
             )
         else:
             raise ValueError(f"unknown window event {e.kind!r}")
+        db.execute(
+            "INSERT INTO window_log (hall, window, kind, at_ms, staff_id, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (e.hall, e.window, e.kind, e.ts_ms, e.staff_id, e.reason),
+        )
         return [WindowSet(e)]
 
     # -- time ------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ time as an argument, so it is as deterministic as the linking engine under it.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Iterable
@@ -202,8 +203,16 @@ class Ingest:
             if msg["type"] == "heartbeat":
                 lines.append(points.telemetry_point(topic.hall, topic.window, msg, event_ms))
             self._queue_points(lines)
+            kind, data = msg["type"], msg["data"]
         else:
             self._queue_points([points.status_point(topic.hall, topic.window, msg, event_ms)])
+            kind, data = "status", {"state": msg["state"], "fw": msg["fw"]}
+        self._db.execute(
+            "INSERT INTO device_log (device, hall, window, kind, at_ms, received_ms, data) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (topic.device, topic.hall, topic.window, kind, event_ms, item.received_ms,
+             json.dumps(data, separators=(",", ":"))),
+        )
         return Outcome("accepted")
 
     def _event_time(self, msg: dict[str, Any], received_ms: int) -> int:
