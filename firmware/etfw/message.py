@@ -84,7 +84,8 @@ class Messages:
         name = c.get("cmd")
         cseq = c.get("cseq")
         ts = c.get("ts")
-        if name not in COMMANDS or not _is_int(cseq) or not _is_int(ts):
+        if name not in COMMANDS or not isinstance(cseq, int) or not isinstance(ts, int) \
+                or isinstance(cseq, bool) or isinstance(ts, bool):
             raise CommandError("malformed")
         if cseq <= self.last_cseq:
             raise CommandError("cseq")
@@ -92,7 +93,8 @@ class Messages:
             staff = c.get("staff")
             ttl = c.get("ttl")
             if not (_is_str(c.get("txn"), 1, 64) and isinstance(staff, dict)
-                    and _is_int(ttl) and 1 <= ttl <= 3600):
+                    and isinstance(ttl, int) and not isinstance(ttl, bool)
+                    and 1 <= ttl <= 3600):
                 raise CommandError("malformed")
             for k in ("name", "badge"):
                 if k in staff and not _is_str(staff[k], 0, 32):

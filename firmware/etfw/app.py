@@ -1,0 +1,178 @@
+"""Wiring and the main loop. Hardware, filesystem, network and time come in from outside
+(main.py on the ESP32, the simulator or the tests elsewhere), so this runs anywhere.
+
+Main loop step: feed the watchdog, debounce keys, advance the state machine, handle queued
+commands, one link step (connect, or read + send one outbox record + keep-alive), heartbeat,
+NTP, indicators. No step blocks longer than the socket timeout (broker.timeout_s), so the
+watchdog period (WDT_MS) is chosen well above it.
+"""
+
+import gc
+
+from . import FW_VERSION
+from .clock import Clock, ticks_ms
+from .indicators import Indicators
+from .keys import PRESS, RELEASED, STUCK, Keys
+from .link import Link
+from .message import CommandError, Messages
+from .outbox import Outbox
+from .store import Store
+from .terminal import Terminal
+
+WDT_MS = 30000
+NTP_EVERY_MS = 6 * 3600 * 1000
+NTP_RETRY_MS = 60000
+
+
+def _heap_free() -> int:
+    return gc.mem_free() if hasattr(gc, "mem_free") else 0
+
+
+class Device:
+    def __init__(self, cfg, hw: dict, fs, wlan, factory, data_dir: str = "",
+                 rand=None, ntp=None, wdt=None, heap_free=_heap_free,
+                 reset_cause: str = "unknown", ticks=ticks_ms) -> None:
+        self.cfg = cfg
+        self.clock = Clock(ticks)
+        self._wdt = wdt
+        self._ntp = ntp
+        self._heap_free = heap_free
+        self._next_ntp = 0
+        self.lost = 0  # messages neither stored nor sent (flash failure while offline)
+        self.cmd_bad = 0
+        self.cmd_error = ""
+
+        # The boot counter is on flash before anything of this boot is signed.
+        self.store = Store(fs, data_dir + "state")
+        st = self.store.load()
+        self.boot = st.get("boot", 0) + 1
+        self.discards = st.get("discards", 0)
+        self.uninvited_total = st.get("uninvited", 0)
+        keys0 = st.get("keys") or [0, 0, 0, 0, 0]
+        self._persisted = None
+        self.keys = Keys(hw["keys"], ticks, cfg.board.get("key_active_low", True),
+                         cfg.debounce_ms, cfg.stuck_ms)
+        self.keys.counts = list(keys0)
+        self.persist()
+
+        b = cfg.broker
+        self.msgs = Messages(b["topic_prefix"], cfg.hall, cfg.window, cfg.device, cfg.key,
+                             self.boot, self.clock)
+        self.outbox = Outbox(fs, data_dir + "outbox", cfg.outbox_records, cfg.outbox_bytes)
+        if self.outbox.discards:
+            self.discards += self.outbox.discards
+            self.persist()
+        self.ui = Indicators(hw.get("leds"), hw.get("rgb"), hw.get("buzzer"),
+                             hw.get("display"), cfg.lang, cfg.board.get("led_active_high", True))
+        self.term = Terminal(self, self.ui, cfg.standalone, cfg.min_interval_ms, cfg.reason_ms,
+                             cfg.thanks_ms, cfg.reason_keys)
+        self.link = Link(b, cfg.wifi, cfg.device, (self.msgs.t_status, self.msgs.t_cmd),
+                         wlan, factory, self._status, rand or (lambda n: 0))
+        self._wlan = wlan
+        self._hb_every = cfg.heartbeat_s * 1000
+        self._next_hb = 0
+        now = self.clock.up()
+        self.term.start(now)
+        self.event("boot", {"fw": FW_VERSION, "reset_cause": reset_cause})
+
+    # --- persistence ------------------------------------------------------------------------
+
+    def persist(self) -> None:
+        state = {"boot": self.boot, "keys": self.keys.counts, "discards": self.discards,
+                 "uninvited": self.uninvited_total}
+        if state != self._persisted:
+            self.store.save(state)
+            self._persisted = {"boot": self.boot, "keys": list(self.keys.counts),
+                               "discards": self.discards, "uninvited": self.uninvited_total}
+
+    # --- the terminal's sink ------------------------------------------------------------------
+
+    def _keep(self, topic: bytes, payload: bytes) -> None:
+        before = self.outbox.discards
+        try:
+            self.outbox.put(topic, payload)
+        except (OSError, ValueError):
+            # Flash refused it: better sent now than lost; counted if that fails too.
+            if not self.link.send(self.clock.up(), topic, payload):
+                self.lost += 1
+        if self.outbox.discards != before:
+            self.discards += self.outbox.discards - before
+            self.persist()
+
+    def rating(self, level: int, txn, reason, rt, mode: str) -> None:
+        self._keep(self.msgs.t_rating, self.msgs.rating(level, txn, reason, rt, mode))
+
+    def event(self, etype: str, data: dict) -> None:
+        self._keep(self.msgs.t_event, self.msgs.event(etype, data))
+
+    def _status(self, state: str) -> bytes:
+        return self.msgs.status(state, FW_VERSION)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def _on_key(self, kind: int, key: int, held: int) -> None:
+        now = self.clock.up()
+        if kind == PRESS:
+            before = self.term.uninvited
+            self.term.press(key, now)
+            self.uninvited_total += self.term.uninvited - before
+            self.persist()  # physical counters survive a power cut
+        elif kind == STUCK:
+            self.event("key_stuck", {"key": key, "held_ms": held})
+        elif kind == RELEASED:
+            self.event("key_released", {"key": key, "held_ms": held})
+
+    def command(self, topic: bytes, payload: bytes, now: int) -> None:
+        try:
+            c = self.msgs.command(topic, payload)
+        except CommandError as e:
+            self.cmd_bad += 1
+            self.cmd_error = e.args[0]
+            return
+        self.term.command(c, now)
+
+    def heartbeat_data(self) -> dict:
+        rssi = None
+        try:
+            rssi = self._wlan.status("rssi")
+        except Exception:  # not associated, or no radio (simulator)
+            pass
+        return {
+            "fw": FW_VERSION, "rssi": rssi, "heap_free": self._heap_free(),
+            "outbox": len(self.outbox), "discards": self.discards,
+            "reconnects": self.link.reconnects, "keys": list(self.keys.counts),
+            "uninvited": self.uninvited_total, "state": self.term.state,
+            "filtered": self.term.filtered, "stuck": self.keys.stuck_now,
+            "lost": self.lost, "cmd_bad": self.cmd_bad,
+            "damaged": self.outbox.damaged, "ntp": self.clock.synced,
+        }
+
+    def step(self) -> None:
+        now = self.clock.up()
+        if self._wdt is not None:
+            self._wdt.feed()
+        self.keys.poll(now, self._on_key)
+        self.term.tick(now)
+        inbox = self.link.inbox
+        while inbox:
+            topic, payload = inbox.pop(0)
+            self.command(topic, payload, now)
+        self.link.poll(now, self.outbox)
+        if self.link.up:
+            if self._ntp is not None and now >= self._next_ntp:
+                try:
+                    self.clock.sync(self._ntp())
+                    self._next_ntp = now + NTP_EVERY_MS
+                except Exception:  # no NTP server reachable: uptime only, ts null
+                    self._next_ntp = now + NTP_RETRY_MS
+            if now >= self._next_hb:
+                self._next_hb = now + self._hb_every
+                gc.collect()
+                payload = self.msgs.event("heartbeat", self.heartbeat_data())
+                self.link.send(now, self.msgs.t_event, payload)
+        self.ui.tick(now)
+
+    def run(self, sleep_ms, should_stop=None) -> None:
+        while should_stop is None or not should_stop():
+            self.step()
+            sleep_ms(10)

@@ -1,0 +1,186 @@
+"""Wi-Fi + MQTT with the umqtt.simple API, and ONE reconnect path.
+
+Every network fault, whatever its type (OSError from the socket, MQTTException, the
+assertions and IndexErrors umqtt.simple raises on a short read), ends in `_drop()`, which
+is safe to call twice: it closes the socket and schedules the next attempt with exponential
+back-off and jitter. `poll()` is called from the main loop and never blocks for longer than
+the socket timeout; the watchdog period must be larger than that (see app.py).
+
+The outbox drains in order, one record per poll, each published with QoS 1 and retired only
+after its PUBACK. Commands arriving while umqtt waits for a PUBACK are only queued here;
+the app handles them between polls, so nothing re-enters the client.
+"""
+
+_IPPROTO_TCP = 6
+_TCP_NODELAY = 1  # the same value on Linux and lwIP
+
+
+class _TimedSocket:
+    """umqtt.simple turns the socket fully blocking after every read; a dead peer would then
+    hang a PUBACK wait forever. This wrapper turns "blocking" into "blocking with timeout"."""
+
+    def __init__(self, sock, timeout_s: int) -> None:
+        self._s = sock
+        self._t = timeout_s
+        sock.settimeout(timeout_s)
+
+    def setblocking(self, flag: bool) -> None:
+        if flag:
+            self._s.settimeout(self._t)
+        else:
+            self._s.setblocking(False)
+
+    def read(self, n: int):
+        return self._s.read(n)
+
+    def write(self, buf, n: int = -1):
+        if n < 0:
+            return self._s.write(buf)
+        return self._s.write(buf, n)
+
+    def close(self) -> None:
+        self._s.close()
+
+
+def umqtt_factory(client_id, server, port, user, password, keepalive):
+    """The real client: umqtt.simple, frozen into the stock ESP32 image."""
+    from umqtt.simple import MQTTClient
+
+    return MQTTClient(client_id, server, port=port, user=user, password=password,
+                      keepalive=keepalive)
+
+
+class Link:
+    BACKOFF_MIN_MS = 1000
+    BACKOFF_MAX_MS = 60000
+    INBOX = 4  # commands queued between polls; more are dropped (and counted)
+
+    def __init__(self, broker: dict, wifi: dict, client_id: str, topics, wlan,
+                 factory, status, rand) -> None:
+        """topics: (status, cmd) as bytes; status(state) -> signed status payload;
+        rand(n) -> int in [0, n) for the jitter."""
+        self._b = broker
+        self._wifi = wifi
+        self._id = client_id
+        self._t_status, self._t_cmd = topics
+        self._wlan = wlan
+        self._factory = factory
+        self._status = status
+        self._rand = rand
+        self.client = None
+        self._attempt = 0
+        self._next_try = 0
+        self._last_tx = 0
+        self._joining = False
+        self.inbox = []
+        self.connects = 0
+        self.failures = 0
+        self.drops_inbox = 0
+        self.published = 0
+        self.last_error = ""
+
+    @property
+    def up(self) -> bool:
+        return self.client is not None
+
+    @property
+    def reconnects(self) -> int:
+        return self.connects - 1 if self.connects else 0
+
+    def backoff_ms(self, attempt: int) -> int:
+        """Exponential back-off with "equal jitter": half fixed, half random."""
+        d = self.BACKOFF_MIN_MS << min(attempt, 6)
+        if d > self.BACKOFF_MAX_MS:
+            d = self.BACKOFF_MAX_MS
+        half = d // 2
+        return half + self._rand(half + 1)
+
+    def _on_msg(self, topic, msg) -> None:
+        # Called from inside umqtt (possibly during a publish): queue only.
+        if len(self.inbox) < self.INBOX:
+            self.inbox.append((bytes(topic), bytes(msg)))
+        else:
+            self.drops_inbox += 1
+
+    def _drop(self, now: int, err) -> None:
+        """THE reconnect path. Safe to call twice."""
+        c = self.client
+        self.client = None
+        if c is not None:
+            try:
+                c.sock.close()
+            except Exception:  # already closed or never opened
+                pass
+        self.failures += 1
+        self.last_error = repr(err)[:60]
+        self._next_try = now + self.backoff_ms(self._attempt)
+        self._attempt += 1
+
+    def _connect(self, now: int) -> None:
+        w = self._wlan
+        if not w.isconnected():
+            if not self._joining:
+                self._joining = True
+                w.connect(self._wifi["ssid"], self._wifi["password"])
+            raise OSError("wifi not connected")
+        self._joining = False
+        b = self._b
+        c = self._factory(self._id, b["host"], b["port"], b["user"], b["password"],
+                          b["keepalive"])
+        self.client = c  # so that _drop() closes it if anything below fails
+        c.set_callback(self._on_msg)
+        # The last will is signed now, with its own seq (protocol §4.3).
+        c.set_last_will(self._t_status, self._status("offline"), True, 1)
+        c.connect(True)
+        raw = c.sock
+        try:
+            raw.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)  # small messages, no Nagle delay
+        except (OSError, AttributeError, TypeError):
+            pass  # not every lwIP build has it; latency only
+        c.sock = _TimedSocket(raw, b["timeout_s"])
+        c.subscribe(self._t_cmd, 1)
+        c.publish(self._t_status, self._status("online"), True, 1)
+        self._attempt = 0
+        self._last_tx = now
+        self.connects += 1
+
+    def poll(self, now: int, outbox) -> None:
+        """One step: connect when due, else read commands, send one record, keep alive."""
+        if self.client is None:
+            if now < self._next_try:
+                return
+            try:
+                self._connect(now)
+            except Exception as e:  # every failure takes the one path
+                self._drop(now, e)
+            return
+        c = self.client
+        try:
+            if not self._wlan.isconnected():
+                raise OSError("wifi lost")
+            c.check_msg()
+            rec = outbox.peek()
+            if rec is not None:
+                rid, topic, payload = rec
+                c.publish(topic, payload, False, 1)  # returns after the PUBACK
+                outbox.ack(rid)
+                self.published += 1
+                self._last_tx = now
+            elif now - self._last_tx >= self._b["keepalive"] * 500:
+                c.ping()
+                self._last_tx = now
+        except Exception as e:
+            self._drop(now, e)
+
+    def send(self, now: int, topic: bytes, payload: bytes) -> bool:
+        """Publish a message that is not kept on flash (heartbeats); False if offline."""
+        c = self.client
+        if c is None:
+            return False
+        try:
+            c.publish(topic, payload, False, 1)
+            self._last_tx = now
+            return True
+        except Exception as e:
+            self._drop(now, e)
+            return False

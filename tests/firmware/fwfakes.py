@@ -1,0 +1,309 @@
+"""Fakes shared by the firmware tests. Plain Python that runs on CPython and MicroPython."""
+
+import json
+import os
+
+_here = __file__.replace("\\", "/")
+if not _here.startswith("/"):
+    _here = os.getcwd() + "/" + _here
+ROOT = _here.rsplit("/", 3)[0]
+FIGURES = {}  # measurements the runner prints (name -> int)
+KEY_HEX = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+KEY = bytes(range(32))
+
+
+_VECTORS = []
+
+
+def vectors():
+    """The ```vector blocks of docs/protocol.md as dicts (topic, payload bytes, sig).
+
+    Read line by line: the whole document would not fit next to the tests in 64 KiB."""
+    if _VECTORS:
+        return _VECTORS
+    cur = None
+    with open(ROOT + "/docs/protocol.md", "rb") as f:
+        while True:
+            line = f.readline()
+            if not line:
+                break
+            line = line.rstrip(b"\n")
+            if cur is None:
+                if line == b"```vector":
+                    cur = {}
+            elif line.startswith(b"```"):
+                _VECTORS.append(cur)
+                cur = None
+            elif b": " in line:
+                k, val = line.split(b": ", 1)
+                cur[k.decode()] = val if k == b"payload" else val.decode()
+    return _VECTORS
+
+
+class Ticks:
+    """A settable millisecond tick source (wraps like MicroPython's)."""
+
+    def __init__(self, start=0):
+        self.t = start
+
+    def __call__(self):
+        return self.t & ((1 << 30) - 1)
+
+    def advance(self, ms):
+        self.t += ms
+
+
+class FakePin:
+    def __init__(self, level=1):
+        self.level = level
+        self.handler = None
+        self.writes = []
+
+    def irq(self, handler=None, trigger=3):
+        self.handler = handler
+
+    def value(self, v=None):
+        if v is None:
+            return self.level
+        self.level = v
+        self.writes.append(v)
+        return None
+
+    def set(self, level):
+        """Drive the input; fires the edge interrupt like the hardware would."""
+        if level != self.level:
+            self.level = level
+            if self.handler is not None:
+                self.handler(self)
+
+
+class PowerCut(Exception):
+    pass
+
+
+class _MemFile:
+    def __init__(self, fs, path, mode):
+        self.fs = fs
+        self.path = path
+        self.pos = 0
+        self.mode = mode
+        if "w" in mode:
+            fs.files[path] = bytearray()
+        elif path not in fs.files:
+            if "a" in mode:
+                fs.files[path] = bytearray()
+            else:
+                raise OSError(2)
+
+    def read(self, n=-1):
+        data = self.fs.files[self.path]
+        end = len(data) if n < 0 else min(len(data), self.pos + n)
+        out = bytes(data[self.pos:end])
+        self.pos = end
+        return out
+
+    def seek(self, off):
+        self.pos = off
+
+    def write(self, b):
+        fs = self.fs
+        data = fs.files[self.path]
+        b = bytes(b)
+        if fs.budget is not None:
+            if len(b) > fs.budget:
+                data.extend(b[:fs.budget])
+                fs.budget = 0
+                raise PowerCut()
+            fs.budget -= len(b)
+        if fs.full_at is not None and fs.used() + len(b) > fs.full_at:
+            raise OSError(28)  # ENOSPC
+        data.extend(b)
+        return len(b)
+
+    def close(self):
+        pass
+
+
+class MemFS:
+    """In-memory filesystem with a power-cut budget: `budget` bytes (and atomic operations,
+    one unit each) may still happen, then PowerCut is raised mid-way."""
+
+    def __init__(self):
+        self.files = {}
+        self.budget = None
+        self.full_at = None
+
+    def used(self):
+        return sum(len(v) for v in self.files.values())
+
+    def _op(self):
+        if self.budget is not None:
+            if self.budget == 0:
+                raise PowerCut()
+            self.budget -= 1
+
+    def open(self, path, mode):
+        return _MemFile(self, path, mode)
+
+    def remove(self, path):
+        if path not in self.files:
+            raise OSError(2)
+        self._op()
+        del self.files[path]
+
+    def rename(self, src, dst):
+        if src not in self.files:
+            raise OSError(2)
+        self._op()
+        self.files[dst] = self.files.pop(src)
+
+    def size(self, path):
+        return len(self.files[path]) if path in self.files else -1
+
+    def snapshot(self):
+        return {k: bytes(v) for k, v in self.files.items()}
+
+    def restore(self, snap):
+        self.files = {k: bytearray(v) for k, v in snap.items()}
+        self.budget = None
+
+
+class FakeWLAN:
+    def __init__(self, up=True):
+        self.up = up
+        self.joins = 0
+
+    def isconnected(self):
+        return self.up
+
+    def connect(self, ssid, password):
+        self.joins += 1
+
+    def status(self, what=None):
+        if what == "rssi":
+            return -61
+        return 1010
+
+
+class FakeSock:
+    def __init__(self):
+        self.closed = False
+        self.opts = []
+        self.timeout = None
+
+    def setsockopt(self, level, opt, val):
+        self.opts.append((level, opt, val))
+
+    def settimeout(self, t):
+        self.timeout = t
+
+    def setblocking(self, flag):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+class Broker:
+    """What a fake broker received, shared by every FakeClient it hands out."""
+
+    def __init__(self):
+        self.published = []  # (topic bytes, payload bytes, retain)
+        self.wills = []
+        self.subs = []
+        self.up = True
+        self.fail_after = None  # publishes accepted before the connection breaks
+        self.pending_in = []  # (topic, payload) to deliver on the next check_msg
+        self.clients = 0
+        self.pings = 0
+
+    def factory(self, client_id, server, port, user, password, keepalive):
+        self.clients += 1
+        return FakeClient(self, client_id, keepalive)
+
+    def payloads(self, kind):
+        return [p for t, p, r in self.published if t.endswith(b"/" + kind.encode())]
+
+    def messages(self, kind):
+        return [json.loads(p) for p in self.payloads(kind)]
+
+
+class FakeClient:
+    def __init__(self, broker, client_id, keepalive):
+        self.b = broker
+        self.client_id = client_id
+        self.keepalive = keepalive
+        self.sock = None
+        self.cb = None
+        self.will = None
+
+    def set_callback(self, cb):
+        self.cb = cb
+
+    def set_last_will(self, topic, msg, retain=False, qos=0):
+        self.will = (topic, msg, retain, qos)
+
+    def connect(self, clean_session=True):
+        if not self.b.up:
+            raise OSError(111)
+        self.sock = FakeSock()
+        self.b.wills.append(self.will)
+        return 0
+
+    def _check(self):
+        if not self.b.up or self.sock is None or self.sock.closed:
+            raise OSError(104)
+
+    def subscribe(self, topic, qos=0):
+        self._check()
+        self.b.subs.append((topic, qos))
+
+    def publish(self, topic, msg, retain=False, qos=0):
+        self._check()
+        if self.b.fail_after is not None:
+            if self.b.fail_after <= 0:
+                self.b.up = False
+                raise OSError(104)
+            self.b.fail_after -= 1
+        self.b.published.append((bytes(topic), bytes(msg), retain))
+        while self.b.pending_in:  # commands may arrive while waiting for the PUBACK
+            t, p = self.b.pending_in.pop(0)
+            self.cb(t, p)
+
+    def check_msg(self):
+        self._check()
+        while self.b.pending_in:
+            t, p = self.b.pending_in.pop(0)
+            self.cb(t, p)
+
+    def ping(self):
+        self._check()
+        self.b.pings += 1
+
+
+def config_dict(**over):
+    d = {
+        "device": "kp-0007", "hall": "hall01", "window": "w03", "key": KEY_HEX,
+        "wifi": {"ssid": "hall-net", "password": "pw"},
+        "broker": {"host": "127.0.0.1", "port": 1883, "keepalive": 30},
+        "board": "devkitc-5led",
+    }
+    for k in over:
+        d[k] = over[k]
+    return d
+
+
+def config(**over):
+    from etfw import config as cfgmod
+
+    return cfgmod.parse(json.dumps(config_dict(**over)))
+
+
+def cmd_payload(signer, topic, fields):
+    """Sign a command the way the collector does (fields: list of (name, value))."""
+    from etfw.sign import Writer
+
+    w = Writer(signer).begin()
+    for k, v in fields:
+        w.field(k, v)
+    return w.seal(topic)
