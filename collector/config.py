@@ -132,6 +132,23 @@ class Config:
             out.setdefault(s, {})[k] = shown
         return out
 
+    def to_toml(self) -> str:
+        """The effective values as a TOML file (secrets included: write it with care)."""
+        lines: list[str] = []
+        section = None
+        for (s, k), v in self._values.items():
+            if s != section:
+                section = s
+                lines.append(f"\n[{s}]")
+            if isinstance(v, bool):
+                shown = str(v).lower()
+            elif isinstance(v, int | float):
+                shown = repr(v)
+            else:
+                shown = '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            lines.append(f"{k} = {shown}")
+        return "\n".join(lines).lstrip() + "\n"
+
     @property
     def state_db(self) -> Path:
         return Path(self.collector.data_dir) / "state.db"

@@ -198,8 +198,8 @@ def _parse_json_object(payload: bytes, limit: int) -> dict[str, Any]:
         raise ProtocolError(Rejection.MALFORMED, f"not a JSON document: {str(exc)[:80]}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(Rejection.MALFORMED, "JSON document is not an object")
-    if obj.get("v") != PROTOCOL_VERSION:
-        v = obj.get("v")
+    v = obj.get("v")
+    if type(v) is not int or v != PROTOCOL_VERSION:
         shown = v if isinstance(v, int | str) and len(str(v)) < 12 else type(v).__name__
         raise ProtocolError(Rejection.UNKNOWN_VERSION, f"protocol version {shown!r} not supported")
     return obj
@@ -209,8 +209,13 @@ def _parse_json_object(payload: bytes, limit: int) -> dict[str, Any]:
 def _validator(name: str) -> jsonschema.protocols.Validator:
     text = resources.files("collector").joinpath(f"schemas/v1/{name}.json").read_text("utf-8")
     schema = json.loads(text)
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
+    base = jsonschema.validators.validator_for(schema)
+    base.check_schema(schema)
+    # JSON Schema counts 4.0 as an integer; the protocol does not (a device never sends floats).
+    strict_int = base.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, x: type(x) is int
+    )
+    cls = jsonschema.validators.extend(base, type_checker=strict_int)
     return cls(schema)
 
 

@@ -40,14 +40,23 @@ def vectors():
     return _VECTORS
 
 
+def _ticks_period():
+    from etfw.clock import ticks_add
+
+    return ticks_add(0, -1) + 1  # 2**30 on the ESP32, larger on 64-bit unix
+
+
+TICKS_PERIOD = _ticks_period()
+
+
 class Ticks:
-    """A settable millisecond tick source (wraps like MicroPython's)."""
+    """A settable millisecond tick source that wraps like the platform's ticks_ms."""
 
     def __init__(self, start=0):
         self.t = start
 
     def __call__(self):
-        return self.t & ((1 << 30) - 1)
+        return self.t % TICKS_PERIOD
 
     def advance(self, ms):
         self.t += ms

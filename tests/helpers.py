@@ -1,0 +1,72 @@
+"""Message builders shared by the tests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from collector.protocol import build_signed, device_topic, feed_topic
+
+T0 = 1_764_201_600_000  # 2025-11-27 00:00 UTC, a fixed clock for deterministic tests
+
+
+def txn_msg(txn: str, window: str = "w1", completed: int = T0, staff: str = "s1",
+            service: str = "sfz", event_id: str | None = None) -> dict[str, Any]:
+    return {
+        "v": 1, "kind": "txn_completed", "id": event_id or f"ev-{txn}", "window": window,
+        "ts": completed, "txn": txn,
+        "staff": {"id": staff, "name": "张伟", "badge": "010233"},
+        "service": {"code": service, "name": "居民身份证换领"},
+        "started": completed - 300_000, "completed": completed, "outcome": "completed",
+    }
+
+
+def feed_bytes(msg: dict[str, Any]) -> bytes:
+    return json.dumps(msg, ensure_ascii=False).encode()
+
+
+def feed(prefix: str, hall: str = "h1") -> str:
+    return feed_topic(prefix, hall)
+
+
+class Dev:
+    """A device identity that builds correctly signed messages."""
+
+    def __init__(self, prefix: str, device: str, key: bytes, hall: str = "h1", window: str = "w1",
+                 boot: int = 1) -> None:
+        self.prefix, self.device, self.key = prefix, device, key
+        self.hall, self.window, self.boot = hall, window, boot
+        self.seq = 0
+
+    def topic(self, kind: str) -> str:
+        return device_topic(self.prefix, self.hall, self.window, self.device, kind)
+
+    def envelope(self, kind: str, ts: int | None = None) -> dict[str, Any]:
+        self.seq += 1
+        return {"v": 1, "kind": kind, "dev": self.device, "boot": self.boot, "seq": self.seq,
+                "ts": ts, "up": 1000 + self.seq}
+
+    def rating(self, level: int, txn: str | None = None, ts: int | None = None,
+               reason: str | None = None, **extra: Any) -> tuple[str, bytes]:
+        body = self.envelope("rating", ts)
+        if level <= 2 and reason is None:
+            reason = "wait"
+        body.update(level=level, txn=txn, reason=reason, rt=3000 if txn else None,
+                    mode="invited" if txn else "standalone")
+        body.update(extra)
+        topic = self.topic("rating")
+        return topic, build_signed(self.key, topic, body)
+
+    def heartbeat(self, keys: list[int], ts: int | None = None) -> tuple[str, bytes]:
+        body = self.envelope("event", ts)
+        body.update(type="heartbeat", data={
+            "fw": "1.0.0", "rssi": -60, "heap_free": 50000, "outbox": 0, "discards": 0,
+            "reconnects": 0, "keys": keys, "uninvited": 0, "state": "idle"})
+        topic = self.topic("event")
+        return topic, build_signed(self.key, topic, body)
+
+    def status(self, state: str) -> tuple[str, bytes]:
+        body = self.envelope("status")
+        body.update(state=state, fw="1.0.0")
+        topic = self.topic("status")
+        return topic, build_signed(self.key, topic, body)

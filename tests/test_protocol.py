@@ -1,0 +1,182 @@
+"""The wire protocol: the doc's test vectors, the signature's coverage, decoding and schemas."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from collector.protocol import (
+    DeviceTopic,
+    ProtocolError,
+    Rejection,
+    build_signed,
+    decode_feed_message,
+    parse_device_payload,
+    parse_topic,
+    signed_bytes,
+    validate_device_message,
+    verify,
+)
+from helpers import T0, feed_bytes, txn_msg
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+KEY = bytes(range(32))
+
+
+def doc_vectors() -> list[dict[str, str]]:
+    text = DOC.read_text("utf-8")
+    blocks = re.findall(r"```vector\n(.*?)```", text, re.S)
+    vectors = []
+    for block in blocks:
+        fields = dict(line.split(": ", 1) for line in block.strip().splitlines())
+        vectors.append(fields)
+    return vectors
+
+
+def test_doc_has_vectors_for_every_signed_kind() -> None:
+    kinds = {json.loads(v["payload"])["kind"] for v in doc_vectors()}
+    assert kinds == {"rating", "status", "cmd"}
+
+
+@pytest.mark.parametrize("vector", doc_vectors(), ids=lambda v: v["topic"].rsplit("/", 1)[1])
+def test_doc_vectors(vector: dict[str, str]) -> None:
+    assert "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f" in DOC.read_text()
+    topic, payload = vector["topic"], vector["payload"].encode()
+    # Independent of collector.protocol: HMAC over topic, LF, payload minus its sig member.
+    assert payload.endswith(b'"}') and payload[-74:-66] == b',"sig":"'
+    data = topic.encode() + b"\n" + payload[:-74] + b"}"
+    assert hmac.new(KEY, data, hashlib.sha256).hexdigest() == vector["sig"]
+    assert signed_bytes(topic, payload) == data
+    assert verify(KEY, topic, payload)
+    # Rebuilding from the fields reproduces the exact bytes.
+    fields = json.loads(payload)
+    del fields["sig"]
+    assert build_signed(KEY, topic, fields) == payload
+
+
+def _rating_vector() -> tuple[str, bytes]:
+    v = doc_vectors()[0]
+    return v["topic"], v["payload"].encode()
+
+
+def test_signature_binds_the_topic() -> None:
+    topic, payload = _rating_vector()
+    for other in (topic.replace("w03", "w04"), topic.replace("kp-0007", "kp-0008"),
+                  topic.replace("rating", "event"), topic.replace("evalterm", "other")):
+        assert not verify(KEY, other, payload)
+
+
+def test_signature_binds_every_byte_of_the_fields() -> None:
+    topic, payload = _rating_vector()
+    body_len = len(payload) - 74
+    for i in range(body_len):
+        tampered = bytearray(payload)
+        tampered[i] = (tampered[i] + 1) % 256
+        assert not verify(KEY, topic, bytes(tampered)), f"byte {i} not covered"
+
+
+def test_signature_rejects_wrong_key_and_malformed_suffix() -> None:
+    topic, payload = _rating_vector()
+    assert not verify(bytes(32), topic, payload)
+    assert not verify(KEY, topic, payload.replace(b'"sig":"', b'"sig": "'))
+    assert not verify(KEY, topic, payload[:-1])
+    assert not verify(KEY, topic, payload[:-3] + b'X"}')  # not lowercase hex
+    assert not verify(KEY, topic, payload.upper())
+    assert not verify(KEY, topic, b"{}")
+
+
+def test_parse_topic() -> None:
+    assert parse_topic("evalterm", "evalterm/dev/h1/w1/d1/rating") == DeviceTopic("h1", "w1", "d1",
+                                                                                 "rating")
+    assert parse_topic("a/b", "a/b/feed/h1") == ("feed", "h1")
+    for bad in ("evalterm/dev/h1/w1/d1/cmd", "evalterm/dev/h1/w1/rating", "other/dev/h/w/d/rating",
+                "evalterm/dev/h 1/w1/d1/rating", "evalterm/feed", "evalterm/feed/h1/x",
+                "evalterm/dev/h1/w1/" + "d" * 33 + "/rating"):
+        with pytest.raises(ProtocolError) as err:
+            parse_topic("evalterm", bad)
+        assert err.value.reason is Rejection.BAD_TOPIC
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"x" * 1025, Rejection.OVERSIZED),
+        (b"\xff\xfe", Rejection.MALFORMED),
+        (b"not json", Rejection.MALFORMED),
+        (b"[1, 2]", Rejection.MALFORMED),
+        (b'{"v": 1, "v": 1}', Rejection.MALFORMED),
+        (b'{"v": NaN}', Rejection.MALFORMED),
+        (b"[" * 500 + b"]" * 500, Rejection.MALFORMED),
+        (b'{"kind": "rating"}', Rejection.UNKNOWN_VERSION),
+        (b'{"v": 2}', Rejection.UNKNOWN_VERSION),
+        (b'{"v": "1"}', Rejection.UNKNOWN_VERSION),
+        (b'{"v": true}', Rejection.UNKNOWN_VERSION),
+    ],
+)
+def test_parse_rejections(payload: bytes, reason: Rejection) -> None:
+    with pytest.raises(ProtocolError) as err:
+        parse_device_payload(payload)
+    assert err.value.reason is reason
+
+
+def _rating(**over: object) -> dict[str, object]:
+    msg: dict[str, object] = {"v": 1, "kind": "rating", "dev": "d1", "boot": 1, "seq": 0,
+                              "ts": None, "up": 5, "level": 4, "txn": "T1", "reason": None,
+                              "rt": 100, "mode": "invited", "sig": "0" * 64}
+    msg.update(over)
+    return msg
+
+
+@pytest.mark.parametrize(
+    ("over", "reason"),
+    [
+        ({}, None),
+        ({"level": 0}, Rejection.INVALID),
+        ({"level": 6}, Rejection.INVALID),
+        ({"level": "5"}, Rejection.INVALID),
+        ({"level": 4.0}, Rejection.INVALID),
+        ({"level": 1}, Rejection.INVALID),  # 1-2 needs a reason
+        ({"level": 5, "reason": "wait"}, Rejection.INVALID),
+        ({"level": 2, "reason": "rude"}, Rejection.INVALID),
+        ({"level": 2, "reason": "attitude"}, None),
+        ({"boot": 0}, Rejection.INVALID),
+        ({"seq": -1}, Rejection.INVALID),
+        ({"extra": 1}, Rejection.INVALID),
+        ({"kind": "event"}, Rejection.INVALID),
+        ({"dev": "d2"}, Rejection.DEVICE_MISMATCH),
+        ({"txn": ""}, Rejection.INVALID),
+        ({"mode": "auto"}, Rejection.INVALID),
+    ],
+)
+def test_rating_schema(over: dict[str, object], reason: Rejection | None) -> None:
+    topic = DeviceTopic("h1", "w1", "d1", "rating")
+    if reason is None:
+        validate_device_message(topic, _rating(**over))
+        return
+    with pytest.raises(ProtocolError) as err:
+        validate_device_message(topic, _rating(**over))
+    assert err.value.reason is reason
+
+
+def test_feed_schema() -> None:
+    assert decode_feed_message(feed_bytes(txn_msg("T1")))["txn"] == "T1"
+    bad = [
+        {**txn_msg("T1"), "completed": T0 - 10**6},
+        {k: v for k, v in txn_msg("T1").items() if k != "staff"},
+        {**txn_msg("T1"), "outcome": "maybe"},
+        {**txn_msg("T1"), "staff": {"id": "has space"}},
+        {**txn_msg("T1"), "window": "w/1"},
+        {"v": 1, "kind": "staff_signon", "id": "e", "window": "w1", "ts": T0},
+    ]
+    for msg in bad:
+        with pytest.raises(ProtocolError) as err:
+            decode_feed_message(feed_bytes(msg))
+        assert err.value.reason is Rejection.INVALID
+    with pytest.raises(ProtocolError) as err:
+        decode_feed_message(b" " * 4097)
+    assert err.value.reason is Rejection.OVERSIZED
