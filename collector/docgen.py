@@ -1,0 +1,46 @@
+"""Generates docs/config.md from the option table, so the docs cannot drift from the code."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .config import OPTIONS
+
+__all__ = ["config_markdown"]
+
+
+def config_markdown() -> str:
+    lines = [
+        "# Collector configuration",
+        "",
+        "Generated from `collector/config.py` by `python -m collector.docgen`; a test fails when it",
+        "is out of date. The collector reads a TOML file (`evalterm -c FILE`) and then environment",
+        "variables `EVALTERM_<SECTION>__<KEY>` (e.g. `EVALTERM_INFLUX__TOKEN`), which override the",
+        "file; use them for secrets. `evalterm config check` validates and shows the result with",
+        "secrets hidden; `evalterm config sample` prints a commented file with every default.",
+    ]
+    section = None
+    for o in OPTIONS:
+        if o.section != section:
+            section = o.section
+            lines += ["", f"## [{section}]", "", "| option | type | default | meaning |",
+                      "|---|---|---|---|"]
+        extra = []
+        if o.choices:
+            extra.append("one of " + ", ".join(f"`{c}`" for c in o.choices))
+        if o.minimum is not None:
+            extra.append(f"min {o.minimum:g}")
+        if o.maximum is not None:
+            extra.append(f"max {o.maximum:g}")
+        if o.secret:
+            extra.append("secret: never logged")
+        default = f"`{o.default!r}`" if o.default != "" else "(empty)"
+        meaning = o.help + (f" ({'; '.join(extra)})" if extra else "")
+        lines.append(f"| `{o.key}` | {o.type.__name__} | {default} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/config.md")
+    out.write_text(config_markdown(), encoding="utf-8")
