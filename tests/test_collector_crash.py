@@ -21,8 +21,7 @@ import pytest
 from collector.config import Config
 from collector.db import connect
 from collector.registry import Registry
-from conftest import Publisher, query, wait_for
-from helpers import Dev, feed, feed_bytes, txn_msg
+from helpers import Publisher, query, wait_for, Dev, feed, feed_bytes, txn_msg
 
 pytestmark = pytest.mark.servers
 

@@ -18,8 +18,7 @@ from collector.devservers import InfluxServer
 from collector.protocol import build_signed, verify
 from collector.registry import Registry
 from collector.service import Collector
-from conftest import Publisher, query, wait_for
-from helpers import Dev, feed, feed_bytes, txn_msg
+from helpers import Publisher, query, wait_for, Dev, feed, feed_bytes, txn_msg
 
 pytestmark = pytest.mark.servers
 
