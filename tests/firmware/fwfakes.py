@@ -6,7 +6,8 @@ import os
 _here = __file__.replace("\\", "/")
 if not _here.startswith("/"):
     _here = os.getcwd() + "/" + _here
-ROOT = _here.rsplit("/", 3)[0]
+# Precompiled .mpy copies live elsewhere: the MicroPython wrapper passes the repo root.
+ROOT = getattr(os, "getenv", lambda k: None)("EVALTERM_ROOT") or _here.rsplit("/", 3)[0]
 FIGURES = {}  # measurements the runner prints (name -> int)
 KEY_HEX = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 KEY = bytes(range(32))
@@ -260,7 +261,8 @@ class FakeClient:
         return 0
 
     def _check(self):
-        if not self.b.up or self.sock is None or self.sock.closed:
+        raw = getattr(self.sock, "_s", self.sock)  # the link wraps the socket
+        if not self.b.up or raw is None or raw.closed:
             raise OSError(104)
 
     def subscribe(self, topic, qos=0):

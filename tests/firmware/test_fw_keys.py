@@ -129,7 +129,10 @@ def test_ticks_wraparound():
 
 
 def test_interrupt_handler_does_not_allocate():
-    k, pins, ticks = _keys()
+    from etfw.clock import ticks_ms
+
+    pins = [FakePin(1) for _ in range(5)]
+    k = Keys(pins, ticks_ms, True, 30, 10000)  # the real tick source, as on the device
     h = k.handler(2)
     try:
         import micropython

@@ -33,7 +33,7 @@ def _pending(ob):
         f.seek(ob._offs[i])
         rec = f.read(ob._lens[i])
         f.close()
-        tlen = rec[7]
+        tlen = rec[6]
         out.append(rec[13 + tlen:])
     return out
 
@@ -77,17 +77,17 @@ def test_bounded_discards_oldest_and_counts():
 
 def test_byte_bound_and_compaction():
     fs = MemFS()
-    ob = Outbox(fs, "ob", 100, 4096)
-    for i in range(200):
-        ob.put(T, _payload(i, 200))
+    ob = Outbox(fs, "ob", 100, 1500)
+    for i in range(120):
+        ob.put(T, _payload(i, 120))
         if i % 3 == 0:
             rid, _, _ = ob.peek()
             ob.ack(rid)
-        assert fs.size("ob") <= 4096 + 2048 + 300
+        assert fs.size("ob") <= 1500 + 2048 + 200
     assert ob.compactions > 0 and ob.discards > 0
-    left = _drain(Outbox(fs, "ob", 100, 4096))
+    left = _drain(Outbox(fs, "ob", 100, 1500))
     seqs = [int(p.split(b'"seq":')[1].split(b",")[0]) for p in left]
-    assert seqs == sorted(seqs) and seqs[-1] == 199 and len(set(seqs)) == len(seqs)
+    assert seqs == sorted(seqs) and seqs[-1] == 119 and len(set(seqs)) == len(seqs)
 
 
 def _build(n_acked=2, n_pending=3):
@@ -158,15 +158,22 @@ def test_damage_in_the_middle_loses_only_that_record():
 
 def _scenario(fs, log):
     """Puts, acks, discards and compactions, logging each step before and after."""
-    ob = Outbox(fs, "ob", 4, 4096)
+    ob = Outbox(fs, "ob", 4, 800)
     for i in range(9):
-        p = _payload(i, 500)
-        victim = ob.peek()[2] if ob.count >= ob.cap else None
-        log.append(("try", p, victim))
+        p = _payload(i, 160)
+        # The oldest records this put must push out (the bound's rule, predicted).
+        pend = _pending(ob)
+        n = 13 + len(T) + len(p)
+        count, size, victims = ob.count, ob._pending_bytes, []
+        while count and (count >= ob.cap or size + n > ob.max_bytes):
+            victims.append(pend[len(victims)])
+            size -= 13 + len(T) + len(victims[-1])
+            count -= 1
+        log.append(("try", p, victims))
         ob.put(T, p)
         log.append(("put", p, None))
-        if victim is not None:
-            log.append(("discard", victim, None))
+        for v in victims:
+            log.append(("discard", v, None))
         if i % 2:
             rec = ob.peek()
             if rec is not None:
@@ -190,7 +197,7 @@ def test_power_cut_at_any_moment():
     assert full.compactions > 0 and full.discards > 0  # the cuts cover both
     total = 10 ** 9 - fs.budget
     checked = 0
-    for budget in range(0, total + 1, 5):
+    for budget in range(total + 1):  # every byte
         fs = MemFS()
         fs.budget = budget
         log = []
@@ -199,7 +206,7 @@ def test_power_cut_at_any_moment():
         except PowerCut:
             pass
         fs.budget = None
-        got = _drain(Outbox(fs, "ob", 4, 4096))
+        got = _drain(Outbox(fs, "ob", 4, 800))
         assert len(set(got)) == len(got), budget
         assert [_seq(p) for p in got] == sorted(_seq(p) for p in got), budget
         stored = [e[1] for e in log if e[0] == "put"]
@@ -207,8 +214,8 @@ def test_power_cut_at_any_moment():
         maybe = set()  # the step in flight may or may not have completed
         if log and log[-1][0] == "try":
             maybe.add(log[-1][1])
-            if log[-1][2] is not None:
-                maybe.add(log[-1][2])
+            for v in log[-1][2]:
+                maybe.add(v)
         if log and log[-1][0] == "acking":
             maybe.add(log[-1][1])
         for p in got:

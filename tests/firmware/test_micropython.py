@@ -38,7 +38,7 @@ def mpy_dir(tmp_path_factory):
 
 
 def _run(mpy_dir, module):
-    env = dict(os.environ, MPY_TEST_PATH=str(mpy_dir))
+    env = dict(os.environ, MPY_TEST_PATH=str(mpy_dir), EVALTERM_ROOT=str(ROOT))
     return subprocess.run([str(MICROPYTHON), "-X", "heapsize=" + HEAP, str(HERE / "mprun.py"),
                            module], capture_output=True, text=True, timeout=120, env=env)
 

@@ -1,0 +1,62 @@
+"""Config validation at boot: every problem listed, link part kept when usable."""
+
+import json
+
+from fwfakes import KEY, config, config_dict
+
+from etfw import config as cfgmod
+
+
+def _errors(d):
+    try:
+        cfgmod.parse(json.dumps(d))
+    except cfgmod.ConfigError as e:
+        return e
+    return None
+
+
+def test_valid_with_defaults_and_profile():
+    c = config()
+    assert c.device == "kp-0007" and c.key == KEY
+    assert c.board["keys"] == [32, 33, 25, 26, 27]
+    assert c.lang == "zh" and c.standalone is False and c.min_interval_ms == 5000
+    assert c.broker["topic_prefix"] == "evalterm" and c.broker["port"] == 1883
+    assert config(board="devkitc-rgb", lang="en").board["rgb"] == [21, 22, 13]
+
+
+def test_every_problem_is_listed():
+    d = config_dict(device="bad id!", key="00", lang="fr", reason_ms=5)
+    e = _errors(d)
+    assert e is not None
+    msg = e.args[0]
+    for part in ("device:", "key:", "lang:", "reason_ms:"):
+        assert part in msg, part
+    assert e.link is None  # identity and key broken: cannot even report
+
+
+def test_board_errors_keep_link_for_reporting():
+    bad = {"keys": [32, 33, 25, 26], "leds": None, "rgb": None, "buzzer": 23}
+    e = _errors(config_dict(board=bad))
+    assert e is not None
+    assert "board.keys" in e.args[0] and "needs leds or rgb" in e.args[0]
+    assert e.link is not None and e.link["device"] == "kp-0007"
+
+
+def test_pin_conflicts_and_unknown_profile():
+    b = {"keys": [32, 33, 25, 26, 27], "leds": [19, 18, 17, 16, 32], "buzzer": 23}
+    assert "used twice" in _errors(config_dict(board=b)).args[0]
+    assert "unknown profile" in _errors(config_dict(board="nope")).args[0]
+
+
+def test_not_json():
+    try:
+        cfgmod.parse("{oops")
+        raise AssertionError("accepted")
+    except cfgmod.ConfigError as e:
+        assert "JSON" in e.args[0]
+
+
+def test_broker_limits():
+    e = _errors(config_dict(broker={"host": "b", "port": 70000, "keepalive": 1}))
+    assert "broker.port" in e.args[0] and "broker.keepalive" in e.args[0]
+    assert _errors(config_dict(broker={"port": 1883})).args[0].startswith("broker: needs host")
