@@ -1,7 +1,8 @@
 """User-facing texts. Simplified Chinese is the default; English is available."""
 
-TEXTS = {
-    "zh": {
+
+def _zh() -> dict:
+    return {
         "idle": "欢迎评价",
         "invited": "请对本次服务评价",
         "reason": "请选择不满意原因",
@@ -16,8 +17,11 @@ TEXTS = {
         "facility": "环境设施",
         "other": "其他",
         "staff": "工号",
-    },
-    "en": {
+    }
+
+
+def _en() -> dict:
+    return {
         "idle": "Please rate our service",
         "invited": "Please rate this service",
         "reason": "What went wrong?",
@@ -32,9 +36,9 @@ TEXTS = {
         "facility": "Facilities",
         "other": "Other",
         "staff": "Badge",
-    },
-}
+    }
 
 
 def texts(lang: str) -> dict:
-    return TEXTS.get(lang, TEXTS["zh"])
+    """Only the chosen language is built (heap): functions, not one big module dict."""
+    return _en() if lang == "en" else _zh()

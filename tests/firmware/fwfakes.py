@@ -178,120 +178,6 @@ class MemFS:
         self.budget = None
 
 
-class FakeWLAN:
-    def __init__(self, up=True):
-        self.up = up
-        self.joins = 0
-
-    def isconnected(self):
-        return self.up
-
-    def connect(self, ssid, password):
-        self.joins += 1
-
-    def status(self, what=None):
-        if what == "rssi":
-            return -61
-        return 1010
-
-
-class FakeSock:
-    def __init__(self):
-        self.closed = False
-        self.opts = []
-        self.timeout = None
-
-    def setsockopt(self, level, opt, val):
-        self.opts.append((level, opt, val))
-
-    def settimeout(self, t):
-        self.timeout = t
-
-    def setblocking(self, flag):
-        pass
-
-    def close(self):
-        self.closed = True
-
-
-class Broker:
-    """What a fake broker received, shared by every FakeClient it hands out."""
-
-    def __init__(self):
-        self.published = []  # (topic bytes, payload bytes, retain)
-        self.wills = []
-        self.subs = []
-        self.up = True
-        self.fail_after = None  # publishes accepted before the connection breaks
-        self.pending_in = []  # (topic, payload) to deliver on the next check_msg
-        self.clients = 0
-        self.pings = 0
-
-    def factory(self, client_id, server, port, user, password, keepalive):
-        self.clients += 1
-        return FakeClient(self, client_id, keepalive)
-
-    def payloads(self, kind):
-        return [p for t, p, r in self.published if t.endswith(b"/" + kind.encode())]
-
-    def messages(self, kind):
-        return [json.loads(p) for p in self.payloads(kind)]
-
-
-class FakeClient:
-    def __init__(self, broker, client_id, keepalive):
-        self.b = broker
-        self.client_id = client_id
-        self.keepalive = keepalive
-        self.sock = None
-        self.cb = None
-        self.will = None
-
-    def set_callback(self, cb):
-        self.cb = cb
-
-    def set_last_will(self, topic, msg, retain=False, qos=0):
-        self.will = (topic, msg, retain, qos)
-
-    def connect(self, clean_session=True):
-        if not self.b.up:
-            raise OSError(111)
-        self.sock = FakeSock()
-        self.b.wills.append(self.will)
-        return 0
-
-    def _check(self):
-        raw = getattr(self.sock, "_s", self.sock)  # the link wraps the socket
-        if not self.b.up or raw is None or raw.closed:
-            raise OSError(104)
-
-    def subscribe(self, topic, qos=0):
-        self._check()
-        self.b.subs.append((topic, qos))
-
-    def publish(self, topic, msg, retain=False, qos=0):
-        self._check()
-        if self.b.fail_after is not None:
-            if self.b.fail_after <= 0:
-                self.b.up = False
-                raise OSError(104)
-            self.b.fail_after -= 1
-        self.b.published.append((bytes(topic), bytes(msg), retain))
-        while self.b.pending_in:  # commands may arrive while waiting for the PUBACK
-            t, p = self.b.pending_in.pop(0)
-            self.cb(t, p)
-
-    def check_msg(self):
-        self._check()
-        while self.b.pending_in:
-            t, p = self.b.pending_in.pop(0)
-            self.cb(t, p)
-
-    def ping(self):
-        self._check()
-        self.b.pings += 1
-
-
 def config_dict(**over):
     d = {
         "device": "kp-0007", "hall": "hall01", "window": "w03", "key": KEY_HEX,
@@ -305,9 +191,19 @@ def config_dict(**over):
 
 
 def config(**over):
+    """A parsed Config. The config module is dropped again afterwards, as main.py may do
+    on the device: it is needed once per boot and is the largest module."""
+    import sys
+
+    import etfw
     from etfw import config as cfgmod
 
-    return cfgmod.parse(json.dumps(config_dict(**over)))
+    c = cfgmod.parse(json.dumps(config_dict(**over)))
+    if "etfw.config" in sys.modules:
+        del sys.modules["etfw.config"]
+    if hasattr(etfw, "config"):
+        delattr(etfw, "config")
+    return c
 
 
 def cmd_payload(signer, topic, fields):

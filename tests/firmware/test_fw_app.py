@@ -3,7 +3,8 @@
 import gc
 import json
 
-from fwfakes import FIGURES, KEY, Broker, FakePin, FakeWLAN, MemFS, Ticks, cmd_payload, config
+from fwfakes import FIGURES, KEY, FakePin, MemFS, Ticks, cmd_payload, config
+from fwnet import Broker, FakeWLAN
 
 from etfw.app import Device
 from etfw.sign import Signer
@@ -20,6 +21,7 @@ class Rig:
         hw = {"keys": self.keys, "leds": self.leds, "rgb": None, "buzzer": FakePin(0),
               "display": lambda a, b: self.lines.append((a, b))}
         self.wlan = FakeWLAN()
+        cfg.setdefault("outbox_records", 16)
         self.dev = Device(config(**cfg), hw, self.fs, self.wlan, self.broker.factory,
                           ticks=self.ticks, heap_free=lambda: 12345)
 

@@ -4,7 +4,7 @@ import json
 
 from fwfakes import KEY, config, config_dict
 
-from etfw import config as cfgmod
+import etfw.config as cfgmod
 
 
 def _errors(d):

@@ -1,6 +1,7 @@
 """The link: connect sequence, in-order drain, one reconnect path with back-off."""
 
-from fwfakes import Broker, FakeWLAN, MemFS
+from fwfakes import MemFS
+from fwnet import Broker, FakeWLAN
 
 from etfw.link import Link
 from etfw.outbox import Outbox
