@@ -155,12 +155,24 @@ def _rating(**over: object) -> dict[str, object]:
 )
 def test_rating_schema(over: dict[str, object], reason: Rejection | None) -> None:
     topic = DeviceTopic("h1", "w1", "d1", "rating")
+    payload = json.dumps(_rating(**over)).encode()
     if reason is None:
-        validate_device_message(topic, _rating(**over))
+        validate_device_message(topic, parse_device_payload(payload))
         return
     with pytest.raises(ProtocolError) as err:
-        validate_device_message(topic, _rating(**over))
+        validate_device_message(topic, parse_device_payload(payload))
     assert err.value.reason is reason
+
+
+def test_schema_files_are_valid_json_schemas() -> None:
+    import jsonschema
+
+    folder = Path(__file__).resolve().parents[1] / "collector" / "schemas" / "v1"
+    names = sorted(p.stem for p in folder.glob("*.json"))
+    assert names == ["cmd", "event", "feed", "rating", "status"]
+    for name in names:
+        schema = json.loads((folder / f"{name}.json").read_text())
+        jsonschema.Draft7Validator.check_schema(schema)
 
 
 def test_feed_schema() -> None:
