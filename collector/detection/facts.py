@@ -1,0 +1,166 @@
+"""Facts the detector reasons about, and the one adapter that reads them from the state database.
+
+The indicator code sees only these frozen dataclasses; `load_hall_facts` is the only function here
+that touches SQLite (tables rating, txn, window_log, device_log: collector/db.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field, replace
+
+__all__ = [
+    "DeviceRecord",
+    "HallFacts",
+    "RatingFact",
+    "TxnFact",
+    "Unit",
+    "WindowRecord",
+    "halls",
+    "load_hall_facts",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RatingFact:
+    press_ms: int
+    level: int
+    reason: str | None = None
+    mode: str = "invited"
+    rt_ms: int | None = None
+    state: str = "linked"             # linked, unlinked (held ratings are not judged yet)
+    unlinked_reason: str | None = None
+    staff_id: str | None = None
+    txn_completed_ms: int | None = None  # completion of the linked transaction
+    device: str = ""
+    device_ts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TxnFact:
+    completed_ms: int
+    state: str                        # awaiting, rated, unrated
+    staff_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRecord:
+    """A window_log row: staff_signon/off, window_paused/resumed."""
+
+    at_ms: int
+    kind: str
+    staff_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A device_log row: a status change or a device event (heartbeat, key_uninvited, ...)."""
+
+    at_ms: int
+    received_ms: int
+    kind: str
+    data: dict = field(default_factory=dict, hash=False)
+    device: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """What one verdict is about: a window (staff None) or one staff member at a window.
+
+    `history` holds the levels of the unit's ratings before the period (oldest first), the
+    baseline of its own past behaviour.
+    """
+
+    window: str
+    staff: str | None
+    ratings: tuple[RatingFact, ...]
+    txns: tuple[TxnFact, ...]
+    window_log: tuple[WindowRecord, ...] = ()
+    device_log: tuple[DeviceRecord, ...] = ()
+    history: tuple[int, ...] = ()
+    has_device: bool = True
+
+    @property
+    def label(self) -> str:
+        return self.window if self.staff is None else f"{self.window}/{self.staff}"
+
+    def for_staff(self, staff: str) -> Unit:
+        """The same window restricted to what `staff` is accountable for (ratings, transactions)."""
+        return replace(
+            self, staff=staff,
+            ratings=tuple(r for r in self.ratings if r.staff_id == staff),
+            txns=tuple(t for t in self.txns if t.staff_id == staff),
+            device_log=(), has_device=False, history=(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HallFacts:
+    hall: str
+    units: tuple[Unit, ...]
+    has_feed: bool       # the business system reports transactions to this hall
+    has_signons: bool    # ... and staff sign-on/off
+
+
+def halls(conn: sqlite3.Connection) -> list[str]:
+    rows = conn.execute(
+        "SELECT hall FROM device UNION SELECT hall FROM txn UNION SELECT hall FROM rating ORDER BY 1"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: int,
+                    history_start_ms: int, device_lead_ms: int = 12 * 3600_000) -> HallFacts:
+    """Read one hall's facts for [start_ms, end_ms], its ratings' history from history_start_ms,
+    and device events from `device_lead_ms` before the start (to know the state at the start)."""
+    ratings: dict[str, list[RatingFact]] = {}
+    history: dict[str, list[int]] = {}
+    for row in conn.execute(
+        "SELECT r.window, r.press_ms, r.level, r.reason, r.mode, r.rt_ms, r.state, "
+        "r.unlinked_reason, r.staff_id, t.completed_ms, r.device, r.device_ts "
+        "FROM rating r LEFT JOIN txn t ON t.hall = r.hall AND t.txn = r.txn "
+        "WHERE r.hall=? AND r.press_ms >= ? AND r.press_ms <= ? AND r.state != 'held' "
+        "ORDER BY r.press_ms, r.rating_id",
+        (hall, history_start_ms, end_ms),
+    ):
+        window, press = row[0], row[1]
+        if press < start_ms:
+            history.setdefault(window, []).append(row[2])
+        else:
+            ratings.setdefault(window, []).append(RatingFact(press, *row[2:]))
+    txns: dict[str, list[TxnFact]] = {}
+    for window, completed, state, staff in conn.execute(
+        "SELECT window, completed_ms, state, staff_id FROM txn WHERE hall=? "
+        "AND completed_ms >= ? AND completed_ms <= ? ORDER BY completed_ms",
+        (hall, start_ms, end_ms),
+    ):
+        txns.setdefault(window, []).append(TxnFact(completed, state, staff))
+    wlog: dict[str, list[WindowRecord]] = {}
+    # All of the window's log up to the end: the state at the start depends on older events.
+    for window, at, kind, staff in conn.execute(
+        "SELECT window, at_ms, kind, staff_id FROM window_log WHERE hall=? AND at_ms <= ? "
+        "AND at_ms >= ? ORDER BY at_ms, id",
+        (hall, end_ms, start_ms - 7 * 86_400_000),
+    ):
+        wlog.setdefault(window, []).append(WindowRecord(at, kind, staff))
+    dlog: dict[str, list[DeviceRecord]] = {}
+    for device, window, kind, at, received, data in conn.execute(
+        "SELECT device, window, kind, at_ms, received_ms, data FROM device_log WHERE hall=? "
+        "AND received_ms >= ? AND received_ms <= ? ORDER BY received_ms, id",
+        (hall, start_ms - device_lead_ms, end_ms),
+    ):
+        dlog.setdefault(window, []).append(DeviceRecord(at, received, kind, json.loads(data), device))
+    devices = {w for (w,) in conn.execute(
+        "SELECT DISTINCT window FROM device WHERE hall=? AND state='active'", (hall,))}
+    has_feed = conn.execute("SELECT 1 FROM txn WHERE hall=? LIMIT 1", (hall,)).fetchone() is not None
+    has_signons = conn.execute(
+        "SELECT 1 FROM window_log WHERE hall=? AND kind LIKE 'staff_%' LIMIT 1", (hall,)
+    ).fetchone() is not None
+    windows = sorted(set(ratings) | set(txns) | devices | set(dlog))
+    units = tuple(
+        Unit(w, None, tuple(ratings.get(w, ())), tuple(txns.get(w, ())), tuple(wlog.get(w, ())),
+             tuple(dlog.get(w, ())), tuple(history.get(w, ())), has_device=w in devices or w in dlog)
+        for w in windows
+    )
+    return HallFacts(hall, units, has_feed, has_signons)

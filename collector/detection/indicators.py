@@ -1,0 +1,593 @@
+"""Integrity indicators: facts of a hall in, one `Indicator` per unit and indicator out.
+
+Each indicator compares a unit (a window, or one staff member) with its peers (the other units
+of the same hall and scope) over one period, yields a statistic, a p-value where one makes sense,
+the evidence behind it, and a human-readable reason in Chinese and English. p-values of one
+indicator are adjusted across the hall's units with Benjamini-Hochberg; an indicator is `strong`
+when its q-value is below `q_strong` AND its effect-size guard holds (a minimum count, a minimum
+gap), `weak` below `q_weak`. Some indicators are deterministic (key counters, offline time) and
+set their strength directly. docs/detection.md documents every statistic and why it was chosen.
+
+`decisive` indicators may flag a window on their own when strong; the others (satisfaction above
+peers) only support a flag raised by something else, so an honest excellent window is never
+accused for being excellent.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from . import stats
+from .facts import HallFacts, RatingFact, Unit
+from .settings import DetectionSettings, Period
+
+__all__ = ["INDICATORS", "Indicator", "compute_indicators"]
+
+NONE, WEAK, STRONG = "none", "weak", "strong"
+# A press may precede the business system's completion stamp by this much (clocks differ).
+CLOCK_TOLERANCE_MS = 60_000
+# Reason-tag presses that may land on keys 1-2 (default firmware reason_keys order).
+_REASONS_ON_BAD_KEYS = frozenset({"attitude", "efficiency"})
+
+
+@dataclass(frozen=True, slots=True)
+class Indicator:
+    name: str
+    value: float
+    strength: str                     # none, weak, strong
+    decisive: bool
+    p: float | None = None
+    q: float | None = None
+    evidence: dict = field(default_factory=dict, hash=False)
+    reason_zh: str = ""
+    reason_en: str = ""
+
+
+@dataclass(slots=True)
+class _Raw:
+    value: float
+    p: float | None = None
+    guard: bool = True                # effect size large enough for strong evidence
+    evidence: dict = field(default_factory=dict)
+    reason: tuple[str, str] = ("", "")
+    strength: str | None = None       # deterministic indicators decide directly
+
+
+@dataclass(frozen=True, slots=True)
+class _Ctx:
+    s: DetectionSettings
+    period: Period
+    hall: HallFacts
+
+    def hhmm(self, ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, self.s.tz).strftime("%H:%M:%S")
+
+    @property
+    def days(self) -> int:
+        return max(1, len(self.period.days))
+
+    def open_intervals(self) -> list[tuple[int, int]]:
+        out = []
+        for d in self.period.days:
+            for a, b in self.s.open_intervals(d):
+                if a < self.period.end_ms:
+                    out.append((a, min(b, self.period.end_ms)))
+        return out
+
+    def open_ms(self) -> int:
+        return sum(b - a for a, b in self.open_intervals())
+
+
+_Fn = Callable[[Unit, Sequence[Unit], _Ctx], _Raw | None]
+
+
+def _judged(u: Unit) -> list[RatingFact]:
+    return [r for r in u.ratings if r.state in ("linked", "unlinked")]
+
+
+def _rate_of(events: int, exposure: int, floor: float) -> float:
+    return max(floor, events / exposure) if exposure > 0 else floor
+
+
+# -- unmatched and excess ratings -------------------------------------------------------------
+
+
+def _unmatched(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+    if not c.hall.has_feed:
+        return None  # no business system: no rating can match a transaction
+    rs = _judged(u)
+    unlinked = [r for r in rs if r.state == "unlinked"]
+    excess = max(0, len(rs) - len(u.txns))
+    value = max(len(unlinked), excess)
+    peer_rate = _rate_of(sum(sum(r.state == "unlinked" for r in _judged(p)) for p in peers),
+                         sum(len(_judged(p)) for p in peers), c.s.rate_floor)
+    p = stats.poisson_sf(value, max(len(rs), 1) * peer_rate)
+    by_reason: dict[str, int] = {}
+    for r in unlinked:
+        by_reason[r.unlinked_reason or "unknown"] = by_reason.get(r.unlinked_reason or "unknown", 0) + 1
+    ev = {"unlinked": len(unlinked), "ratings": len(rs), "transactions": len(u.txns),
+          "excess": excess, "by_reason": by_reason, "peer_rate": round(peer_rate, 4)}
+    zh = (f"{len(unlinked)} 条评价未匹配任何已办结办件（评价 {len(rs)} 条，办结 {len(u.txns)} 件"
+          f"{'，评价数多于办件数' if excess else ''}；同厅平均 {peer_rate:.1%}）")
+    en = (f"{len(unlinked)} ratings matched no completed transaction ({len(rs)} ratings, "
+          f"{len(u.txns)} transactions{', more ratings than transactions' if excess else ''}; "
+          f"hall rate {peer_rate:.1%})")
+    return _Raw(value, p, value >= c.s.unmatched_min, ev, (zh, en))
+
+
+# -- ratings out of service -------------------------------------------------------------------
+
+
+def _service_gaps(u: Unit, c: _Ctx, track_staff: bool) -> list[tuple[int, int, str]]:
+    """Stretches (start, end, why) when the unit's window was not in service: paused, nobody
+    signed on, or the hall closed."""
+    gaps: list[tuple[int, int, str]] = []
+    start, end = c.period.start_ms, c.period.end_ms
+    # Closed: everything of the period outside opening hours.
+    cursor = start
+    for a, b in sorted(c.open_intervals()):
+        if a > cursor:
+            gaps.append((cursor, a, "closed"))
+        cursor = max(cursor, b)
+    if cursor < end:
+        gaps.append((cursor, end, "closed"))
+    paused_since: int | None = None
+    staff: str | None = None
+    off_since: int | None = None
+    seen_staff = False
+    for e in u.window_log:
+        if e.kind == "window_paused" and paused_since is None:
+            paused_since = e.at_ms
+        elif e.kind == "window_resumed" and paused_since is not None:
+            gaps.append((paused_since, e.at_ms, "paused"))
+            paused_since = None
+        elif e.kind == "staff_signon":
+            seen_staff = True
+            if off_since is not None:
+                gaps.append((off_since, e.at_ms, "signed_off"))
+                off_since = None
+            staff = e.staff_id
+        elif e.kind == "staff_signoff" and (staff is None or staff == e.staff_id):
+            seen_staff = True
+            if off_since is None:
+                off_since = e.at_ms
+            staff = None
+    if paused_since is not None:
+        gaps.append((paused_since, end, "paused"))
+    if track_staff and seen_staff and off_since is not None:
+        gaps.append((off_since, end, "signed_off"))
+    return [(a, b, why) for a, b, why in gaps if b > start and a < end]
+
+
+def _oos_ratings(u: Unit, c: _Ctx) -> list[tuple[RatingFact, str]]:
+    gaps = _service_gaps(u, c, c.hall.has_signons)
+    found: list[tuple[RatingFact, str]] = []
+    for r in _judged(u):
+        active = [(a, why) for a, b, why in gaps if a <= r.press_ms < b]
+        if not active:
+            continue
+        began = min(a for a, _ in active)
+        # The last citizen served before the stop may rate a moment later: not suspicious.
+        if (r.state == "linked" and r.txn_completed_ms is not None
+                and r.txn_completed_ms <= began + CLOCK_TOLERANCE_MS):
+            continue
+        found.append((r, sorted(w for _, w in active)[0]))
+    return found
+
+
+def _out_of_service(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+    found = _oos_ratings(u, c)
+    by_why = {w: sum(1 for _, x in found if x == w) for w in ("paused", "signed_off", "closed")}
+    n = len(_judged(u))
+    peer_rate = _rate_of(sum(len(_oos_ratings(p, c)) for p in peers),
+                         sum(len(_judged(p)) for p in peers), c.s.rate_floor)
+    p = stats.poisson_sf(len(found), max(n, 1) * peer_rate)
+    ev = {"count": len(found), **by_why, "ratings": n, "peer_rate": round(peer_rate, 4),
+          "first": c.hhmm(found[0][0].press_ms) if found else None}
+    parts_zh = [f"{k} {v} 条" for k, v in (("暂停服务期间", by_why["paused"]),
+                                           ("无人签到期间", by_why["signed_off"]),
+                                           ("非办公时间", by_why["closed"])) if v]
+    parts_en = [f"{v} {k}" for k, v in (("while paused", by_why["paused"]),
+                                         ("with nobody signed on", by_why["signed_off"]),
+                                         ("outside opening hours", by_why["closed"])) if v]
+    zh = (f"{len(found)} 条评价发生在窗口不在服务状态时（{'，'.join(parts_zh)}），"
+          "且不属于此前办结的办件")
+    en = (f"{len(found)} ratings while the window was out of service ({', '.join(parts_en)}), "
+          "not from a transaction completed before")
+    return _Raw(len(found), p, len(found) >= c.s.out_of_service_min, ev, (zh, en))
+
+
+# -- key presses and counters ------------------------------------------------------------------
+
+
+def _heartbeats(u: Unit, device: str) -> list:
+    return [d for d in u.device_log if d.kind == "heartbeat" and d.device == device
+            and isinstance(d.data.get("keys"), list) and len(d.data["keys"]) == 5]
+
+
+def _devices(u: Unit) -> list[str]:
+    return sorted({d.device for d in u.device_log})
+
+
+def _counter_delta(u: Unit, device: str, c: _Ctx, name: str) -> int:
+    """Increase of a heartbeat counter over the period (0 if it cannot be told)."""
+    hbs = [h for h in _heartbeats(u, device) if isinstance(h.data.get(name), int)]
+    before = [h for h in hbs if h.at_ms < c.period.start_ms]
+    inside = [h for h in hbs if c.period.start_ms <= h.at_ms <= c.period.end_ms]
+    if not inside:
+        return 0
+    first = before[-1] if before else inside[0]
+    return max(0, inside[-1].data[name] - first.data[name])
+
+
+def _uninvited(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+    if not u.has_device:
+        return None
+
+    def count(unit: Unit) -> tuple[int, dict[int, int]]:
+        events = [d for d in unit.device_log if d.kind == "key_uninvited"
+                  and c.period.start_ms <= d.at_ms <= c.period.end_ms]
+        keys: dict[int, int] = {}
+        for e in events:
+            k = e.data.get("key")
+            if isinstance(k, int):
+                keys[k] = keys.get(k, 0) + 1
+        counted = sum(_counter_delta(unit, dev, c, "uninvited") for dev in _devices(unit))
+        return max(len(events), counted), keys
+
+    n, keys = count(u)
+    exposure = max(len(u.txns), len(_judged(u)), 1)
+    peer_counts = [count(p)[0] for p in peers if p.has_device]
+    peer_exposure = sum(max(len(p.txns), len(_judged(p))) for p in peers if p.has_device)
+    peer_rate = _rate_of(sum(peer_counts), peer_exposure, c.s.rate_floor)
+    p = stats.poisson_sf(n, exposure * peer_rate)
+    top = max(keys, key=lambda k: keys[k]) if keys else None
+    ev = {"presses": n, "by_key": {str(k): v for k, v in sorted(keys.items())},
+          "per_transaction": round(n / exposure, 3), "peer_per_transaction": round(peer_rate, 3)}
+    key_zh = f"，多为按键{top}" if top else ""
+    key_en = f", mostly key {top}" if top else ""
+    zh = (f"无评价邀请时按键 {n} 次{key_zh}（每件 {n / exposure:.2f} 次，同厅 {peer_rate:.2f} 次）")
+    en = (f"{n} key presses outside an invitation{key_en} ({n / exposure:.2f} per transaction, "
+          f"hall {peer_rate:.2f})")
+    return _Raw(n, p, n >= c.s.uninvited_min, ev, (zh, en))
+
+
+def _key_counters(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+    if not u.has_device:
+        return None
+    worst: dict | None = None
+    for dev in _devices(u):
+        hbs = _heartbeats(u, dev)
+        before = [h for h in hbs if h.at_ms < c.period.start_ms]
+        inside = [h for h in hbs if c.period.start_ms <= h.at_ms <= c.period.end_ms]
+        if not inside:
+            continue
+        first, last = (before[-1] if before else inside[0]), inside[-1]
+        k0, k1 = first.data["keys"], last.data["keys"]
+        if any(b < a for a, b in zip(k0, k1, strict=True)):
+            continue  # counters went back: device replaced or its flash reset; nothing to compare
+        delta = [b - a for a, b in zip(k0, k1, strict=True)]
+        rs = [r for r in u.ratings if r.device == dev and first.at_ms < r.press_ms <= last.at_ms]
+        per_level = [sum(1 for r in rs if r.level == k) for k in range(1, 6)]
+        reasons = sum(1 for r in rs if r.level <= 2 and r.reason not in (None, "none"))
+        reasons_bad_keys = sum(1 for r in rs if r.level <= 2 and r.reason in _REASONS_ON_BAD_KEYS)
+        slack = (max(0, last.data.get("uninvited", 0) - first.data.get("uninvited", 0))
+                 + max(0, last.data.get("filtered", 0) - first.data.get("filtered", 0)))
+        # Ratings no physical press produced (messages made without the keys).
+        no_press = sum(max(0, n - d) for n, d in zip(per_level, delta, strict=True))
+        # Presses of the 差评 keys that neither became 差评 nor reason tags nor stray presses.
+        bad_hidden = delta[0] + delta[1] - per_level[0] - per_level[1] - reasons_bad_keys - slack
+        unexplained = sum(delta) - sum(per_level) - reasons - slack
+        value = max(no_press, bad_hidden, unexplained, 0)
+        if worst is None or value > worst["value"]:
+            worst = {"value": value, "device": dev, "presses": delta, "ratings": per_level,
+                     "no_press": no_press, "bad_keys_unexplained": max(0, bad_hidden),
+                     "unexplained": max(0, unexplained)}
+    if worst is None:
+        return None
+    value = worst["value"]
+    strength = STRONG if value > c.s.counter_tolerance * c.days else NONE
+    d, n = worst["presses"], worst["ratings"]
+    if worst["no_press"] > c.s.counter_tolerance * c.days:
+        zh = f"{worst['no_press']} 条评价没有对应的物理按键（按键计数 {d}，评价 {n}）"
+        en = f"{worst['no_press']} ratings without a physical key press (key counters {d}, ratings {n})"
+    elif worst["bad_keys_unexplained"] > c.s.counter_tolerance * c.days:
+        zh = (f"差评键（1、2）被按 {d[0] + d[1]} 次，但只上报 {n[0] + n[1]} 条差评"
+              f"（{worst['bad_keys_unexplained']} 次按键去向不明）")
+        en = (f"bad-rating keys 1-2 pressed {d[0] + d[1]} times but only {n[0] + n[1]} 差评 "
+              f"published ({worst['bad_keys_unexplained']} presses unaccounted for)")
+    else:
+        zh = f"物理按键计数比上报评价多 {worst['unexplained']} 次（按键 {d}，评价 {n}）"
+        en = f"key counters exceed published ratings by {worst['unexplained']} (keys {d}, ratings {n})"
+    return _Raw(value, None, True, worst, (zh, en), strength)
+
+
+# -- timing -------------------------------------------------------------------------------------
+
+
+def _rts(u: Unit) -> list[int]:
+    return sorted(r.rt_ms for r in _judged(u) if r.mode == "invited" and r.rt_ms is not None)
+
+
+def _fast(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+    rts = _rts(u)
+    if not rts:
+        return None
+    limit = c.s.min_human_rt_ms
+    fast = bisect.bisect_left(rts, limit)
+    peer_rts = [x for p in peers for x in _rts(p)]
+    peer_share = _rate_of(sum(1 for x in peer_rts if x < limit), len(peer_rts), c.s.rate_floor)
+    p = stats.binomial_sf(fast, len(rts), peer_share)
+    ev = {"fast": fast, "invited": len(rts), "limit_ms": limit, "peer_share": round(peer_share, 4),
+          "median_fast_ms": rts[fast // 2] if fast else None}
+    zh = (f"{fast} 条评价在邀请后 {limit / 1000:.1f} 秒内完成（共 {len(rts)} 条，"
+          f"同厅仅 {peer_share:.1%}），快于群众转身看屏按键的时间")
+    en = (f"{fast} of {len(rts)} ratings pressed within {limit / 1000:.1f} s of the invitation "
+          f"(hall {peer_share:.1%}): faster than a citizen can turn to the device")
+    return _Raw(fast, p, fast >= c.s.fast_min, ev, (zh, en))
+
+
+def _regular(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+    rts = _rts(u)
+    if len(rts) < c.s.regular_min:
+        return None
+    width = c.s.regular_bin_ms
+    best, lo = 0, rts[0]
+    for i, x in enumerate(rts):  # densest band [x, x + width)
+        n = bisect.bisect_left(rts, x + width) - i
+        if n > best:
+            best, lo = n, x
+    peer_rts = sorted(x for p in peers for x in _rts(p))
+    in_band = bisect.bisect_left(peer_rts, lo + width) - bisect.bisect_left(peer_rts, lo)
+    share = _rate_of(in_band, len(peer_rts), c.s.rate_floor)
+    # The band was chosen as the densest: correct for the number of bands that could have won.
+    bands = max(1.0, min(len(rts), (rts[-1] - rts[0]) / width + 1))
+    p = min(1.0, stats.binomial_sf(best, len(rts), share) * bands)
+    ev = {"in_band": best, "invited": len(rts), "band_ms": [lo, lo + width],
+          "peer_share": round(share, 4), "expected": round(share * len(rts), 1)}
+    zh = (f"{best} 条评价的响应时间都落在 {lo / 1000:.2f}–{(lo + width) / 1000:.2f} 秒之间"
+          f"（共 {len(rts)} 条，按同厅分布预期约 {share * len(rts):.1f} 条），节奏近似机器")
+    en = (f"{best} of {len(rts)} response times fall within {lo / 1000:.2f}-{(lo + width) / 1000:.2f}"
+          f" s (hall distribution predicts {share * len(rts):.1f}): machine-like regularity")
+    return _Raw(best, p, best >= c.s.regular_min and best >= 3 * share * len(rts), ev, (zh, en))
+
+
+def _burst(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+    rs = sorted(_judged(u), key=lambda r: r.press_ms)
+    if len(rs) < 2:
+        return None
+    w = c.s.burst_window_s * 1000
+    presses = [r.press_ms for r in rs]
+    best, at = 0, 0
+    for i, t in enumerate(presses):
+        n = bisect.bisect_right(presses, t + w) - i
+        if n > best:
+            best, at = n, i
+    group = rs[at:at + best]
+    span_s = (group[-1].press_ms - group[0].press_ms) / 1000
+    # The window's own pace outside the burst, over the time it could have had ratings.
+    exposure_s = max(c.open_ms(), 3600_000) / 1000
+    rate = max(len(rs) - best, 1) / exposure_s
+    positions = max(1.0, exposure_s / c.s.burst_window_s)
+    p = min(1.0, positions * stats.poisson_sf(best, rate * c.s.burst_window_s))
+    unmatched = sum(1 for r in group if r.state == "unlinked")
+    closed = sum(1 for r in group if not c.s.is_open(r.press_ms))
+    ev = {"count": best, "span_s": span_s, "start": c.hhmm(group[0].press_ms),
+          "unmatched": unmatched, "outside_hours": closed,
+          "levels": sorted({r.level for r in group})}
+    when_zh = "闭厅后" if closed == best else ""
+    when_en = " outside opening hours" if closed == best else ""
+    zh = (f"{when_zh}{span_s:.0f} 秒内连续 {best} 条评价（{c.hhmm(group[0].press_ms)} 起），"
+          f"其中 {unmatched} 条未匹配办件")
+    en = (f"{best} ratings within {span_s:.0f} s{when_en} (from {c.hhmm(group[0].press_ms)}), "
+          f"{unmatched} of them matched no transaction")
+    return _Raw(best, p, best >= c.s.burst_min, ev, (zh, en))
+
+
+# -- negatives and satisfaction ------------------------------------------------------------------
+
+
+def _bad(rs: Sequence[RatingFact]) -> int:
+    return sum(1 for r in rs if r.level <= 2)
+
+
+def _missing_negatives(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+    rs = _judged(u)
+    levels = list(u.history) + [r.level for r in rs]
+    run = 0
+    for level in reversed(levels):  # ratings since the last 差评
+        if level <= 2:
+            break
+        run += 1
+    if len(rs) < c.s.min_ratings:
+        return None
+    peer_units = [p for p in peers if len(_judged(p)) > 0]
+    prior = stats.fit_beta_prior([_bad(_judged(p)) for p in peer_units],
+                                 [len(_judged(p)) for p in peer_units],
+                                 max_strength=c.s.prior_strength_max)
+    # The window's own past (before the current run) sharpens the prior: a window that was always
+    # excellent keeps a low expected 差评 rate; one whose 差评 suddenly stopped does not.
+    before = levels[: len(levels) - run]
+    own = prior.updated(sum(1 for x in before if x <= 2), len(before))
+    p = stats.run_without_event_p(run, own.a, own.b)
+    ev = {"run": run, "ratings": len(rs), "peer_bad_rate": round(prior.mean, 4),
+          "expected_bad_rate": round(own.mean, 4), "history": len(before),
+          "prior_strength": round(prior.strength, 1)}
+    zh = (f"连续 {run} 条评价没有差评；按同厅差评率 {prior.mean:.1%} 及本窗口以往情况，"
+          f"出现这种情况的概率约 {p:.1g}")
+    en = (f"no 差评 in the last {run} ratings; with the hall's 差评 rate {prior.mean:.1%} and this "
+          f"window's own past, the chance of that is about {p:.1g}")
+    return _Raw(run, p, run >= c.s.min_ratings, ev, (zh, en))
+
+
+def _satisfied(rs: Sequence[RatingFact]) -> int:
+    return sum(1 for r in rs if r.level >= 4)
+
+
+def _satisfaction_high(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+    rs = _judged(u)
+    if len(rs) < c.s.min_ratings:
+        return None
+    z, p0, tau2 = stats.funnel_z(_satisfied(rs), len(rs), [_satisfied(_judged(p)) for p in peers],
+                                 [len(_judged(p)) for p in peers])
+    if math.isnan(p0):
+        return None
+    share = _satisfied(rs) / len(rs)
+    ev = {"satisfied": round(share, 4), "ratings": len(rs), "peer": round(p0, 4), "z": round(z, 2),
+          "tau": round(math.sqrt(tau2), 4)}
+    zh = f"满意率 {share:.1%} 高于同厅 {p0:.1%}（评价量 {len(rs)}，z={z:.1f}）"
+    en = f"satisfaction {share:.1%} above the hall's {p0:.1%} for its volume ({len(rs)} ratings, z={z:.1f})"
+    return _Raw(round(z, 3), stats.normal_sf(z), True, ev, (zh, en))
+
+
+def _coverage_counts(u: Unit) -> tuple[int, int]:
+    decided = [t for t in u.txns if t.state in ("rated", "unrated")]
+    return sum(1 for t in decided if t.state == "rated"), len(decided)
+
+
+def _selective(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+    if not c.hall.has_feed:
+        return None
+    rated, decided = _coverage_counts(u)
+    rs = _judged(u)
+    if decided < c.s.min_ratings or len(rs) < c.s.min_ratings:
+        return None
+    pc = [_coverage_counts(p) for p in peers]
+    z_cov, cov0, _ = stats.funnel_z(rated, decided, [a for a, _ in pc], [b for _, b in pc])
+    z_sat, sat0, _ = stats.funnel_z(_satisfied(rs), len(rs),
+                                    [_satisfied(_judged(p)) for p in peers],
+                                    [len(_judged(p)) for p in peers])
+    if math.isnan(cov0) or math.isnan(sat0):
+        return None
+    # Intersection-union test: both must hold, so the weaker of the two p-values counts.
+    p = max(stats.normal_sf(-z_cov), stats.normal_sf(z_sat))
+    cov, sat = rated / decided, _satisfied(rs) / len(rs)
+    ev = {"coverage": round(cov, 4), "peer_coverage": round(cov0, 4), "z_coverage": round(z_cov, 2),
+          "satisfied": round(sat, 4), "peer_satisfied": round(sat0, 4), "z_satisfied": round(z_sat, 2),
+          "transactions": decided}
+    zh = (f"参评率 {cov:.0%} 远低于同厅 {cov0:.0%}，而满意率 {sat:.1%} 高于同厅 {sat0:.1%}"
+          "（疑似只邀请满意的群众评价）")
+    en = (f"coverage {cov:.0%} far below the hall's {cov0:.0%} while satisfaction {sat:.1%} is above "
+          f"its {sat0:.1%} (only satisfied citizens invited?)")
+    return _Raw(round(min(-z_cov, z_sat), 3), p, cov <= cov0 - c.s.coverage_gap, ev, (zh, en))
+
+
+# -- device offline ------------------------------------------------------------------------------
+
+
+def _offline_stretches(u: Unit, c: _Ctx) -> list[tuple[int, int]]:
+    """When the window's device was unreachable: offline status until online, and heartbeat
+    silences longer than offline_gap_s, by reception time (a last will carries its connect-time
+    stamp, and a buffered message its creation time)."""
+    spans: list[tuple[int, int]] = []
+    gap = c.s.offline_gap_s * 1000
+    end = c.period.end_ms
+    for dev in _devices(u):
+        log = [d for d in u.device_log if d.device == dev]
+        off_at: int | None = None
+        for d in log:
+            if d.kind == "status":
+                if d.data.get("state") == "offline" and off_at is None:
+                    off_at = d.received_ms
+                elif d.data.get("state") == "online" and off_at is not None:
+                    spans.append((off_at, d.received_ms))
+                    off_at = None
+        if off_at is not None:
+            spans.append((off_at, end))
+        beats = [d.received_ms for d in log if d.kind == "heartbeat"]
+        for a, b in zip(beats, beats[1:], strict=False):
+            if b - a > gap:
+                spans.append((a + gap, b))
+        if beats and end - beats[-1] > gap:
+            spans.append((beats[-1] + gap, end))
+    if not _devices(u) and u.has_device and (u.txns or u.ratings):
+        spans.append((c.period.start_ms, end))  # a device that never reported at all
+    # Clip to opening hours, merge overlaps.
+    clipped = sorted((max(a, oa), min(b, ob)) for a, b in spans for oa, ob in c.open_intervals()
+                     if min(b, ob) > max(a, oa))
+    merged: list[tuple[int, int]] = []
+    for a, b in clipped:
+        if merged and a <= merged[-1][1] + 60_000:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _offline(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+    if not u.has_device:
+        return None
+    mine = _offline_stretches(u, c)
+    minutes = sum(b - a for a, b in mine) / 60_000
+    peer_minutes = sorted(sum(b - a for a, b in _offline_stretches(p, c)) / 60_000
+                          for p in peers if p.has_device)
+    median = peer_minutes[len(peer_minutes) // 2] if peer_minutes else 0.0
+    excess = minutes - median
+    missed = sum(1 for t in u.txns if any(a <= t.completed_ms < b for a, b in mine))
+    need = c.s.offline_excess_min * c.days
+    if excess >= need and len(mine) >= c.s.offline_min_episodes:
+        strength = STRONG
+    elif excess >= need / 2:
+        strength = WEAK
+    else:
+        strength = NONE
+    open_min = c.open_ms() / 60_000
+    ev = {"minutes": round(minutes, 1), "episodes": len(mine), "peer_median_minutes": round(median, 1),
+          "open_minutes": round(open_min), "transactions_while_offline": missed,
+          "longest_minutes": round(max((b - a for a, b in mine), default=0) / 60_000, 1)}
+    zh = (f"评价器在办公时间离线 {minutes:.0f} 分钟、{len(mine)} 次（同厅中位数 {median:.0f} 分钟），"
+          f"离线期间办结 {missed} 件无法评价")
+    en = (f"device offline {minutes:.0f} min in {len(mine)} episodes during opening hours (hall "
+          f"median {median:.0f} min); {missed} transactions completed while it was offline")
+    return _Raw(round(minutes, 1), None, True, ev, (zh, en), strength)
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+# name -> (function, decisive)
+INDICATORS: dict[str, tuple[_Fn, bool]] = {
+    "unmatched": (_unmatched, True),
+    "out_of_service": (_out_of_service, True),
+    "uninvited_presses": (_uninvited, True),
+    "key_counters": (_key_counters, True),
+    "fast_response": (_fast, True),
+    "regular_response": (_regular, True),
+    "burst": (_burst, True),
+    "missing_negatives": (_missing_negatives, True),
+    "satisfaction_high": (_satisfaction_high, False),
+    "selective_invitation": (_selective, True),
+    "device_offline": (_offline, True),
+}
+
+
+def compute_indicators(hall: HallFacts, units: Sequence[Unit], period: Period,
+                       settings: DetectionSettings) -> dict[str, list[Indicator]]:
+    """Every indicator for every unit (keyed by `Unit.label`), peers being the other units."""
+    ctx = _Ctx(settings, period, hall)
+    out: dict[str, list[Indicator]] = {u.label: [] for u in units}
+    for name, (fn, decisive) in INDICATORS.items():
+        raws: dict[str, _Raw] = {}
+        for u in units:
+            raw = fn(u, [p for p in units if p is not u], ctx)
+            if raw is not None:
+                raws[u.label] = raw
+        tested = [label for label, r in raws.items() if r.p is not None and r.strength is None]
+        qs = dict(zip(tested, stats.benjamini_hochberg([raws[x].p for x in tested]), strict=True))
+        for label, r in raws.items():
+            q = qs.get(label)
+            if r.strength is not None:
+                strength = r.strength
+            elif q is not None and q < settings.q_strong and r.guard:
+                strength = STRONG
+            elif q is not None and q < settings.q_weak:
+                strength = WEAK
+            else:
+                strength = NONE
+            zh, en = r.reason if strength != NONE else ("", "")
+            out[label].append(Indicator(name, float(r.value), strength, decisive, r.p, q,
+                                        r.evidence, zh, en))
+    return out

@@ -1,0 +1,71 @@
+"""InfluxDB points for integrity indicators and verdicts (schema: docs/storage.md, "Integrity").
+
+A point's tags and timestamp depend only on what it describes (hall, window, staff, period kind,
+indicator, and the local midnight of the period's last day), never on when it was computed: each
+run of the detector overwrites the day's points instead of adding to them, and the value a
+dashboard shows is the latest.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+from influxdb_client import Point, WritePrecision
+
+from .verdict import SEVERITY_NAMES, Verdict
+
+__all__ = ["ALL_STAFF", "indicator_point", "verdict_point"]
+
+ALL_STAFF = "*"  # staff tag of a whole-window point
+_NS = WritePrecision.NS
+
+
+def _ts(midnight_ms: int, *parts: str) -> int:
+    # Midnight plus a stable sub-millisecond offset, as collector/points.py does for events.
+    return midnight_ms * 1_000_000 + zlib.crc32("/".join(parts).encode()) % 1_000_000
+
+
+def _base(measurement: str, v: Verdict) -> Point:
+    return (Point(measurement).tag("hall", v.hall).tag("window", v.window)
+            .tag("staff", v.staff or ALL_STAFF).tag("period", v.period))
+
+
+def indicator_point(v: Verdict, index: int, midnight_ms: int, computed_ms: int) -> str:
+    i = v.indicators[index]
+    p = (
+        _base("integrity", v).tag("indicator", i.name)
+        .field("value", float(i.value))
+        .field("strength", i.strength)
+        .field("strong", int(i.strength == "strong"))
+        .field("decisive", int(i.decisive))
+        .field("evidence", json.dumps(i.evidence, ensure_ascii=False, sort_keys=True)[:2000])
+        .field("reason_zh", i.reason_zh)
+        .field("reason_en", i.reason_en)
+        .field("computed_ms", computed_ms)
+        .time(_ts(midnight_ms, v.window, v.staff or "", v.period, i.name), _NS)
+    )
+    if i.p is not None:
+        p.field("p", float(i.p))
+    if i.q is not None:
+        p.field("q", float(i.q))
+    return p.to_line_protocol()
+
+
+def verdict_point(v: Verdict, midnight_ms: int, computed_ms: int, language: str = "zh") -> str:
+    name_zh, name_en = SEVERITY_NAMES[v.severity]
+    p = (
+        _base("integrity_verdict", v)
+        .field("severity", v.severity)
+        .field("flagged", int(v.flagged))
+        .field("severity_name", name_zh if language == "zh" else name_en)
+        .field("reasons", "；".join(v.reasons_zh) if language == "zh" else "; ".join(v.reasons_en))
+        .field("reasons_zh", "；".join(v.reasons_zh))
+        .field("reasons_en", "; ".join(v.reasons_en))
+        .field("strong", ",".join(v.strong))
+        .field("weak", ",".join(v.weak))
+        .field("n_strong", len(v.strong))
+        .field("computed_ms", computed_ms)
+        .time(_ts(midnight_ms, v.window, v.staff or "", v.period), _NS)
+    )
+    return p.to_line_protocol()

@@ -1,0 +1,108 @@
+"""Run the detector: state database in, verdicts out, integrity points queued in `influx_outbox`.
+
+`detect_hall` is pure (facts, period and settings in, verdicts out). `run_detection` is the thin
+adapter the collector service calls every `[detection] interval_s` seconds and at day close: it
+reads the facts of every hall, judges every window and every staff member for today and for the
+rolling lookback period, and queues the points in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import replace
+
+from ..config import Config
+from .facts import HallFacts, Unit, halls, load_hall_facts
+from .indicators import compute_indicators
+from .points import indicator_point, verdict_point
+from .settings import DAY_MS, DetectionSettings, Period
+from .verdict import Verdict, judge
+
+__all__ = ["detect_hall", "restrict", "run_detection"]
+
+_LOG = logging.getLogger(__name__)
+
+
+def restrict(hall: HallFacts, start_ms: int) -> HallFacts:
+    """The same facts from `start_ms` on; earlier ratings move into each unit's history."""
+    units = []
+    for u in hall.units:
+        earlier = tuple(r.level for r in u.ratings if r.press_ms < start_ms)
+        units.append(replace(
+            u, history=u.history + earlier,
+            ratings=tuple(r for r in u.ratings if r.press_ms >= start_ms),
+            txns=tuple(t for t in u.txns if t.completed_ms >= start_ms),
+        ))
+    return replace(hall, units=tuple(units))
+
+
+def detect_hall(hall: HallFacts, period: Period, settings: DetectionSettings, *,
+                per_staff: bool = True) -> list[Verdict]:
+    """Verdicts for every window of the hall, then for every staff member seen in the period."""
+    verdicts = []
+    windows = list(hall.units)
+    for label, inds in compute_indicators(hall, windows, period, settings).items():
+        verdicts.append(judge(hall.hall, label, None, period.kind, inds))
+    if per_staff:
+        staff_units: list[Unit] = []
+        for u in windows:
+            names = sorted({t.staff_id for t in u.txns if t.staff_id}
+                           | {r.staff_id for r in u.ratings if r.staff_id})
+            staff_units += [u.for_staff(s) for s in names]
+        by_label = {u.label: u for u in staff_units}
+        for label, inds in compute_indicators(hall, staff_units, period, settings).items():
+            u = by_label[label]
+            verdicts.append(judge(hall.hall, u.window, u.staff, period.kind, inds))
+    return verdicts
+
+
+def run_detection(conn: sqlite3.Connection, cfg: Config | DetectionSettings, now_ms: int, *,
+                  write_points: bool = True, per_staff: bool = True) -> list[Verdict]:
+    """Judge every hall at `now_ms`; queue the integrity points unless `write_points` is False.
+
+    Call it from the thread that owns `conn`, outside any open transaction.
+    """
+    settings = cfg if isinstance(cfg, DetectionSettings) else DetectionSettings.from_config(cfg)
+    periods = settings.periods(now_ms)
+    earliest = min(p.start_ms for p in periods)
+    verdicts: list[Verdict] = []
+    lines: list[str] = []
+    for hall in halls(conn):
+        facts = load_hall_facts(conn, hall, earliest, now_ms,
+                                earliest - settings.history_days * DAY_MS)
+        for period in periods:
+            found = detect_hall(restrict(facts, period.start_ms), period, settings,
+                                per_staff=per_staff)
+            verdicts += found
+            midnight = settings.midnight_ms(period.day)
+            for v in found:
+                lines.append(verdict_point(v, midnight, now_ms, settings.language))
+                lines += [indicator_point(v, i, midnight, now_ms) for i in range(len(v.indicators))]
+    if write_points and lines:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT INTO influx_outbox (line) VALUES (?)", [(x,) for x in lines])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    flagged = [v for v in verdicts if v.flagged and v.staff is None]
+    if flagged:
+        _LOG.info("integrity: %d window verdict(s) flagged: %s", len(flagged),
+                  ", ".join(f"{v.hall}/{v.window} ({v.period})" for v in flagged))
+    return verdicts
+
+
+def flagged_windows(verdicts: list[Verdict]) -> dict[tuple[str, str], Verdict]:
+    """The most severe window-level verdict per flagged (hall, window)."""
+    out: dict[tuple[str, str], Verdict] = {}
+    for v in verdicts:
+        if v.staff is None and v.flagged:
+            key = (v.hall, v.window)
+            if key not in out or v.severity > out[key].severity:
+                out[key] = v
+    return out
+
+
+__all__ += ["flagged_windows"]

@@ -1,0 +1,215 @@
+"""Small exact statistics for the detector, written with `math` only (no numpy/scipy).
+
+Everything here is a pure function of counts. Tail probabilities are summed exactly in log space;
+the counts involved (ratings of one window over a few days) are at most a few thousand.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = [
+    "BetaPrior",
+    "beta_binomial_cdf",
+    "beta_binomial_sf",
+    "benjamini_hochberg",
+    "binomial_sf",
+    "fit_beta_prior",
+    "funnel_z",
+    "normal_sf",
+    "poisson_sf",
+    "run_without_event_p",
+]
+
+
+def _log_add(a: float, b: float) -> float:
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    hi, lo = (a, b) if a > b else (b, a)
+    return hi + math.log1p(math.exp(lo - hi))
+
+
+def _log_choose(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def normal_sf(z: float) -> float:
+    """P(Z >= z) for a standard normal Z."""
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def binomial_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    if p <= 0:
+        return 0.0
+    if p >= 1:
+        return 1.0
+    lp, lq = math.log(p), math.log1p(-p)
+    total = -math.inf
+    for i in range(k, n + 1):
+        total = _log_add(total, _log_choose(n, i) + i * lp + (n - i) * lq)
+    return min(1.0, math.exp(total))
+
+
+def poisson_sf(k: int, mu: float) -> float:
+    """P(X >= k) for X ~ Poisson(mu)."""
+    if k <= 0:
+        return 1.0
+    if mu <= 0:
+        return 0.0
+    # 1 - P(X <= k-1), summed in log space; for large k the complement is summed directly.
+    log_mu = math.log(mu)
+    if k > mu:
+        total = -math.inf
+        i = k
+        while True:
+            term = i * log_mu - mu - math.lgamma(i + 1)
+            total = _log_add(total, term)
+            if i > mu and term < total - 40:
+                break
+            i += 1
+        return min(1.0, math.exp(total))
+    cdf = -math.inf
+    for i in range(k):
+        cdf = _log_add(cdf, i * log_mu - mu - math.lgamma(i + 1))
+    return max(0.0, 1.0 - math.exp(cdf))
+
+
+def _beta_binomial_logpmf(k: int, n: int, a: float, b: float) -> float:
+    return _log_choose(n, k) + _log_beta(k + a, n - k + b) - _log_beta(a, b)
+
+
+def beta_binomial_cdf(k: int, n: int, a: float, b: float) -> float:
+    """P(X <= k) for X ~ BetaBinomial(n, a, b)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    total = -math.inf
+    for i in range(k + 1):
+        total = _log_add(total, _beta_binomial_logpmf(i, n, a, b))
+    return min(1.0, math.exp(total))
+
+
+def beta_binomial_sf(k: int, n: int, a: float, b: float) -> float:
+    """P(X >= k) for X ~ BetaBinomial(n, a, b)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    total = -math.inf
+    for i in range(k, n + 1):
+        total = _log_add(total, _beta_binomial_logpmf(i, n, a, b))
+    return min(1.0, math.exp(total))
+
+
+def run_without_event_p(run: int, a: float, b: float) -> float:
+    """P(no event in `run` trials) when the event rate p ~ Beta(a, b): E[(1-p)^run]."""
+    if run <= 0:
+        return 1.0
+    return math.exp(_log_beta(a, b + run) - _log_beta(a, b))
+
+
+class BetaPrior:
+    """A Beta(a, b) prior for a rate, fitted to peers; `strength` = a + b in pseudo-observations."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: float, b: float) -> None:
+        self.a, self.b = a, b
+
+    @property
+    def mean(self) -> float:
+        return self.a / (self.a + self.b)
+
+    @property
+    def strength(self) -> float:
+        return self.a + self.b
+
+    def updated(self, events: int, trials: int) -> BetaPrior:
+        return BetaPrior(self.a + events, self.b + trials - events)
+
+    def __repr__(self) -> str:
+        return f"BetaPrior(a={self.a:.3g}, b={self.b:.3g})"
+
+
+def fit_beta_prior(
+    events: Sequence[int], trials: Sequence[int], *, max_strength: float, min_mean: float = 1e-3
+) -> BetaPrior:
+    """Method-of-moments Beta prior for per-unit rates events[i]/trials[i].
+
+    The between-unit variance is the observed variance of the rates (weighted by trials) minus the
+    part binomial sampling explains; what is left is the real spread of quality between windows
+    (over-dispersion). When peers look identical the prior is capped at `max_strength`
+    pseudo-observations, so that a window is never judged as if the hall knew its true rate
+    better than that many ratings would tell.
+    """
+    units = [(e, t) for e, t in zip(events, trials, strict=True) if t > 0]
+    total_t = sum(t for _, t in units)
+    if total_t == 0:
+        return BetaPrior(min_mean * max_strength, (1 - min_mean) * max_strength)
+    mean = sum(e for e, _ in units) / total_t
+    mean = min(max(mean, min_mean), 1 - min_mean)
+    strength = max_strength
+    if len(units) >= 2:
+        var = sum(t * (e / t - mean) ** 2 for e, t in units) / total_t
+        sampling = mean * (1 - mean) * sum(1 / t for _, t in units) / len(units)
+        between = var - sampling
+        if between > 0:
+            strength = min(max_strength, max(2.0, mean * (1 - mean) / between - 1))
+    return BetaPrior(mean * strength, (1 - mean) * strength)
+
+
+def funnel_z(events: int, trials: int, peer_events: Sequence[int], peer_trials: Sequence[int]
+             ) -> tuple[float, float, float]:
+    """Funnel-plot z-score of one unit's proportion against its peers, over-dispersion adjusted.
+
+    Target p0 is the peers' pooled proportion; the between-peer variance tau^2 is the
+    DerSimonian-Laird random-effects estimate (Spiegelhalter 2005, additive over-dispersion),
+    so the control limits are p0 +- z * sqrt(p0(1-p0)/n + tau^2): they narrow with volume but
+    never below the real spread of peers. Returns (z, p0, tau^2).
+    """
+    peers = [(e, t) for e, t in zip(peer_events, peer_trials, strict=True) if t > 0]
+    total = sum(t for _, t in peers)
+    if total == 0 or trials == 0:
+        return 0.0, math.nan, 0.0
+    p0 = sum(e for e, _ in peers) / total
+    p0 = min(max(p0, 0.5 / total), 1 - 0.5 / total)
+    tau2 = 0.0
+    if len(peers) >= 2:
+        w = [t / (p0 * (1 - p0)) for _, t in peers]
+        ys = [e / t for e, t in peers]
+        sw = sum(w)
+        ybar = sum(wi * yi for wi, yi in zip(w, ys, strict=True)) / sw
+        q = sum(wi * (yi - ybar) ** 2 for wi, yi in zip(w, ys, strict=True))
+        denom = sw - sum(wi * wi for wi in w) / sw
+        if denom > 0:
+            tau2 = max(0.0, (q - (len(peers) - 1)) / denom)
+    se = math.sqrt(p0 * (1 - p0) / trials + tau2)
+    return (events / trials - p0) / se, p0, tau2
+
+
+def benjamini_hochberg(pvalues: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (q-values), in the input order."""
+    m = len(pvalues)
+    if m == 0:
+        return []
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    q = [1.0] * m
+    running = 1.0
+    for rank in range(m, 0, -1):
+        i = order[rank - 1]
+        running = min(running, pvalues[i] * m / rank)
+        q[i] = min(1.0, running)
+    return q
