@@ -24,7 +24,9 @@ fi
 stamp=.venv/.evalterm-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing Python packages into .venv"
-    .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+    # (This machine's pip config names local mirrors that may be absent; hide those warnings.)
+    .venv/bin/pip install -q --disable-pip-version-check -e ".[test]" 2>&1 \
+        | { grep -v "^WARNING: Location 'file:" || true; }
     touch "$stamp"
 fi
 echo "setup: ready"
