@@ -1,0 +1,257 @@
+"""evalterm benchmark: the collector against two baselines, on real Mosquitto and InfluxDB.
+
+    .venv/bin/python bench/run.py [--pairs 20000] [--devices 20000] [--rate 1000] [--seconds 20]
+
+Prints a table; docs/performance.md records the figures and how to read them. Nothing here is a
+test: there are no pass/fail limits, only measurements taken in one run on one machine.
+
+1. Backlog drain (throughput). For each consumer (bare subscriber, plain bridge, collector) the same
+   backlog of `--pairs` (transaction event, signed rating) pairs is queued at the broker for the
+   consumer's persistent session; then the consumer starts and the clock runs until it is done
+   (subscriber: every message received; bridge and collector: every rating queryable in InfluxDB).
+   The publisher is not running meanwhile, so only the consumer's work is timed.
+2. Live latency. The collector runs while the load generator publishes at `--rate` pairs per second
+   for `--seconds`; a poller asks InfluxDB every 100 ms for new ratings and takes, for each one, the
+   time it was first seen minus its publish time (p50/p99; includes up to 100 ms of polling delay).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from collector.config import load_config  # noqa: E402
+from collector.db import connect  # noqa: E402
+from collector.devservers import InfluxServer, MosquittoServer  # noqa: E402
+from collector.influx import influxql  # noqa: E402
+
+PY = sys.executable
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds, peak RSS bytes) of a running process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    hwm = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) * 1024
+    return cpu, hwm
+
+
+def count_ratings(url: str, db: str) -> int:
+    try:
+        rows = influxql(url, db, 'SELECT count("value") FROM "rating"')
+    except ValueError:
+        return 0
+    return int(rows[0]["values"][0][1]) if rows else 0  # type: ignore[index]
+
+
+def loadgen(port: int, keys: Path, pairs: int, rate: float = 0, latency_out: Path | None = None
+            ) -> dict[str, float]:
+    argv = [PY, str(ROOT / "bench" / "loadgen.py"), "--port", str(port), "--keys", str(keys),
+            "--pairs", str(pairs), "--rate", str(rate)]
+    if latency_out:
+        argv += ["--latency-out", str(latency_out)]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def wait_until(pred, timeout: float, poll: float = 0.1) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    while not pred():
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError("benchmark step did not finish in time")
+        time.sleep(poll)
+    return time.perf_counter()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=20000, help="backlog: transaction+rating pairs")
+    ap.add_argument("--devices", type=int, default=20000, help="registered devices")
+    ap.add_argument("--rate", type=float, default=1000, help="latency run: ratings per second")
+    ap.add_argument("--seconds", type=float, default=20, help="latency run: duration")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="evalterm-bench-"))
+    broker = MosquittoServer(tmp / "mosquitto").start()
+    influx = InfluxServer(tmp / "influxd").start()
+    results: dict[str, dict[str, float]] = {}
+    try:
+        # -- registry and keys --------------------------------------------------------------------
+        cfg = load_config(None, env={}).with_overrides(
+            collector__data_dir=str(tmp / "collector"), mqtt__port=broker.port,
+            influx__url=influx.url, influx__database="evalterm", http__listen="",
+            mqtt__topic_prefix="evalterm", collector__log_level="WARNING")
+        cfg_file = tmp / "collector.toml"
+        cfg_file.write_text(cfg.to_toml())
+        conn = connect(cfg.state_db)
+        conn.execute("BEGIN")
+        devices = []
+        now = int(time.time() * 1000)
+        for i in range(args.devices):
+            key = secrets.token_bytes(32)
+            dev, window = f"kp{i:05d}", f"w{i:05d}"
+            conn.execute("INSERT INTO device (device, hall, window, key_hex, state, created_ms) "
+                         "VALUES (?, 'bench', ?, ?, 'active', ?)", (dev, window, key.hex(), now))
+            devices.append([dev, window, key.hex()])
+        conn.execute("COMMIT")
+        conn.close()
+        keys = tmp / "keys.json"
+        keys.write_text(json.dumps(devices))
+        n_msgs = 2 * args.pairs
+        print(f"bench: {args.devices} registered devices, backlog {args.pairs} pairs "
+              f"({n_msgs} messages), {os.cpu_count()} cores", flush=True)
+
+        # -- 1a. bare subscriber --------------------------------------------------------------------
+        base = [PY, str(ROOT / "bench" / "baselines.py")]
+        subprocess.run([*base, "count", "--port", str(broker.port)], check=True, cwd=ROOT,
+                       capture_output=True)
+        loadgen(broker.port, keys, args.pairs)
+        t0 = time.perf_counter()
+        subprocess.run([*base, "count", "--port", str(broker.port), "--expect", str(n_msgs)],
+                       check=True, cwd=ROOT, capture_output=True)
+        dt = time.perf_counter() - t0
+        results["bare paho subscriber"] = {"msgs_s": n_msgs / dt, "ratings_s": args.pairs / dt,
+                                           "seconds": dt}
+        print(f"  bare subscriber: {n_msgs / dt:,.0f} msg/s", flush=True)
+
+        # -- 1b. plain bridge -------------------------------------------------------------------------
+        subprocess.run([*base, "bridge", "--port", str(broker.port), "--influx", influx.url],
+                       check=True, cwd=ROOT, capture_output=True)
+        loadgen(broker.port, keys, args.pairs)
+        t0 = time.perf_counter()
+        bridge = subprocess.Popen([*base, "bridge", "--port", str(broker.port), "--expect",
+                                   str(n_msgs), "--influx", influx.url], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        t1 = wait_until(lambda: count_ratings(influx.url, "bridge") >= args.pairs, 600, 0.2)
+        bridge.wait(60)
+        dt = t1 - t0
+        results["plain MQTT->InfluxDB bridge"] = {"msgs_s": n_msgs / dt,
+                                                  "ratings_s": args.pairs / dt, "seconds": dt}
+        print(f"  plain bridge: {n_msgs / dt:,.0f} msg/s", flush=True)
+
+        # -- 1c. the collector ----------------------------------------------------------------------
+        log = (tmp / "collector.log").open("ab")
+        argv = [PY, "-m", "collector.cli", "-c", str(cfg_file), "run"]
+        first = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log)
+        time.sleep(3)  # connected and subscribed: the persistent session exists
+        first.terminate()
+        first.wait(30)
+        loadgen(broker.port, keys, args.pairs)
+        depth_series: list[tuple[float, int]] = []
+        t0 = time.perf_counter()
+        coll = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log)
+        stop_poll = threading.Event()
+
+        def poll_depth() -> None:
+            c = sqlite3.connect(cfg.state_db, timeout=30)
+            while not stop_poll.wait(1.0):
+                try:
+                    d = c.execute("SELECT count(*) FROM influx_outbox").fetchone()[0]
+                except sqlite3.Error:
+                    continue
+                depth_series.append((time.perf_counter() - t0, d))
+            c.close()
+
+        poller = threading.Thread(target=poll_depth, daemon=True)
+        poller.start()
+        t1 = wait_until(lambda: count_ratings(influx.url, "evalterm") >= args.pairs, 900, 0.2)
+        cpu, rss = proc_stats(coll.pid)
+        dt = t1 - t0
+        results["evalterm collector"] = {"msgs_s": n_msgs / dt, "ratings_s": args.pairs / dt,
+                                         "seconds": dt, "cpu_s": cpu, "rss_mb": rss / 2**20}
+        print(f"  collector: {n_msgs / dt:,.0f} msg/s", flush=True)
+
+        # -- 2. live latency --------------------------------------------------------------------------
+        lat_file = tmp / "latency.txt"
+        before = count_ratings(influx.url, "evalterm")
+        n_live = int(args.rate * args.seconds)
+        seen: dict[str, int] = {}
+        stop_lat = threading.Event()
+        since = [time.time_ns()]
+
+        def poll_latency() -> None:
+            while not stop_lat.wait(0.1):
+                q = f'SELECT "rating_id" FROM "rating" WHERE time >= {since[0] - 5_000_000_000}'
+                try:
+                    series = influxql(influx.url, "evalterm", q)
+                except Exception:  # noqa: BLE001 - keep polling
+                    continue
+                t_seen = int(time.time() * 1000)
+                for s in series:
+                    for _t, rid in s["values"]:  # type: ignore[union-attr]
+                        seen.setdefault(str(rid), t_seen)
+
+        lat_thread = threading.Thread(target=poll_latency, daemon=True)
+        lat_thread.start()
+        gen = loadgen(broker.port, keys, n_live, rate=args.rate, latency_out=lat_file)
+        wait_until(lambda: count_ratings(influx.url, "evalterm") >= before + n_live, 300, 0.2)
+        time.sleep(0.3)
+        stop_lat.set()
+        lat_thread.join()
+        cpu2, rss2 = proc_stats(coll.pid)
+        stop_poll.set()
+        coll.terminate()
+        coll.wait(30)
+        lats = []
+        for line in lat_file.read_text().splitlines():
+            rid, ms = line.split()
+            if rid in seen:
+                lats.append(seen[rid] - int(ms))
+        lats.sort()
+        achieved = n_live / gen["seconds"]
+        results["latency"] = {
+            "rate": achieved, "n": len(lats), "missing": n_live - len(lats),
+            "p50_ms": lats[len(lats) // 2] if lats else float("nan"),
+            "p99_ms": lats[int(len(lats) * 0.99)] if lats else float("nan"),
+            "max_ms": lats[-1] if lats else float("nan"),
+            "rss_mb": rss2 / 2**20, "cpu_s": cpu2,
+        }
+    finally:
+        broker.stop()
+        influx.stop()
+        if not args.keep:
+            subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+    # -- report -----------------------------------------------------------------------------------
+    bare = results["bare paho subscriber"]["msgs_s"]
+    bridge_rate = results["plain MQTT->InfluxDB bridge"]["msgs_s"]
+    print()
+    print(f"{'backlog drain':<30}{'msg/s':>10}{'ratings/s':>11}{'seconds':>9}"
+          f"{'vs bare':>9}{'vs bridge':>11}")
+    for name in ("bare paho subscriber", "plain MQTT->InfluxDB bridge", "evalterm collector"):
+        r = results[name]
+        print(f"{name:<30}{r['msgs_s']:>10,.0f}{r['ratings_s']:>11,.0f}{r['seconds']:>9.1f}"
+              f"{r['msgs_s'] / bare:>9.2f}{r['msgs_s'] / bridge_rate:>11.2f}")
+    c = results["evalterm collector"]
+    print(f"collector during the drain: CPU {c['cpu_s']:.1f} s for {c['seconds']:.1f} s "
+          f"({c['cpu_s'] / c['seconds']:.0%} of one core), peak RSS {c['rss_mb']:.0f} MB")
+    print("outbox depth (s: points): " + ", ".join(f"{t:.0f}: {d}" for t, d in depth_series[:30]))
+    lat = results["latency"]
+    print(f"live: {lat['rate']:,.0f} ratings/s (+ as many transaction events) for {args.seconds:.0f} s:"
+          f" p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms "
+          f"publish -> queryable in InfluxDB ({lat['missing']} not seen); "
+          f"peak RSS {lat['rss_mb']:.0f} MB with {args.devices} registered devices")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
