@@ -221,7 +221,7 @@ class Linker:
     # -- ratings ---------------------------------------------------------------------------------
 
     def rating(self, r: RatingIn, now_ms: int) -> list[Decision]:
-        paused, signed_on = self._window_context(r.hall, r.window)
+        paused, signed_on, staff_id = self._window_context(r.hall, r.window)
         self._db.execute(
             f"INSERT INTO rating (rating_id, {_RATING_COLS}, state, paused, signed_on) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'held', ?, ?)",
@@ -229,15 +229,17 @@ class Linker:
              r.rt_ms, r.txn, r.press_ms, r.received_ms, r.device_ts, int(paused),
              None if signed_on is None else int(signed_on)),
         )
-        return self._judge(r, now_ms, final=self.grace_ms == 0)
+        return self._judge(r, now_ms, final=self.grace_ms == 0,
+                           context=(paused, signed_on, staff_id))
 
-    def _window_context(self, hall: str, window: str) -> tuple[bool, bool | None]:
+    def _window_context(self, hall: str, window: str) -> tuple[bool, bool | None, str | None]:
+        """(paused, staff signed on (None: unknown), signed-on staff id) of a window now."""
         row = self._db.execute(
             "SELECT paused, staff_id FROM window_state WHERE hall=? AND window=?", (hall, window)
         ).fetchone()
         if row is None:
-            return False, None
-        return bool(row[0]), row[1] is not None
+            return False, None, None
+        return bool(row[0]), row[1] is not None, row[1]
 
     def _candidate(self, r: RatingIn) -> tuple[TxnIn, str, int] | Unlinked | None:
         """The transaction `r` rates, the reason it cannot link, or None if none is known yet."""
@@ -267,13 +269,20 @@ class Linker:
             return None
         return _txn_from_row(row), row[11], row[12]
 
-    def _judge(self, r: RatingIn, now_ms: int, *, final: bool) -> list[Decision]:
+    def _judge(self, r: RatingIn, now_ms: int, *, final: bool,
+               context: tuple[bool, bool | None, str | None] | None = None) -> list[Decision]:
+        """Link `r` or record why not. `context` is the window's state when `r` arrived (read
+        from the stored rating when a held rating is judged again)."""
         db = self._db
         found = self._candidate(r)
-        ctx = db.execute(
-            "SELECT paused, signed_on FROM rating WHERE rating_id=?", (r.rating_id,)
-        ).fetchone()
-        paused, signed_on = bool(ctx[0]), None if ctx[1] is None else bool(ctx[1])
+        if context is None:
+            ctx = db.execute(
+                "SELECT paused, signed_on FROM rating WHERE rating_id=?", (r.rating_id,)
+            ).fetchone()
+            paused, signed_on = bool(ctx[0]), None if ctx[1] is None else bool(ctx[1])
+            staff_id = None
+        else:
+            paused, signed_on, staff_id = context
         if isinstance(found, tuple):
             t = found[0]
             db.execute(
@@ -297,10 +306,8 @@ class Linker:
                 )
                 return []
             found = Unlinked.UNKNOWN if r.txn is not None else Unlinked.NO_TRANSACTION
-        staff = db.execute(
-            "SELECT staff_id FROM window_state WHERE hall=? AND window=?", (r.hall, r.window)
-        ).fetchone()
-        staff_id = staff[0] if staff else None
+        if context is None:
+            staff_id = self._window_context(r.hall, r.window)[2]
         db.execute(
             "UPDATE rating SET state='unlinked', hold_until_ms=NULL, unlinked_reason=?, staff_id=? "
             "WHERE rating_id=?",

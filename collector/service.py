@@ -75,7 +75,7 @@ class Collector:
         )
         self._client = self._make_client()
         self._inflight_cmds: dict[int, int] = {}  # paho mid -> cmd_outbox id
-        self._published_cmds: set[int] = set()
+        self._last_published_cmd = 0  # paho holds what it was given and resends until the PUBACK
         self._cmd_lock = threading.Lock()
         self._worker = threading.Thread(target=self._work, name="ingest", daemon=True)
         self._http: ThreadingHTTPServer | None = None
@@ -238,20 +238,23 @@ class Collector:
 
     def _publish_commands(self) -> None:
         now = self.clock()
-        rows = self._db.execute("SELECT id, topic, payload, expires_ms FROM cmd_outbox ORDER BY id")
+        rows = self._db.execute(
+            "SELECT id, topic, payload, expires_ms FROM cmd_outbox WHERE id > ? ORDER BY id",
+            (self._last_published_cmd,),
+        )
         expired = []
         for row_id, topic, payload, expires in rows.fetchall():
-            if row_id in self._published_cmds:
-                continue  # paho holds it and resends it until the PUBACK
             if expires <= now:
                 expired.append((row_id,))
+                self._last_published_cmd = row_id
                 continue
             info = self._client.publish(topic, payload, qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
-                continue
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                _LOG.warning("publishing a command failed (%s); retrying later", info.rc)
+                break  # (NO_CONN: paho keeps a QoS 1 message and sends it on reconnect)
+            self._last_published_cmd = row_id
             with self._cmd_lock:
                 self._inflight_cmds[info.mid] = row_id
-            self._published_cmds.add(row_id)
         if expired:
             self._db.executemany("DELETE FROM cmd_outbox WHERE id=?", expired)
 
