@@ -64,6 +64,7 @@ def main():
     ctl.setblocking(False)
     release = [None] * 5
     state = link = None
+    pubs = fails = 0
     print("BOOT", dev.boot)
     while True:
         dev.step()
@@ -89,6 +90,12 @@ def main():
         if dev.link.up != link:
             link = dev.link.up
             print("LINK", 1 if link else 0, "outbox", len(dev.outbox))
+        if dev.link.published != pubs:
+            pubs = dev.link.published
+            print("PUBLISHED", pubs, "outbox", len(dev.outbox))
+        if dev.link.failures != fails:
+            fails = dev.link.failures
+            print("LINKFAIL", fails, dev.link.last_error)
         time.sleep_ms(5)
 
 
