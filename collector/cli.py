@@ -362,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .detection_cli import add_subcommands as add_detection
 
     add_detection(sub)
+    from .grafana_cli import add_subcommands as add_grafana
+
+    add_grafana(sub)
     return p
 
 

@@ -1,0 +1,192 @@
+"""Shared defaults of every generated dashboard: datasource, texts, variables, filters, panels.
+
+Dashboards are built with grafana-foundation-sdk (builders generated for Grafana v11.6.x). The SDK
+has no InfluxDB query type, so `InfluxQuery` is one: a raw InfluxQL target (`rawQuery: true`) as the
+Grafana InfluxDB datasource stores it, whichever InfluxDB version serves it (1.x natively, 2.x and
+3.x through their InfluxQL endpoints).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog import variants as cogvariants
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import dashboard as dm
+
+__all__ = [
+    "DS", "DS_UID", "GRAFANA_VERSION", "LEVELS", "REASONS", "TAGS", "Influx", "InfluxQuery", "T",
+    "base_dashboard", "level_mappings", "reason_mappings", "rating_where", "to_dict", "txn_where",
+    "device_where", "variables",
+]
+
+GRAFANA_VERSION = "11.6"           # the SDK's target; schemaVersion comes with it
+DS_UID = "evalterm-influxdb"       # the provisioned datasource (dashboards/provisioning/datasources)
+DS = dm.DataSourceRef(type_val="influxdb", uid=DS_UID)
+TAGS = ["evalterm", "generated"]
+FOLDER_UID = "evalterm"
+
+# Level and reason texts (docs/protocol.md §4.1).
+LEVELS = {5: ("非常满意", "very satisfied"), 4: ("满意", "satisfied"), 3: ("基本满意", "fairly satisfied"),
+          2: ("不满意", "dissatisfied"), 1: ("非常不满意", "very dissatisfied")}
+LEVEL_COLORS = {5: "dark-green", 4: "green", 3: "yellow", 2: "orange", 1: "red"}
+REASONS = {"attitude": ("服务态度", "attitude"), "efficiency": ("办事效率", "efficiency"),
+           "notice": ("一次性告知不到位", "not told everything at once"),
+           "wait": ("等候时间长", "long wait"), "facility": ("环境设施", "facilities"),
+           "other": ("其他", "other"), "none": ("未选择", "not chosen")}
+
+
+class T:
+    """Texts of one language: `t("满意率", "Satisfaction")` picks the variant."""
+
+    def __init__(self, lang: str = "zh") -> None:
+        if lang not in ("zh", "en"):
+            raise ValueError(f"language {lang!r}: expected zh or en")
+        self.lang = lang
+
+    def __call__(self, zh: str, en: str) -> str:
+        return zh if self.lang == "zh" else en
+
+    def uid(self, base: str) -> str:
+        """Stable dashboard UID; the English variant is a separate dashboard."""
+        return base if self.lang == "zh" else f"{base}-en"
+
+    @property
+    def reason_field(self) -> str:
+        return "reasons_zh" if self.lang == "zh" else "reasons_en"
+
+    @property
+    def indicator_reason_field(self) -> str:
+        return "reason_zh" if self.lang == "zh" else "reason_en"
+
+
+# -- queries ------------------------------------------------------------------------------------
+
+
+class InfluxQuery(cogvariants.Dataquery):
+    """A raw InfluxQL target of the Grafana InfluxDB datasource."""
+
+    def __init__(self, query: str, ref_id: str = "A", result_format: str = "time_series",
+                 alias: str | None = None, hide: bool = False) -> None:
+        self.query, self.ref_id, self.result_format = query, ref_id, result_format
+        self.alias, self.hide = alias, hide
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"datasource": {"type": "influxdb", "uid": DS_UID},
+                                  "query": self.query, "rawQuery": True, "refId": self.ref_id,
+                                  "resultFormat": self.result_format}
+        if self.alias:
+            out["alias"] = self.alias
+        if self.hide:
+            out["hide"] = True
+        return out
+
+
+class Influx(cogbuilder.Builder[InfluxQuery]):
+    def __init__(self, query: str, ref_id: str = "A", *, table: bool = False,
+                 alias: str | None = None) -> None:
+        self._q = InfluxQuery(" ".join(query.split()), ref_id, "table" if table else "time_series",
+                              alias)
+
+    def build(self) -> InfluxQuery:
+        return self._q
+
+
+# Grafana interpolates `${var:regex}` into an escaped alternation `(a|b)`; the "All" option uses
+# the custom all value `.*` unescaped. A regex match on a tag is served by every InfluxDB version.
+def _match(tag: str, var: str | None = None) -> str:
+    return f'"{tag}" =~ /^${{{var or tag}:regex}}$/'
+
+
+def rating_where(*extra: str) -> str:
+    """WHERE clause of a `rating` query: time range and the four template variables."""
+    parts = ["$timeFilter", _match("hall"), _match("window"), _match("staff"), _match("service"),
+             *extra]
+    return "WHERE " + " AND ".join(parts)
+
+
+def txn_where(*extra: str) -> str:
+    return rating_where(*extra)  # `transaction` has the same four tags
+
+
+def device_where(*extra: str) -> str:
+    return "WHERE " + " AND ".join(["$timeFilter", _match("hall"), _match("window"), *extra])
+
+
+# -- variables ----------------------------------------------------------------------------------
+
+
+def _query_var(name: str, label: str, query: str) -> db.QueryVariable:
+    return (db.QueryVariable(name).label(label).query(" ".join(query.split())).datasource(DS)
+            .multi(True).include_all(True).all_value(".*")
+            .current(dm.VariableOption(selected=True, text="All", value="$__all"))
+            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(dm.VariableSort.ALPHABETICAL_ASC))
+
+
+def variables(t: T, names: tuple[str, ...] = ("hall", "window", "staff", "service")
+              ) -> list[db.QueryVariable]:
+    """Hall, window, staff and service selectors, each narrowed by the ones before it."""
+    defs = {
+        "hall": (t("大厅", "Hall"), 'SHOW TAG VALUES FROM "transaction" WITH KEY = "hall"'),
+        "window": (t("窗口", "Window"), 'SHOW TAG VALUES FROM "rating" WITH KEY = "window" '
+                   'WHERE "hall" =~ /^${hall:regex}$/'),
+        "staff": (t("工作人员", "Staff"), 'SHOW TAG VALUES FROM "transaction" WITH KEY = "staff" '
+                  'WHERE "hall" =~ /^${hall:regex}$/ AND "window" =~ /^${window:regex}$/'),
+        "service": (t("事项", "Service"), 'SHOW TAG VALUES FROM "transaction" WITH KEY = "service" '
+                    'WHERE "hall" =~ /^${hall:regex}$/'),
+    }
+    return [_query_var(n, *defs[n]) for n in names]
+
+
+# -- mappings and panels ------------------------------------------------------------------------
+
+
+def _value_map(pairs: dict[str, tuple[str, str | None]]) -> dm.ValueMap:
+    return dm.ValueMap(options={k: dm.ValueMappingResult(text=text, color=color, index=i)
+                                for i, (k, (text, color)) in enumerate(pairs.items())})
+
+
+def level_mappings(t: T) -> list[dm.ValueMapping]:
+    return [_value_map({str(k): (f"{k} {t(*v)}", LEVEL_COLORS[k]) for k, v in LEVELS.items()})]
+
+
+def reason_mappings(t: T) -> list[dm.ValueMapping]:
+    return [_value_map({k: (t(*v), None) for k, v in REASONS.items()})]
+
+
+def thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
+    return (db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE)
+            .steps([dm.Threshold(value=v, color=c) for v, c in steps]))
+
+
+def base_dashboard(t: T, uid: str, title: str, description: str) -> db.Dashboard:
+    return (db.Dashboard(title).uid(t.uid(uid)).description(description).tags(TAGS)
+            .timezone("browser").time("now-24h", "now").refresh("1m")
+            .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+            .link(db.DashboardLink(t("评价器", "evalterm")).type(dm.DashboardLinkType.DASHBOARDS)
+                  .tags(["evalterm"]).as_dropdown(True).include_vars(True).keep_time(True)))
+
+
+def transformation(kind: str, options: dict[str, Any] | None = None) -> dm.DataTransformerConfig:
+    return dm.DataTransformerConfig(id_val=kind, options=options or {})
+
+
+def organize(rename: dict[str, str], exclude: tuple[str, ...] = ("Time",),
+             order: list[str] | None = None) -> dm.DataTransformerConfig:
+    opts: dict[str, Any] = {"renameByName": rename,
+                            "excludeByName": dict.fromkeys(exclude, True)}
+    if order:
+        opts["indexByName"] = {name: i for i, name in enumerate(order)}
+    return transformation("organize", opts)
+
+
+def to_dict(built: Any) -> Any:
+    """A built SDK object as plain JSON data."""
+    return json.loads(json.dumps(built, cls=JSONEncoder))
+
+
+PanelFn = Callable[[T], cogbuilder.Builder[dm.Panel]]
