@@ -42,6 +42,10 @@ OPTIONS: tuple[Option, ...] = (
     _o("collector", "data_dir", str, "./run/data", "Folder of the state database (state.db)."),
     _o("collector", "log_level", str, "INFO", "Logging level.",
        choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    _o("collector", "max_db_mb", int, 2048,
+       "Largest size of the state database. When the outbox has filled it (InfluxDB away for very "
+       "long), the collector stops acknowledging messages, so the broker keeps them, until it "
+       "drains; nothing is dropped. 0: no limit.", minimum=0),
     _o("collector", "batch_max", int, 500, "Most inbound messages committed in one transaction.",
        minimum=1, maximum=10000),
     _o("mqtt", "host", str, "127.0.0.1", "Broker host."),
@@ -129,7 +133,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("detection", "uninvited_min", int, 5,
        "Least key presses outside an invitation in a day for strong evidence.", minimum=1),
     _o("detection", "counter_tolerance", int, 2,
-       "Key-counter presses that may go unexplained per day (heartbeat boundaries).", minimum=0),
+       "Key presses that may go unexplained in a period (a press and its rating on either side "
+       "of a heartbeat).", minimum=0),
     _o("detection", "min_human_rt_ms", int, 800,
        "An invited rating faster than this after the invitation is too fast for a citizen.",
        minimum=0),

@@ -117,7 +117,8 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 """
 
 
-def connect(path: str | Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
+def connect(path: str | Path, *, check_same_thread: bool = True,
+            max_mb: int = 0) -> sqlite3.Connection:
     """Open (creating if needed) the state database in WAL mode with the current schema.
 
     Transactions are explicit (`isolation_level=None`; callers use `BEGIN IMMEDIATE`), and
@@ -139,4 +140,10 @@ def connect(path: str | Path, *, check_same_thread: bool = True) -> sqlite3.Conn
     row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     if int(row[0]) != SCHEMA_VERSION:
         raise RuntimeError(f"state database {path} has schema {row[0]}, expected {SCHEMA_VERSION}")
+    if max_mb > 0:
+        # A bound on the file, so that a long InfluxDB outage fills neither the disk nor this
+        # database: past it, writes fail with SQLITE_FULL and the collector stops acknowledging
+        # (the broker keeps the messages) until the outbox drains.
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count={max(1, max_mb * 2**20 // page)}")
     return conn

@@ -8,6 +8,7 @@ bring it back on the same port with the same data.
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -98,6 +99,9 @@ class MosquittoServer(_Server):
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             f"{default_auth}"
+            # Started as root, mosquitto would switch to the `mosquitto` user and could not
+            # write its persistence file in our folder; stay the user who started it.
+            f"user {getpass.getuser()}\n"
             "persistence true\n"
             f"persistence_location {persist}/\n"
             "autosave_interval 1\n"

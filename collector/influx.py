@@ -214,7 +214,8 @@ class OutboxDrainer:
                              (rows[0][0], rows[-1][0]))
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
         self._metrics.points_written.inc(len(rows))
         self._metrics.outbox_depth.set(self.depth())

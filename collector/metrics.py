@@ -50,6 +50,10 @@ class Metrics:
             "influx_dead table)", registry=r,
         )
         self.held = Gauge("evalterm_held_ratings", "Ratings waiting for their transaction", registry=r)
+        self.stalls = Counter(
+            "evalterm_ingest_stalls", "Ingest batches that could not be committed (retried, "
+            "not acknowledged meanwhile), e.g. the state database is full", registry=r,
+        )
         self.batches = Counter("evalterm_batches", "Committed ingest batches", registry=r)
         self.mqtt_connected = Gauge(
             "evalterm_mqtt_connected", "1 while connected to the broker", registry=r

@@ -98,6 +98,8 @@ class Ingest:
                     db.execute("RELEASE msg")
                     outcome = Outcome("rejected", exc.reason.value, exc.detail)
                     self._record_rejection(item, exc)
+                except sqlite3.OperationalError:
+                    raise  # storage trouble (disk full, I/O): abort the batch, retry it later
                 except Exception as exc:  # a bug must not take the service down or lose the message
                     db.execute("ROLLBACK TO msg")
                     db.execute("RELEASE msg")
@@ -113,7 +115,8 @@ class Ingest:
             self._apply(ticked, now_ms, "")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may already have rolled back (e.g. SQLITE_FULL)
+                db.execute("ROLLBACK")
             raise
         self._count(outcomes, ticked)
         return outcomes
@@ -127,7 +130,8 @@ class Ingest:
             self._apply(decisions, now_ms, "")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         self._count([], decisions)
         return decisions

@@ -61,7 +61,7 @@ class Collector:
         self.cfg = cfg
         self.clock = clock
         self.metrics = Metrics()
-        self._db = connect(cfg.state_db, check_same_thread=False)
+        self._db = connect(cfg.state_db, check_same_thread=False, max_mb=cfg.collector.max_db_mb)
         self.ingest = Ingest(self._db, cfg, self.metrics)
         self._queue: queue.Queue[Inbound | None] = queue.Queue()
         self._stop = threading.Event()
@@ -80,6 +80,7 @@ class Collector:
         self._worker = threading.Thread(target=self._work, name="ingest", daemon=True)
         self._http: ThreadingHTTPServer | None = None
         self.last_batch_ms = 0
+        self.stalled = ""  # why the ingest worker cannot commit, while it cannot
 
     # -- MQTT ------------------------------------------------------------------------------------
 
@@ -177,51 +178,64 @@ class Collector:
     # -- the ingest worker -----------------------------------------------------------------------
 
     def _work(self) -> None:
-        self._publish_commands()  # what a previous run left queued
+        self._run(self._publish_commands)  # what a previous run left queued
         while not self._stop.is_set():
-            due = self.ingest.linker.next_due_ms()
-            timeout = 1.0 if due is None else max(0.0, min(1.0, (due - self.clock()) / 1000))
             try:
-                first = self._queue.get(timeout=timeout)
+                self._work_once()
+            except Exception:  # never let the worker die: log, wait, go on
+                _LOG.exception("ingest worker error")
+                time.sleep(1)
+
+    def _work_once(self) -> None:
+        """Take the queued messages (up to batch_max), or run the timer when nothing comes."""
+        due = self.ingest.linker.next_due_ms()
+        timeout = 1.0 if due is None else max(0.0, min(1.0, (due - self.clock()) / 1000))
+        try:
+            first = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            if due is not None and due <= self.clock():
+                self._run(self.ingest.tick, self.clock())
+                self._run(self._publish_commands)
+                self._drainer.notify()
+            return
+        if first is None:
+            self._stop.set()
+            return
+        batch = [first]
+        while len(batch) < self.cfg.collector.batch_max:
+            try:
+                nxt = self._queue.get_nowait()
             except queue.Empty:
-                first = None
-                if due is not None and due <= self.clock():
-                    self._run(self.ingest.tick, self.clock())
-                    self._publish_commands()
-                    self._drainer.notify()
-                continue
-            if first is None:
                 break
-            batch = [first]
-            while len(batch) < self.cfg.collector.batch_max:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._stop.set()
-                    break
-                batch.append(nxt)
-            self._process(batch)
+            if nxt is None:
+                self._stop.set()
+                break
+            batch.append(nxt)
+        self._process(batch)
 
     def _run(self, fn: Any, *args: Any) -> Any:
         """Run a database step; on an unexpected failure wait and retry (never drop the batch)."""
         delay = 0.5
         while True:
             try:
-                return fn(*args)
-            except Exception:
+                result = fn(*args)
+                self.stalled = ""
+                return result
+            except Exception as exc:
                 if self._stop.is_set():
                     raise
-                _LOG.exception("ingest step failed; retrying in %.1fs", delay)
+                self.stalled = f"{type(exc).__name__}: {exc}"[:200]
+                self.metrics.stalls.inc()
+                _LOG.exception("ingest step failed; nothing acknowledged; retrying in %.1fs", delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 30)
+                delay = min(delay * 2, 10)
 
     def _process(self, batch: list[Inbound]) -> None:
         acked_cmds = [i.token for i in batch if i.source == "cmd-acked"]
         items = [i for i in batch if i.source != "cmd-acked"]
         if acked_cmds:
-            self._db.executemany("DELETE FROM cmd_outbox WHERE id=?", [(r,) for r in acked_cmds])
+            self._run(self._db.executemany, "DELETE FROM cmd_outbox WHERE id=?",
+                      [(r,) for r in acked_cmds])
             self.metrics.commands_sent.inc(len(acked_cmds))
         if items:
             outcomes = self._run(self.ingest.process_batch, items, self.clock())
@@ -234,7 +248,7 @@ class Collector:
                     item.token.outcome = outcome
                     item.token.done.set()
             self._drainer.notify()
-        self._publish_commands()
+        self._run(self._publish_commands)
 
     def _publish_commands(self) -> None:
         now = self.clock()
@@ -271,7 +285,8 @@ class Collector:
         mqtt_ok = self._client.is_connected()
         influx_ok = self._drainer.healthy
         return {
-            "status": "ok" if mqtt_ok and influx_ok else "degraded",
+            "status": "ok" if mqtt_ok and influx_ok and not self.stalled else "degraded",
+            "ingest_stalled": self.stalled,
             "mqtt_connected": mqtt_ok,
             "influx_ok": influx_ok,
             "influx_error": "" if influx_ok else self._drainer.last_error,
