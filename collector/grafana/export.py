@@ -38,6 +38,12 @@ def dashboards(lang: str = "zh") -> dict[str, dict[str, Any]]:
     for name, module in DASHBOARDS.items():
         d = to_dict(module.build(lang).build())
         d["id"] = None
+        for n, panel in enumerate(d["panels"], start=1):
+            panel.setdefault("id", n)  # stable panel ids (links, `viewPanel=`)
+        for v in d.get("templating", {}).get("list", []):
+            if v["type"] != "interval":  # the SDK sets interval-only defaults on every variable
+                for key in ("auto", "auto_count", "auto_min"):
+                    v.pop(key, None)
         out[name] = d
     return out
 
