@@ -79,6 +79,8 @@ class Unit:
     window_log: tuple[WindowRecord, ...] = ()
     device_log: tuple[DeviceRecord, ...] = ()
     history: tuple[int, ...] = ()
+    history_rated: int = 0     # transactions before the period that were rated ...
+    history_decided: int = 0   # ... out of those rated or unrated
     has_device: bool = True
 
     @property
@@ -91,7 +93,7 @@ class Unit:
             self, staff=staff,
             ratings=tuple(r for r in self.ratings if r.staff_id == staff),
             txns=tuple(t for t in self.txns if t.staff_id == staff),
-            device_log=(), has_device=False, history=(),
+            device_log=(), has_device=False, history=(), history_rated=0, history_decided=0,
         )
 
 
@@ -130,12 +132,18 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
         else:
             ratings.setdefault(window, []).append(RatingFact(press, *row[2:]))
     txns: dict[str, list[TxnFact]] = {}
+    past: dict[str, list[int]] = {}  # window -> [rated, decided] before the period
     for window, completed, state, staff in conn.execute(
         "SELECT window, completed_ms, state, staff_id FROM txn WHERE hall=? "
         "AND completed_ms >= ? AND completed_ms <= ? ORDER BY completed_ms",
-        (hall, start_ms, end_ms),
+        (hall, history_start_ms, end_ms),
     ):
-        txns.setdefault(window, []).append(TxnFact(completed, state, staff))
+        if completed >= start_ms:
+            txns.setdefault(window, []).append(TxnFact(completed, state, staff))
+        elif state != "awaiting":
+            counts = past.setdefault(window, [0, 0])
+            counts[0] += state == "rated"
+            counts[1] += 1
     wlog: dict[str, list[WindowRecord]] = {}
     # All of the window's log up to the end: the state at the start depends on older events.
     for window, at, kind, staff in conn.execute(
@@ -160,7 +168,8 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
     windows = sorted(set(ratings) | set(txns) | devices | set(dlog))
     units = tuple(
         Unit(w, None, tuple(ratings.get(w, ())), tuple(txns.get(w, ())), tuple(wlog.get(w, ())),
-             tuple(dlog.get(w, ())), tuple(history.get(w, ())), has_device=w in devices or w in dlog)
+             tuple(dlog.get(w, ())), tuple(history.get(w, ())), *past.get(w, (0, 0)),
+             has_device=w in devices or w in dlog)
         for w in windows
     )
     return HallFacts(hall, units, has_feed, has_signons)

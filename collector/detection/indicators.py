@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -62,6 +63,14 @@ class _Ctx:
     s: DetectionSettings
     period: Period
     hall: HallFacts
+    # Per-unit intermediate results, shared by the unit's own test and its peers' tests.
+    memo: dict = field(default_factory=dict)
+
+    def once(self, name: str, u: Unit, fn: Callable[[], object]) -> Any:
+        key = (name, id(u))
+        if key not in self.memo:
+            self.memo[key] = fn()
+        return self.memo[key]
 
     def hhmm(self, ms: int) -> str:
         return datetime.fromtimestamp(ms / 1000, self.s.tz).strftime("%H:%M:%S")
@@ -93,6 +102,18 @@ def _rate_of(events: int, exposure: int, floor: float) -> float:
     return max(floor, events / exposure) if exposure > 0 else floor
 
 
+def _eb_excess_p(events: int, trials: int, peer_events: Sequence[int], peer_trials: Sequence[int],
+                 c: _Ctx) -> tuple[float, float]:
+    """P(at least `events` in `trials`) when the unit's rate is drawn from its peers' spread:
+    a beta-binomial tail with an empirical-Bayes prior fitted to the peers (honest windows differ
+    from each other, and that spread must not look like evidence). Returns (p, prior mean)."""
+    prior = stats.fit_beta_prior(peer_events, peer_trials, max_strength=c.s.prior_strength_max)
+    mean = max(prior.mean, c.s.rate_floor)
+    a, b = mean * prior.strength, (1 - mean) * prior.strength
+    trials = max(trials, events)
+    return stats.beta_binomial_sf(events, trials, a, b), mean
+
+
 # -- unmatched and excess ratings -------------------------------------------------------------
 
 
@@ -103,9 +124,9 @@ def _unmatched(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     unlinked = [r for r in rs if r.state == "unlinked"]
     excess = max(0, len(rs) - len(u.txns))
     value = max(len(unlinked), excess)
-    peer_rate = _rate_of(sum(sum(r.state == "unlinked" for r in _judged(p)) for p in peers),
-                         sum(len(_judged(p)) for p in peers), c.s.rate_floor)
-    p = stats.poisson_sf(value, max(len(rs), 1) * peer_rate)
+    p, peer_rate = _eb_excess_p(value, len(rs),
+                                [sum(r.state == "unlinked" for r in _judged(x)) for x in peers],
+                                [len(_judged(x)) for x in peers], c)
     by_reason: dict[str, int] = {}
     for r in unlinked:
         by_reason[r.unlinked_reason or "unknown"] = by_reason.get(r.unlinked_reason or "unknown", 0) + 1
@@ -164,6 +185,10 @@ def _service_gaps(u: Unit, c: _Ctx, track_staff: bool) -> list[tuple[int, int, s
 
 
 def _oos_ratings(u: Unit, c: _Ctx) -> list[tuple[RatingFact, str]]:
+    return c.once("oos", u, lambda: _find_oos_ratings(u, c))
+
+
+def _find_oos_ratings(u: Unit, c: _Ctx) -> list[tuple[RatingFact, str]]:
     gaps = _service_gaps(u, c, c.hall.has_signons)
     found: list[tuple[RatingFact, str]] = []
     for r in _judged(u):
@@ -183,9 +208,8 @@ def _out_of_service(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     found = _oos_ratings(u, c)
     by_why = {w: sum(1 for _, x in found if x == w) for w in ("paused", "signed_off", "closed")}
     n = len(_judged(u))
-    peer_rate = _rate_of(sum(len(_oos_ratings(p, c)) for p in peers),
-                         sum(len(_judged(p)) for p in peers), c.s.rate_floor)
-    p = stats.poisson_sf(len(found), max(n, 1) * peer_rate)
+    p, peer_rate = _eb_excess_p(len(found), n, [len(_oos_ratings(x, c)) for x in peers],
+                                [len(_judged(x)) for x in peers], c)
     ev = {"count": len(found), **by_why, "ratings": n, "peer_rate": round(peer_rate, 4),
           "first": c.hhmm(found[0][0].press_ms) if found else None}
     parts_zh = [f"{k} {v} 条" for k, v in (("暂停服务期间", by_why["paused"]),
@@ -204,9 +228,9 @@ def _out_of_service(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
 # -- key presses and counters ------------------------------------------------------------------
 
 
-def _heartbeats(u: Unit, device: str) -> list:
-    return [d for d in u.device_log if d.kind == "heartbeat" and d.device == device
-            and isinstance(d.data.get("keys"), list) and len(d.data["keys"]) == 5]
+def _heartbeats(u: Unit, device: str, c: _Ctx) -> list:
+    return c.once(f"hb:{device}", u, lambda: [d for d in u.device_log if d.kind == "heartbeat" and d.device == device
+            and isinstance(d.data.get("keys"), list) and len(d.data["keys"]) == 5])
 
 
 def _devices(u: Unit) -> list[str]:
@@ -215,7 +239,7 @@ def _devices(u: Unit) -> list[str]:
 
 def _counter_delta(u: Unit, device: str, c: _Ctx, name: str) -> int:
     """Increase of a heartbeat counter over the period (0 if it cannot be told)."""
-    hbs = [h for h in _heartbeats(u, device) if isinstance(h.data.get(name), int)]
+    hbs = [h for h in _heartbeats(u, device, c) if isinstance(h.data.get(name), int)]
     before = [h for h in hbs if h.at_ms < c.period.start_ms]
     inside = [h for h in hbs if c.period.start_ms <= h.at_ms <= c.period.end_ms]
     if not inside:
@@ -225,35 +249,40 @@ def _counter_delta(u: Unit, device: str, c: _Ctx, name: str) -> int:
 
 
 def _uninvited(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+    """Presses of the favourable keys (4, 5) with no invitation showing, per transaction.
+
+    Citizens and passers-by press stray keys at random; someone trying to add good ratings
+    presses 4 or 5. The key comes from the key_uninvited events (at most one per second)."""
     if not u.has_device:
         return None
 
-    def count(unit: Unit) -> tuple[int, dict[int, int]]:
-        events = [d for d in unit.device_log if d.kind == "key_uninvited"
-                  and c.period.start_ms <= d.at_ms <= c.period.end_ms]
+    def count(unit: Unit) -> tuple[int, int, dict[int, int]]:
+        return c.once("uninvited", unit, lambda: _count_uninvited(unit))
+
+    def _count_uninvited(unit: Unit) -> tuple[int, int, dict[int, int]]:
         keys: dict[int, int] = {}
-        for e in events:
+        for e in unit.device_log:
             k = e.data.get("key")
-            if isinstance(k, int):
+            if (e.kind == "key_uninvited" and isinstance(k, int)
+                    and c.period.start_ms <= e.at_ms <= c.period.end_ms):
                 keys[k] = keys.get(k, 0) + 1
         counted = sum(_counter_delta(unit, dev, c, "uninvited") for dev in _devices(unit))
-        return max(len(events), counted), keys
+        return keys.get(4, 0) + keys.get(5, 0), max(sum(keys.values()), counted), keys
 
-    n, keys = count(u)
+    good, total, keys = count(u)
     exposure = max(len(u.txns), len(_judged(u)), 1)
-    peer_counts = [count(p)[0] for p in peers if p.has_device]
-    peer_exposure = sum(max(len(p.txns), len(_judged(p))) for p in peers if p.has_device)
-    peer_rate = _rate_of(sum(peer_counts), peer_exposure, c.s.rate_floor)
-    p = stats.poisson_sf(n, exposure * peer_rate)
-    top = max(keys, key=lambda k: keys[k]) if keys else None
-    ev = {"presses": n, "by_key": {str(k): v for k, v in sorted(keys.items())},
-          "per_transaction": round(n / exposure, 3), "peer_per_transaction": round(peer_rate, 3)}
-    key_zh = f"，多为按键{top}" if top else ""
-    key_en = f", mostly key {top}" if top else ""
-    zh = (f"无评价邀请时按键 {n} 次{key_zh}（每件 {n / exposure:.2f} 次，同厅 {peer_rate:.2f} 次）")
-    en = (f"{n} key presses outside an invitation{key_en} ({n / exposure:.2f} per transaction, "
-          f"hall {peer_rate:.2f})")
-    return _Raw(n, p, n >= c.s.uninvited_min, ev, (zh, en))
+    with_device = [p for p in peers if p.has_device]
+    peer_good = [count(p)[0] for p in with_device]
+    peer_exposure = [max(len(p.txns), len(_judged(p)), k) for p, k in zip(with_device, peer_good,
+                                                                         strict=True)]
+    p, peer_rate = _eb_excess_p(good, exposure, peer_good, peer_exposure, c)
+    ev = {"good_keys": good, "presses": total, "by_key": {str(k): v for k, v in sorted(keys.items())},
+          "per_transaction": round(good / exposure, 3), "peer_per_transaction": round(peer_rate, 3)}
+    zh = (f"无评价邀请时按键 {total} 次，其中按“满意/非常满意”键 {good} 次"
+          f"（每件 {good / exposure:.2f} 次，同厅 {peer_rate:.2f} 次）")
+    en = (f"{total} key presses outside an invitation, {good} of them on keys 4-5 "
+          f"({good / exposure:.2f} per transaction, hall {peer_rate:.2f})")
+    return _Raw(good, p, good >= c.s.uninvited_min, ev, (zh, en))
 
 
 def _key_counters(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
@@ -261,7 +290,7 @@ def _key_counters(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
         return None
     worst: dict | None = None
     for dev in _devices(u):
-        hbs = _heartbeats(u, dev)
+        hbs = _heartbeats(u, dev, c)
         before = [h for h in hbs if h.at_ms < c.period.start_ms]
         inside = [h for h in hbs if c.period.start_ms <= h.at_ms <= c.period.end_ms]
         if not inside:
@@ -275,12 +304,20 @@ def _key_counters(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
         per_level = [sum(1 for r in rs if r.level == k) for k in range(1, 6)]
         reasons = sum(1 for r in rs if r.level <= 2 and r.reason not in (None, "none"))
         reasons_bad_keys = sum(1 for r in rs if r.level <= 2 and r.reason in _REASONS_ON_BAD_KEYS)
-        slack = (max(0, last.data.get("uninvited", 0) - first.data.get("uninvited", 0))
-                 + max(0, last.data.get("filtered", 0) - first.data.get("filtered", 0)))
+        stray = max(0, last.data.get("uninvited", 0) - first.data.get("uninvited", 0))
+        filtered = max(0, last.data.get("filtered", 0) - first.data.get("filtered", 0))
+        slack = stray + filtered
+        # key_uninvited events name their key; presses beyond the events (rate-limited) may be
+        # on any key, and are charged to the 差评 keys to stay on the safe side.
+        stray_keys = [e.data.get("key") for e in u.device_log if e.kind == "key_uninvited"
+                      and e.device == dev and first.at_ms < e.at_ms <= last.at_ms]
+        stray_bad = (sum(1 for k in stray_keys if k in (1, 2))
+                     + max(0, stray - len(stray_keys)) + filtered)
         # Ratings no physical press produced (messages made without the keys).
         no_press = sum(max(0, n - d) for n, d in zip(per_level, delta, strict=True))
         # Presses of the 差评 keys that neither became 差评 nor reason tags nor stray presses.
-        bad_hidden = delta[0] + delta[1] - per_level[0] - per_level[1] - reasons_bad_keys - slack
+        bad_hidden = (delta[0] + delta[1] - per_level[0] - per_level[1] - reasons_bad_keys
+                      - stray_bad)
         unexplained = sum(delta) - sum(per_level) - reasons - slack
         value = max(no_press, bad_hidden, unexplained, 0)
         if worst is None or value > worst["value"]:
@@ -290,12 +327,12 @@ def _key_counters(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     if worst is None:
         return None
     value = worst["value"]
-    strength = STRONG if value > c.s.counter_tolerance * c.days else NONE
+    strength = STRONG if value > c.s.counter_tolerance else NONE
     d, n = worst["presses"], worst["ratings"]
-    if worst["no_press"] > c.s.counter_tolerance * c.days:
+    if worst["no_press"] > c.s.counter_tolerance:
         zh = f"{worst['no_press']} 条评价没有对应的物理按键（按键计数 {d}，评价 {n}）"
         en = f"{worst['no_press']} ratings without a physical key press (key counters {d}, ratings {n})"
-    elif worst["bad_keys_unexplained"] > c.s.counter_tolerance * c.days:
+    elif worst["bad_keys_unexplained"] > c.s.counter_tolerance:
         zh = (f"差评键（1、2）被按 {d[0] + d[1]} 次，但只上报 {n[0] + n[1]} 条差评"
               f"（{worst['bad_keys_unexplained']} 次按键去向不明）")
         en = (f"bad-rating keys 1-2 pressed {d[0] + d[1]} times but only {n[0] + n[1]} 差评 "
@@ -309,19 +346,19 @@ def _key_counters(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
 # -- timing -------------------------------------------------------------------------------------
 
 
-def _rts(u: Unit) -> list[int]:
-    return sorted(r.rt_ms for r in _judged(u) if r.mode == "invited" and r.rt_ms is not None)
+def _rts(u: Unit, c: _Ctx) -> list[int]:
+    return c.once("rts", u, lambda: sorted(
+        r.rt_ms for r in _judged(u) if r.mode == "invited" and r.rt_ms is not None))
 
 
 def _fast(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
-    rts = _rts(u)
+    rts = _rts(u, c)
     if not rts:
         return None
     limit = c.s.min_human_rt_ms
     fast = bisect.bisect_left(rts, limit)
-    peer_rts = [x for p in peers for x in _rts(p)]
-    peer_share = _rate_of(sum(1 for x in peer_rts if x < limit), len(peer_rts), c.s.rate_floor)
-    p = stats.binomial_sf(fast, len(rts), peer_share)
+    peer_fast = [bisect.bisect_left(_rts(x, c), limit) for x in peers]
+    p, peer_share = _eb_excess_p(fast, len(rts), peer_fast, [len(_rts(x, c)) for x in peers], c)
     ev = {"fast": fast, "invited": len(rts), "limit_ms": limit, "peer_share": round(peer_share, 4),
           "median_fast_ms": rts[fast // 2] if fast else None}
     zh = (f"{fast} 条评价在邀请后 {limit / 1000:.1f} 秒内完成（共 {len(rts)} 条，"
@@ -332,28 +369,32 @@ def _fast(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
 
 
 def _regular(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
-    rts = _rts(u)
+    """A sharp peak in the unit's own response times: the densest band of width w holds far
+    more than the 4w of neighbouring times around it would predict. A smooth (human) response
+    time distribution is nearly linear over 5w, so the band should hold about 1/5 of the
+    ratings in [x - 2w, x + 3w); a hand pressing at a practised rhythm puts many more there.
+    Peers' response times are not used: each window's citizens and layout differ."""
+    rts = _rts(u, c)
     if len(rts) < c.s.regular_min:
         return None
-    width = c.s.regular_bin_ms
+    w = c.s.regular_bin_ms
     best, lo = 0, rts[0]
-    for i, x in enumerate(rts):  # densest band [x, x + width)
-        n = bisect.bisect_left(rts, x + width) - i
+    for i, x in enumerate(rts):  # densest band [x, x + w)
+        n = bisect.bisect_left(rts, x + w) - i
         if n > best:
             best, lo = n, x
-    peer_rts = sorted(x for p in peers for x in _rts(p))
-    in_band = bisect.bisect_left(peer_rts, lo + width) - bisect.bisect_left(peer_rts, lo)
-    share = _rate_of(in_band, len(peer_rts), c.s.rate_floor)
+    local = bisect.bisect_left(rts, lo + 3 * w) - bisect.bisect_left(rts, lo - 2 * w)
+    expected = local / 5
     # The band was chosen as the densest: correct for the number of bands that could have won.
-    bands = max(1.0, min(len(rts), (rts[-1] - rts[0]) / width + 1))
-    p = min(1.0, stats.binomial_sf(best, len(rts), share) * bands)
-    ev = {"in_band": best, "invited": len(rts), "band_ms": [lo, lo + width],
-          "peer_share": round(share, 4), "expected": round(share * len(rts), 1)}
-    zh = (f"{best} 条评价的响应时间都落在 {lo / 1000:.2f}–{(lo + width) / 1000:.2f} 秒之间"
-          f"（共 {len(rts)} 条，按同厅分布预期约 {share * len(rts):.1f} 条），节奏近似机器")
-    en = (f"{best} of {len(rts)} response times fall within {lo / 1000:.2f}-{(lo + width) / 1000:.2f}"
-          f" s (hall distribution predicts {share * len(rts):.1f}): machine-like regularity")
-    return _Raw(best, p, best >= c.s.regular_min and best >= 3 * share * len(rts), ev, (zh, en))
+    bands = float(len(rts))  # every rating may start the winning band
+    p = min(1.0, stats.binomial_sf(best, local, 0.2) * bands)
+    ev = {"in_band": best, "invited": len(rts), "band_ms": [lo, lo + w],
+          "neighbourhood": local, "expected": round(expected, 1)}
+    zh = (f"{best} 条评价的响应时间都落在 {lo / 1000:.2f}–{(lo + w) / 1000:.2f} 秒之间"
+          f"（共 {len(rts)} 条，按相邻时间段推算约 {expected:.1f} 条），节奏近似机器")
+    en = (f"{best} of {len(rts)} response times fall within {lo / 1000:.2f}-{(lo + w) / 1000:.2f} s"
+          f" (the neighbouring times predict {expected:.1f}): machine-like regularity")
+    return _Raw(best, p, best >= c.s.regular_min and best >= 3 * expected, ev, (zh, en))
 
 
 def _burst(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
@@ -449,7 +490,21 @@ def _coverage_counts(u: Unit) -> tuple[int, int]:
     return sum(1 for t in decided if t.state == "rated"), len(decided)
 
 
+def _two_proportion_z(k1: int, n1: int, k2: int, n2: int) -> float:
+    """z of k1/n1 - k2/n2 under a pooled proportion (own now vs own past)."""
+    pooled = (k1 + k2) / (n1 + n2)
+    se = math.sqrt(max(pooled * (1 - pooled), 1e-9) * (1 / n1 + 1 / n2))
+    return (k1 / n1 - k2 / n2) / se
+
+
 def _selective(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+    """Coverage (rated / decided transactions) far below, satisfaction (share 满意 or better)
+    above - compared with peers (funnel, over-dispersion adjusted) and with the window's own past
+    (two-proportion z), whichever reference shows it more clearly (Bonferroni x2).
+
+    Coverage alone can drop honestly (a rush hour, a device badly placed), so satisfaction must
+    be above its reference too: one-sided p < q_weak; when it is not, both sides are combined
+    as an intersection-union test (the weaker p counts)."""
     if not c.hall.has_feed:
         return None
     rated, decided = _coverage_counts(u)
@@ -463,23 +518,42 @@ def _selective(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
                                     [len(_judged(p)) for p in peers])
     if math.isnan(cov0) or math.isnan(sat0):
         return None
-    # Intersection-union test: both must hold, so the weaker of the two p-values counts.
-    p = max(stats.normal_sf(-z_cov), stats.normal_sf(z_sat))
     cov, sat = rated / decided, _satisfied(rs) / len(rs)
+    p_cov, p_sat, ref_cov, ref_sat = stats.normal_sf(-z_cov), stats.normal_sf(z_sat), cov0, sat0
+    past = len(u.history)
+    if u.history_decided >= c.s.min_ratings and past >= c.s.min_ratings:
+        own_cov = u.history_rated / u.history_decided
+        own_sat = sum(1 for x in u.history if x >= 4) / past
+        zc = _two_proportion_z(rated, decided, u.history_rated, u.history_decided)
+        zs = _two_proportion_z(_satisfied(rs), len(rs), sum(1 for x in u.history if x >= 4), past)
+        if stats.normal_sf(-zc) < p_cov:
+            p_cov, ref_cov = stats.normal_sf(-zc), own_cov
+        if stats.normal_sf(zs) < p_sat:
+            p_sat, ref_sat = stats.normal_sf(zs), own_sat
+        p_cov, p_sat = min(1.0, 2 * p_cov), min(1.0, 2 * p_sat)
+    p = p_cov if p_sat < c.s.q_weak else max(p_cov, p_sat)
     ev = {"coverage": round(cov, 4), "peer_coverage": round(cov0, 4), "z_coverage": round(z_cov, 2),
           "satisfied": round(sat, 4), "peer_satisfied": round(sat0, 4), "z_satisfied": round(z_sat, 2),
-          "transactions": decided}
-    zh = (f"参评率 {cov:.0%} 远低于同厅 {cov0:.0%}，而满意率 {sat:.1%} 高于同厅 {sat0:.1%}"
+          "reference_coverage": round(ref_cov, 4), "reference_satisfied": round(ref_sat, 4),
+          "p_coverage": p_cov, "p_satisfied": p_sat, "transactions": decided}
+    whose_zh = "同厅" if ref_cov == cov0 else "本窗口以往"
+    whose_en = "the hall's" if ref_cov == cov0 else "its own past"
+    zh = (f"参评率 {cov:.0%} 远低于{whose_zh} {ref_cov:.0%}，而满意率 {sat:.1%} 高于 {ref_sat:.1%}"
           "（疑似只邀请满意的群众评价）")
-    en = (f"coverage {cov:.0%} far below the hall's {cov0:.0%} while satisfaction {sat:.1%} is above "
-          f"its {sat0:.1%} (only satisfied citizens invited?)")
-    return _Raw(round(min(-z_cov, z_sat), 3), p, cov <= cov0 - c.s.coverage_gap, ev, (zh, en))
+    en = (f"coverage {cov:.0%} far below {whose_en} {ref_cov:.0%} while satisfaction {sat:.1%} is "
+          f"above {ref_sat:.1%} (only satisfied citizens invited?)")
+    return _Raw(round(cov - ref_cov, 4), p, cov <= ref_cov - c.s.coverage_gap and sat > ref_sat,
+                ev, (zh, en))
 
 
 # -- device offline ------------------------------------------------------------------------------
 
 
 def _offline_stretches(u: Unit, c: _Ctx) -> list[tuple[int, int]]:
+    return c.once("offline", u, lambda: _find_offline_stretches(u, c))
+
+
+def _find_offline_stretches(u: Unit, c: _Ctx) -> list[tuple[int, int]]:
     """When the window's device was unreachable: offline status until online, and heartbeat
     silences longer than offline_gap_s, by reception time (a last will carries its connect-time
     stamp, and a buffered message its creation time)."""
@@ -529,14 +603,17 @@ def _offline(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     excess = minutes - median
     missed = sum(1 for t in u.txns if any(a <= t.completed_ms < b for a, b in mine))
     need = c.s.offline_excess_min * c.days
-    if excess >= need and len(mine) >= c.s.offline_min_episodes:
+    # Episodes shorter than the heartbeat-gap threshold are network blips, not an unplugging.
+    long_episodes = sum(1 for a, b in mine if b - a >= c.s.offline_gap_s * 1000)
+    if excess >= need and long_episodes >= c.s.offline_min_episodes:
         strength = STRONG
     elif excess >= need / 2:
         strength = WEAK
     else:
         strength = NONE
     open_min = c.open_ms() / 60_000
-    ev = {"minutes": round(minutes, 1), "episodes": len(mine), "peer_median_minutes": round(median, 1),
+    ev = {"minutes": round(minutes, 1), "episodes": len(mine), "long_episodes": long_episodes,
+          "peer_median_minutes": round(median, 1),
           "open_minutes": round(open_min), "transactions_while_offline": missed,
           "longest_minutes": round(max((b - a for a, b in mine), default=0) / 60_000, 1)}
     zh = (f"评价器在办公时间离线 {minutes:.0f} 分钟、{len(mine)} 次（同厅中位数 {median:.0f} 分钟），"

@@ -29,8 +29,11 @@ def restrict(hall: HallFacts, start_ms: int) -> HallFacts:
     units = []
     for u in hall.units:
         earlier = tuple(r.level for r in u.ratings if r.press_ms < start_ms)
+        done = [t for t in u.txns if t.completed_ms < start_ms and t.state != "awaiting"]
         units.append(replace(
             u, history=u.history + earlier,
+            history_rated=u.history_rated + sum(1 for t in done if t.state == "rated"),
+            history_decided=u.history_decided + len(done),
             ratings=tuple(r for r in u.ratings if r.press_ms >= start_ms),
             txns=tuple(t for t in u.txns if t.completed_ms >= start_ms),
         ))
@@ -76,7 +79,7 @@ def run_detection(conn: sqlite3.Connection, cfg: Config | DetectionSettings, now
                                 per_staff=per_staff)
             verdicts += found
             midnight = settings.midnight_ms(period.day)
-            for v in found:
+            for v in found if write_points else ():
                 lines.append(verdict_point(v, midnight, now_ms, settings.language))
                 lines += [indicator_point(v, i, midnight, now_ms) for i in range(len(v.indicators))]
     if write_points and lines:
