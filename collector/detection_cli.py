@@ -1,15 +1,140 @@
-"""`evalterm detect ...` subcommands (integrity detection, docs/detection.md)."""
+"""`evalterm detect ...` subcommands (integrity detection, docs/detection.md).
+
+    evalterm detect run        judge every window now (or --at a time) from the state database
+    evalterm detect simulate   fill the state database with simulated business days, with
+                               manipulation profiles, in simulated time (no broker needed)
+    evalterm detect evaluate   many simulated halls through the real pipeline: detection rate,
+                               time to first flag, false flags of honest windows
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
+from datetime import datetime
 from typing import Any
 
 __all__ = ["add_subcommands"]
 
 
+def _at_ms(text: str | None) -> int:
+    if not text:
+        return time.time_ns() // 1_000_000
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        raise ValueError(f"--at {text!r}: give a UTC offset, e.g. 2026-03-02T17:45:00+08:00")
+    return int(dt.timestamp() * 1000)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .cli import _config
+    from .db import connect
+    from .detection import run_detection
+
+    cfg = _config(args)
+    conn = connect(cfg.state_db)
+    verdicts = run_detection(conn, cfg, _at_ms(args.at), write_points=not args.dry_run,
+                             per_staff=not args.windows_only)
+    lang = args.lang or cfg.detection.language
+    shown = [v for v in verdicts if args.all or v.severity > 0]
+    if args.json:
+        print(json.dumps([{
+            "hall": v.hall, "window": v.window, "staff": v.staff, "period": v.period,
+            "severity": v.severity, "flagged": v.flagged, "reasons": list(v.reasons(lang)),
+            "indicators": {i.name: {"value": i.value, "strength": i.strength, "p": i.p, "q": i.q,
+                                    "evidence": i.evidence} for i in v.indicators},
+        } for v in shown], ensure_ascii=False, indent=2))
+        return 0
+    from .detection.verdict import SEVERITY_NAMES
+
+    for v in sorted(shown, key=lambda v: (-v.severity, v.hall, v.window, v.staff or "", v.period)):
+        who = v.window if v.staff is None else f"{v.window}/{v.staff}"
+        name = SEVERITY_NAMES[v.severity][0 if lang == "zh" else 1]
+        print(f"{v.hall}/{who} [{v.period}] {name} ({v.severity})")
+        for r in v.reasons(lang):
+            print(f"    - {r}")
+    flagged = sum(1 for v in verdicts if v.flagged and v.staff is None)
+    print(f"{len(verdicts)} verdicts, {flagged} window verdict(s) flagged"
+          + ("" if args.dry_run else "; integrity points queued for InfluxDB"))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import random
+
+    from .cli import _config
+    from .detection import run_detection
+    from .sim_profiles import VirtualHall, draw_hall
+
+    cfg = _config(args)
+    rng = random.Random(args.seed)
+    profiles = list(args.profile or [])
+    plans = draw_hall(rng, args.hall, args.windows, profiles, args.start_day)
+    hall = VirtualHall(cfg, plans, hall=args.hall, seed=rng.randrange(2**31))
+    for index in range(args.days):
+        hall.schedule_day(index)
+        hall.run_until(hall.day_bounds(index)[1] - 1)
+        close = hall.local_ms(hall.business_day(index), "19:00")
+        flagged = [v for v in run_detection(hall.conn, cfg, close, per_staff=True)
+                   if v.flagged and v.staff is None]
+        print(f"day {index} ({hall.business_day(index)}): "
+              + (", ".join(sorted({f'{v.window}' for v in flagged})) or "no window flagged"))
+    for p in plans:
+        kind = p.profile + (" (excellent)" if p.excellent else "")
+        print(f"  {p.window}: {kind}, {p.txn_per_hour:.1f} transactions/h, "
+              f"true 差评 rate {p.levels[0] + p.levels[1]:.1%}")
+    print(f"state database {cfg.state_db}; `evalterm detect run --at ...` shows the reasons")
+    hall.close()
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .detection.evaluate import main_evaluate
+
+    print(main_evaluate(args.runs, args.days, args.start_day, args.per_run, args.workers,
+                        args.seed, args.every, args.profile))
+    return 0
+
+
 def add_subcommands(sub: Any) -> None:
     """Register the `detect` command group on the main parser's subparsers."""
+    from .sim_profiles import PROFILES
+
     det = sub.add_parser("detect", help="integrity indicators and manipulation flags")
-    det.add_subparsers(dest="detect_command", required=True)
-    _ = argparse  # the detection issue fills this in
+    det_sub = det.add_subparsers(dest="detect_command", required=True)
+
+    run = det_sub.add_parser("run", help="judge every window and staff member from the state DB")
+    run.add_argument("--at", help="evaluation time, ISO 8601 with offset (default: now)")
+    run.add_argument("--dry-run", action="store_true", help="do not queue integrity points")
+    run.add_argument("--windows-only", action="store_true", help="skip per-staff verdicts")
+    run.add_argument("--all", action="store_true", help="also show verdicts with nothing notable")
+    run.add_argument("--json", action="store_true")
+    run.add_argument("--lang", choices=("zh", "en"), help="language of the reasons")
+    run.set_defaults(func=cmd_run)
+
+    sim = det_sub.add_parser(
+        "simulate", help="simulated business days with manipulation profiles into the state DB")
+    sim.add_argument("--hall", default="hall01")
+    sim.add_argument("--windows", type=int, default=10)
+    sim.add_argument("--days", type=int, default=5)
+    sim.add_argument("--start-day", type=int, default=3,
+                     help="first business day (0-based) the profiles are active")
+    sim.add_argument("--profile", action="append", choices=PROFILES,
+                     help="a manipulated window with this profile (repeatable)")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.set_defaults(func=cmd_simulate)
+
+    ev = det_sub.add_parser("evaluate", help="detection rate and false flags on simulated halls")
+    ev.add_argument("--runs", type=int, default=24, help="simulated halls (default 24)")
+    ev.add_argument("--days", type=int, default=5, help="business days per hall")
+    ev.add_argument("--start-day", type=int, default=3,
+                    help="first manipulated business day (0-based); earlier days are honest")
+    ev.add_argument("--per-run", type=int, default=3, help="manipulated windows per hall")
+    ev.add_argument("--workers", type=int, default=2, help="processes")
+    ev.add_argument("--seed", type=int, default=1)
+    ev.add_argument("--every", type=int, default=30, help="minutes between detector runs")
+    ev.add_argument("--profile", action="append", choices=PROFILES,
+                    help="evaluate only these profiles (repeatable)")
+    ev.set_defaults(func=cmd_evaluate)
+

@@ -124,9 +124,11 @@ def _unmatched(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     unlinked = [r for r in rs if r.state == "unlinked"]
     excess = max(0, len(rs) - len(u.txns))
     value = max(len(unlinked), excess)
-    p, peer_rate = _eb_excess_p(value, len(rs),
-                                [sum(r.state == "unlinked" for r in _judged(x)) for x in peers],
-                                [len(_judged(x)) for x in peers], c)
+    # Honest operation hardly produces unmatched ratings at any window, so the peers' pooled
+    # rate (at least rate_floor) is the reference, without an over-dispersion allowance.
+    peer_rate = _rate_of(sum(sum(r.state == "unlinked" for r in _judged(x)) for x in peers),
+                         sum(len(_judged(x)) for x in peers), c.s.rate_floor)
+    p = stats.binomial_sf(value, max(len(rs), value), peer_rate)
     by_reason: dict[str, int] = {}
     for r in unlinked:
         by_reason[r.unlinked_reason or "unknown"] = by_reason.get(r.unlinked_reason or "unknown", 0) + 1
@@ -208,8 +210,9 @@ def _out_of_service(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     found = _oos_ratings(u, c)
     by_why = {w: sum(1 for _, x in found if x == w) for w in ("paused", "signed_off", "closed")}
     n = len(_judged(u))
-    p, peer_rate = _eb_excess_p(len(found), n, [len(_oos_ratings(x, c)) for x in peers],
-                                [len(_judged(x)) for x in peers], c)
+    peer_rate = _rate_of(sum(len(_oos_ratings(x, c)) for x in peers),
+                         sum(len(_judged(x)) for x in peers), c.s.rate_floor)
+    p = stats.binomial_sf(len(found), max(n, len(found)), peer_rate)
     ev = {"count": len(found), **by_why, "ratings": n, "peer_rate": round(peer_rate, 4),
           "first": c.hhmm(found[0][0].press_ms) if found else None}
     parts_zh = [f"{k} {v} 条" for k, v in (("暂停服务期间", by_why["paused"]),
@@ -462,7 +465,10 @@ def _missing_negatives(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
           f"出现这种情况的概率约 {p:.1g}")
     en = (f"no 差评 in the last {run} ratings; with the hall's 差评 rate {prior.mean:.1%} and this "
           f"window's own past, the chance of that is about {p:.1g}")
-    return _Raw(run, p, run >= c.s.min_ratings, ev, (zh, en))
+    # Only a window with a real past of its own can lose its 差评: without one, a long run is
+    # what an excellent window looks like, and the peers alone must not decide.
+    return _Raw(run, p, run >= c.s.min_ratings and len(before) >= c.s.prior_strength_max, ev,
+                (zh, en))
 
 
 def _satisfied(rs: Sequence[RatingFact]) -> int:

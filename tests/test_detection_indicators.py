@@ -1,0 +1,361 @@
+"""Each indicator fires on its manipulation and stays silent on honest windows, including an
+honest window that is simply excellent. Facts are built directly (no database, no pipeline)."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import replace
+from datetime import date
+
+import pytest
+
+from collector.detection import DetectionSettings, detect_hall
+from collector.detection.facts import DeviceRecord, HallFacts, RatingFact, TxnFact, Unit, WindowRecord
+from collector.detection.indicators import compute_indicators
+
+S = DetectionSettings.defaults()
+DAY = date(2026, 3, 2)  # a Monday
+MIDNIGHT = S.midnight_ms(DAY)
+NOW = MIDNIGHT + 19 * 3600_000  # after closing: the whole day is in
+PERIOD = S.periods(NOW)[0]
+assert PERIOD.kind == "day"
+
+
+def hm(hhmm: str) -> int:
+    h, m = map(int, hhmm.split(":"))
+    return MIDNIGHT + (h * 60 + m) * 60_000
+
+
+def honest(name: str, seed: int, *, n_txn: int = 60, bad: float = 0.04, top: float = 0.55,
+           coverage: float = 0.85, rt_median: float = 4000, rt_sigma: float = 0.5,
+           history: int = 0) -> Unit:
+    """A window served honestly all day: transactions, ratings linked to them, a device whose
+    key counters agree, heartbeats every 2 minutes, sign-on/off around the two shifts."""
+    rng = random.Random(seed)
+    shifts = [(hm("08:30"), hm("12:00")), (hm("13:30"), hm("17:30"))]
+    txns, ratings = [], []
+    keys = [0, 0, 0, 0, 0]
+    presses: list[tuple[int, int]] = []  # (time, key) for the counters
+    for i in range(n_txn):
+        a, b = shifts[i % 2]
+        done = a + (b - a - 600_000) * (i // 2 + 0.5) // (n_txn // 2 + 1)
+        rated = rng.random() < coverage
+        txns.append(TxnFact(done, "rated" if rated else "unrated", f"{name}-s"))
+        if not rated:
+            continue
+        u = rng.random()
+        level = 1 if u < bad / 2 else 2 if u < bad else 5 if u < bad + top else rng.choice((3, 4, 4))
+        rt = max(450, int(rt_median * math.exp(rng.gauss(0, rt_sigma))))
+        press = done + 2000 + rt
+        reason = "wait" if level <= 2 else None
+        ratings.append(RatingFact(press, level, reason, "invited", rt, "linked", None, f"{name}-s",
+                                  done, f"d-{name}", press))
+        presses.append((press, level))
+        if reason:
+            presses.append((press - 1, 4))  # "wait" is the 4th reason key
+    wlog = []
+    for a, b in shifts:
+        wlog += [WindowRecord(a - 60_000, "staff_signon", f"{name}-s"),
+                 WindowRecord(b + 60_000, "staff_signoff", f"{name}-s")]
+    dlog = [DeviceRecord(hm("07:50"), hm("07:50"), "status", {"state": "online"}, f"d-{name}")]
+    presses.sort()
+    j = 0
+    for t in range(hm("07:50"), hm("18:10"), 120_000):
+        while j < len(presses) and presses[j][0] <= t:
+            keys[presses[j][1] - 1] += 1
+            j += 1
+        dlog.append(DeviceRecord(t, t + 200, "heartbeat",
+                                 {"keys": list(keys), "uninvited": 0, "filtered": 0}, f"d-{name}"))
+    past = tuple(rng.choices((1, 2, 3, 4, 5), weights=(bad / 2, bad / 2, 0.1, 0.9 - top - bad, top),
+                             k=history))
+    return Unit(name, None, tuple(ratings), tuple(txns), tuple(wlog), tuple(dlog), past,
+                history_rated=int(history * coverage), history_decided=history)
+
+
+def excellent(name: str = "exc", seed: int = 99, **kw: object) -> Unit:
+    base = {"n_txn": 90, "bad": 0.0, "top": 0.93, "coverage": 0.96, "rt_median": 3000.0}
+    base.update(kw)
+    return honest(name, seed, **base)  # type: ignore[arg-type]
+
+
+def hall(*units: Unit) -> HallFacts:
+    peers = [honest(f"p{i}", i, n_txn=30 + 12 * i, bad=0.02 + 0.01 * i, top=0.4 + 0.04 * i,
+                    coverage=0.75 + 0.03 * i, rt_median=2500 + 500 * i) for i in range(7)]
+    return HallFacts("h1", tuple(peers) + units, has_feed=True, has_signons=True)
+
+
+def indicator(h: HallFacts, window: str, name: str):
+    found = compute_indicators(h, h.units, PERIOD, S)[window]
+    return next(i for i in found if i.name == name)
+
+
+def verdict(h: HallFacts, window: str):
+    return next(v for v in detect_hall(h, PERIOD, S, per_staff=False) if v.window == window)
+
+
+def with_ratings(u: Unit, extra: list[RatingFact]) -> Unit:
+    return replace(u, ratings=tuple(sorted(u.ratings + tuple(extra), key=lambda r: r.press_ms)))
+
+
+# -- an honest hall is quiet ---------------------------------------------------------------------
+
+
+def test_honest_hall_with_an_excellent_window_flags_nothing():
+    h = hall(excellent(), honest("plain", 5))
+    flagged = [v for v in detect_hall(h, PERIOD, S, per_staff=True) if v.flagged]
+    assert flagged == []
+    exc = verdict(h, "exc")
+    assert exc.severity <= 1  # at most a notice: excellent is not evidence
+
+
+# -- unmatched ratings ---------------------------------------------------------------------------
+
+
+def test_unmatched_fires_on_ratings_without_transactions():
+    target = honest("t", 1)
+    fake = [RatingFact(hm("10:00") + i * 600_000, 5, None, "standalone", None, "unlinked",
+                       "no_transaction", "t-s", None, "d-t") for i in range(8)]
+    h = hall(with_ratings(target, fake), excellent())
+    ind = indicator(h, "t", "unmatched")
+    assert ind.strength == "strong" and ind.value == 8
+    assert "8 条评价未匹配" in ind.reason_zh and "8 ratings matched no" in ind.reason_en
+    assert indicator(h, "exc", "unmatched").strength == "none"
+
+
+def test_unmatched_quiet_for_one_late_rating():
+    target = honest("t", 1)
+    late = [RatingFact(hm("10:00"), 4, None, "invited", 3000, "unlinked", "expired", "t-s")]
+    h = hall(with_ratings(target, late), excellent())
+    assert indicator(h, "t", "unmatched").strength != "strong"
+    assert not verdict(h, "t").flagged
+
+
+# -- out of service ------------------------------------------------------------------------------
+
+
+def test_ratings_while_paused_fire():
+    target = honest("t", 2)
+    # Nobody is served during the pause: drop what the generator put there.
+    target = replace(target, txns=tuple(t for t in target.txns if not hm("15:00") <= t.completed_ms < hm("15:45")),
+                     ratings=tuple(r for r in target.ratings if not hm("15:00") <= r.press_ms < hm("15:45")))
+    pause = [WindowRecord(hm("15:00"), "window_paused"), WindowRecord(hm("15:40"), "window_resumed")]
+    during = [RatingFact(hm("15:05") + i * 480_000, 5, None, "standalone", None, "unlinked",
+                         "no_transaction", "t-s", None, "d-t") for i in range(4)]
+    target = replace(with_ratings(target, during),
+                     window_log=tuple(sorted(target.window_log + tuple(pause), key=lambda e: e.at_ms)))
+    h = hall(target, excellent())
+    ind = indicator(h, "t", "out_of_service")
+    assert ind.strength == "strong" and ind.evidence["paused"] == 4
+    assert "暂停服务期间 4 条" in ind.reason_zh
+
+
+def test_last_citizen_rating_after_signoff_and_after_hours_is_not_out_of_service():
+    target = honest("t", 2)
+    # Served at 17:29:30, rated at 17:31:40: after closing and after the staff signed off.
+    last = [RatingFact(hm("17:31") + 40_000, 5, None, "invited", 4000, "linked", None, "t-s",
+                       hm("17:29") + 30_000, "d-t")]
+    h = hall(with_ratings(target, last), excellent())
+    ind = indicator(h, "t", "out_of_service")
+    assert ind.value == 0 and ind.strength == "none"
+    assert indicator(h, "exc", "out_of_service").strength == "none"
+
+
+# -- key presses outside an invitation -----------------------------------------------------------
+
+
+def _uninvited(u: Unit, keys: list[int]) -> Unit:
+    events = tuple(DeviceRecord(hm("09:00") + i * 900_000, hm("09:00") + i * 900_000, "key_uninvited",
+                                {"key": k, "state": "idle"}, f"d-{u.window}") for i, k in enumerate(keys))
+    return replace(u, device_log=tuple(sorted(u.device_log + events, key=lambda d: d.received_ms)))
+
+
+def test_uninvited_good_key_presses_fire():
+    h = hall(_uninvited(honest("t", 3), [5] * 12 + [4] * 2), excellent())
+    ind = indicator(h, "t", "uninvited_presses")
+    assert ind.strength == "strong" and ind.evidence["good_keys"] == 14
+    assert "keys 4-5" in ind.reason_en
+
+
+def test_stray_presses_of_any_key_do_not_fire():
+    h = hall(_uninvited(honest("t", 3), [1, 3, 5]), _uninvited(excellent(), [2, 5]))
+    assert indicator(h, "t", "uninvited_presses").strength == "none"
+    assert indicator(h, "exc", "uninvited_presses").strength == "none"
+
+
+# -- physical key counters -----------------------------------------------------------------------
+
+
+def _hidden_bad_presses(u: Unit, n: int) -> Unit:
+    """Key 1 pressed n times in the afternoon, no rating published (tampered firmware)."""
+    out = []
+    for d in u.device_log:
+        if d.kind == "heartbeat" and d.at_ms > hm("14:00"):
+            keys = list(d.data["keys"])
+            keys[0] += min(n, (d.at_ms - hm("14:00")) // 600_000)
+            d = replace(d, data={**d.data, "keys": keys})
+        out.append(d)
+    return replace(u, device_log=tuple(out))
+
+
+def test_key_counters_fire_when_bad_key_presses_vanish():
+    h = hall(_hidden_bad_presses(honest("t", 4), 6), excellent())
+    ind = indicator(h, "t", "key_counters")
+    assert ind.strength == "strong" and ind.evidence["bad_keys_unexplained"] == 6
+    assert "差评键" in ind.reason_zh
+
+
+def test_key_counters_agree_for_honest_devices():
+    h = hall(honest("t", 4), excellent())
+    for w in ("t", "exc", "p3"):
+        ind = indicator(h, w, "key_counters")
+        assert ind.strength == "none" and ind.value == 0
+
+
+# -- timing --------------------------------------------------------------------------------------
+
+
+def _staff_presses(u: Unit, rt_mean: float, rt_sd: float, n: int, seed: int = 7) -> Unit:
+    """Staff answer n more invitations themselves with a practised rhythm."""
+    rng = random.Random(seed)
+    extra, txns = [], []
+    for i in range(n):
+        done = hm("09:00") + i * 700_000
+        rt = max(150, int(rng.gauss(rt_mean, rt_sd)))
+        extra.append(RatingFact(done + 2000 + rt, 5, None, "invited", rt, "linked", None,
+                                f"{u.window}-s", done, f"d-{u.window}"))
+        txns.append(TxnFact(done, "rated", f"{u.window}-s"))
+    u = with_ratings(u, extra)
+    return replace(u, txns=tuple(sorted(u.txns + tuple(txns), key=lambda t: t.completed_ms)))
+
+
+def test_fast_responses_fire():
+    h = hall(_staff_presses(honest("t", 5), 450, 60, 20), excellent())
+    ind = indicator(h, "t", "fast_response")
+    assert ind.strength == "strong" and ind.value >= 18
+
+
+def test_fast_citizens_of_an_honest_window_do_not_fire():
+    # Citizens already standing at the device: median 2.2 s, a few under 0.8 s.
+    h = hall(honest("t", 5, rt_median=2200, rt_sigma=0.7), excellent(rt_median=2000))
+    assert indicator(h, "t", "fast_response").strength != "strong"
+    assert indicator(h, "exc", "fast_response").strength == "none"
+
+
+def test_machine_like_regular_responses_fire():
+    h = hall(_staff_presses(honest("t", 6), 1500, 25, 20), excellent())
+    ind = indicator(h, "t", "regular_response")
+    assert ind.strength == "strong" and ind.value >= 15
+    assert indicator(h, "t", "fast_response").strength == "none"  # not fast, only regular
+
+
+def test_human_response_times_are_not_regular():
+    h = hall(honest("t", 6, rt_sigma=0.35), excellent())
+    assert indicator(h, "t", "regular_response").strength != "strong"
+    assert indicator(h, "exc", "regular_response").strength == "none"
+
+
+def test_end_of_day_burst_fires():
+    fill = [RatingFact(hm("17:40") + i * 6000, 5, None, "standalone", None, "unlinked",
+                       "no_transaction", "t-s", None, "d-t") for i in range(9)]
+    h = hall(with_ratings(honest("t", 7), fill), excellent())
+    ind = indicator(h, "t", "burst")
+    assert ind.strength == "strong" and ind.value == 9
+    assert ind.evidence["outside_hours"] == 9 and ind.evidence["unmatched"] == 9
+    assert ind.reason_en.startswith("9 ratings within 48 s outside opening hours")
+
+
+def test_busy_honest_window_has_no_burst():
+    h = hall(honest("t", 7, n_txn=110), excellent(n_txn=120))
+    assert indicator(h, "t", "burst").strength == "none"
+    assert indicator(h, "exc", "burst").strength == "none"
+
+
+# -- negatives and satisfaction ------------------------------------------------------------------
+
+
+def test_missing_negatives_fire_when_a_windows_bad_ratings_stop():
+    # 5 % 差评 over its past 400 ratings, then 300 ratings without one.
+    past = tuple(([4] * 19 + [1]) * 20)
+    target = replace(honest("t", 8, n_txn=340, bad=0.0, coverage=0.9), history=past)
+    h = hall(target, excellent())
+    ind = indicator(h, "t", "missing_negatives")
+    assert ind.strength == "strong" and ind.value >= 300
+
+
+def test_excellent_window_without_negatives_is_not_accused():
+    # Always excellent: its own past has almost no 差评 either.
+    past = tuple([1] + [5] * 399)
+    exc = replace(excellent(n_txn=200), history=past)
+    h = hall(exc)
+    assert indicator(h, "exc", "missing_negatives").strength != "strong"
+    assert not verdict(h, "exc").flagged
+
+
+def test_high_satisfaction_alone_never_flags():
+    exc = excellent(n_txn=200, top=0.99)
+    h = hall(exc)
+    ind = indicator(h, "exc", "satisfaction_high")
+    assert ind.strength in ("weak", "strong") and not ind.decisive
+    assert not verdict(h, "exc").flagged
+
+
+def test_selective_invitation_fires():
+    # Its own past: 85 % coverage, 78 % satisfied. Today: under half rated, nearly all 5s.
+    past = tuple(([5] * 10 + [4] * 5 + [3] * 3 + [2, 1]) * 20)
+    target = replace(honest("t", 9, n_txn=120, bad=0.0, top=0.97, coverage=0.45), history=past,
+                     history_rated=340, history_decided=400)
+    h = hall(target, excellent())
+    ind = indicator(h, "t", "selective_invitation")
+    assert ind.strength == "strong"
+    assert ind.evidence["coverage"] < 0.55 and "its own past" in ind.reason_en
+
+
+def test_low_coverage_with_ordinary_satisfaction_is_not_selective():
+    target = honest("t", 9, n_txn=120, coverage=0.45, bad=0.06, top=0.35)
+    h = hall(target, excellent())
+    assert indicator(h, "t", "selective_invitation").strength != "strong"
+    assert indicator(h, "exc", "selective_invitation").strength == "none"
+
+
+# -- device offline ------------------------------------------------------------------------------
+
+
+def _offline(u: Unit, spans: list[tuple[str, str]]) -> Unit:
+    dev = f"d-{u.window}"
+    log = list(u.device_log)
+    for a, b in spans:
+        lo, hi = hm(a), hm(b)
+        log = [d for d in log if not (d.kind == "heartbeat" and lo <= d.received_ms < hi)]
+        log += [DeviceRecord(lo, lo + 45_000, "status", {"state": "offline"}, dev),
+                DeviceRecord(hi, hi, "status", {"state": "online"}, dev)]
+    return replace(u, device_log=tuple(sorted(log, key=lambda d: d.received_ms)))
+
+
+def test_repeated_unplugging_fires():
+    h = hall(_offline(honest("t", 10), [("09:10", "09:40"), ("10:30", "10:55"), ("15:00", "15:35")]),
+             excellent())
+    ind = indicator(h, "t", "device_offline")
+    assert ind.strength == "strong" and ind.evidence["long_episodes"] == 3
+    assert "离线" in ind.reason_zh
+
+
+def test_one_long_fault_or_a_hall_outage_does_not_fire():
+    one = _offline(honest("t", 10), [("09:00", "10:40")])
+    h = hall(one, excellent())
+    assert indicator(h, "t", "device_offline").strength != "strong"
+    outage = [("11:00", "11:40"), ("14:00", "14:30")]
+    everyone = HallFacts("h1", tuple(_offline(u, outage) for u in hall(excellent()).units),
+                         True, True)
+    assert indicator(everyone, "exc", "device_offline").strength == "none"
+
+
+@pytest.mark.parametrize("language", ["zh", "en"])
+def test_flag_reasons_are_human_readable_in_both_languages(language):
+    fill = [RatingFact(hm("17:40") + i * 6000, 5, None, "standalone", None, "unlinked",
+                       "no_transaction", "t-s", None, "d-t") for i in range(12)]
+    v = verdict(hall(with_ratings(honest("t", 11), fill), excellent()), "t")
+    assert v.flagged and v.severity == 3  # burst, unmatched, out of service agree
+    reasons = v.reasons(language)
+    assert len(reasons) >= 3
+    assert any(("12 ratings" if language == "en" else "12 条") in r for r in reasons)

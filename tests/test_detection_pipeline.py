@@ -1,0 +1,95 @@
+"""The detector on a state database filled by the real pipeline (signed messages, linking), and
+its integrity points: queued in the outbox, idempotent, and queryable with InfluxQL."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from collector.config import Config, load_config
+from collector.detection import run_detection
+from collector.influx import make_writer
+from collector.sim_profiles import VirtualHall, draw_hall
+
+
+def _simulated(tmp_path: Path, cfg: Config | None = None) -> tuple[VirtualHall, str, int]:
+    """One business day of a 6-window hall with an end-of-day fill-in at one window."""
+    cfg = cfg or load_config(None, env={})
+    cfg = cfg.with_overrides(collector__data_dir=str(tmp_path / "state"))
+    rng = random.Random(11)
+    plans = draw_hall(rng, "h1", 6, ["fill_in_burst"], start_day=0)
+    cheat = next(p.window for p in plans if p.profile == "fill_in_burst")
+    hall = VirtualHall(cfg, plans, hall="h1", seed=5)
+    hall.schedule_day(0)
+    hall.run_until(hall.day_bounds(0)[1] - 1)
+    return hall, cheat, hall.local_ms(hall.business_day(0), "19:00")
+
+
+def _outbox(hall: VirtualHall) -> list[str]:
+    return [r[0] for r in hall.conn.execute(
+        "SELECT line FROM influx_outbox WHERE line LIKE 'integrity%' ORDER BY id")]
+
+
+def _identity(line: str) -> tuple[str, str]:
+    return line.split(" ", 1)[0], line.rsplit(" ", 1)[1]  # series key, timestamp
+
+
+def test_fill_in_is_flagged_and_honest_windows_are_not(tmp_path):
+    hall, cheat, close = _simulated(tmp_path)
+    verdicts = run_detection(hall.conn, hall.cfg, close)
+    windows = {(v.window, v.period): v for v in verdicts if v.staff is None}
+    day = windows[(cheat, "day")]
+    assert day.flagged and "burst" in day.strong
+    assert any("闭厅后" in r for r in day.reasons_zh)
+    honest = [v for (w, _), v in windows.items() if w != cheat]
+    assert honest and not any(v.flagged for v in honest)
+    # Staff members are judged too: the fill-in happened while nobody was signed on.
+    assert any(v.staff is not None for v in verdicts)
+
+
+def test_integrity_points_are_queued_and_a_rerun_overwrites_them(tmp_path):
+    hall, _, close = _simulated(tmp_path)
+    run_detection(hall.conn, hall.cfg, close - 3600_000)
+    first = _outbox(hall)
+    run_detection(hall.conn, hall.cfg, close)
+    second = _outbox(hall)[len(first):]
+    assert first and len(first) == len(second)
+    # Same series and timestamps: InfluxDB keeps the later values, nothing accumulates.
+    assert {_identity(x) for x in first} == {_identity(x) for x in second}
+    assert len({_identity(x) for x in second}) == len(second)
+    verdict_lines = [x for x in second if x.startswith("integrity_verdict,")]
+    assert any(",staff=*," in x for x in verdict_lines)
+    assert all("reasons_zh=" in x and "reasons_en=" in x for x in verdict_lines)
+
+
+def test_run_detection_without_points(tmp_path):
+    hall, _, close = _simulated(tmp_path)
+    before = hall.conn.execute("SELECT count(*) FROM influx_outbox").fetchone()[0]
+    assert run_detection(hall.conn, hall.cfg, close, write_points=False)
+    assert hall.conn.execute("SELECT count(*) FROM influx_outbox").fetchone()[0] == before
+
+
+@pytest.mark.servers
+def test_integrity_points_answer_influxql(tmp_path, make_config):
+    from tests.helpers import query
+
+    cfg = make_config()
+    hall, cheat, close = _simulated(tmp_path, cfg)
+    run_detection(hall.conn, hall.cfg, close)
+    writer = make_writer(cfg)
+    writer.ensure_database()  # type: ignore[attr-defined]
+    writer.write(_outbox(hall))
+    flagged = query(cfg, 'SELECT "severity", "reasons_zh", "reasons_en", "strong" '
+                         'FROM "integrity_verdict" WHERE "staff" = \'*\' AND "flagged" = 1 '
+                         'GROUP BY "window", "period"')
+    assert {r["window"] for r in flagged} == {cheat}
+    assert all(r["severity"] >= 2 and "burst" in r["strong"] for r in flagged)
+    assert any("秒内连续" in r["reasons_zh"] and "ratings within" in r["reasons_en"] for r in flagged)
+    burst = query(cfg, 'SELECT last("value") AS v, last("strength") AS s FROM "integrity" '
+                       'WHERE "indicator" = \'burst\' AND "staff" = \'*\' AND "period" = \'day\' '
+                       'GROUP BY "window"')
+    by_window = {r["window"]: r for r in burst}
+    assert by_window[cheat]["s"] == "strong" and by_window[cheat]["v"] >= 5
+    assert all(r["s"] != "strong" for w, r in by_window.items() if w != cheat)
