@@ -360,7 +360,7 @@ class VirtualHall:
 
     def run_until(self, t_end: int, on_time: Callable[[int], None] | None = None,
                   every_ms: int = 0, first_check: int = 0) -> None:
-        """Process events up to `t_end`, calling `on_time(t)` every `every_ms` from `first_check`."""
+        """Process events up to `t_end`; call `on_time(t)` every `every_ms` from `first_check`."""
         next_check = first_check if on_time and every_ms else None
         while self._queue and self._queue[0][0] <= t_end:
             t = self._queue[0][0]

@@ -11,7 +11,14 @@ from datetime import date
 import pytest
 
 from collector.detection import DetectionSettings, detect_hall
-from collector.detection.facts import DeviceRecord, HallFacts, RatingFact, TxnFact, Unit, WindowRecord
+from collector.detection.facts import (
+    DeviceRecord,
+    HallFacts,
+    RatingFact,
+    TxnFact,
+    Unit,
+    WindowRecord,
+)
 from collector.detection.indicators import compute_indicators
 
 S = DetectionSettings.defaults()
@@ -45,7 +52,10 @@ def honest(name: str, seed: int, *, n_txn: int = 60, bad: float = 0.04, top: flo
         if not rated:
             continue
         u = rng.random()
-        level = 1 if u < bad / 2 else 2 if u < bad else 5 if u < bad + top else rng.choice((3, 4, 4))
+        if u < bad:
+            level = 1 if u < bad / 2 else 2
+        else:
+            level = 5 if u < bad + top else rng.choice((3, 4, 4))
         rt = max(450, int(rt_median * math.exp(rng.gauss(0, rt_sigma))))
         press = done + 2000 + rt
         reason = "wait" if level <= 2 else None
@@ -137,13 +147,15 @@ def test_unmatched_quiet_for_one_late_rating():
 def test_ratings_while_paused_fire():
     target = honest("t", 2)
     # Nobody is served during the pause: drop what the generator put there.
-    target = replace(target, txns=tuple(t for t in target.txns if not hm("15:00") <= t.completed_ms < hm("15:45")),
-                     ratings=tuple(r for r in target.ratings if not hm("15:00") <= r.press_ms < hm("15:45")))
-    pause = [WindowRecord(hm("15:00"), "window_paused"), WindowRecord(hm("15:40"), "window_resumed")]
+    lo, hi = hm("15:00"), hm("15:45")
+    target = replace(target, txns=tuple(t for t in target.txns if not lo <= t.completed_ms < hi),
+                     ratings=tuple(r for r in target.ratings if not lo <= r.press_ms < hi))
+    pause = [WindowRecord(lo, "window_paused"), WindowRecord(hm("15:40"), "window_resumed")]
     during = [RatingFact(hm("15:05") + i * 480_000, 5, None, "standalone", None, "unlinked",
                          "no_transaction", "t-s", None, "d-t") for i in range(4)]
     target = replace(with_ratings(target, during),
-                     window_log=tuple(sorted(target.window_log + tuple(pause), key=lambda e: e.at_ms)))
+                     window_log=tuple(sorted(target.window_log + tuple(pause),
+                                             key=lambda e: e.at_ms)))
     h = hall(target, excellent())
     ind = indicator(h, "t", "out_of_service")
     assert ind.strength == "strong" and ind.evidence["paused"] == 4
@@ -165,8 +177,9 @@ def test_last_citizen_rating_after_signoff_and_after_hours_is_not_out_of_service
 
 
 def _uninvited(u: Unit, keys: list[int]) -> Unit:
-    events = tuple(DeviceRecord(hm("09:00") + i * 900_000, hm("09:00") + i * 900_000, "key_uninvited",
-                                {"key": k, "state": "idle"}, f"d-{u.window}") for i, k in enumerate(keys))
+    events = tuple(DeviceRecord(hm("09:00") + i * 900_000, hm("09:00") + i * 900_000,
+                                "key_uninvited", {"key": k, "state": "idle"}, f"d-{u.window}")
+                   for i, k in enumerate(keys))
     return replace(u, device_log=tuple(sorted(u.device_log + events, key=lambda d: d.received_ms)))
 
 
@@ -333,8 +346,8 @@ def _offline(u: Unit, spans: list[tuple[str, str]]) -> Unit:
 
 
 def test_repeated_unplugging_fires():
-    h = hall(_offline(honest("t", 10), [("09:10", "09:40"), ("10:30", "10:55"), ("15:00", "15:35")]),
-             excellent())
+    spans = [("09:10", "09:40"), ("10:30", "10:55"), ("15:00", "15:35")]
+    h = hall(_offline(honest("t", 10), spans), excellent())
     ind = indicator(h, "t", "device_offline")
     assert ind.strength == "strong" and ind.evidence["long_episodes"] == 3
     assert "离线" in ind.reason_zh

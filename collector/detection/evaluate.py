@@ -81,7 +81,8 @@ def run_once(seed: int, days: int = 5, start_day: int = 3, profiles: Iterable[st
             def check(now: int, index: int = index) -> None:
                 nonlocal checks
                 checks += 1
-                verdicts = run_detection(hall.conn, settings, now, write_points=False, per_staff=False)
+                verdicts = run_detection(hall.conn, settings, now, write_points=False,
+                                         per_staff=False)
                 # The integrity points are what production writes; here they only pile up.
                 hall.conn.execute("DELETE FROM influx_outbox")
                 for v in verdicts:

@@ -107,7 +107,8 @@ class HallFacts:
 
 def halls(conn: sqlite3.Connection) -> list[str]:
     rows = conn.execute(
-        "SELECT hall FROM device UNION SELECT hall FROM txn UNION SELECT hall FROM rating ORDER BY 1"
+        "SELECT hall FROM device UNION SELECT hall FROM txn UNION SELECT hall FROM rating "
+        "ORDER BY 1"
     ).fetchall()
     return [r[0] for r in rows]
 
@@ -158,10 +159,12 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
         "AND received_ms >= ? AND received_ms <= ? ORDER BY received_ms, id",
         (hall, start_ms - device_lead_ms, end_ms),
     ):
-        dlog.setdefault(window, []).append(DeviceRecord(at, received, kind, json.loads(data), device))
+        dlog.setdefault(window, []).append(
+            DeviceRecord(at, received, kind, json.loads(data), device))
     devices = {w for (w,) in conn.execute(
         "SELECT DISTINCT window FROM device WHERE hall=? AND state='active'", (hall,))}
-    has_feed = conn.execute("SELECT 1 FROM txn WHERE hall=? LIMIT 1", (hall,)).fetchone() is not None
+    has_feed = conn.execute(
+        "SELECT 1 FROM txn WHERE hall=? LIMIT 1", (hall,)).fetchone() is not None
     has_signons = conn.execute(
         "SELECT 1 FROM window_log WHERE hall=? AND kind LIKE 'staff_%' LIMIT 1", (hall,)
     ).fetchone() is not None

@@ -131,7 +131,8 @@ def _unmatched(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     p = stats.binomial_sf(value, max(len(rs), value), peer_rate)
     by_reason: dict[str, int] = {}
     for r in unlinked:
-        by_reason[r.unlinked_reason or "unknown"] = by_reason.get(r.unlinked_reason or "unknown", 0) + 1
+        why = r.unlinked_reason or "unknown"
+        by_reason[why] = by_reason.get(why, 0) + 1
     ev = {"unlinked": len(unlinked), "ratings": len(rs), "transactions": len(u.txns),
           "excess": excess, "by_reason": by_reason, "peer_rate": round(peer_rate, 4)}
     zh = (f"{len(unlinked)} 条评价未匹配任何已办结办件（评价 {len(rs)} 条，办结 {len(u.txns)} 件"
@@ -198,9 +199,11 @@ def _find_oos_ratings(u: Unit, c: _Ctx) -> list[tuple[RatingFact, str]]:
         if not active:
             continue
         began = min(a for a, _ in active)
-        # The last citizen served before the stop may rate a moment later: not suspicious.
-        if (r.state == "linked" and r.txn_completed_ms is not None
-                and r.txn_completed_ms <= began + CLOCK_TOLERANCE_MS):
+        # The last citizen served before the stop may rate a moment later, and a citizen served
+        # after closing time (the business system says so) is a citizen: not suspicious.
+        if r.state == "linked" and r.txn_completed_ms is not None and (
+                r.txn_completed_ms <= began + CLOCK_TOLERANCE_MS
+                or all(why == "closed" for _, why in active)):
             continue
         found.append((r, sorted(w for _, w in active)[0]))
     return found
@@ -232,7 +235,8 @@ def _out_of_service(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
 
 
 def _heartbeats(u: Unit, device: str, c: _Ctx) -> list:
-    return c.once(f"hb:{device}", u, lambda: [d for d in u.device_log if d.kind == "heartbeat" and d.device == device
+    return c.once(f"hb:{device}", u, lambda: [
+        d for d in u.device_log if d.kind == "heartbeat" and d.device == device
             and isinstance(d.data.get("keys"), list) and len(d.data["keys"]) == 5])
 
 
@@ -279,7 +283,8 @@ def _uninvited(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     peer_exposure = [max(len(p.txns), len(_judged(p)), k) for p, k in zip(with_device, peer_good,
                                                                          strict=True)]
     p, peer_rate = _eb_excess_p(good, exposure, peer_good, peer_exposure, c)
-    ev = {"good_keys": good, "presses": total, "by_key": {str(k): v for k, v in sorted(keys.items())},
+    ev = {"good_keys": good, "presses": total,
+          "by_key": {str(k): v for k, v in sorted(keys.items())},
           "per_transaction": round(good / exposure, 3), "peer_per_transaction": round(peer_rate, 3)}
     zh = (f"无评价邀请时按键 {total} 次，其中按“满意/非常满意”键 {good} 次"
           f"（每件 {good / exposure:.2f} 次，同厅 {peer_rate:.2f} 次）")
@@ -334,7 +339,8 @@ def _key_counters(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     d, n = worst["presses"], worst["ratings"]
     if worst["no_press"] > c.s.counter_tolerance:
         zh = f"{worst['no_press']} 条评价没有对应的物理按键（按键计数 {d}，评价 {n}）"
-        en = f"{worst['no_press']} ratings without a physical key press (key counters {d}, ratings {n})"
+        en = (f"{worst['no_press']} ratings without a physical key press "
+              f"(key counters {d}, ratings {n})")
     elif worst["bad_keys_unexplained"] > c.s.counter_tolerance:
         zh = (f"差评键（1、2）被按 {d[0] + d[1]} 次，但只上报 {n[0] + n[1]} 条差评"
               f"（{worst['bad_keys_unexplained']} 次按键去向不明）")
@@ -342,7 +348,8 @@ def _key_counters(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
               f"published ({worst['bad_keys_unexplained']} presses unaccounted for)")
     else:
         zh = f"物理按键计数比上报评价多 {worst['unexplained']} 次（按键 {d}，评价 {n}）"
-        en = f"key counters exceed published ratings by {worst['unexplained']} (keys {d}, ratings {n})"
+        en = (f"key counters exceed published ratings by {worst['unexplained']} "
+              f"(keys {d}, ratings {n})")
     return _Raw(value, None, True, worst, (zh, en), strength)
 
 
@@ -487,13 +494,20 @@ def _satisfaction_high(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     ev = {"satisfied": round(share, 4), "ratings": len(rs), "peer": round(p0, 4), "z": round(z, 2),
           "tau": round(math.sqrt(tau2), 4)}
     zh = f"满意率 {share:.1%} 高于同厅 {p0:.1%}（评价量 {len(rs)}，z={z:.1f}）"
-    en = f"satisfaction {share:.1%} above the hall's {p0:.1%} for its volume ({len(rs)} ratings, z={z:.1f})"
+    en = (f"satisfaction {share:.1%} above the hall's {p0:.1%} for its volume "
+          f"({len(rs)} ratings, z={z:.1f})")
     return _Raw(round(z, 3), stats.normal_sf(z), True, ev, (zh, en))
 
 
-def _coverage_counts(u: Unit) -> tuple[int, int]:
-    decided = [t for t in u.txns if t.state in ("rated", "unrated")]
-    return sum(1 for t in decided if t.state == "rated"), len(decided)
+def _coverage_counts(u: Unit, c: _Ctx) -> tuple[int, int]:
+    """(rated, decided) transactions, leaving out those completed while the device was offline:
+    those citizens could not rate, whatever the staff did (unplugging has its own indicator)."""
+    def count() -> tuple[int, int]:
+        offline = _offline_stretches(u, c) if u.has_device else []
+        decided = [t for t in u.txns if t.state in ("rated", "unrated")
+                   and not any(a <= t.completed_ms < b for a, b in offline)]
+        return sum(1 for t in decided if t.state == "rated"), len(decided)
+    return c.once("coverage", u, count)
 
 
 def _two_proportion_z(k1: int, n1: int, k2: int, n2: int) -> float:
@@ -505,19 +519,20 @@ def _two_proportion_z(k1: int, n1: int, k2: int, n2: int) -> float:
 
 def _selective(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     """Coverage (rated / decided transactions) far below, satisfaction (share 满意 or better)
-    above - compared with peers (funnel, over-dispersion adjusted) and with the window's own past
-    (two-proportion z), whichever reference shows it more clearly (Bonferroni x2).
+    above.
 
-    Coverage alone can drop honestly (a rush hour, a device badly placed), so satisfaction must
-    be above its reference too: one-sided p < q_weak; when it is not, both sides are combined
-    as an intersection-union test (the weaker p counts)."""
+    Against peers (funnel, over-dispersion adjusted) both must be significant: an honest window
+    may have low coverage and happy citizens at once, so this is an intersection-union test (the
+    larger p counts). Against the window's own past (two-proportion z) a coverage drop is a
+    change, and satisfaction above the past at p < q_weak suffices with it. The clearer of the
+    two references is reported, with a Bonferroni factor 2."""
     if not c.hall.has_feed:
         return None
-    rated, decided = _coverage_counts(u)
+    rated, decided = _coverage_counts(u, c)
     rs = _judged(u)
     if decided < c.s.min_ratings or len(rs) < c.s.min_ratings:
         return None
-    pc = [_coverage_counts(p) for p in peers]
+    pc = [_coverage_counts(p, c) for p in peers]
     z_cov, cov0, _ = stats.funnel_z(rated, decided, [a for a, _ in pc], [b for _, b in pc])
     z_sat, sat0, _ = stats.funnel_z(_satisfied(rs), len(rs),
                                     [_satisfied(_judged(p)) for p in peers],
@@ -525,25 +540,25 @@ def _selective(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     if math.isnan(cov0) or math.isnan(sat0):
         return None
     cov, sat = rated / decided, _satisfied(rs) / len(rs)
-    p_cov, p_sat, ref_cov, ref_sat = stats.normal_sf(-z_cov), stats.normal_sf(z_sat), cov0, sat0
+    p = max(stats.normal_sf(-z_cov), stats.normal_sf(z_sat))
+    ref_cov, ref_sat, own = cov0, sat0, False
     past = len(u.history)
     if u.history_decided >= c.s.min_ratings and past >= c.s.min_ratings:
-        own_cov = u.history_rated / u.history_decided
-        own_sat = sum(1 for x in u.history if x >= 4) / past
-        zc = _two_proportion_z(rated, decided, u.history_rated, u.history_decided)
-        zs = _two_proportion_z(_satisfied(rs), len(rs), sum(1 for x in u.history if x >= 4), past)
-        if stats.normal_sf(-zc) < p_cov:
-            p_cov, ref_cov = stats.normal_sf(-zc), own_cov
-        if stats.normal_sf(zs) < p_sat:
-            p_sat, ref_sat = stats.normal_sf(zs), own_sat
-        p_cov, p_sat = min(1.0, 2 * p_cov), min(1.0, 2 * p_sat)
-    p = p_cov if p_sat < c.s.q_weak else max(p_cov, p_sat)
+        past_sat = sum(1 for x in u.history if x >= 4)
+        p_cov = stats.normal_sf(-_two_proportion_z(rated, decided, u.history_rated,
+                                                   u.history_decided))
+        p_sat = stats.normal_sf(_two_proportion_z(_satisfied(rs), len(rs), past_sat, past))
+        p_own = p_cov if p_sat < c.s.q_weak else max(p_cov, p_sat)
+        if p_own < p:
+            p, own = p_own, True
+            ref_cov, ref_sat = u.history_rated / u.history_decided, past_sat / past
+        p = min(1.0, 2 * p)
     ev = {"coverage": round(cov, 4), "peer_coverage": round(cov0, 4), "z_coverage": round(z_cov, 2),
-          "satisfied": round(sat, 4), "peer_satisfied": round(sat0, 4), "z_satisfied": round(z_sat, 2),
-          "reference_coverage": round(ref_cov, 4), "reference_satisfied": round(ref_sat, 4),
-          "p_coverage": p_cov, "p_satisfied": p_sat, "transactions": decided}
-    whose_zh = "同厅" if ref_cov == cov0 else "本窗口以往"
-    whose_en = "the hall's" if ref_cov == cov0 else "its own past"
+          "satisfied": round(sat, 4), "peer_satisfied": round(sat0, 4),
+          "z_satisfied": round(z_sat, 2), "reference": "own_past" if own else "peers",
+          "reference_coverage": round(ref_cov, 4),
+          "reference_satisfied": round(ref_sat, 4), "transactions": decided}
+    whose_zh, whose_en = ("本窗口以往", "its own past") if own else ("同厅", "the hall's")
     zh = (f"参评率 {cov:.0%} 远低于{whose_zh} {ref_cov:.0%}，而满意率 {sat:.1%} 高于 {ref_sat:.1%}"
           "（疑似只邀请满意的群众评价）")
     en = (f"coverage {cov:.0%} far below {whose_en} {ref_cov:.0%} while satisfaction {sat:.1%} is "

@@ -64,8 +64,9 @@ class DetectionSettings:
 
     @classmethod
     def from_config(cls, cfg: Config) -> DetectionSettings:
+        parsed = ("opening_hours", "business_days", "utc_offset_min")
         raw: dict[str, Any] = {f.name: cfg.get("detection", f.name) for f in fields(cls)
-                               if f.name not in ("opening_hours", "business_days", "utc_offset_min")}
+                               if f.name not in parsed}
         raw["opening_hours"] = parse_opening_hours(cfg.get("detection", "opening_hours"))
         raw["business_days"] = parse_weekdays(cfg.get("detection", "business_days"))
         raw["utc_offset_min"] = parse_offset(cfg.get("detection", "utc_offset"))
