@@ -45,6 +45,10 @@ from .registry import Registry
 
 __all__ = ["Inbound", "Ingest", "Outcome"]
 
+
+class _RedoCarefully(Exception):
+    """A message failed unexpectedly on the fast path: run the batch again, one savepoint each."""
+
 _LOG = logging.getLogger(__name__)
 
 
@@ -80,29 +84,53 @@ class Ingest:
             unrated_default=cfg.unrated_default,
         )
         self._serial = 0
+        self._lines: list[str] = []  # points of the batch in hand
 
     # -- the batch ---------------------------------------------------------------------------------
 
     def process_batch(self, items: Iterable[Inbound], now_ms: int) -> list[Outcome]:
+        """Apply a batch of messages in one transaction; return one outcome per message.
+
+        The fast path runs without a savepoint per message: every protocol check raises before
+        the message writes anything. Only if handling a message fails unexpectedly (a bug) is
+        the batch rolled back and run again with a savepoint per message, so the failing message
+        alone goes to the dead-letter table.
+        """
+        batch = list(items)
+        try:
+            return self._run_batch(batch, now_ms, careful=False)
+        except _RedoCarefully:
+            return self._run_batch(batch, now_ms, careful=True)
+
+    def _run_batch(self, items: list[Inbound], now_ms: int, *, careful: bool) -> list[Outcome]:
         db = self._db
         outcomes: list[Outcome] = []
+        self._lines = []
         db.execute("BEGIN IMMEDIATE")
         try:
             for item in items:
-                db.execute("SAVEPOINT msg")
+                mark = len(self._lines)
+                if careful:
+                    db.execute("SAVEPOINT msg")
                 try:
                     outcome = self._handle(item)
-                    db.execute("RELEASE msg")
+                    if careful:
+                        db.execute("RELEASE msg")
                 except ProtocolError as exc:
-                    db.execute("ROLLBACK TO msg")
-                    db.execute("RELEASE msg")
+                    if careful:
+                        db.execute("ROLLBACK TO msg")
+                        db.execute("RELEASE msg")
+                    del self._lines[mark:]
                     outcome = Outcome("rejected", exc.reason.value, exc.detail)
                     self._record_rejection(item, exc)
                 except sqlite3.OperationalError:
                     raise  # storage trouble (disk full, I/O): abort the batch, retry it later
                 except Exception as exc:  # a bug must not take the service down or lose the message
+                    if not careful:
+                        raise _RedoCarefully from exc
                     db.execute("ROLLBACK TO msg")
                     db.execute("RELEASE msg")
+                    del self._lines[mark:]
                     _LOG.exception("processing failed for %s message on %s", item.source, item.topic)
                     db.execute(
                         "INSERT INTO dead_letter (source, topic, payload, error, at_ms) "
@@ -113,6 +141,7 @@ class Ingest:
                 outcomes.append(outcome)
             ticked = self.linker.tick(now_ms)
             self._apply(ticked, now_ms, "")
+            self._flush_lines()
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:  # SQLite may already have rolled back (e.g. SQLITE_FULL)
@@ -125,9 +154,11 @@ class Ingest:
         """Time passes with no message: expire and judge what is due."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
+        self._lines = []
         try:
             decisions = self.linker.tick(now_ms)
             self._apply(decisions, now_ms, "")
+            self._flush_lines()
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -281,8 +312,13 @@ class Ingest:
         self._queue_points(lines)
 
     def _queue_points(self, lines: list[str]) -> None:
-        if lines:
-            self._db.executemany("INSERT INTO influx_outbox (line) VALUES (?)", [(x,) for x in lines])
+        self._lines.extend(lines)  # written to the outbox once per batch, before COMMIT
+
+    def _flush_lines(self) -> None:
+        if self._lines:
+            self._db.executemany("INSERT INTO influx_outbox (line) VALUES (?)",
+                                 [(x,) for x in self._lines])
+            self._lines = []
 
     def _queue_command(self, hall: str, window: str, fields: dict[str, Any], now_ms: int,
                        ttl_ms: int) -> None:

@@ -158,6 +158,15 @@ def parse(text) -> Config:
     p = broker["topic_prefix"]
     if not isinstance(p, str) or not p or "+" in p or "#" in p:
         errs.append("broker.topic_prefix: non-empty, no wildcards")
+    # Absent credentials are derived: the user is the device id, the password comes from the
+    # key (sign.mqtt_password), as `evalterm broker render` writes them. An explicit null
+    # means "no credentials" (a broker that allows anonymous clients).
+    if "user" not in b and _is_id(d["device"]):
+        broker["user"] = d["device"]
+    if "password" not in b and d["key_bytes"]:
+        from .sign import mqtt_password
+
+        broker["password"] = mqtt_password(d["key_bytes"])
     d["broker"] = broker
     link_ok = not errs
 

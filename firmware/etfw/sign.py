@@ -61,6 +61,15 @@ class Signer:
         return diff == 0
 
 
+MQTT_PASSWORD_LABEL = b"evalterm-mqtt-password"
+
+
+def mqtt_password(key: bytes) -> str:
+    """The device's broker password, derived from its key (docs/protocol.md section 2):
+    lowercase hex HMAC-SHA256(key, "evalterm-mqtt-password"). No second secret to store."""
+    return hexlify(Signer(key).mac((MQTT_PASSWORD_LABEL,))).decode()
+
+
 class Writer:
     """Writes one JSON object into a pre-allocated buffer, then signs and seals it.
 

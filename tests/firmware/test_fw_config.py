@@ -60,3 +60,19 @@ def test_broker_limits():
     e = _errors(config_dict(broker={"host": "b", "port": 70000, "keepalive": 1}))
     assert "broker.port" in e.args[0] and "broker.keepalive" in e.args[0]
     assert _errors(config_dict(broker={"port": 1883})).args[0].startswith("broker: needs host")
+
+
+def test_broker_credentials_derived_from_identity_and_key():
+    # The same derivation as collector/provision/devconfig.py and `evalterm broker render`:
+    # user = device id, password = hex HMAC-SHA256(key, "evalterm-mqtt-password").
+    c = config()
+    assert c.broker["user"] == "kp-0007"
+    assert c.broker["password"] == (
+        "f4a83141001887eca2a7663ab4a459e4e06479aee5412f61dee017a8936ae7d5")
+
+
+def test_explicit_broker_credentials_win_and_null_means_none():
+    c = config(broker={"host": "b", "user": "u1", "password": "p1"})
+    assert c.broker["user"] == "u1" and c.broker["password"] == "p1"
+    c = config(broker={"host": "b", "user": None, "password": None})
+    assert c.broker["user"] is None and c.broker["password"] is None

@@ -1,0 +1,49 @@
+"""The ingest pipeline in process (SQLite on disk, no servers): batches, dead letters, outbox."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from collector.config import load_config
+from collector.db import connect
+from collector.linking import Linker, TxnIn
+from collector.pipeline import Inbound, Ingest
+from helpers import T0, Dev, feed, feed_bytes, txn_msg
+
+
+class BuggyLinker(Linker):
+    """A linking engine with a bug that strikes one case number (after it wrote something)."""
+
+    def txn_completed(self, t: TxnIn, now_ms: int) -> list:
+        out = super().txn_completed(t, now_ms)
+        if t.txn == "BOOM":
+            raise KeyError("a bug")
+        return out
+
+
+def test_unexpected_error_dead_letters_only_that_message(tmp_path: Path) -> None:
+    cfg = load_config(None, env={}).with_overrides(linking__grace_s=0)
+    conn = connect(tmp_path / "state.db")
+    ingest = Ingest(conn, cfg)
+    ingest.linker = BuggyLinker(conn, rating_window_ms=600_000, grace_ms=0)
+    conn.execute("BEGIN")
+    key = ingest.registry.add("kp1", "h1", "w1", T0).key
+    conn.execute("COMMIT")
+    dev = Dev("evalterm", "kp1", key)
+    items = [
+        Inbound("mqtt", feed("evalterm"), feed_bytes(txn_msg("T1", completed=T0)), T0),
+        Inbound("mqtt", feed("evalterm"), feed_bytes(txn_msg("BOOM", completed=T0)), T0),
+        Inbound("mqtt", *dev.rating(5, "T1"), T0 + 1000),
+        Inbound("mqtt", "evalterm/dev/h1/w1/kp1/rating", b"junk", T0 + 1000),
+    ]
+    outcomes = ingest.process_batch(items, T0 + 1000)
+    assert [o.status for o in outcomes] == ["accepted", "error", "accepted", "rejected"]
+    assert conn.execute("SELECT count(*) FROM dead_letter").fetchone()[0] == 1
+    assert conn.execute("SELECT txn FROM txn ORDER BY txn").fetchall() == [("T1",)]  # BOOM undone
+    assert conn.execute("SELECT state FROM txn WHERE txn='T1'").fetchone() == ("rated",)
+    lines = [r[0] for r in conn.execute("SELECT line FROM influx_outbox ORDER BY id")]
+    assert sum(x.startswith("transaction,") for x in lines) == 2  # T1 awaiting, T1 rated
+    assert sum(x.startswith("rating,") for x in lines) == 1
+    assert sum(x.startswith("rejection,") for x in lines) == 1
+    assert not any("BOOM" in x for x in lines)
+    conn.close()
