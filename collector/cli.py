@@ -331,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     rv = dev_sub.add_parser("revoke", help="revoke a device: its messages are refused")
     rv.add_argument("--device", required=True)
     rv.set_defaults(func=cmd_device_revoke)
+    from .provision_cli import add_device_commands  # flash, provision, rotate-key, replace
+
+    add_device_commands(dev_sub)
 
     txn = sub.add_parser("txn", help="transactions from the business system")
     txn_sub = txn.add_subparsers(dest="txn_command", required=True)
@@ -365,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .grafana_cli import add_subcommands as add_grafana
 
     add_grafana(sub)
+    from .provision_cli import add_subcommands as add_provision
+
+    add_provision(sub)
     return p
 
 

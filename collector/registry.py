@@ -96,6 +96,24 @@ class Registry:
         assert dev is not None
         return dev
 
+    def rotate_key(self, device: str, key: bytes | None = None) -> Device:
+        """Give an active device a new key (random unless given); the old key stops working."""
+        if key is None:
+            key = secrets.token_bytes(32)
+        if len(key) != 32:
+            raise RegistryError("a device key is 32 bytes")
+        dev = self.get(device)
+        if dev is None:
+            raise RegistryError(f"device {device} is not registered")
+        if dev.state != "active":
+            raise RegistryError(f"device {device} is {dev.state}: a revoked identity gets no new key")
+        self._conn.execute("UPDATE device SET key_hex=? WHERE device=? AND state='active'",
+                           (key.hex(), device))
+        self._cache.pop(device, None)
+        dev = self.get(device)
+        assert dev is not None
+        return dev
+
     def list(self) -> list[Device]:
         rows = self._conn.execute(
             "SELECT device, hall, window, state, created_ms, key_hex FROM device "
