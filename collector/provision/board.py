@@ -45,7 +45,7 @@ def _h(p):
 def _files(top):
     out = {}
     try:
-        entries = list(os.ilistdir(top))
+        entries = list(os.ilistdir() if top == '.' else os.ilistdir(top))
     except OSError:
         return out
     for e in entries:

@@ -2,6 +2,8 @@
 at boot), every module of the `etfw` package compiled with `mpy-cross` for the board's
 architecture (no compilation on the device, smaller and faster imports).
 
+Bytecode-only .mpy files record no architecture (header flags 0): what the board must match is
+the .mpy version, checked in `arch_of_mpy`; -march matters once native/viper code is added.
 mpy-cross output is deterministic for the same source, name and architecture, so the SHA-256
 of each file says whether a board already has exactly this build (provisioning is idempotent).
 """
