@@ -1,0 +1,64 @@
+"""The CLI of provisioning: `evalterm broker render` and `evalterm device report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from collector.cli import main
+
+
+def _config(tmp: Path, user: str = "collector", password: str = "pw-0123456789") -> str:
+    path = tmp / "evalterm.toml"
+    path.write_text(f'[collector]\ndata_dir = "{tmp / "data"}"\n'
+                    f'[mqtt]\nusername = "{user}"\npassword = "{password}"\n')
+    return str(path)
+
+
+def test_broker_render_dry_run_then_real(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                         ) -> None:
+    cfg = _config(tmp_path)
+    assert main(["-c", cfg, "device", "add", "--device", "kp-1", "--hall", "h1",
+                 "--window", "w1"]) == 0
+    out = tmp_path / "broker"
+    capsys.readouterr()
+    assert main(["-c", cfg, "broker", "render", "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "would write" in printed and "topic write evalterm/dev/h1/w1/kp-1/rating" in printed
+    assert not out.exists()
+    assert main(["-c", cfg, "broker", "render", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1 active devices, 2 service users" in printed
+    assert "new user feed-h1" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["acl", "evalterm.conf", "passwd",
+                                                     "service-users"]
+
+
+def test_broker_render_needs_the_collectors_user(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _config(tmp_path, user="", password="")
+    assert main(["-c", cfg, "broker", "render", "--out", str(tmp_path / "b")]) == 2
+    assert "set [mqtt] username and password" in capsys.readouterr().err
+
+
+def test_reload_of_a_process_that_does_not_exist(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _config(tmp_path)
+    rc = main(["-c", cfg, "broker", "render", "--out", str(tmp_path / "b"),
+               "--reload-pid", "999999999"])
+    assert rc == 2 and "no process 999999999" in capsys.readouterr().err
+
+
+def test_device_report_without_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-c", _config(tmp_path), "device", "report", "--hall", "h9"]) == 1
+    assert "no provisioning report for h9" in capsys.readouterr().err
+
+
+def test_provision_without_site_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # (only the working directory: where site-HALL.json is looked up)
+    rc = main(["-c", _config(tmp_path), "device", "provision", "--port", "/dev/ttyUSB-missing",
+               "--hall", "h1", "--window", "w1"])
+    assert rc == 2
+    assert "no site file site-h1.json" in capsys.readouterr().err
