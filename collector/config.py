@@ -100,7 +100,7 @@ OPTIONS: tuple[Option, ...] = (
     # Integrity detection (docs/detection.md explains each statistic and threshold).
     _o("detection", "enabled", bool, True, "Run the integrity detector in the collector service."),
     _o("detection", "interval_s", int, 300, "How often the service recomputes today's indicators.",
-       minimum=30, maximum=86400),
+       minimum=1, maximum=86400),
     _o("detection", "opening_hours", str, "08:30-12:00,13:30-17:30",
        "Local opening hours of the hall: comma-separated HH:MM-HH:MM ranges."),
     _o("detection", "business_days", str, "1-5",

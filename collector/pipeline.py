@@ -46,6 +46,9 @@ from .registry import Registry
 __all__ = ["Inbound", "Ingest", "Outcome"]
 
 
+REGISTRY_REFRESH_MS = 2000
+
+
 class _RedoCarefully(Exception):
     """A message failed unexpectedly on the fast path: run the batch again, one savepoint each."""
 
@@ -85,6 +88,7 @@ class Ingest:
         )
         self._serial = 0
         self._lines: list[str] = []  # points of the batch in hand
+        self._registry_read_ms = 0
 
     # -- the batch ---------------------------------------------------------------------------------
 
@@ -97,6 +101,11 @@ class Ingest:
         alone goes to the dead-letter table.
         """
         batch = list(items)
+        if now_ms - self._registry_read_ms >= REGISTRY_REFRESH_MS:
+            # `evalterm device revoke` and `rotate-key` run in other processes: forget cached
+            # rows now and then, so a revoked device is refused within seconds.
+            self.registry.invalidate()
+            self._registry_read_ms = now_ms
         try:
             return self._run_batch(batch, now_ms, careful=False)
         except _RedoCarefully:

@@ -81,6 +81,7 @@ class Collector:
         self._http: ThreadingHTTPServer | None = None
         self.last_batch_ms = 0
         self.stalled = ""  # why the ingest worker cannot commit, while it cannot
+        self._next_detect_ms = 0
 
     # -- MQTT ------------------------------------------------------------------------------------
 
@@ -182,9 +183,25 @@ class Collector:
         while not self._stop.is_set():
             try:
                 self._work_once()
+                self._detect_if_due()
             except Exception:  # never let the worker die: log, wait, go on
                 _LOG.exception("ingest worker error")
                 time.sleep(1)
+
+    def _detect_if_due(self) -> None:
+        """Recompute integrity indicators every `[detection] interval_s` (same worker, same
+        connection, its own transaction). Each run rewrites the day's points, so the runs after
+        closing leave the day's final values."""
+        if not self.cfg.detection.enabled or self.clock() < self._next_detect_ms:
+            return
+        from .detection import run_detection
+
+        try:
+            run_detection(self._db, self.cfg, self.clock())
+        except Exception:
+            _LOG.exception("integrity detection failed; ingestion goes on")
+        self._next_detect_ms = self.clock() + self.cfg.detection.interval_s * 1000
+        self._drainer.notify()
 
     def _work_once(self) -> None:
         """Take the queued messages (up to batch_max), or run the timer when nothing comes."""

@@ -286,3 +286,43 @@ def test_invalid_points_are_kept_not_dropped(make_config: Callable[..., Config])
     assert conn.execute("SELECT count(*) FROM influx_outbox").fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM influx_dead").fetchone()[0] == 1
     assert len(query(cfg, 'SELECT * FROM "m"')) == 7
+
+
+def test_service_runs_the_integrity_detector(running: Callable[..., Collector],
+                                             make_config: Callable[..., Config],
+                                             publisher: Publisher) -> None:
+    cfg = make_config(detection__interval_s=1, detection__opening_hours="00:00-24:00",
+                      detection__business_days="1-7")
+    dev = register(cfg, "kp1")
+    running(cfg)
+    publisher.publish(feed(cfg.mqtt.topic_prefix), feed_bytes(txn_msg("D-1", completed=now_ms())))
+    publisher.publish(*dev.rating(4, "D-1", ts=now_ms()))
+    wait_for(lambda: ratings(cfg), what="the rating stored")
+    after = now_ms()
+
+    def fresh() -> list[dict[str, Any]]:
+        rows = query(cfg, 'SELECT * FROM "integrity_verdict" WHERE "window"=\'w1\'')
+        return rows if rows and all(r["computed_ms"] > after for r in rows) else []
+
+    rows = wait_for(fresh, what="integrity verdicts computed after the rating")
+    assert {r["hall"] for r in rows} == {"h1"}
+    assert {r["period"] for r in rows} == {"day", "rolling"}
+    assert all(r["severity"] == 0 for r in rows), [r["reasons_en"] for r in rows]
+
+
+def test_revocation_takes_effect_while_running(running: Callable[..., Collector],
+                                               make_config: Callable[..., Config],
+                                               publisher: Publisher) -> None:
+    cfg = make_config(linking__grace_s=0)
+    dev = register(cfg, "kp1")
+    c = running(cfg)
+    publisher.publish(*dev.rating(5, None))
+    wait_for(lambda: len(ratings(cfg)) == 1, what="accepted before revocation")
+    conn = connect(cfg.state_db)
+    Registry(conn).revoke("kp1", now_ms())  # as `evalterm device revoke` does, from outside
+    conn.close()
+    time.sleep(2.5)
+    publisher.publish(*dev.rating(5, None))
+    wait_for(lambda: metric(c, "evalterm_rejected_total", reason="revoked_device") == 1,
+             what="refused after revocation")
+    assert len(ratings(cfg)) == 1

@@ -599,8 +599,10 @@ def _find_offline_stretches(u: Unit, c: _Ctx) -> list[tuple[int, int]]:
                 spans.append((a + gap, b))
         if beats and end - beats[-1] > gap:
             spans.append((beats[-1] + gap, end))
-    if not _devices(u) and u.has_device and (u.txns or u.ratings):
-        spans.append((c.period.start_ms, end))  # a device that never reported at all
+    if not _devices(u) and u.has_device and u.txns and not u.ratings:
+        # A device that never reported at all while transactions were completed (a rating
+        # would prove it was reachable, even without status or heartbeat messages).
+        spans.append((c.period.start_ms, end))
     # Clip to opening hours, merge overlaps.
     clipped = sorted((max(a, oa), min(b, ob)) for a, b in spans for oa, ob in c.open_intervals()
                      if min(b, ob) > max(a, oa))
