@@ -9,7 +9,6 @@ import time
 import machine
 import network
 
-from etfw import config
 from etfw.app import WDT_MS, Device
 from etfw.clock import epoch_offset_s
 from etfw.indicators import Indicators
@@ -51,12 +50,52 @@ def _rand(n: int) -> int:
     return random.getrandbits(16) % n if n > 0 else 0
 
 
-def _show_config_error(detail: str) -> None:
-    # No watchdog here: the device waits for a corrected config, blinking red on every
-    # output the reference profile knows, and says why on the serial console.
+def _load_config():
+    """(config, None, None, error LED pins) or (None, detail, link, error LED pins).
+
+    The config module is the largest one and is needed once per boot: it is dropped again
+    here. A Config keeps no reference to it (config.Config has no methods), nor do the
+    values returned on error (the ConfigError itself would)."""
+    import sys
+
+    import etfw
+    from etfw import config
+
+    leds = config.PROFILES["devkitc-5led"]["leds"]
+    try:
+        try:
+            with open(CONFIG) as f:
+                return config.parse(f.read()), None, None, leds
+        except config.ConfigError as e:
+            return None, str(e), e.link, leds
+        except OSError as e:
+            return None, "%s: %s" % (CONFIG, e), None, leds
+    finally:
+        del sys.modules["etfw.config"]
+        if hasattr(etfw, "config"):
+            delattr(etfw, "config")
+
+
+def _wlan():
+    wlan = network.WLAN(network.STA_IF)
+    wlan.active(True)
+    return wlan
+
+
+def _config_error(detail: str, link, leds) -> None:
+    # Fast red blinking on every output the reference profile knows, and why on the serial
+    # console. With a usable link part the device also connects and publishes a signed
+    # config_error event (etfw.fault); without one it just waits for a corrected config.
     print("CONFIG ERROR:", detail)
-    prof = config.PROFILES["devkitc-5led"]
-    ui = Indicators(_outputs(prof["leds"]), None, None, _console, "zh")
+    ui = Indicators(_outputs(leds), None, None, _console, "zh")
+    if link is not None:
+        from etfw.fault import ConfigFault
+
+        gc.collect()
+        dev = ConfigFault(link, detail, ui, RealFS(), _wlan(), umqtt_factory, data_dir="/",
+                          rand=_rand, wdt=machine.WDT(timeout=WDT_MS))
+        dev.run(time.sleep_ms)
+        return
     ui.show("error", 0, detail)
     t0 = time.ticks_ms()
     while True:
@@ -64,13 +103,7 @@ def _show_config_error(detail: str) -> None:
         time.sleep_ms(50)
 
 
-def main() -> None:
-    try:
-        with open(CONFIG) as f:
-            cfg = config.parse(f.read())
-    except (OSError, config.ConfigError) as e:
-        _show_config_error(str(e))
-        return
+def _device(cfg) -> Device:
     board = cfg.board
     pull = machine.Pin.PULL_UP if board.get("key_active_low", True) else machine.Pin.PULL_DOWN
     hw = {
@@ -81,13 +114,22 @@ def main() -> None:
         if board.get("buzzer") is not None else None,
         "display": _console,
     }
-    wlan = network.WLAN(network.STA_IF)
-    wlan.active(True)
+    wlan = _wlan()
     wdt = machine.WDT(timeout=WDT_MS)
     gc.collect()
-    dev = Device(cfg, hw, RealFS(), wlan, umqtt_factory, data_dir="/",
-                 rand=_rand, ntp=_ntp(cfg.ntp) if cfg.ntp else None, wdt=wdt,
-                 reset_cause=_RESET_CAUSES.get(machine.reset_cause(), "unknown"))
+    return Device(cfg, hw, RealFS(), wlan, umqtt_factory, data_dir="/",
+                  rand=_rand, ntp=_ntp(cfg.ntp) if cfg.ntp else None, wdt=wdt,
+                  reset_cause=_RESET_CAUSES.get(machine.reset_cause(), "unknown"))
+
+
+def main() -> None:
+    cfg, detail, link, leds = _load_config()
+    if cfg is None:
+        _config_error(detail or "", link, leds)
+        return
+    dev = _device(cfg)
+    cfg = None  # the device keeps only what it uses; the Config itself can go
+    gc.collect()
     dev.run(time.sleep_ms)
 
 

@@ -32,7 +32,7 @@ class Device:
     def __init__(self, cfg, hw: dict, fs, wlan, factory, data_dir: str = "",
                  rand=None, ntp=None, wdt=None, heap_free=_heap_free,
                  reset_cause: str = "unknown", ticks=ticks_ms) -> None:
-        self.cfg = cfg
+        # The Config is not kept: each part takes the values it uses (memory budget).
         self.clock = Clock(ticks)
         self._wdt = wdt
         self._ntp = ntp

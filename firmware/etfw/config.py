@@ -84,28 +84,31 @@ def _pins(v, n: int) -> bool:
 
 
 class Config:
-    """Validated settings; attribute names follow the JSON keys."""
+    """Validated settings; attribute names follow the JSON keys (`key` holds the 32 bytes).
 
-    def __init__(self, d: dict) -> None:
-        self.device = d["device"]
-        self.hall = d["hall"]
-        self.window = d["window"]
-        self.key = d["key_bytes"]
-        self.wifi = d["wifi"]
-        self.broker = d["broker"]
-        self.board = d["board"]
-        self.lang = d["lang"]
-        self.standalone = d["standalone"]
-        self.min_interval_ms = d["min_interval_ms"]
-        self.reason_keys = d["reason_keys"]
-        self.reason_ms = d["reason_ms"]
-        self.thanks_ms = d["thanks_ms"]
-        self.debounce_ms = d["debounce_ms"]
-        self.stuck_ms = d["stuck_ms"]
-        self.heartbeat_s = d["heartbeat_s"]
-        self.ntp = d["ntp"]
-        self.outbox_records = d["outbox_records"]
-        self.outbox_bytes = d["outbox_bytes"]
+    No methods on purpose: a method would keep this whole module (its code) alive for as
+    long as any Config lives. Without one, main.py drops the module after parsing
+    (docs/firmware.md, memory budget)."""
+
+    device: str
+    hall: str
+    window: str
+    key: bytes
+    wifi: dict
+    broker: dict
+    board: dict
+    lang: str
+    standalone: bool
+    min_interval_ms: int
+    reason_keys: list
+    reason_ms: int
+    thanks_ms: int
+    debounce_ms: int
+    stuck_ms: int
+    heartbeat_s: int
+    ntp: "str | None"
+    outbox_records: int
+    outbox_bytes: int
 
 
 def parse(text) -> Config:
@@ -228,4 +231,7 @@ def parse(text) -> Config:
         errs.append("ntp: host name or null")
     if errs:
         raise ConfigError("; ".join(errs), d if link_ok else None)
-    return Config(d)
+    c = Config()
+    for k in d:
+        setattr(c, "key" if k == "key_bytes" else k, d[k])
+    return c

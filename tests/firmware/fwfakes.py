@@ -1,5 +1,10 @@
-"""Fakes shared by the firmware tests. Plain Python that runs on CPython and MicroPython."""
+"""Fakes shared by the firmware tests. Plain Python that runs on CPython and MicroPython.
 
+Kept small: under MicroPython every line here costs heap next to the firmware (64 KiB).
+The in-RAM filesystem with power cuts is in fwmemfs.py, the network fakes in fwnet.py.
+"""
+
+import gc
 import json
 import os
 
@@ -9,36 +14,63 @@ if not _here.startswith("/"):
 # Precompiled .mpy copies live elsewhere: the MicroPython wrapper passes the repo root.
 ROOT = getattr(os, "getenv", lambda k: None)("EVALTERM_ROOT") or _here.rsplit("/", 3)[0]
 FIGURES = {}  # measurements the runner prints (name -> int)
+# Peak live heap: [highest gc.mem_alloc() right after a collection, samples taken]. Sampled
+# by heap_sample(), which the fakes call whenever the firmware reads the clock, touches
+# the (fake) flash or the (fake) broker, and the runner calls around every test.
+HEAP = [0, 0]
+_mem_alloc = getattr(gc, "mem_alloc", None)  # MicroPython only; CPython samples nothing
+if getattr(os, "getenv", lambda k: None)("FW_HEAP_SAMPLE") == "0":
+    _mem_alloc = None
+
+
+def heap_sample():
+    if _mem_alloc is None:
+        return
+    gc.collect()
+    used = _mem_alloc()
+    HEAP[1] += 1
+    if used > HEAP[0]:
+        HEAP[0] = used
+
+
+_DIRS = []
+
+
+def tmpdir():
+    """A new empty folder on the real filesystem, as a path prefix ending in '/'.
+
+    The device's flash is a real filesystem too (LittleFS); the whole-device tests use
+    this with the firmware's own RealFS instead of holding a flash image in RAM. Under
+    the MicroPython wrapper and pytest, FW_TMP names a per-run folder."""
+    base = getattr(os, "getenv", lambda k: None)("FW_TMP") or "/tmp"
+    n = len(_DIRS)
+    while True:
+        n += 1
+        path = "%s/etfw-%d-%d" % (base, _stamp(), n)
+        try:
+            os.mkdir(path)
+        except OSError:
+            continue
+        _DIRS.append(path)
+        return path + "/"
+
+
+def _stamp():
+    import time
+
+    ns = getattr(time, "time_ns", None)
+    return (ns() if ns else int(time.time() * 1e9)) % 1000000007
+
+
+def cleanup():
+    """Delete the folders tmpdir() made (files only: the tests make no sub-folders)."""
+    while _DIRS:
+        path = _DIRS.pop()
+        for name in os.listdir(path):
+            os.remove(path + "/" + name)
+        os.rmdir(path)
 KEY_HEX = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 KEY = bytes(range(32))
-
-
-_VECTORS = []
-
-
-def vectors():
-    """The ```vector blocks of docs/protocol.md as dicts (topic, payload bytes, sig).
-
-    Read line by line: the whole document would not fit next to the tests in 64 KiB."""
-    if _VECTORS:
-        return _VECTORS
-    cur = None
-    with open(ROOT + "/docs/protocol.md", "rb") as f:
-        while True:
-            line = f.readline()
-            if not line:
-                break
-            line = line.rstrip(b"\n")
-            if cur is None:
-                if line == b"```vector":
-                    cur = {}
-            elif line.startswith(b"```"):
-                _VECTORS.append(cur)
-                cur = None
-            elif b": " in line:
-                k, val = line.split(b": ", 1)
-                cur[k.decode()] = val if k == b"payload" else val.decode()
-    return _VECTORS
 
 
 def _ticks_period():
@@ -57,6 +89,7 @@ class Ticks:
         self.t = start
 
     def __call__(self):
+        heap_sample()
         return self.t % TICKS_PERIOD
 
     def advance(self, ms):
@@ -67,7 +100,6 @@ class FakePin:
     def __init__(self, level=1):
         self.level = level
         self.handler = None
-        self.writes = []
 
     def irq(self, handler=None, trigger=3):
         self.handler = handler
@@ -76,7 +108,6 @@ class FakePin:
         if v is None:
             return self.level
         self.level = v
-        self.writes.append(v)
         return None
 
     def set(self, level):
@@ -85,97 +116,6 @@ class FakePin:
             self.level = level
             if self.handler is not None:
                 self.handler(self)
-
-
-class PowerCut(Exception):
-    pass
-
-
-class _MemFile:
-    def __init__(self, fs, path, mode):
-        self.fs = fs
-        self.path = path
-        self.pos = 0
-        self.mode = mode
-        if "w" in mode:
-            fs.files[path] = bytearray()
-        elif path not in fs.files:
-            if "a" in mode:
-                fs.files[path] = bytearray()
-            else:
-                raise OSError(2)
-
-    def read(self, n=-1):
-        data = self.fs.files[self.path]
-        end = len(data) if n < 0 else min(len(data), self.pos + n)
-        out = bytes(data[self.pos:end])
-        self.pos = end
-        return out
-
-    def seek(self, off):
-        self.pos = off
-
-    def write(self, b):
-        fs = self.fs
-        data = fs.files[self.path]
-        b = bytes(b)
-        if fs.budget is not None:
-            if len(b) > fs.budget:
-                data.extend(b[:fs.budget])
-                fs.budget = 0
-                raise PowerCut()
-            fs.budget -= len(b)
-        if fs.full_at is not None and fs.used() + len(b) > fs.full_at:
-            raise OSError(28)  # ENOSPC
-        data.extend(b)
-        return len(b)
-
-    def close(self):
-        pass
-
-
-class MemFS:
-    """In-memory filesystem with a power-cut budget: `budget` bytes (and atomic operations,
-    one unit each) may still happen, then PowerCut is raised mid-way."""
-
-    def __init__(self):
-        self.files = {}
-        self.budget = None
-        self.full_at = None
-
-    def used(self):
-        return sum(len(v) for v in self.files.values())
-
-    def _op(self):
-        if self.budget is not None:
-            if self.budget == 0:
-                raise PowerCut()
-            self.budget -= 1
-
-    def open(self, path, mode):
-        return _MemFile(self, path, mode)
-
-    def remove(self, path):
-        if path not in self.files:
-            raise OSError(2)
-        self._op()
-        del self.files[path]
-
-    def rename(self, src, dst):
-        if src not in self.files:
-            raise OSError(2)
-        self._op()
-        self.files[dst] = self.files.pop(src)
-
-    def size(self, path):
-        return len(self.files[path]) if path in self.files else -1
-
-    def snapshot(self):
-        return {k: bytes(v) for k, v in self.files.items()}
-
-    def restore(self, snap):
-        self.files = {k: bytearray(v) for k, v in snap.items()}
-        self.budget = None
 
 
 def config_dict(**over):
@@ -191,26 +131,47 @@ def config_dict(**over):
 
 
 def config(**over):
-    """A parsed Config. The config module is dropped again afterwards, as main.py may do
-    on the device: it is needed once per boot and is the largest module."""
+    """A parsed Config. The config module is dropped again afterwards, as main.py does on
+    the device: it is needed once per boot and is the largest module."""
+    c, err = _parse(over)
+    if err is not None:
+        raise ValueError(err[0])
+    return c
+
+
+def config_error(**over):
+    """(detail, link) of a config that must not parse, as main.py gets them."""
+    c, err = _parse(over)
+    assert c is None, "config accepted"
+    return err
+
+
+def _parse(over):
     import sys
 
     import etfw
     from etfw import config as cfgmod
 
-    c = cfgmod.parse(json.dumps(config_dict(**over)))
-    if "etfw.config" in sys.modules:
-        del sys.modules["etfw.config"]
-    if hasattr(etfw, "config"):
-        delattr(etfw, "config")
-    return c
+    try:
+        c = cfgmod.parse(json.dumps(config_dict(**over)))
+        heap_sample()  # the config module and its result: the peak of a boot's parse
+        return c, None
+    except cfgmod.ConfigError as e:
+        heap_sample()
+        return None, (str(e), e.link)
+    finally:
+        if "etfw.config" in sys.modules:
+            del sys.modules["etfw.config"]
+        if hasattr(etfw, "config"):
+            delattr(etfw, "config")
 
 
 def cmd_payload(signer, topic, fields):
     """Sign a command the way the collector does (fields: list of (name, value))."""
     from etfw.sign import Writer
 
-    w = Writer(signer).begin()
+    w = Writer(signer, 512).begin()  # commands are short; no second 1 KiB block needed
     for k, v in fields:
         w.field(k, v)
+    heap_sample()
     return w.seal(topic)

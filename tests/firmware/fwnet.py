@@ -2,6 +2,8 @@
 
 import json
 
+from fwfakes import heap_sample, tmpdir
+
 
 class FakeWLAN:
     def __init__(self, up=True):
@@ -40,10 +42,15 @@ class FakeSock:
 
 
 class Broker:
-    """What a fake broker received, shared by every FakeClient it hands out."""
+    """What a fake broker received, shared by every FakeClient it hands out.
+
+    Published messages go to a log file, as a broker's own storage: under MicroPython the
+    firmware, the device and these fakes share 64 KiB, and keeping every payload in RAM
+    would be the broker's memory counted as the device's. `published` reads it back."""
 
     def __init__(self):
-        self.published = []  # (topic bytes, payload bytes, retain)
+        self._log = tmpdir() + "published"
+        self.count = 0  # messages published
         self.wills = []
         self.subs = []
         self.up = True
@@ -56,8 +63,29 @@ class Broker:
         self.clients += 1
         return FakeClient(self, client_id, keepalive)
 
+    def log(self, topic, msg, retain):
+        with open(self._log, "ab") as f:
+            f.write(("%d %d %d\n" % (1 if retain else 0, len(topic), len(msg))).encode())
+            f.write(topic)
+            f.write(msg)
+        self.count += 1
+
+    def each(self):
+        """(topic bytes, payload bytes, retain) of every message published, in order."""
+        if not self.count:
+            return
+        with open(self._log, "rb") as f:
+            for _ in range(self.count):
+                r, tlen, plen = [int(x) for x in f.readline().split()]
+                yield f.read(tlen), f.read(plen), r == 1
+
+    @property
+    def published(self):
+        return list(self.each())
+
     def payloads(self, kind):
-        return [p for t, p, r in self.published if t.endswith(b"/" + kind.encode())]
+        end = b"/" + kind.encode()
+        return [p for t, p, r in self.each() if t.endswith(end)]
 
     def messages(self, kind):
         return [json.loads(p) for p in self.payloads(kind)]
@@ -101,12 +129,14 @@ class FakeClient:
                 self.b.up = False
                 raise OSError(104)
             self.b.fail_after -= 1
-        self.b.published.append((bytes(topic), bytes(msg), retain))
+        heap_sample()
+        self.b.log(bytes(topic), bytes(msg), retain)
         while self.b.pending_in:  # commands may arrive while waiting for the PUBACK
             t, p = self.b.pending_in.pop(0)
             self.cb(t, p)
 
     def check_msg(self):
+        heap_sample()
         self._check()
         while self.b.pending_in:
             t, p = self.b.pending_in.pop(0)

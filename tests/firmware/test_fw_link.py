@@ -1,6 +1,6 @@
 """The link: connect sequence, in-order drain, one reconnect path with back-off."""
 
-from fwfakes import MemFS
+from fwmemfs import MemFS
 from fwnet import Broker, FakeWLAN
 
 from etfw.link import Link

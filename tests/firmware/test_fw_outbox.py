@@ -1,6 +1,6 @@
 """The flash outbox: order, bounds, and power cuts at every byte and every step."""
 
-from fwfakes import MemFS, PowerCut
+from fwmemfs import MemFS, PowerCut
 
 from etfw.outbox import Outbox
 

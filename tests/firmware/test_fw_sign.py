@@ -1,6 +1,7 @@
 """Signatures: the protocol's test vectors, on the device side."""
 
-from fwfakes import KEY, vectors
+from fwfakes import KEY
+from fwvectors import vectors
 
 from etfw.clock import Clock
 from etfw.message import Messages

@@ -1,6 +1,6 @@
 """Two-slot persisted state: the boot counter survives any power cut."""
 
-from fwfakes import MemFS, PowerCut
+from fwmemfs import MemFS, PowerCut
 
 from etfw.store import Store
 
