@@ -96,8 +96,18 @@ CREATE INDEX IF NOT EXISTS window_log_place ON window_log (hall, window, at_ms);
 -- Command counters per device (docs/protocol.md §5).
 CREATE TABLE IF NOT EXISTS cmd_seq (device TEXT PRIMARY KEY, cseq INTEGER NOT NULL);
 
--- Line-protocol points waiting to be written to InfluxDB, in order.
-CREATE TABLE IF NOT EXISTS influx_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);
+-- Points waiting to be written to InfluxDB, in order: line protocol, or (spec = 1) a JSON point
+-- spec that the drainer renders (collector/points.py PointSpec).
+CREATE TABLE IF NOT EXISTS influx_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL, spec INTEGER NOT NULL DEFAULT 0
+);
+-- What the drainer process last reported (one row), for /healthz and /metrics.
+CREATE TABLE IF NOT EXISTS drainer_status (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    pid INTEGER, healthy INTEGER NOT NULL, last_error TEXT NOT NULL, updated_ms INTEGER NOT NULL,
+    points_written INTEGER NOT NULL, errors_unavailable INTEGER NOT NULL,
+    errors_internal INTEGER NOT NULL, dead_points INTEGER NOT NULL
+);
 -- Points InfluxDB refused as invalid (kept, never silently dropped).
 CREATE TABLE IF NOT EXISTS influx_dead (
     id INTEGER PRIMARY KEY, line TEXT NOT NULL, error TEXT NOT NULL, at_ms INTEGER NOT NULL

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -23,7 +24,7 @@ from urllib.parse import urlencode
 import urllib3
 
 from .config import Config
-from .metrics import Metrics
+from .points import render
 
 __all__ = [
     "InvalidPoints", "OutboxDrainer", "V1Writer", "V2Writer", "WriteFailed", "influxql", "make_writer",
@@ -139,87 +140,91 @@ def make_writer(cfg: Config) -> Writer:
 
 
 class OutboxDrainer:
-    """Background thread: influx_outbox -> InfluxDB, in order, delete after confirmation."""
+    """influx_outbox -> InfluxDB, in order; a row is deleted only after InfluxDB confirmed it.
 
-    def __init__(self, conn: sqlite3.Connection, writer: Writer, metrics: Metrics, *,
-                 batch_size: int = 5000, flush_interval_s: float = 0.2,
-                 retry_max_s: float = 30.0) -> None:
+    Runs in a process of its own (`collector.drainer`), so that rendering and writing points
+    do not compete with ingestion for the interpreter. What it has done is kept in the
+    `drainer_status` row, which the collector reads for /healthz and /metrics.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, writer: Writer, *, batch_size: int = 5000,
+                 flush_interval_s: float = 0.2, retry_max_s: float = 30.0) -> None:
         self._db = conn
         self._writer = writer
-        self._metrics = metrics
         self._batch = batch_size
         self._flush = flush_interval_s
         self._retry_max = retry_max_s
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="influx-drainer", daemon=True)
         self.healthy = True
         self.last_error = ""
+        self.points_written = 0
+        self.errors = {"unavailable": 0, "internal": 0}
+        self.dead_points = 0
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def notify(self) -> None:
-        """Points were committed to the outbox."""
-        self._wake.set()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout)
-
-    def depth(self) -> int:
-        row = self._db.execute("SELECT count(*) FROM influx_outbox").fetchone()
-        return int(row[0])
-
-    def _run(self) -> None:
+    def run(self, stop: threading.Event, idle_poll_s: float = 0.05) -> None:
         backoff = 0.0
-        while not self._stop.is_set():
+        self._save_status()
+        while not stop.is_set():
             try:
                 wrote = self.drain_once()
             except WriteFailed as exc:
                 self.healthy = False
                 self.last_error = str(exc)
-                self._metrics.write_errors.labels("unavailable").inc()
+                self.errors["unavailable"] += 1
                 backoff = min(self._retry_max, max(0.25, backoff * 2))
                 _LOG.warning("InfluxDB write failed, retrying in %.1fs: %s", backoff, exc)
-                self._stop.wait(backoff)
+                self._save_status()
+                stop.wait(backoff)
                 continue
-            except Exception:
-                self._metrics.write_errors.labels("internal").inc()
+            except Exception as exc:
+                self.errors["internal"] += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"[:200]
                 _LOG.exception("outbox drainer error; retrying")
-                self._stop.wait(1.0)
+                self._save_status()
+                stop.wait(1.0)
                 continue
-            backoff = 0.0
-            self.healthy = True
+            if backoff or not self.healthy:
+                self.healthy, self.last_error, backoff = True, "", 0.0
+                self._save_status()
             if wrote == 0:
-                self._wake.wait(1.0)
-                self._wake.clear()
+                stop.wait(idle_poll_s)
             elif wrote < self._batch and self._flush > 0:
                 # Let a burst gather into the next write instead of many small ones.
-                self._stop.wait(self._flush)
+                stop.wait(self._flush)
+
+    def depth(self) -> int:
+        row = self._db.execute("SELECT count(*) FROM influx_outbox").fetchone()
+        return int(row[0])
 
     def drain_once(self) -> int:
         """Write one batch from the outbox. Returns how many points left the outbox."""
         rows = self._db.execute(
-            "SELECT id, line FROM influx_outbox ORDER BY id LIMIT ?", (self._batch,)
+            "SELECT id, line, spec FROM influx_outbox ORDER BY id LIMIT ?", (self._batch,)
         ).fetchall()
-        self._metrics.outbox_depth.set(self.depth())
         if not rows:
             return 0
-        self._write_rows(rows)
+        self._write_rows([(i, render(line) if spec else line) for i, line, spec in rows])
+        self.points_written += len(rows)
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.execute("DELETE FROM influx_outbox WHERE id BETWEEN ? AND ?",
                              (rows[0][0], rows[-1][0]))
+            self._save_status(commit=False)
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
-        self._metrics.points_written.inc(len(rows))
-        self._metrics.outbox_depth.set(self.depth())
         return len(rows)
+
+    def _save_status(self, commit: bool = True) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO drainer_status (one, pid, healthy, last_error, updated_ms, "
+            "points_written, errors_unavailable, errors_internal, dead_points) "
+            "VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (os.getpid(), int(self.healthy), self.last_error, int(time.time() * 1000),
+             self.points_written, self.errors["unavailable"], self.errors["internal"],
+             self.dead_points),
+        )
 
     def _write_rows(self, rows: list[tuple[int, str]]) -> None:
         try:
@@ -238,7 +243,8 @@ class OutboxDrainer:
             "INSERT OR REPLACE INTO influx_dead (id, line, error, at_ms) VALUES (?, ?, ?, ?)",
             (row[0], row[1], error, int(time.time() * 1000)),
         )
-        self._metrics.dead_points.inc()
+        self.dead_points += 1
+        self.points_written -= 1
 
 
 def influxql(url: str, database: str, q: str, *, username: str = "", password: str = "",

@@ -36,19 +36,6 @@ class Metrics:
         self.commands_sent = Counter(
             "evalterm_commands_acked", "Commands acknowledged by the broker", registry=r
         )
-        self.outbox_depth = Gauge(
-            "evalterm_outbox_depth", "Points waiting to be written to InfluxDB", registry=r
-        )
-        self.points_written = Counter(
-            "evalterm_influx_points_written", "Points written to InfluxDB", registry=r
-        )
-        self.write_errors = Counter(
-            "evalterm_influx_write_errors", "Failed InfluxDB writes (retried)", ["kind"], registry=r
-        )
-        self.dead_points = Counter(
-            "evalterm_influx_dead_points", "Points InfluxDB refused as invalid (kept in the "
-            "influx_dead table)", registry=r,
-        )
         self.held = Gauge("evalterm_held_ratings", "Ratings waiting for their transaction", registry=r)
         self.stalls = Counter(
             "evalterm_ingest_stalls", "Ingest batches that could not be committed (retried, "

@@ -325,7 +325,7 @@ class Ingest:
 
     def _flush_lines(self) -> None:
         if self._lines:
-            self._db.executemany("INSERT INTO influx_outbox (line) VALUES (?)",
+            self._db.executemany("INSERT INTO influx_outbox (line, spec) VALUES (?, 1)",
                                  [(x,) for x in self._lines])
             self._lines = []
 

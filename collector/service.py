@@ -31,10 +31,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector as MetricsCollector
 
 from .config import Config
 from .db import connect
-from .influx import OutboxDrainer, make_writer
+from .drainer import DrainerProcess
 from .metrics import Metrics
 from .pipeline import Inbound, Ingest, Outcome
 from .protocol import MAX_FEED_PAYLOAD, feed_topic
@@ -46,6 +48,29 @@ _LOG = logging.getLogger(__name__)
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class _DrainerMetrics(MetricsCollector):
+    """The drainer process's counters, read from its status row at scrape time."""
+
+    def __init__(self, drainer: DrainerProcess) -> None:
+        self._drainer = drainer
+
+    def collect(self) -> Any:
+        st = self._drainer.status()
+        yield GaugeMetricFamily("evalterm_outbox_depth", "Points waiting to be written to InfluxDB",
+                                value=self._drainer.depth())
+        yield CounterMetricFamily("evalterm_influx_points_written", "Points written to InfluxDB",
+                                  value=st["points_written"])
+        errors = CounterMetricFamily("evalterm_influx_write_errors",
+                                     "Failed InfluxDB writes (retried)", labels=["kind"])
+        errors.add_metric(["unavailable"], st["errors_unavailable"])
+        errors.add_metric(["internal"], st["errors_internal"])
+        yield errors
+        yield CounterMetricFamily("evalterm_influx_dead_points", "Points InfluxDB refused as "
+                                  "invalid (kept in the influx_dead table)", value=st["dead_points"])
+        yield CounterMetricFamily("evalterm_drainer_restarts", "Drainer process restarts",
+                                  value=self._drainer.restarts)
 
 
 class _Waiter:
@@ -65,14 +90,8 @@ class Collector:
         self.ingest = Ingest(self._db, cfg, self.metrics)
         self._queue: queue.Queue[Inbound | None] = queue.Queue()
         self._stop = threading.Event()
-        self._drainer = OutboxDrainer(
-            connect(cfg.state_db, check_same_thread=False),
-            make_writer(cfg),
-            self.metrics,
-            batch_size=cfg.influx.batch_size,
-            flush_interval_s=cfg.influx.flush_interval_ms / 1000,
-            retry_max_s=cfg.influx.retry_max_s,
-        )
+        self._drainer = DrainerProcess(cfg, connect(cfg.state_db, check_same_thread=False))
+        self.metrics.registry.register(_DrainerMetrics(self._drainer))
         self._client = self._make_client()
         self._inflight_cmds: dict[int, int] = {}  # paho mid -> cmd_outbox id
         self._last_published_cmd = 0  # paho holds what it was given and resends until the PUBACK
@@ -184,6 +203,7 @@ class Collector:
             try:
                 self._work_once()
                 self._detect_if_due()
+                self._drainer.watch()
             except Exception:  # never let the worker die: log, wait, go on
                 _LOG.exception("ingest worker error")
                 time.sleep(1)
@@ -201,7 +221,6 @@ class Collector:
         except Exception:
             _LOG.exception("integrity detection failed; ingestion goes on")
         self._next_detect_ms = self.clock() + self.cfg.detection.interval_s * 1000
-        self._drainer.notify()
 
     def _work_once(self) -> None:
         """Take the queued messages (up to batch_max), or run the timer when nothing comes."""
@@ -213,7 +232,6 @@ class Collector:
             if due is not None and due <= self.clock():
                 self._run(self.ingest.tick, self.clock())
                 self._run(self._publish_commands)
-                self._drainer.notify()
             return
         if first is None:
             self._stop.set()
@@ -264,7 +282,6 @@ class Collector:
                 elif isinstance(item.token, _Waiter):
                     item.token.outcome = outcome
                     item.token.done.set()
-            self._drainer.notify()
         self._run(self._publish_commands)
 
     def _publish_commands(self) -> None:
@@ -300,13 +317,14 @@ class Collector:
     def health(self) -> dict[str, Any]:
         depth = self._drainer.depth()
         mqtt_ok = self._client.is_connected()
-        influx_ok = self._drainer.healthy
+        st = self._drainer.status()
+        influx_ok = self._drainer.alive and st["healthy"]
         return {
             "status": "ok" if mqtt_ok and influx_ok and not self.stalled else "degraded",
             "ingest_stalled": self.stalled,
             "mqtt_connected": mqtt_ok,
             "influx_ok": influx_ok,
-            "influx_error": "" if influx_ok else self._drainer.last_error,
+            "influx_error": "" if influx_ok else (st["last_error"] or "drainer not running"),
             "outbox_depth": depth,
             "queue_depth": self._queue.qsize(),
         }
@@ -336,7 +354,6 @@ class Collector:
                     h = collector.health()
                     self._json(200 if h["status"] == "ok" else 503, h)
                 elif self.path == "/metrics":
-                    collector.metrics.outbox_depth.set(collector._drainer.depth())
                     self._send(200, generate_latest(collector.metrics.registry), CONTENT_TYPE_LATEST)
                 else:
                     self._json(404, {"error": "not_found"})

@@ -8,6 +8,7 @@ from collector.config import load_config
 from collector.db import connect
 from collector.linking import Linker, TxnIn
 from collector.pipeline import Inbound, Ingest
+from collector.points import render
 from helpers import T0, Dev, feed, feed_bytes, txn_msg
 
 
@@ -41,7 +42,8 @@ def test_unexpected_error_dead_letters_only_that_message(tmp_path: Path) -> None
     assert conn.execute("SELECT count(*) FROM dead_letter").fetchone()[0] == 1
     assert conn.execute("SELECT txn FROM txn ORDER BY txn").fetchall() == [("T1",)]  # BOOM undone
     assert conn.execute("SELECT state FROM txn WHERE txn='T1'").fetchone() == ("rated",)
-    lines = [r[0] for r in conn.execute("SELECT line FROM influx_outbox ORDER BY id")]
+    lines = [render(line) if spec else line
+             for line, spec in conn.execute("SELECT line, spec FROM influx_outbox ORDER BY id")]
     assert sum(x.startswith("transaction,") for x in lines) == 2  # T1 awaiting, T1 rated
     assert sum(x.startswith("rating,") for x in lines) == 1
     assert sum(x.startswith("rejection,") for x in lines) == 1

@@ -1,0 +1,112 @@
+"""The drainer process: `python -m collector.drainer`, started and watched by the collector.
+
+It reads the collector's configuration as TOML on standard input (so secrets appear neither on a
+command line nor in a file), then moves points from the state database's outbox to InfluxDB
+until SIGTERM. See collector/influx.py `OutboxDrainer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import tomllib
+from typing import Any
+
+from .config import Config, _build
+from .db import connect
+from .influx import OutboxDrainer, make_writer
+
+__all__ = ["DrainerProcess", "main"]
+
+_LOG = logging.getLogger(__name__)
+
+
+def main() -> int:
+    cfg = _build(tomllib.loads(sys.stdin.read()), {}, "collector (stdin)")
+    logging.basicConfig(level=cfg.collector.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s[drainer]: %(message)s")
+    stop = threading.Event()
+
+    def _term(_sig: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
+    writer = make_writer(cfg)
+    drainer = OutboxDrainer(
+        connect(cfg.state_db), writer, batch_size=cfg.influx.batch_size,
+        flush_interval_s=cfg.influx.flush_interval_ms / 1000, retry_max_s=cfg.influx.retry_max_s,
+    )
+    try:
+        drainer.run(stop)
+    finally:
+        writer.close()
+    return 0
+
+
+class DrainerProcess:
+    """The collector's handle on its drainer process: start, restart if it died, stop, status."""
+
+    def __init__(self, cfg: Config, conn: sqlite3.Connection) -> None:
+        self._cfg = cfg
+        self._db = conn  # the collector's own connection, for reading status and depth
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "collector.drainer"], stdin=subprocess.PIPE,
+            cwd=os.getcwd(),
+        )
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(self._cfg.to_toml().encode())
+        self._proc.stdin.close()
+
+    def watch(self) -> None:
+        """Restart the drainer if it exited (called from the collector's loop)."""
+        if self._proc is not None and self._proc.poll() is not None:
+            _LOG.error("the drainer process exited with %s; restarting it", self._proc.returncode)
+            self.restarts += 1
+            self.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+        self._proc = None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def status(self) -> dict[str, Any]:
+        row = self._db.execute(
+            "SELECT healthy, last_error, updated_ms, points_written, errors_unavailable, "
+            "errors_internal, dead_points FROM drainer_status WHERE one=1"
+        ).fetchone()
+        if row is None:
+            return {"healthy": True, "last_error": "", "updated_ms": 0, "points_written": 0,
+                    "errors_unavailable": 0, "errors_internal": 0, "dead_points": 0}
+        keys = ("healthy", "last_error", "updated_ms", "points_written", "errors_unavailable",
+                "errors_internal", "dead_points")
+        st = dict(zip(keys, row, strict=True))
+        st["healthy"] = bool(st["healthy"])
+        return st
+
+    def depth(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM influx_outbox").fetchone()[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
