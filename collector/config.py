@@ -135,6 +135,10 @@ OPTIONS: tuple[Option, ...] = (
     _o("detection", "counter_tolerance", int, 2,
        "Key presses that may go unexplained in a period (a press and its rating on either side "
        "of a heartbeat).", minimum=0),
+    _o("detection", "negative_key_tolerance", int, 1,
+       "Key presses, one of them on a 差评 key (1-2), that may go unexplained in a period once "
+       "a 差评 awaiting its reason and the losses the device reports are accounted for; more is "
+       "strong evidence of suppressed 差评.", minimum=0),
     _o("detection", "min_human_rt_ms", int, 800,
        "An invited rating faster than this after the invitation is too fast for a citizen.",
        minimum=0),
@@ -144,6 +148,9 @@ OPTIONS: tuple[Option, ...] = (
        "Width of the response-time band scanned for machine-like regularity.", minimum=10),
     _o("detection", "regular_min", int, 6,
        "Least ratings in one such band for strong evidence.", minimum=2),
+    _o("detection", "shift_min", int, 5,
+       "Least ratings faster than the window's own past fastest share (response_shift) for "
+       "strong evidence.", minimum=1),
     _o("detection", "burst_window_s", int, 60, "Length of the window that defines a burst.",
        minimum=1),
     _o("detection", "burst_min", int, 5, "Least ratings within burst_window_s that make a burst.",

@@ -372,3 +372,93 @@ def test_flag_reasons_are_human_readable_in_both_languages(language):
     reasons = v.reasons(language)
     assert len(reasons) >= 3
     assert any(("12 ratings" if language == "en" else "12 条") in r for r in reasons)
+
+
+# -- response times against the window's own past ------------------------------------------------
+
+
+def with_past_rts(u: Unit, rt_median: float, rt_sigma: float, n: int = 150, seed: int = 3) -> Unit:
+    """The window's own past invited response times, drawn like its citizens' today."""
+    rng = random.Random(seed)
+    return replace(u, history_rts=tuple(
+        max(450, int(rt_median * math.exp(rng.gauss(0, rt_sigma)))) for _ in range(n)))
+
+
+def test_response_shift_fires_on_staff_pressing_at_a_human_pace():
+    # 1.2 s +- 150 ms: neither too fast for a human nor a sharp rhythm, but faster than this
+    # window's citizens ever answered.
+    t = with_past_rts(_staff_presses(honest("t", 8), 1200, 150, 15), 4000, 0.5)
+    h = hall(t, with_past_rts(excellent(), 3000, 0.5, seed=4))
+    ind = indicator(h, "t", "response_shift")
+    assert ind.strength == "strong" and ind.value >= 15
+    assert ind.evidence["very_satisfied"] >= 15
+    assert "快于本窗口以往" in ind.reason_zh and "own fastest" in ind.reason_en
+    assert indicator(h, "t", "fast_response").strength == "none"
+    assert verdict(h, "t").flagged
+
+
+@pytest.mark.parametrize("median,sigma", [(2200, 0.7), (4000, 0.5), (6000, 0.35)])
+def test_response_shift_quiet_when_citizens_answer_as_before(median, sigma):
+    t = with_past_rts(honest("t", 9, rt_median=median, rt_sigma=sigma), median, sigma)
+    exc = with_past_rts(excellent(), 3000, 0.5, seed=5)
+    h = hall(t, exc)
+    assert indicator(h, "t", "response_shift").strength == "none"
+    assert indicator(h, "exc", "response_shift").strength == "none"
+    assert not verdict(h, "exc").flagged
+
+
+def test_response_shift_needs_a_past_of_its_own():
+    h = hall(_staff_presses(honest("t", 8), 1200, 150, 15), excellent())
+    found = compute_indicators(h, h.units, PERIOD, S)["t"]
+    assert "response_shift" not in {i.name for i in found}  # no past: not judged
+
+
+def test_regular_response_compares_with_the_windows_own_past():
+    # Citizens answering at a narrow pace every day: peaked now and before, not a rhythm.
+    peaked = with_past_rts(honest("t", 6, rt_median=2000, rt_sigma=0.12), 2000, 0.12)
+    h = hall(peaked, excellent())
+    assert indicator(h, "t", "regular_response").strength != "strong"
+    staff = with_past_rts(_staff_presses(honest("s", 6), 1500, 25, 20), 4000, 0.5)
+    assert indicator(hall(staff, excellent()), "s", "regular_response").strength == "strong"
+
+
+# -- exact key accounting: one suppressed 差评 ---------------------------------------------------
+
+
+def _counter_change(u: Unit, after: str, key: int, n: int = 1, state: str | None = None) -> Unit:
+    """Key `key` counted n more times from `after` on; optionally the last heartbeat's state."""
+    out = []
+    beats = [d for d in u.device_log if d.kind == "heartbeat"]
+    for d in u.device_log:
+        if d.kind == "heartbeat" and d.at_ms > hm(after):
+            keys = list(d.data["keys"])
+            keys[key - 1] += n
+            data = {**d.data, "keys": keys}
+            if state is not None and d is beats[-1]:
+                data["state"] = state
+            d = replace(d, data=data)
+        out.append(d)
+    return replace(u, device_log=tuple(out))
+
+
+def test_one_suppressed_negative_with_its_reason_tag_fires():
+    # Key 1 pressed, then the reason key 4: no 差评 published.
+    t = _counter_change(_counter_change(honest("t", 4), "15:00", 1), "15:00", 4)
+    ind = indicator(hall(t, excellent()), "t", "key_counters")
+    assert ind.strength == "strong" and ind.evidence["negatives_hidden"] == 2
+    assert "差评键" in ind.reason_zh and "keys 1-2" in ind.reason_en
+
+
+def test_a_negative_awaiting_its_reason_or_a_lone_press_does_not_fire():
+    # The device reports it is waiting for the reason tag of a 差评 pressed before the heartbeat.
+    pending = _counter_change(honest("t", 4), "17:50", 2, state="reason")
+    assert indicator(hall(pending, excellent()), "t", "key_counters").strength == "none"
+    # One unexplained press only (a power cut while the 差评 waited): not enough.
+    lone = _counter_change(honest("u", 4), "15:00", 1)
+    assert indicator(hall(lone, excellent()), "u", "key_counters").strength == "none"
+    # Losses the device reports excuse presses.
+    lost = _counter_change(_counter_change(honest("v", 4), "15:00", 1), "15:00", 4)
+    lost = replace(lost, device_log=tuple(
+        replace(d, data={**d.data, "discards": 2 if d.at_ms > hm("15:00") else 0})
+        if d.kind == "heartbeat" else d for d in lost.device_log))
+    assert indicator(hall(lost, excellent()), "v", "key_counters").strength == "none"

@@ -82,6 +82,7 @@ class Unit:
     history_rated: int = 0     # transactions before the period that were rated ...
     history_decided: int = 0   # ... out of those rated or unrated
     has_device: bool = True
+    history_rts: tuple[int, ...] = ()  # response times of invited ratings before the period
 
     @property
     def label(self) -> str:
@@ -94,6 +95,7 @@ class Unit:
             ratings=tuple(r for r in self.ratings if r.staff_id == staff),
             txns=tuple(t for t in self.txns if t.staff_id == staff),
             device_log=(), has_device=False, history=(), history_rated=0, history_decided=0,
+            history_rts=(),
         )
 
 
@@ -119,6 +121,7 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
     and device events from `device_lead_ms` before the start (to know the state at the start)."""
     ratings: dict[str, list[RatingFact]] = {}
     history: dict[str, list[int]] = {}
+    history_rts: dict[str, list[int]] = {}
     for row in conn.execute(
         "SELECT r.window, r.press_ms, r.level, r.reason, r.mode, r.rt_ms, r.state, "
         "r.unlinked_reason, r.staff_id, t.completed_ms, r.device, r.device_ts "
@@ -130,6 +133,8 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
         window, press = row[0], row[1]
         if press < start_ms:
             history.setdefault(window, []).append(row[2])
+            if row[4] == "invited" and row[5] is not None:
+                history_rts.setdefault(window, []).append(row[5])
         else:
             ratings.setdefault(window, []).append(RatingFact(press, *row[2:]))
     txns: dict[str, list[TxnFact]] = {}
@@ -172,7 +177,7 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
     units = tuple(
         Unit(w, None, tuple(ratings.get(w, ())), tuple(txns.get(w, ())), tuple(wlog.get(w, ())),
              tuple(dlog.get(w, ())), tuple(history.get(w, ())), *past.get(w, (0, 0)),
-             has_device=w in devices or w in dlog)
+             has_device=w in devices or w in dlog, history_rts=tuple(history_rts.get(w, ())))
         for w in windows
     )
     return HallFacts(hall, units, has_feed, has_signons)

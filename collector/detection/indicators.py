@@ -312,40 +312,63 @@ def _key_counters(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
         per_level = [sum(1 for r in rs if r.level == k) for k in range(1, 6)]
         reasons = sum(1 for r in rs if r.level <= 2 and r.reason not in (None, "none"))
         reasons_bad_keys = sum(1 for r in rs if r.level <= 2 and r.reason in _REASONS_ON_BAD_KEYS)
-        stray = max(0, last.data.get("uninvited", 0) - first.data.get("uninvited", 0))
-        filtered = max(0, last.data.get("filtered", 0) - first.data.get("filtered", 0))
-        slack = stray + filtered
+        def grew(name: str) -> int:
+            a, b = first.data.get(name, 0), last.data.get(name, 0)
+            return max(0, b - a) if isinstance(a, int) and isinstance(b, int) else 0
+
+        stray, filtered = grew("uninvited"), grew("filtered")
+        # Messages the device itself reports lost (outbox full, unreadable records): each may
+        # have been a rating, so each excuses one press.
+        lost = grew("discards") + grew("lost") + grew("damaged")
+        slack = stray + filtered + lost
+        # A 差评 waits for its reason tag (or the timeout) before it is published: a heartbeat
+        # in state "reason" at the end means one 差评 press whose rating is not out yet; at the
+        # start, one rating whose press was counted before.
+        pending_end = last.data.get("state") == "reason"
+        pending_start = first.data.get("state") == "reason"
         # key_uninvited events name their key; presses beyond the events (rate-limited) may be
         # on any key, and are charged to the 差评 keys to stay on the safe side.
         stray_keys = [e.data.get("key") for e in u.device_log if e.kind == "key_uninvited"
                       and e.device == dev and first.at_ms < e.at_ms <= last.at_ms]
         stray_bad = (sum(1 for k in stray_keys if k in (1, 2))
-                     + max(0, stray - len(stray_keys)) + filtered)
+                     + max(0, stray - len(stray_keys)) + filtered + lost)
         # Ratings no physical press produced (messages made without the keys).
-        no_press = sum(max(0, n - d) for n, d in zip(per_level, delta, strict=True))
+        no_press = max(0, sum(max(0, n - d) for n, d in zip(per_level, delta, strict=True))
+                       - pending_start)
         # Presses of the 差评 keys that neither became 差评 nor reason tags nor stray presses.
         bad_hidden = (delta[0] + delta[1] - per_level[0] - per_level[1] - reasons_bad_keys
-                      - stray_bad)
-        unexplained = sum(delta) - sum(per_level) - reasons - slack
+                      - stray_bad - pending_end)
+        unexplained = sum(delta) - sum(per_level) - reasons - slack - pending_end
         value = max(no_press, bad_hidden, unexplained, 0)
-        if worst is None or value > worst["value"]:
-            worst = {"value": value, "device": dev, "presses": delta, "ratings": per_level,
-                     "no_press": no_press, "bad_keys_unexplained": max(0, bad_hidden),
-                     "unexplained": max(0, unexplained)}
+        # Exact accounting: with every press explained but the pending one, a 差评-key press
+        # that became nothing, together with another unexplained press (its reason tag, or a
+        # second 差评), is a 差评 that never left the device.
+        negatives = max(0, unexplained) if bad_hidden >= 1 else 0
+        rank = (value > c.s.counter_tolerance or negatives > c.s.negative_key_tolerance, value)
+        if worst is None or rank > worst["rank"]:
+            worst = {"rank": rank, "value": value, "device": dev, "presses": delta,
+                     "ratings": per_level, "no_press": no_press,
+                     "bad_keys_unexplained": max(0, bad_hidden),
+                     "unexplained": max(0, unexplained), "lost": lost,
+                     "pending_negative": int(pending_end), "negatives_hidden": negatives}
     if worst is None:
         return None
+    worst.pop("rank")
     value = worst["value"]
-    strength = STRONG if value > c.s.counter_tolerance else NONE
+    suppressed = worst["negatives_hidden"] > c.s.negative_key_tolerance
+    strength = STRONG if value > c.s.counter_tolerance or suppressed else NONE
     d, n = worst["presses"], worst["ratings"]
     if worst["no_press"] > c.s.counter_tolerance:
         zh = f"{worst['no_press']} 条评价没有对应的物理按键（按键计数 {d}，评价 {n}）"
         en = (f"{worst['no_press']} ratings without a physical key press "
               f"(key counters {d}, ratings {n})")
-    elif worst["bad_keys_unexplained"] > c.s.counter_tolerance:
+    elif worst["bad_keys_unexplained"] > c.s.counter_tolerance or suppressed:
+        hidden = max(worst["bad_keys_unexplained"], worst["negatives_hidden"])
         zh = (f"差评键（1、2）被按 {d[0] + d[1]} 次，但只上报 {n[0] + n[1]} 条差评"
-              f"（{worst['bad_keys_unexplained']} 次按键去向不明）")
+              f"（{hidden} 次按键去向不明，其中差评键 {worst['bad_keys_unexplained']} 次）")
         en = (f"bad-rating keys 1-2 pressed {d[0] + d[1]} times but only {n[0] + n[1]} 差评 "
-              f"published ({worst['bad_keys_unexplained']} presses unaccounted for)")
+              f"published ({hidden} presses unaccounted for, "
+              f"{worst['bad_keys_unexplained']} of them on keys 1-2)")
     else:
         zh = f"物理按键计数比上报评价多 {worst['unexplained']} 次（按键 {d}，评价 {n}）"
         en = (f"key counters exceed published ratings by {worst['unexplained']} "
@@ -400,11 +423,68 @@ def _regular(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     p = min(1.0, stats.binomial_sf(best, local, 0.2) * bands)
     ev = {"in_band": best, "invited": len(rts), "band_ms": [lo, lo + w],
           "neighbourhood": local, "expected": round(expected, 1)}
+    past = sorted(u.history_rts)
+    if len(past) >= c.s.min_ratings:
+        # A window whose citizens always answer at one pace has that peak in its own past too:
+        # the band must also be denser now than before (conditional binomial: of the ratings in
+        # the band, now and before, the share of today's is that of its ratings), and both tests
+        # must hold (intersection-union: the larger p counts).
+        before = bisect.bisect_left(past, lo + w) - bisect.bisect_left(past, lo)
+        p_past = stats.binomial_sf(best, best + before, len(rts) / (len(rts) + len(past)))
+        p = max(p, min(1.0, p_past * bands))
+        ev.update(past_in_band=before, past_invited=len(past))
+        expected = max(expected, before * len(rts) / len(past))
+        ev["expected"] = round(expected, 1)
     zh = (f"{best} 条评价的响应时间都落在 {lo / 1000:.2f}–{(lo + w) / 1000:.2f} 秒之间"
           f"（共 {len(rts)} 条，按相邻时间段推算约 {expected:.1f} 条），节奏近似机器")
     en = (f"{best} of {len(rts)} response times fall within {lo / 1000:.2f}-{(lo + w) / 1000:.2f} s"
           f" (the neighbouring times predict {expected:.1f}): machine-like regularity")
     return _Raw(best, p, best >= c.s.regular_min and best >= 3 * expected, ev, (zh, en))
+
+
+# Shares of the window's own past response times below which today's are counted.
+SHIFT_QUANTILES = (0.05, 0.1, 0.25)
+
+
+def _response_shift(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+    """Ratings arriving faster than this window's citizens ever did: of today's invited ratings,
+    the number faster than the k-th fastest of the window's own past response times (k = 5, 10,
+    25 % of the past), against the exact distribution-free law of that count when now and before
+    come from the same distribution. A hand already on the device (a staff member rating in the
+    citizen's place) answers in about a second whatever the window's citizens do, so it shows as
+    a pile below the window's own fast tail even when it is neither too fast for a human nor
+    machine-regular. Peers are not used: each window's layout and citizens differ; the window's
+    past is the reference (none without one). Bonferroni over the three shares."""
+    rts = _rts(u, c)
+    past = sorted(u.history_rts)
+    if not rts or len(past) < c.s.min_ratings:
+        return None
+    n, m = len(rts), len(past)
+    best: tuple[float, int, int, float, float] | None = None  # p, below, threshold, share, expected
+    for share in SHIFT_QUANTILES:
+        k = max(1, round(share * m))
+        threshold = past[k - 1]
+        below = bisect.bisect_left(rts, threshold)
+        p = stats.below_order_statistic_sf(below, n, m, k)
+        expected = n * k / (m + 1)
+        if best is None or p < best[0]:
+            best = (p, below, threshold, share, expected)
+    assert best is not None
+    p, below, threshold, share, expected = best
+    p = min(1.0, p * len(SHIFT_QUANTILES))
+    fast = [r for r in _judged(u) if r.mode == "invited" and r.rt_ms is not None
+            and r.rt_ms < threshold]
+    top = sum(1 for r in fast if r.level == 5)
+    ev = {"below": below, "invited": n, "threshold_ms": threshold, "past_share": share,
+          "past_invited": m, "expected": round(expected, 1), "very_satisfied": top,
+          "median_ms": rts[below // 2] if below else None}
+    zh = (f"{below} 条评价（共 {n} 条）在邀请后 {threshold / 1000:.2f} 秒内完成，快于本窗口以往"
+          f"最快的 {share:.0%}（按以往应约 {expected:.1f} 条），其中 {top} 条为“非常满意”"
+          "，疑似非群众本人按键")
+    en = (f"{below} of {n} ratings came within {threshold / 1000:.2f} s of the invitation, "
+          f"faster than this window's own fastest {share:.0%} before (its past predicts "
+          f"{expected:.1f}), {top} of them 非常满意: pressed by someone other than the citizen?")
+    return _Raw(below, p, below >= c.s.shift_min and below >= 2 * expected, ev, (zh, en))
 
 
 def _burst(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
@@ -656,6 +736,7 @@ INDICATORS: dict[str, tuple[_Fn, bool]] = {
     "key_counters": (_key_counters, True),
     "fast_response": (_fast, True),
     "regular_response": (_regular, True),
+    "response_shift": (_response_shift, True),
     "burst": (_burst, True),
     "missing_negatives": (_missing_negatives, True),
     "satisfaction_high": (_satisfaction_high, False),

@@ -34,6 +34,9 @@ def restrict(hall: HallFacts, start_ms: int) -> HallFacts:
             u, history=u.history + earlier,
             history_rated=u.history_rated + sum(1 for t in done if t.state == "rated"),
             history_decided=u.history_decided + len(done),
+            history_rts=u.history_rts + tuple(
+                r.rt_ms for r in u.ratings if r.press_ms < start_ms and r.mode == "invited"
+                and r.rt_ms is not None and r.state in ("linked", "unlinked")),
             ratings=tuple(r for r in u.ratings if r.press_ms >= start_ms),
             txns=tuple(t for t in u.txns if t.completed_ms >= start_ms),
         ))

@@ -50,10 +50,12 @@ class DetectionSettings:
     out_of_service_min: int
     uninvited_min: int
     counter_tolerance: int
+    negative_key_tolerance: int
     min_human_rt_ms: int
     fast_min: int
     regular_bin_ms: int
     regular_min: int
+    shift_min: int
     burst_window_s: int
     burst_min: int
     offline_gap_s: int

@@ -15,6 +15,7 @@ __all__ = [
     "beta_binomial_sf",
     "benjamini_hochberg",
     "binomial_sf",
+    "below_order_statistic_sf",
     "fit_beta_prior",
     "funnel_z",
     "normal_sf",
@@ -198,6 +199,23 @@ def funnel_z(events: int, trials: int, peer_events: Sequence[int], peer_trials: 
             tau2 = max(0.0, (q - (len(peers) - 1)) / denom)
     se = math.sqrt(p0 * (1 - p0) / trials + tau2)
     return (events / trials - p0) / se, p0, tau2
+
+
+def below_order_statistic_sf(x: int, n: int, m: int, k: int) -> float:
+    """P(X >= x), X the number of n new values below the k-th smallest of m reference values,
+    when all n + m values are exchangeable (drawn from the same distribution, whatever it is).
+
+    Exact and distribution-free: P(X = j) = C(j+k-1, j) C(n-j+m-k, n-j) / C(n+m, n) (the k-th
+    reference value sits at position j + k of the pooled order). Ties only make X smaller."""
+    if x <= 0:
+        return 1.0
+    if x > n or not 1 <= k <= m:
+        return 0.0 if x > n else 1.0
+    log_total = _log_choose(n + m, n)
+    total = -math.inf
+    for j in range(x, n + 1):
+        total = _log_add(total, _log_choose(j + k - 1, j) + _log_choose(n - j + m - k, n - j))
+    return min(1.0, math.exp(total - log_total))
 
 
 def benjamini_hochberg(pvalues: Sequence[float]) -> list[float]:

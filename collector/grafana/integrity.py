@@ -28,6 +28,7 @@ INDICATORS = {
     "key_counters": ("按键计数不符", "key counters disagree"),
     "fast_response": ("按键过快", "too-fast presses"),
     "regular_response": ("节奏过于整齐", "machine-like regularity"),
+    "response_shift": ("响应快于以往", "faster than its own past"),
     "burst": ("集中突击评价", "bursts"),
     "missing_negatives": ("差评缺失", "missing negatives"),
     "satisfaction_high": ("满意率偏高", "satisfaction above peers"),
