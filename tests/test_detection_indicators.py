@@ -462,3 +462,55 @@ def test_a_negative_awaiting_its_reason_or_a_lone_press_does_not_fire():
         replace(d, data={**d.data, "discards": 2 if d.at_ms > hm("15:00") else 0})
         if d.kind == "heartbeat" else d for d in lost.device_log))
     assert indicator(hall(lost, excellent()), "v", "key_counters").strength == "none"
+
+
+# -- selective invitation beginning within the rolling period -------------------------------------
+
+ROLLING = S.periods(NOW)[1]
+assert ROLLING.kind == "rolling" and len(ROLLING.days) == S.lookback_days
+
+
+def _days(name: str, seed: int, per_day: list[tuple[int, float, float]]) -> Unit:
+    """A window over the rolling period's days: (transactions, coverage, satisfied share) per
+    day; an unsatisfied rating is a 3 or a 2."""
+    rng = random.Random(seed)
+    txns, ratings = [], []
+    for day, (n, coverage, happy) in zip(ROLLING.days, per_day, strict=True):
+        base = S.midnight_ms(day) + 9 * 3600_000
+        for i in range(n):
+            done = base + i * 300_000
+            rated = rng.random() < coverage
+            txns.append(TxnFact(done, "rated" if rated else "unrated", f"{name}-s"))
+            if rated:
+                level = 5 if rng.random() < happy else rng.choice((3, 3, 2))
+                ratings.append(RatingFact(done + 5000, level, None, "invited", 4000, "linked",
+                                          None, f"{name}-s", done, f"d-{name}", done + 5000))
+    return Unit(name, None, tuple(ratings), tuple(txns), has_device=False)
+
+
+def _rolling_indicator(h: HallFacts, window: str, name: str):
+    found = compute_indicators(h, h.units, ROLLING, S)[window]
+    return next(i for i in found if i.name == name)
+
+
+def _rolling_hall(*units: Unit) -> HallFacts:
+    peers = [_days(f"p{i}", i, [(50 + 5 * i, 0.8 + 0.02 * i, 0.75 + 0.02 * i)] * 5)
+             for i in range(7)]
+    return HallFacts("h1", tuple(peers) + units, has_feed=True, has_signons=True)
+
+
+def test_selective_invitation_beginning_within_the_rolling_period_fires():
+    # Three honest days (85 % coverage, 75 % satisfied), then two days of only happy citizens.
+    t = _days("t", 11, [(60, 0.85, 0.75)] * 3 + [(60, 0.5, 0.97)] * 2)
+    ind = _rolling_indicator(_rolling_hall(t), "t", "selective_invitation")
+    assert ind.strength == "strong" and ind.evidence["since"] == str(ROLLING.days[-2])
+    assert "起参评率" in ind.reason_zh and "since" in ind.reason_en
+
+
+def test_steady_or_merely_happier_windows_are_not_selective_over_the_rolling_period():
+    steady = _days("s", 12, [(60, 0.6, 0.97)] * 5)            # always low coverage, happy
+    happier = _days("h", 13, [(60, 0.85, 0.75)] * 3 + [(60, 0.85, 0.95)] * 2)  # coverage kept
+    rush = _days("r", 14, [(60, 0.85, 0.75)] * 3 + [(60, 0.55, 0.75)] * 2)     # fewer rate
+    h = _rolling_hall(steady, happier, rush)
+    for w in ("s", "h", "r"):
+        assert _rolling_indicator(h, w, "selective_invitation").strength != "strong", w

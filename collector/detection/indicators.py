@@ -580,14 +580,10 @@ def _satisfaction_high(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
 
 
 def _coverage_counts(u: Unit, c: _Ctx) -> tuple[int, int]:
-    """(rated, decided) transactions, leaving out those completed while the device was offline:
-    those citizens could not rate, whatever the staff did (unplugging has its own indicator)."""
-    def count() -> tuple[int, int]:
-        offline = _offline_stretches(u, c) if u.has_device else []
-        decided = [t for t in u.txns if t.state in ("rated", "unrated")
-                   and not any(a <= t.completed_ms < b for a, b in offline)]
-        return sum(1 for t in decided if t.state == "rated"), len(decided)
-    return c.once("coverage", u, count)
+    """(rated, decided) transactions, leaving out those completed while the device was offline
+    (unplugging has its own indicator)."""
+    decided = _decided_txns(u, c)
+    return sum(1 for t in decided if t.state == "rated"), len(decided)
 
 
 def _two_proportion_z(k1: int, n1: int, k2: int, n2: int) -> float:
@@ -597,6 +593,16 @@ def _two_proportion_z(k1: int, n1: int, k2: int, n2: int) -> float:
     return (k1 / n1 - k2 / n2) / se
 
 
+def _decided_txns(u: Unit, c: _Ctx) -> list:
+    """Decided (rated or unrated) transactions, leaving out those completed while the device was
+    offline: those citizens could not rate, whatever the staff did."""
+    def find() -> list:
+        offline = _offline_stretches(u, c) if u.has_device else []
+        return [t for t in u.txns if t.state in ("rated", "unrated")
+                and not any(a <= t.completed_ms < b for a, b in offline)]
+    return c.once("decided", u, find)
+
+
 def _selective(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     """Coverage (rated / decided transactions) far below, satisfaction (share 满意 or better)
     above.
@@ -604,8 +610,11 @@ def _selective(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     Against peers (funnel, over-dispersion adjusted) both must be significant: an honest window
     may have low coverage and happy citizens at once, so this is an intersection-union test (the
     larger p counts). Against the window's own past (two-proportion z) a coverage drop is a
-    change, and satisfaction above the past at p < q_weak suffices with it. The clearer of the
-    two references is reported, with a Bonferroni factor 2."""
+    change, and satisfaction above the past at p < q_weak suffices with it. Over the rolling
+    period the change may have begun within it: the last one or two business days are also
+    compared with everything before them (the window's history and the period's earlier days),
+    a change-point test. The clearest reference is reported, with a Bonferroni factor for the
+    number of references tried."""
     if not c.hall.has_feed:
         return None
     rated, decided = _coverage_counts(u, c)
@@ -621,27 +630,50 @@ def _selective(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
         return None
     cov, sat = rated / decided, _satisfied(rs) / len(rs)
     p = max(stats.normal_sf(-z_cov), stats.normal_sf(z_sat))
-    ref_cov, ref_sat, own = cov0, sat0, False
-    past = len(u.history)
-    if u.history_decided >= c.s.min_ratings and past >= c.s.min_ratings:
-        past_sat = sum(1 for x in u.history if x >= 4)
-        p_cov = stats.normal_sf(-_two_proportion_z(rated, decided, u.history_rated,
-                                                   u.history_decided))
-        p_sat = stats.normal_sf(_two_proportion_z(_satisfied(rs), len(rs), past_sat, past))
+    ref_cov, ref_sat, own, since = cov0, sat0, False, None
+    # Own-past references: (current rated, decided, satisfied, ratings; past the same; since).
+    past_sat = sum(1 for x in u.history if x >= 4)
+    refs = [(rated, decided, _satisfied(rs), len(rs), u.history_rated, u.history_decided,
+             past_sat, len(u.history), None)]
+    if c.period.kind == "rolling":
+        txns = _decided_txns(u, c)
+        for k in (1, 2):
+            if k >= len(c.period.days):
+                break
+            split = c.s.midnight_ms(c.period.days[-k])
+            now_t = [t for t in txns if t.completed_ms >= split]
+            now_r = [r for r in rs if r.press_ms >= split]
+            old_t = [t for t in txns if t.completed_ms < split]
+            old_r = [r for r in rs if r.press_ms < split]
+            refs.append((sum(1 for t in now_t if t.state == "rated"), len(now_t),
+                         _satisfied(now_r), len(now_r),
+                         u.history_rated + sum(1 for t in old_t if t.state == "rated"),
+                         u.history_decided + len(old_t),
+                         past_sat + _satisfied(old_r), len(u.history) + len(old_r), split))
+    refs = [r for r in refs if min(r[1], r[3], r[5], r[7]) >= c.s.min_ratings]
+    for k1, n1, s1, m1, k2, n2, s2, m2, split in refs:
+        p_cov = stats.normal_sf(-_two_proportion_z(k1, n1, k2, n2))
+        p_sat = stats.normal_sf(_two_proportion_z(s1, m1, s2, m2))
         p_own = p_cov if p_sat < c.s.q_weak else max(p_cov, p_sat)
         if p_own < p:
-            p, own = p_own, True
-            ref_cov, ref_sat = u.history_rated / u.history_decided, past_sat / past
-        p = min(1.0, 2 * p)
+            p, own, since = p_own, True, split
+            cov, sat, ref_cov, ref_sat = k1 / n1, s1 / m1, k2 / n2, s2 / m2
+    p = min(1.0, (1 + len(refs)) * p)
     ev = {"coverage": round(cov, 4), "peer_coverage": round(cov0, 4), "z_coverage": round(z_cov, 2),
           "satisfied": round(sat, 4), "peer_satisfied": round(sat0, 4),
           "z_satisfied": round(z_sat, 2), "reference": "own_past" if own else "peers",
           "reference_coverage": round(ref_cov, 4),
-          "reference_satisfied": round(ref_sat, 4), "transactions": decided}
+          "reference_satisfied": round(ref_sat, 4), "transactions": decided,
+          "since": None if since is None else str(c.s.local_day(since))}
     whose_zh, whose_en = ("本窗口以往", "its own past") if own else ("同厅", "the hall's")
-    zh = (f"参评率 {cov:.0%} 远低于{whose_zh} {ref_cov:.0%}，而满意率 {sat:.1%} 高于 {ref_sat:.1%}"
+    when_zh = when_en = ""
+    if since is not None:
+        day = c.s.local_day(since).strftime("%m-%d")
+        whose_zh, whose_en = "本窗口此前", "its own earlier days"
+        when_zh, when_en = f"自 {day} 起", f"since {day}, "
+    zh = (f"{when_zh}参评率 {cov:.0%} 远低于{whose_zh} {ref_cov:.0%}，而满意率 {sat:.1%} 高于 {ref_sat:.1%}"
           "（疑似只邀请满意的群众评价）")
-    en = (f"coverage {cov:.0%} far below {whose_en} {ref_cov:.0%} while satisfaction {sat:.1%} is "
+    en = (f"{when_en}coverage {cov:.0%} far below {whose_en} {ref_cov:.0%} while satisfaction {sat:.1%} is "
           f"above {ref_sat:.1%} (only satisfied citizens invited?)")
     return _Raw(round(cov - ref_cov, 4), p, cov <= ref_cov - c.s.coverage_gap and sat > ref_sat,
                 ev, (zh, en))
