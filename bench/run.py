@@ -91,7 +91,7 @@ def main() -> int:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="evalterm-bench-"))
-    broker = MosquittoServer(tmp / "mosquitto").start()
+    broker = MosquittoServer(tmp / "mosquitto", save_every_change=False).start()
     influx = InfluxServer(tmp / "influxd").start()
     results: dict[str, dict[str, float]] = {}
     try:

@@ -37,6 +37,19 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGINT, _term)
+    # The collector passes its pid: if it died while we were starting, getppid() is already 1.
+    parent = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
+
+    def _orphaned() -> None:
+        # A collector killed with SIGKILL cannot stop us; its successor starts its own drainer.
+        while True:
+            if os.getppid() != parent:
+                _LOG.warning("the collector is gone; the drainer stops")
+                stop.set()
+            if stop.wait(0.5):
+                return
+
+    threading.Thread(target=_orphaned, daemon=True).start()
     writer = make_writer(cfg)
     drainer = OutboxDrainer(
         connect(cfg.state_db), writer, batch_size=cfg.influx.batch_size,
@@ -60,7 +73,7 @@ class DrainerProcess:
 
     def start(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "collector.drainer"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "collector.drainer", str(os.getpid())], stdin=subprocess.PIPE,
             cwd=os.getcwd(),
         )
         assert self._proc.stdin is not None

@@ -150,3 +150,25 @@ def test_txn_import_and_config_check(make_config: Callable[..., Config], tmp_pat
     bad = subprocess.run([*EVALTERM, "-c", str(cfg_file), "config", "check"], capture_output=True,
                          text=True, timeout=30, env={**os.environ, "EVALTERM_MQTT__PORT": "0"})
     assert bad.returncode == 2 and "[mqtt] port" in bad.stderr and "at least 1" in bad.stderr
+
+
+def test_drainer_process_does_not_outlive_a_killed_collector(
+        make_config: Callable[..., Config], tmp_path: Path) -> None:
+    cfg = make_config()
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(cfg.to_toml())
+    log = tmp_path / "collector.log"
+    proc = start_collector(cfg_file, log)
+    try:
+        def drainer_pids() -> list[int]:
+            out = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "collector.drainer"],
+                                 capture_output=True, text=True)
+            return [int(x) for x in out.stdout.split()]
+
+        [pid] = wait_for(drainer_pids, what="the drainer process")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists()
+             or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
+             timeout=10, what="the orphaned drainer to exit")
