@@ -18,14 +18,14 @@ import paho.mqtt.client as mqtt
 from collector.protocol import build_signed, device_topic, feed_topic
 
 
-def build(prefix: str, keys_file: str, n: int, hall: str, start_ms: int) -> list[tuple[str, bytes]]:
+def build(prefix: str, keys_file: str, n: int, start_ms: int) -> list[tuple[str, bytes]]:
     """n (transaction, rating) pairs, round-robin over the devices, as (topic, payload)."""
     with open(keys_file) as f:
-        devices = json.load(f)  # [[device, window, key_hex], ...]
+        devices = json.load(f)  # [[device, window, key_hex, hall], ...]
     msgs: list[tuple[str, bytes]] = []
-    ftopic = feed_topic(prefix, hall)
     for i in range(n):
-        dev, window, key_hex = devices[i % len(devices)]
+        dev, window, key_hex, hall = devices[i % len(devices)]
+        ftopic = feed_topic(prefix, hall)
         txn = f"B{start_ms}-{i:07d}"
         msgs.append((ftopic, json.dumps({
             "v": 1, "kind": "txn_completed", "id": f"e{start_ms}-{i}", "window": window,
@@ -45,7 +45,6 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--prefix", default="evalterm")
-    ap.add_argument("--hall", default="bench")
     ap.add_argument("--keys", required=True)
     ap.add_argument("--pairs", type=int, required=True)
     ap.add_argument("--rate", type=float, default=0, help="pairs per second (0: as fast as possible)")
@@ -67,7 +66,7 @@ def main() -> int:
         clients.append(cl)
 
     if args.rate <= 0:
-        msgs = build(args.prefix, args.keys, args.pairs, args.hall, start_ms)
+        msgs = build(args.prefix, args.keys, args.pairs, start_ms)
         t0 = time.perf_counter()
         infos = [clients[i % len(clients)].publish(t, p, qos=1) for i, (t, p) in enumerate(msgs)]
         for info in infos:
@@ -76,7 +75,6 @@ def main() -> int:
         print(json.dumps({"published": len(msgs), "seconds": dt}))
     else:
         # Paced: sign each rating at its publish time so `ts` is the publish time (latency).
-        ftopic = feed_topic(args.prefix, args.hall)
         out = open(args.latency_out, "w") if args.latency_out else None  # noqa: SIM115
         boot = start_ms // 1000 % 2**30 + 1
         t0 = time.perf_counter()
@@ -85,7 +83,8 @@ def main() -> int:
             due = t0 + i / args.rate
             while (now := time.perf_counter()) < due:
                 time.sleep(min(0.002, due - now))
-            dev, window, key_hex = devices[i % len(devices)]
+            dev, window, key_hex, hall = devices[i % len(devices)]
+            ftopic = feed_topic(args.prefix, hall)
             ms = int(time.time() * 1000)
             txn = f"L{start_ms}-{i:07d}"
             cl = clients[i % len(clients)]
@@ -93,7 +92,7 @@ def main() -> int:
                 "v": 1, "kind": "txn_completed", "id": f"l{start_ms}-{i}", "window": window,
                 "ts": ms, "txn": txn, "staff": {"id": f"s-{window}"}, "service": {"code": "sfz"},
                 "started": ms - 60_000, "completed": ms, "outcome": "completed"}), qos=1))
-            topic = device_topic(args.prefix, args.hall, window, dev, "rating")
+            topic = device_topic(args.prefix, hall, window, dev, "rating")
             infos.append(cl.publish(topic, build_signed(bytes.fromhex(key_hex), topic, {
                 "v": 1, "kind": "rating", "dev": dev, "boot": boot, "seq": i, "ts": ms, "up": i,
                 "level": 5, "txn": txn, "reason": None, "rt": 2000, "mode": "invited"}), qos=1))

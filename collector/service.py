@@ -100,7 +100,7 @@ class Collector:
         self._http: ThreadingHTTPServer | None = None
         self.last_batch_ms = 0
         self.stalled = ""  # why the ingest worker cannot commit, while it cannot
-        self._next_detect_ms = 0
+        self._detector = threading.Thread(target=self._detect, name="detector", daemon=True)
 
     # -- MQTT ------------------------------------------------------------------------------------
 
@@ -164,6 +164,8 @@ class Collector:
         props.ReceiveMaximum = m.receive_maximum
         self._drainer.start()
         self._worker.start()
+        if self.cfg.detection.enabled:
+            self._detector.start()
         self._client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False,
                                    properties=props)
         self._client.loop_start()
@@ -175,6 +177,8 @@ class Collector:
         self._stop.set()
         self._queue.put(None)
         self._worker.join(10)
+        if self._detector.is_alive():
+            self._detector.join(30)
         self._client.disconnect()
         self._client.loop_stop()
         self._drainer.stop()
@@ -202,25 +206,29 @@ class Collector:
         while not self._stop.is_set():
             try:
                 self._work_once()
-                self._detect_if_due()
                 self._drainer.watch()
             except Exception:  # never let the worker die: log, wait, go on
                 _LOG.exception("ingest worker error")
                 time.sleep(1)
 
-    def _detect_if_due(self) -> None:
-        """Recompute integrity indicators every `[detection] interval_s` (same worker, same
-        connection, its own transaction). Each run rewrites the day's points, so the runs after
-        closing leave the day's final values."""
-        if not self.cfg.detection.enabled or self.clock() < self._next_detect_ms:
-            return
+    def _detect(self) -> None:
+        """Recompute integrity indicators every `[detection] interval_s`, in a thread and on a
+        connection of its own so that a large hall's computation never holds up ingestion or
+        acknowledgements. Each run rewrites the day's points, so the runs after closing leave
+        the day's final values."""
         from .detection import run_detection
 
+        conn = connect(self.cfg.state_db)
         try:
-            run_detection(self._db, self.cfg, self.clock())
-        except Exception:
-            _LOG.exception("integrity detection failed; ingestion goes on")
-        self._next_detect_ms = self.clock() + self.cfg.detection.interval_s * 1000
+            while not self._stop.is_set():
+                started = self.clock()
+                try:
+                    run_detection(conn, self.cfg, started)
+                except Exception:
+                    _LOG.exception("integrity detection failed; ingestion goes on")
+                self._stop.wait(self.cfg.detection.interval_s)
+        finally:
+            conn.close()
 
     def _work_once(self) -> None:
         """Take the queued messages (up to batch_max), or run the timer when nothing comes."""
