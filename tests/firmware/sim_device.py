@@ -16,27 +16,7 @@ from etfw import config  # noqa: E402
 from etfw.app import Device  # noqa: E402
 from etfw.link import umqtt_factory  # noqa: E402
 from etfw.store import RealFS  # noqa: E402
-
-
-class Pin:
-    def __init__(self, level):
-        self.level = level
-        self.handler = None
-
-    def irq(self, handler=None, trigger=3):
-        self.handler = handler
-
-    def value(self, v=None):
-        if v is None:
-            return self.level
-        self.level = v
-        return None
-
-    def set(self, level):
-        if level != self.level:
-            self.level = level
-            if self.handler is not None:
-                self.handler(self)
+from fwfakes import FakePin as Pin  # noqa: E402  (this script's folder is on sys.path)
 
 
 class WLAN:
