@@ -68,7 +68,7 @@ def flagged_windows(t: T) -> table.Panel:
     rename = {"Time": t("日期", "day"), "window": t("窗口", "window"),
               "period": t("统计期", "period"), "severity": t("严重程度", "severity"),
               t.reason_field: t("原因", "reasons"), "strong": t("强证据指标", "strong indicators")}
-    return (table.Panel().title(t("被标记的窗口", "Flagged windows"))
+    panel = (table.Panel().title(t("被标记的窗口", "Flagged windows"))
             .description(t("检测器判定为可疑（2）或严重（3）的窗口，以及判定的全部理由；"
                            "单一指标偏高（如满意率高）不会单独触发标记",
                            "Windows the detector judged suspect (2) or serious (3), with every "
@@ -78,13 +78,8 @@ def flagged_windows(t: T) -> table.Panel:
                                 f'"strong" FROM "integrity_verdict" '
                                 f'{_where(WHOLE_WINDOW, FLAGGED)} '
                                 'ORDER BY time DESC LIMIT 200', table=True))
-            .with_transformation(organize(rename, (), list(rename)))
-            .override_by_name(t("严重程度", "severity"), [
-                dm.DynamicConfigValue(id_val="mappings", value=_severity_mappings(t)),
-                dm.DynamicConfigValue(id_val="custom.cellOptions",
-                                      value={"type": "color-background"})])
-            .override_by_name(t("统计期", "period"), [
-                dm.DynamicConfigValue(id_val="mappings", value=_period_mappings(t))])
+             .with_transformation(organize(rename, (), list(rename))))
+    return (_verdict_columns(panel, t)
             .override_by_name(t("原因", "reasons"), [
                 dm.DynamicConfigValue(id_val="custom.width", value=700),
                 dm.DynamicConfigValue(id_val="custom.cellOptions",
@@ -92,11 +87,22 @@ def flagged_windows(t: T) -> table.Panel:
             .height(10).span(24))
 
 
+def _verdict_columns(panel: table.Panel, t: T) -> table.Panel:
+    """Severity as a coloured label and the period by name, in a verdicts table."""
+    return (panel
+            .override_by_name(t("严重程度", "severity"), [
+                dm.DynamicConfigValue(id_val="mappings", value=_severity_mappings(t)),
+                dm.DynamicConfigValue(id_val="custom.cellOptions",
+                                      value={"type": "color-background"})])
+            .override_by_name(t("统计期", "period"), [
+                dm.DynamicConfigValue(id_val="mappings", value=_period_mappings(t))]))
+
+
 def flagged_staff(t: T) -> table.Panel:
     rename = {"Time": t("日期", "day"), "window": t("窗口", "window"),
               "staff": t("工号", "staff"), "period": t("统计期", "period"),
               "severity": t("严重程度", "severity"), t.reason_field: t("原因", "reasons")}
-    return (table.Panel().title(t("被标记的工作人员", "Flagged staff members"))
+    panel = (table.Panel().title(t("被标记的工作人员", "Flagged staff members"))
             .description(t("按工作人员单独判定的结果（同一窗口 A/B 岗分别统计）",
                            "Verdicts per staff member (A/B roles of a window judged apart)"))
             .datasource(DS)
@@ -104,14 +110,8 @@ def flagged_staff(t: T) -> table.Panel:
                                 f'"{t.reason_field}" FROM "integrity_verdict" '
                                 f'{_where(ONE_STAFF, FLAGGED)} '
                                 'ORDER BY time DESC LIMIT 200', table=True))
-            .with_transformation(organize(rename, (), list(rename)))
-            .override_by_name(t("严重程度", "severity"), [
-                dm.DynamicConfigValue(id_val="mappings", value=_severity_mappings(t)),
-                dm.DynamicConfigValue(id_val="custom.cellOptions",
-                                      value={"type": "color-background"})])
-            .override_by_name(t("统计期", "period"), [
-                dm.DynamicConfigValue(id_val="mappings", value=_period_mappings(t))])
-            .height(8).span(24))
+             .with_transformation(organize(rename, (), list(rename))))
+    return _verdict_columns(panel, t).height(8).span(24)
 
 
 def severity_timeline(t: T) -> statetimeline.Panel:
