@@ -63,7 +63,9 @@ class _Ctx:
     s: DetectionSettings
     period: Period
     hall: HallFacts
-    # Per-unit intermediate results, shared by the unit's own test and its peers' tests.
+    units: tuple[Unit, ...] = ()     # the units judged together: each one's peers are the others
+    # Per-unit intermediate results, shared by the unit's own test and its peers' tests, and
+    # hall totals (computed once; a unit's peers are the totals minus the unit).
     memo: dict = field(default_factory=dict)
 
     def once(self, name: str, u: Unit, fn: Callable[[], object]) -> Any:
@@ -71,6 +73,38 @@ class _Ctx:
         if key not in self.memo:
             self.memo[key] = fn()
         return self.memo[key]
+
+    def peer_sums(self, name: str, u: Unit, count: Callable[[Unit], tuple[int, int]],
+                  include: Callable[[Unit], bool] | None = None) -> stats.PeerSums:
+        """The (events, trials) sums of `count` over the unit's peers: every unit of the hall
+        (that `include` admits) but `u`. The totals are computed once per name, so judging
+        every unit is linear in the hall's size, not quadratic."""
+        key = ("sums", name)
+        if key not in self.memo:
+            total = stats.PeerSums()
+            for x in self.units:
+                if include is None or include(x):
+                    total = total.plus(*count(x))
+            self.memo[key] = total
+        total = self.memo[key]
+        if include is not None and not include(u):
+            return total
+        return total.without(*count(u))
+
+    def peer_median(self, name: str, u: Unit, value: Callable[[Unit], float],
+                    include: Callable[[Unit], bool]) -> float | None:
+        """The median (upper of the two middle ones) of `value` over the unit's peers."""
+        key = ("sorted", name)
+        if key not in self.memo:
+            self.memo[key] = sorted(value(x) for x in self.units if include(x))
+        values: list[float] = self.memo[key]
+        n = len(values) - (1 if include(u) else 0)
+        if n <= 0:
+            return None
+        i = n // 2
+        if include(u) and bisect.bisect_left(values, value(u)) <= i:
+            i += 1  # the unit's own value sits at or below the peers' middle: skip it
+        return values[i]
 
     def hhmm(self, ms: int) -> str:
         return datetime.fromtimestamp(ms / 1000, self.s.tz).strftime("%H:%M:%S")
@@ -91,23 +125,22 @@ class _Ctx:
         return sum(b - a for a, b in self.open_intervals())
 
 
-_Fn = Callable[[Unit, Sequence[Unit], _Ctx], _Raw | None]
+_Fn = Callable[[Unit, _Ctx], _Raw | None]
 
 
-def _judged(u: Unit) -> list[RatingFact]:
-    return [r for r in u.ratings if r.state in ("linked", "unlinked")]
+def _judged(u: Unit, c: _Ctx) -> list[RatingFact]:
+    return c.once("judged", u, lambda: [r for r in u.ratings if r.state in ("linked", "unlinked")])
 
 
 def _rate_of(events: int, exposure: int, floor: float) -> float:
     return max(floor, events / exposure) if exposure > 0 else floor
 
 
-def _eb_excess_p(events: int, trials: int, peer_events: Sequence[int], peer_trials: Sequence[int],
-                 c: _Ctx) -> tuple[float, float]:
+def _eb_excess_p(events: int, trials: int, peers: stats.PeerSums, c: _Ctx) -> tuple[float, float]:
     """P(at least `events` in `trials`) when the unit's rate is drawn from its peers' spread:
     a beta-binomial tail with an empirical-Bayes prior fitted to the peers (honest windows differ
     from each other, and that spread must not look like evidence). Returns (p, prior mean)."""
-    prior = stats.fit_beta_prior(peer_events, peer_trials, max_strength=c.s.prior_strength_max)
+    prior = stats.fit_beta_prior_sums(peers, max_strength=c.s.prior_strength_max)
     mean = max(prior.mean, c.s.rate_floor)
     a, b = mean * prior.strength, (1 - mean) * prior.strength
     trials = max(trials, events)
@@ -117,17 +150,22 @@ def _eb_excess_p(events: int, trials: int, peer_events: Sequence[int], peer_tria
 # -- unmatched and excess ratings -------------------------------------------------------------
 
 
-def _unmatched(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+def _unlinked_count(u: Unit, c: _Ctx) -> tuple[int, int]:
+    rs = _judged(u, c)
+    return sum(1 for r in rs if r.state == "unlinked"), len(rs)
+
+
+def _unmatched(u: Unit, c: _Ctx) -> _Raw | None:
     if not c.hall.has_feed:
         return None  # no business system: no rating can match a transaction
-    rs = _judged(u)
+    rs = _judged(u, c)
     unlinked = [r for r in rs if r.state == "unlinked"]
     excess = max(0, len(rs) - len(u.txns))
     value = max(len(unlinked), excess)
     # Honest operation hardly produces unmatched ratings at any window, so the peers' pooled
     # rate (at least rate_floor) is the reference, without an over-dispersion allowance.
-    peer_rate = _rate_of(sum(sum(r.state == "unlinked" for r in _judged(x)) for x in peers),
-                         sum(len(_judged(x)) for x in peers), c.s.rate_floor)
+    peers = c.peer_sums("unlinked", u, lambda x: _unlinked_count(x, c))
+    peer_rate = _rate_of(peers.events, peers.trials, c.s.rate_floor)
     p = stats.binomial_sf(value, max(len(rs), value), peer_rate)
     by_reason: dict[str, int] = {}
     for r in unlinked:
@@ -194,7 +232,7 @@ def _oos_ratings(u: Unit, c: _Ctx) -> list[tuple[RatingFact, str]]:
 def _find_oos_ratings(u: Unit, c: _Ctx) -> list[tuple[RatingFact, str]]:
     gaps = _service_gaps(u, c, c.hall.has_signons)
     found: list[tuple[RatingFact, str]] = []
-    for r in _judged(u):
+    for r in _judged(u, c):
         active = [(a, why) for a, b, why in gaps if a <= r.press_ms < b]
         if not active:
             continue
@@ -209,12 +247,12 @@ def _find_oos_ratings(u: Unit, c: _Ctx) -> list[tuple[RatingFact, str]]:
     return found
 
 
-def _out_of_service(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+def _out_of_service(u: Unit, c: _Ctx) -> _Raw | None:
     found = _oos_ratings(u, c)
     by_why = {w: sum(1 for _, x in found if x == w) for w in ("paused", "signed_off", "closed")}
-    n = len(_judged(u))
-    peer_rate = _rate_of(sum(len(_oos_ratings(x, c)) for x in peers),
-                         sum(len(_judged(x)) for x in peers), c.s.rate_floor)
+    n = len(_judged(u, c))
+    peers = c.peer_sums("oos", u, lambda x: (len(_oos_ratings(x, c)), len(_judged(x, c))))
+    peer_rate = _rate_of(peers.events, peers.trials, c.s.rate_floor)
     p = stats.binomial_sf(len(found), max(n, len(found)), peer_rate)
     ev = {"count": len(found), **by_why, "ratings": n, "peer_rate": round(peer_rate, 4),
           "first": c.hhmm(found[0][0].press_ms) if found else None}
@@ -255,7 +293,7 @@ def _counter_delta(u: Unit, device: str, c: _Ctx, name: str) -> int:
     return max(0, inside[-1].data[name] - first.data[name])
 
 
-def _uninvited(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+def _uninvited(u: Unit, c: _Ctx) -> _Raw | None:
     """Presses of the favourable keys (4, 5) with no invitation showing, per transaction.
 
     Citizens and passers-by press stray keys at random; someone trying to add good ratings
@@ -277,12 +315,14 @@ def _uninvited(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
         return keys.get(4, 0) + keys.get(5, 0), max(sum(keys.values()), counted), keys
 
     good, total, keys = count(u)
-    exposure = max(len(u.txns), len(_judged(u)), 1)
-    with_device = [p for p in peers if p.has_device]
-    peer_good = [count(p)[0] for p in with_device]
-    peer_exposure = [max(len(p.txns), len(_judged(p)), k) for p, k in zip(with_device, peer_good,
-                                                                         strict=True)]
-    p, peer_rate = _eb_excess_p(good, exposure, peer_good, peer_exposure, c)
+    exposure = max(len(u.txns), len(_judged(u, c)), 1)
+
+    def per_txn(x: Unit) -> tuple[int, int]:
+        k = count(x)[0]
+        return k, max(len(x.txns), len(_judged(x, c)), k)
+
+    peers = c.peer_sums("uninvited", u, per_txn, lambda x: x.has_device)
+    p, peer_rate = _eb_excess_p(good, exposure, peers, c)
     ev = {"good_keys": good, "presses": total,
           "by_key": {str(k): v for k, v in sorted(keys.items())},
           "per_transaction": round(good / exposure, 3), "peer_per_transaction": round(peer_rate, 3)}
@@ -293,7 +333,7 @@ def _uninvited(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     return _Raw(good, p, good >= c.s.uninvited_min, ev, (zh, en))
 
 
-def _key_counters(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+def _key_counters(u: Unit, c: _Ctx) -> _Raw | None:
     if not u.has_device:
         return None
     worst: dict | None = None
@@ -381,17 +421,18 @@ def _key_counters(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
 
 def _rts(u: Unit, c: _Ctx) -> list[int]:
     return c.once("rts", u, lambda: sorted(
-        r.rt_ms for r in _judged(u) if r.mode == "invited" and r.rt_ms is not None))
+        r.rt_ms for r in _judged(u, c) if r.mode == "invited" and r.rt_ms is not None))
 
 
-def _fast(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+def _fast(u: Unit, c: _Ctx) -> _Raw | None:
     rts = _rts(u, c)
     if not rts:
         return None
     limit = c.s.min_human_rt_ms
     fast = bisect.bisect_left(rts, limit)
-    peer_fast = [bisect.bisect_left(_rts(x, c), limit) for x in peers]
-    p, peer_share = _eb_excess_p(fast, len(rts), peer_fast, [len(_rts(x, c)) for x in peers], c)
+    peers = c.peer_sums("fast", u, lambda x: (bisect.bisect_left(_rts(x, c), limit),
+                                              len(_rts(x, c))))
+    p, peer_share = _eb_excess_p(fast, len(rts), peers, c)
     ev = {"fast": fast, "invited": len(rts), "limit_ms": limit, "peer_share": round(peer_share, 4),
           "median_fast_ms": rts[fast // 2] if fast else None}
     zh = (f"{fast} 条评价在邀请后 {limit / 1000:.1f} 秒内完成（共 {len(rts)} 条，"
@@ -401,7 +442,7 @@ def _fast(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     return _Raw(fast, p, fast >= c.s.fast_min, ev, (zh, en))
 
 
-def _regular(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+def _regular(u: Unit, c: _Ctx) -> _Raw | None:
     """A sharp peak in the unit's own response times: the densest band of width w holds far
     more than the 4w of neighbouring times around it would predict. A smooth (human) response
     time distribution is nearly linear over 5w, so the band should hold about 1/5 of the
@@ -446,7 +487,7 @@ def _regular(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
 SHIFT_QUANTILES = (0.05, 0.1, 0.25)
 
 
-def _response_shift(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+def _response_shift(u: Unit, c: _Ctx) -> _Raw | None:
     """Ratings arriving faster than this window's citizens ever did: of today's invited ratings,
     the number faster than the k-th fastest of the window's own past response times (k = 5, 10,
     25 % of the past), against the exact distribution-free law of that count when now and before
@@ -472,7 +513,7 @@ def _response_shift(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     assert best is not None
     p, below, threshold, share, expected = best
     p = min(1.0, p * len(SHIFT_QUANTILES))
-    fast = [r for r in _judged(u) if r.mode == "invited" and r.rt_ms is not None
+    fast = [r for r in _judged(u, c) if r.mode == "invited" and r.rt_ms is not None
             and r.rt_ms < threshold]
     top = sum(1 for r in fast if r.level == 5)
     ev = {"below": below, "invited": n, "threshold_ms": threshold, "past_share": share,
@@ -487,8 +528,8 @@ def _response_shift(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     return _Raw(below, p, below >= c.s.shift_min and below >= 2 * expected, ev, (zh, en))
 
 
-def _burst(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
-    rs = sorted(_judged(u), key=lambda r: r.press_ms)
+def _burst(u: Unit, c: _Ctx) -> _Raw | None:
+    rs = sorted(_judged(u, c), key=lambda r: r.press_ms)
     if len(rs) < 2:
         return None
     w = c.s.burst_window_s * 1000
@@ -526,8 +567,8 @@ def _bad(rs: Sequence[RatingFact]) -> int:
     return sum(1 for r in rs if r.level <= 2)
 
 
-def _missing_negatives(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
-    rs = _judged(u)
+def _missing_negatives(u: Unit, c: _Ctx) -> _Raw | None:
+    rs = _judged(u, c)
     levels = list(u.history) + [r.level for r in rs]
     run = 0
     for level in reversed(levels):  # ratings since the last 差评
@@ -536,10 +577,8 @@ def _missing_negatives(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
         run += 1
     if len(rs) < c.s.min_ratings:
         return None
-    peer_units = [p for p in peers if len(_judged(p)) > 0]
-    prior = stats.fit_beta_prior([_bad(_judged(p)) for p in peer_units],
-                                 [len(_judged(p)) for p in peer_units],
-                                 max_strength=c.s.prior_strength_max)
+    peers = c.peer_sums("bad", u, lambda x: (_bad(_judged(x, c)), len(_judged(x, c))))
+    prior = stats.fit_beta_prior_sums(peers, max_strength=c.s.prior_strength_max)
     # The window's own past (before the current run) sharpens the prior: a window that was always
     # excellent keeps a low expected 差评 rate; one whose 差评 suddenly stopped does not.
     before = levels[: len(levels) - run]
@@ -562,12 +601,17 @@ def _satisfied(rs: Sequence[RatingFact]) -> int:
     return sum(1 for r in rs if r.level >= 4)
 
 
-def _satisfaction_high(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
-    rs = _judged(u)
+def _satisfied_count(u: Unit, c: _Ctx) -> tuple[int, int]:
+    rs = _judged(u, c)
+    return c.once("satisfied", u, lambda: _satisfied(rs)), len(rs)
+
+
+def _satisfaction_high(u: Unit, c: _Ctx) -> _Raw | None:
+    rs = _judged(u, c)
     if len(rs) < c.s.min_ratings:
         return None
-    z, p0, tau2 = stats.funnel_z(_satisfied(rs), len(rs), [_satisfied(_judged(p)) for p in peers],
-                                 [len(_judged(p)) for p in peers])
+    z, p0, tau2 = stats.funnel_z_sums(*_satisfied_count(u, c), c.peer_sums(
+        "satisfied", u, lambda x: _satisfied_count(x, c)))
     if math.isnan(p0):
         return None
     share = _satisfied(rs) / len(rs)
@@ -582,8 +626,10 @@ def _satisfaction_high(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
 def _coverage_counts(u: Unit, c: _Ctx) -> tuple[int, int]:
     """(rated, decided) transactions, leaving out those completed while the device was offline
     (unplugging has its own indicator)."""
-    decided = _decided_txns(u, c)
-    return sum(1 for t in decided if t.state == "rated"), len(decided)
+    def find() -> tuple[int, int]:
+        decided = _decided_txns(u, c)
+        return sum(1 for t in decided if t.state == "rated"), len(decided)
+    return c.once("coverage", u, find)
 
 
 def _two_proportion_z(k1: int, n1: int, k2: int, n2: int) -> float:
@@ -603,7 +649,7 @@ def _decided_txns(u: Unit, c: _Ctx) -> list:
     return c.once("decided", u, find)
 
 
-def _selective(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+def _selective(u: Unit, c: _Ctx) -> _Raw | None:
     """Coverage (rated / decided transactions) far below, satisfaction (share 满意 or better)
     above.
 
@@ -618,14 +664,13 @@ def _selective(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
     if not c.hall.has_feed:
         return None
     rated, decided = _coverage_counts(u, c)
-    rs = _judged(u)
+    rs = _judged(u, c)
     if decided < c.s.min_ratings or len(rs) < c.s.min_ratings:
         return None
-    pc = [_coverage_counts(p, c) for p in peers]
-    z_cov, cov0, _ = stats.funnel_z(rated, decided, [a for a, _ in pc], [b for _, b in pc])
-    z_sat, sat0, _ = stats.funnel_z(_satisfied(rs), len(rs),
-                                    [_satisfied(_judged(p)) for p in peers],
-                                    [len(_judged(p)) for p in peers])
+    z_cov, cov0, _ = stats.funnel_z_sums(rated, decided, c.peer_sums(
+        "coverage", u, lambda x: _coverage_counts(x, c)))
+    z_sat, sat0, _ = stats.funnel_z_sums(*_satisfied_count(u, c), c.peer_sums(
+        "satisfied", u, lambda x: _satisfied_count(x, c)))
     if math.isnan(cov0) or math.isnan(sat0):
         return None
     cov, sat = rated / decided, _satisfied(rs) / len(rs)
@@ -727,14 +772,18 @@ def _find_offline_stretches(u: Unit, c: _Ctx) -> list[tuple[int, int]]:
     return merged
 
 
-def _offline(u: Unit, peers: Sequence[Unit], c: _Ctx) -> _Raw | None:
+def _offline_minutes(u: Unit, c: _Ctx) -> float:
+    return sum(b - a for a, b in _offline_stretches(u, c)) / 60_000
+
+
+def _offline(u: Unit, c: _Ctx) -> _Raw | None:
     if not u.has_device:
         return None
     mine = _offline_stretches(u, c)
-    minutes = sum(b - a for a, b in mine) / 60_000
-    peer_minutes = sorted(sum(b - a for a, b in _offline_stretches(p, c)) / 60_000
-                          for p in peers if p.has_device)
-    median = peer_minutes[len(peer_minutes) // 2] if peer_minutes else 0.0
+    minutes = _offline_minutes(u, c)
+    median = c.peer_median("offline", u, lambda x: _offline_minutes(x, c),
+                           lambda x: x.has_device)
+    median = 0.0 if median is None else median
     excess = minutes - median
     missed = sum(1 for t in u.txns if any(a <= t.completed_ms < b for a, b in mine))
     need = c.s.offline_excess_min * c.days
@@ -780,12 +829,12 @@ INDICATORS: dict[str, tuple[_Fn, bool]] = {
 def compute_indicators(hall: HallFacts, units: Sequence[Unit], period: Period,
                        settings: DetectionSettings) -> dict[str, list[Indicator]]:
     """Every indicator for every unit (keyed by `Unit.label`), peers being the other units."""
-    ctx = _Ctx(settings, period, hall)
+    ctx = _Ctx(settings, period, hall, tuple(units))
     out: dict[str, list[Indicator]] = {u.label: [] for u in units}
     for name, (fn, decisive) in INDICATORS.items():
         raws: dict[str, _Raw] = {}
         for u in units:
-            raw = fn(u, [p for p in units if p is not u], ctx)
+            raw = fn(u, ctx)
             if raw is not None:
                 raws[u.label] = raw
         tested = [label for label, r in raws.items() if r.p is not None and r.strength is None]

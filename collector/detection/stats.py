@@ -11,13 +11,16 @@ from collections.abc import Sequence
 
 __all__ = [
     "BetaPrior",
+    "PeerSums",
     "beta_binomial_cdf",
     "beta_binomial_sf",
     "benjamini_hochberg",
     "binomial_sf",
     "below_order_statistic_sf",
     "fit_beta_prior",
+    "fit_beta_prior_sums",
     "funnel_z",
+    "funnel_z_sums",
     "normal_sf",
     "poisson_sf",
     "run_without_event_p",
@@ -145,6 +148,42 @@ class BetaPrior:
         return f"BetaPrior(a={self.a:.3g}, b={self.b:.3g})"
 
 
+class PeerSums:
+    """What the peer statistics need of the peers' (events, trials) pairs, as sums.
+
+    `fit_beta_prior` and `funnel_z` depend on the peers only through these sums (units with
+    trials > 0: their number, sum of events, of trials, of events^2/trials, of trials^2, of
+    1/trials), so a hall's totals are computed once and each unit's peers are the totals minus
+    the unit itself (`without`): leave-one-out in constant time instead of a pass over the hall.
+    """
+
+    __slots__ = ("events", "inv_trials", "n", "sq_over_trials", "trials", "trials_sq")
+
+    def __init__(self, n: int = 0, events: float = 0.0, trials: float = 0.0,
+                 sq_over_trials: float = 0.0, trials_sq: float = 0.0,
+                 inv_trials: float = 0.0) -> None:
+        self.n, self.events, self.trials = n, events, trials
+        self.sq_over_trials, self.trials_sq, self.inv_trials = sq_over_trials, trials_sq, inv_trials
+
+    @classmethod
+    def of(cls, events: Sequence[int], trials: Sequence[int]) -> PeerSums:
+        out = cls()
+        for e, t in zip(events, trials, strict=True):
+            out = out.plus(e, t)
+        return out
+
+    def plus(self, e: float, t: float, sign: int = 1) -> PeerSums:
+        if t <= 0:
+            return self
+        return PeerSums(self.n + sign, self.events + sign * e, self.trials + sign * t,
+                        self.sq_over_trials + sign * e * e / t, self.trials_sq + sign * t * t,
+                        self.inv_trials + sign / t)
+
+    def without(self, e: float, t: float) -> PeerSums:
+        """The sums without one unit's (e, t) (which must have been added)."""
+        return self.plus(e, t, -1)
+
+
 def fit_beta_prior(
     events: Sequence[int], trials: Sequence[int], *, max_strength: float, min_mean: float = 1e-3
 ) -> BetaPrior:
@@ -156,18 +195,26 @@ def fit_beta_prior(
     pseudo-observations, so that a window is never judged as if the hall knew its true rate
     better than that many ratings would tell.
     """
-    units = [(e, t) for e, t in zip(events, trials, strict=True) if t > 0]
-    total_t = sum(t for _, t in units)
-    if total_t == 0:
+    return fit_beta_prior_sums(PeerSums.of(events, trials), max_strength=max_strength,
+                               min_mean=min_mean)
+
+
+def fit_beta_prior_sums(peers: PeerSums, *, max_strength: float, min_mean: float = 1e-3
+                        ) -> BetaPrior:
+    """`fit_beta_prior` from the peers' sums."""
+    total_t = peers.trials
+    if peers.n <= 0 or total_t <= 0:
         return BetaPrior(min_mean * max_strength, (1 - min_mean) * max_strength)
-    mean = sum(e for e, _ in units) / total_t
+    mean = peers.events / total_t
     mean = min(max(mean, min_mean), 1 - min_mean)
     strength = max_strength
-    if len(units) >= 2:
-        var = sum(t * (e / t - mean) ** 2 for e, t in units) / total_t
-        sampling = mean * (1 - mean) * sum(1 / t for _, t in units) / len(units)
+    if peers.n >= 2:
+        # sum t (e/t - mean)^2 = sum e^2/t - 2 mean sum e + mean^2 sum t
+        var = max(0.0, peers.sq_over_trials - 2 * mean * peers.events
+                  + mean * mean * total_t) / total_t
+        sampling = mean * (1 - mean) * peers.inv_trials / peers.n
         between = var - sampling
-        if between > 0:
+        if between > 1e-15:
             strength = min(max_strength, max(2.0, mean * (1 - mean) / between - 1))
     return BetaPrior(mean * strength, (1 - mean) * strength)
 
@@ -181,22 +228,25 @@ def funnel_z(events: int, trials: int, peer_events: Sequence[int], peer_trials: 
     so the control limits are p0 +- z * sqrt(p0(1-p0)/n + tau^2): they narrow with volume but
     never below the real spread of peers. Returns (z, p0, tau^2).
     """
-    peers = [(e, t) for e, t in zip(peer_events, peer_trials, strict=True) if t > 0]
-    total = sum(t for _, t in peers)
-    if total == 0 or trials == 0:
+    return funnel_z_sums(events, trials, PeerSums.of(peer_events, peer_trials))
+
+
+def funnel_z_sums(events: int, trials: int, peers: PeerSums) -> tuple[float, float, float]:
+    """`funnel_z` from the peers' sums. With weights w_i = t_i / (p0 (1 - p0)) the weighted
+    mean of the peers' rates is their pooled rate, and Cochran's Q and the DerSimonian-Laird
+    denominator reduce to the sums of `PeerSums`."""
+    total = peers.trials
+    if peers.n <= 0 or total <= 0 or trials == 0:
         return 0.0, math.nan, 0.0
-    p0 = sum(e for e, _ in peers) / total
-    p0 = min(max(p0, 0.5 / total), 1 - 0.5 / total)
+    pooled = peers.events / total
+    p0 = min(max(pooled, 0.5 / total), 1 - 0.5 / total)
     tau2 = 0.0
-    if len(peers) >= 2:
-        w = [t / (p0 * (1 - p0)) for _, t in peers]
-        ys = [e / t for e, t in peers]
-        sw = sum(w)
-        ybar = sum(wi * yi for wi, yi in zip(w, ys, strict=True)) / sw
-        q = sum(wi * (yi - ybar) ** 2 for wi, yi in zip(w, ys, strict=True))
-        denom = sw - sum(wi * wi for wi in w) / sw
+    if peers.n >= 2:
+        scale = 1 / (p0 * (1 - p0))
+        q = scale * max(0.0, peers.sq_over_trials - total * pooled * pooled)
+        denom = scale * (total - peers.trials_sq / total)
         if denom > 0:
-            tau2 = max(0.0, (q - (len(peers) - 1)) / denom)
+            tau2 = max(0.0, (q - (peers.n - 1)) / denom)
     se = math.sqrt(p0 * (1 - p0) / trials + tau2)
     return (events / trials - p0) / se, p0, tau2
 
