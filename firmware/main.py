@@ -9,11 +9,7 @@ import time
 import machine
 import network
 
-from etfw.app import WDT_MS, Device
-from etfw.clock import epoch_offset_s
-from etfw.indicators import Indicators
-from etfw.link import umqtt_factory
-from etfw.store import RealFS
+from etfw import WDT_MS  # the package only (small): etfw.config is loaded before the rest
 
 CONFIG = "config.json"
 _RESET_CAUSES = {
@@ -33,13 +29,18 @@ def _console(a: str, b: str) -> None:
     print("[display]", a, "|", b)
 
 
+def _epoch_offset_s() -> int:
+    # Ports with a 2000 epoch (older ESP32 builds) report gmtime(0) as 2000-01-01.
+    return 946684800 if time.gmtime(0)[0] == 2000 else 0
+
+
 def _ntp(host: str):
     def sync_ms() -> int:
         import ntptime
 
         ntptime.host = host
         ntptime.settime()  # sets the RTC; time.time() is then UTC
-        return (time.time() + epoch_offset_s()) * 1000
+        return (time.time() + _epoch_offset_s()) * 1000
 
     return sync_ms
 
@@ -53,11 +54,11 @@ def _rand(n: int) -> int:
 def _load_config():
     """(config, None, None, error LED pins) or (None, detail, link, error LED pins).
 
-    The config module is the largest one and is needed once per boot: it is dropped again
-    here. A Config keeps no reference to it (config.Config has no methods), nor do the
-    values returned on error (the ConfigError itself would)."""
-    import sys
-
+    The config module is the largest one and is needed once per boot: it is loaded before
+    any other firmware module (the boot's heap peak is then the config or the running
+    device, not both) and dropped again here. A Config keeps no reference to it
+    (config.Config has no methods), nor do the values returned on error (the ConfigError
+    itself would)."""
     import etfw
     from etfw import config
 
@@ -71,9 +72,7 @@ def _load_config():
         except OSError as e:
             return None, "%s: %s" % (CONFIG, e), None, leds
     finally:
-        del sys.modules["etfw.config"]
-        if hasattr(etfw, "config"):
-            delattr(etfw, "config")
+        etfw.unload("config")
 
 
 def _wlan():
@@ -86,6 +85,10 @@ def _config_error(detail: str, link, leds) -> None:
     # Fast red blinking on every output the reference profile knows, and why on the serial
     # console. With a usable link part the device also connects and publishes a signed
     # config_error event (etfw.fault); without one it just waits for a corrected config.
+    from etfw.indicators import Indicators
+    from etfw.link import umqtt_factory
+    from etfw.store import RealFS
+
     print("CONFIG ERROR:", detail)
     ui = Indicators(_outputs(leds), None, None, _console, "zh")
     if link is not None:
@@ -103,7 +106,11 @@ def _config_error(detail: str, link, leds) -> None:
         time.sleep_ms(50)
 
 
-def _device(cfg) -> Device:
+def _device(cfg):
+    from etfw.app import Device
+    from etfw.link import umqtt_factory
+    from etfw.store import RealFS
+
     board = cfg.board
     pull = machine.Pin.PULL_UP if board.get("key_active_low", True) else machine.Pin.PULL_DOWN
     hw = {

@@ -4,12 +4,12 @@
 Main loop step: feed the watchdog, debounce keys, advance the state machine, handle queued
 commands, one link step (connect, or read + send one outbox record + keep-alive), heartbeat,
 NTP, indicators. No step blocks longer than the socket timeout (broker.timeout_s), so the
-watchdog period (WDT_MS) is chosen well above it.
+watchdog period (etfw.WDT_MS) is chosen well above it.
 """
 
 import gc
 
-from . import FW_VERSION
+from . import FW_VERSION, unload
 from .clock import Clock, ticks_ms
 from .indicators import Indicators
 from .keys import PRESS, RELEASED, STUCK, Keys
@@ -19,9 +19,13 @@ from .outbox import Outbox
 from .store import Store
 from .terminal import Terminal
 
-WDT_MS = 30000
-NTP_EVERY_MS = 6 * 3600 * 1000
-NTP_RETRY_MS = 60000
+try:
+    from micropython import const
+except ImportError:  # CPython
+    const = int
+
+_NTP_EVERY_MS = const(21600000)  # 6 h
+_NTP_RETRY_MS = const(60000)
 
 
 def _heap_free() -> int:
@@ -59,6 +63,7 @@ class Device:
         self.msgs = Messages(b["topic_prefix"], cfg.hall, cfg.window, cfg.device, cfg.key,
                              self.boot, self.clock)
         self.outbox = Outbox(fs, data_dir + "outbox", cfg.outbox_records, cfg.outbox_bytes)
+        unload("recover")  # the outbox's recovery code runs once per boot
         if self.outbox.discards:
             self.discards += self.outbox.discards
             self.persist()
@@ -87,10 +92,10 @@ class Device:
 
     # --- the terminal's sink ------------------------------------------------------------------
 
-    def _keep(self, topic: bytes, payload: bytes) -> None:
+    def _keep(self, topic: bytes, payload: bytes, replace: bool = False) -> None:
         before = self.outbox.discards
         try:
-            self.outbox.put(topic, payload)
+            self.outbox.put(topic, payload, replace)
         except (OSError, ValueError):
             # Flash refused it: better sent now than lost; counted if that fails too.
             if not self.link.send(self.clock.up(), topic, payload):
@@ -99,8 +104,18 @@ class Device:
             self.discards += self.outbox.discards - before
             self.persist()
 
+    def hold(self, level: int, txn, rt, mode: str) -> None:
+        # On flash as it would be sent if the reason never came (a power cut): signed now,
+        # with this boot's identity and the next seq, reason "none". Not sent while held.
+        try:
+            self.outbox.hold(self.msgs.t_rating, self.msgs.rating(level, txn, "none", rt, mode))
+        except (OSError, ValueError):
+            pass  # flash refused it: the rating waits in RAM only, as the terminal has it
+
     def rating(self, level: int, txn, reason, rt, mode: str) -> None:
-        self._keep(self.msgs.t_rating, self.msgs.rating(level, txn, reason, rt, mode))
+        # A 1-2 rating takes the held one's place in the outbox (one append: a power cut
+        # leaves one of the two, never both).
+        self._keep(self.msgs.t_rating, self.msgs.rating(level, txn, reason, rt, mode), True)
 
     def event(self, etype: str, data: dict) -> None:
         self._keep(self.msgs.t_event, self.msgs.event(etype, data))
@@ -162,9 +177,9 @@ class Device:
             if self._ntp is not None and now >= self._next_ntp:
                 try:
                     self.clock.sync(self._ntp())
-                    self._next_ntp = now + NTP_EVERY_MS
+                    self._next_ntp = now + _NTP_EVERY_MS
                 except Exception:  # no NTP server reachable: uptime only, ts null
-                    self._next_ntp = now + NTP_RETRY_MS
+                    self._next_ntp = now + _NTP_RETRY_MS
             if now >= self._next_hb:
                 self._next_hb = now + self._hb_every
                 gc.collect()

@@ -111,6 +111,17 @@ class Config:
     outbox_bytes: int
 
 
+def mqtt_password(key: bytes) -> str:
+    """The device's broker password, derived from its key (docs/protocol.md section 2):
+    lowercase hex HMAC-SHA256(key, "evalterm-mqtt-password"). No second secret to store.
+    Needed only here, at boot (so it is not in sign.py, which stays loaded)."""
+    from binascii import hexlify
+
+    from .sign import Signer
+
+    return hexlify(Signer(key).mac((b"evalterm-mqtt-password",))).decode()
+
+
 def parse(text) -> Config:
     """Parse and check a config document; raise ConfigError listing every problem."""
     try:
@@ -162,13 +173,11 @@ def parse(text) -> Config:
     if not isinstance(p, str) or not p or "+" in p or "#" in p:
         errs.append("broker.topic_prefix: non-empty, no wildcards")
     # Absent credentials are derived: the user is the device id, the password comes from the
-    # key (sign.mqtt_password), as `evalterm broker render` writes them. An explicit null
+    # key (mqtt_password), as `evalterm broker render` writes them. An explicit null
     # means "no credentials" (a broker that allows anonymous clients).
     if "user" not in b and _is_id(d["device"]):
         broker["user"] = d["device"]
     if "password" not in b and d["key_bytes"]:
-        from .sign import mqtt_password
-
         broker["password"] = mqtt_password(d["key_bytes"])
     d["broker"] = broker
     link_ok = not errs

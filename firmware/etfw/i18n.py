@@ -1,44 +1,19 @@
-"""User-facing texts. Simplified Chinese is the default; English is available."""
+"""User-facing texts. Simplified Chinese is the default; English is available.
+
+`texts(lang)` returns one string, a line per text, in a fixed order (indicators.py picks a
+line by its number): the screens, the badge label, the five levels, then the reasons in
+config.REASONS order. One string per language costs far less heap than one string object
+per text; indicators.py keeps only the chosen language's and drops this module.
+"""
 
 
-def _zh() -> dict:
-    return {
-        "idle": "欢迎评价",
-        "invited": "请对本次服务评价",
-        "reason": "请选择不满意原因",
-        "thanks": "感谢您的评价",
-        "paused": "暂停服务",
-        "config_error": "配置错误",
-        "levels": ("非常不满意", "不满意", "基本满意", "满意", "非常满意"),
-        "attitude": "服务态度",
-        "efficiency": "办事效率",
-        "notice": "一次性告知不到位",
-        "wait": "等候时间长",
-        "facility": "环境设施",
-        "other": "其他",
-        "staff": "工号",
-    }
-
-
-def _en() -> dict:
-    return {
-        "idle": "Please rate our service",
-        "invited": "Please rate this service",
-        "reason": "What went wrong?",
-        "thanks": "Thank you for your rating",
-        "paused": "Service paused",
-        "config_error": "Configuration error",
-        "levels": ("Very dissatisfied", "Dissatisfied", "Fair", "Satisfied", "Very satisfied"),
-        "attitude": "Attitude",
-        "efficiency": "Efficiency",
-        "notice": "Not told everything at once",
-        "wait": "Long wait",
-        "facility": "Facilities",
-        "other": "Other",
-        "staff": "Badge",
-    }
-
-
-def texts(lang: str) -> dict:
-    """Only the chosen language is built (heap): functions, not one big module dict."""
-    return _en() if lang == "en" else _zh()
+def texts(lang: str) -> str:
+    if lang == "en":
+        return ("Please rate our service\nPlease rate this service\nWhat went wrong?\n"
+                "Thank you for your rating\nService paused\nConfiguration error\nBadge\n"
+                "Very dissatisfied\nDissatisfied\nFair\nSatisfied\nVery satisfied\n"
+                "Attitude\nEfficiency\nNot told everything at once\nLong wait\nFacilities\n"
+                "Other")
+    return ("欢迎评价\n请对本次服务评价\n请选择不满意原因\n感谢您的评价\n暂停服务\n配置错误\n工号\n"
+            "非常不满意\n不满意\n基本满意\n满意\n非常满意\n"
+            "服务态度\n办事效率\n一次性告知不到位\n等候时间长\n环境设施\n其他")

@@ -7,10 +7,16 @@ press that began and ended while the loop was busy (a blocking connect) is still
 its real start time is kept.
 
 A key is any object with `value()` (and `irq(handler=..., trigger=...)` when the hardware
-has interrupts), so a lambda or a fake pin stands in for hardware in tests.
+has interrupts), so a lambda or a fake pin stands in for hardware in tests. All keys share
+ONE handler, a bound method made once: it finds the key by the pin it is given.
 """
 
 from array import array
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    const = int
 
 from .clock import ticks_diff
 
@@ -18,9 +24,9 @@ PRESS = 1
 STUCK = 2
 RELEASED = 3
 
-_UP = 0
-_DOWN = 1
-_STUCK = 2
+_UP = const(0)
+_DOWN = const(1)
+_STUCK = const(2)
 
 
 class Keys:
@@ -32,82 +38,75 @@ class Keys:
         self._active = 0 if active_low else 1
         self.debounce_ms = debounce_ms
         self.stuck_ms = stuck_ms
-        self._first = array("i", [0] * n)  # tick of the first edge since the key was armed
+        self._first = array("i", [0] * n)  # tick of the first edge since armed
         self._last = array("i", [0] * n)  # tick of the latest edge
         self._latched = bytearray(n)  # an edge was seen since the key was armed
         self._state = bytearray(n)
         self._down_at = [0] * n  # uptime ms of the debounced press
         self.counts = [0] * n  # physical presses since first boot (restored by the app)
         self.stuck_now = 0
-        self._handlers = []
-        for i in range(n):
-            h = self._make_handler(i)
-            self._handlers.append(h)  # keep a reference: the pin may hold only a weak one
-            irq = getattr(pins[i], "irq", None)
+        # Made once and kept (the pin may hold only a weak reference): calling a bound
+        # method allocates nothing, making one does.
+        self._irq = self._edge
+        for p in pins:
+            irq = getattr(p, "irq", None)
             if irq is not None:
-                irq(handler=h, trigger=irq_trigger)
+                irq(handler=self._irq, trigger=irq_trigger)
 
-    def _make_handler(self, i: int):
-        def handler(pin) -> None:
-            self._edge(i)
-
-        return handler
-
-    def _edge(self, i: int) -> None:
+    def _edge(self, pin) -> None:
         # Interrupt context: small ints and array stores only, nothing allocated.
         t = self._ticks()
+        i = self._pins.index(pin)
         if not self._latched[i]:
             self._latched[i] = 1
             self._first[i] = t
         self._last[i] = t
 
     def handler(self, i: int):
-        """The interrupt handler of key i (tests call it as the pin would)."""
-        return self._handlers[i]
+        """The interrupt handler (the same for every key; tests call it as pin i would)."""
+        return self._irq
 
     def poll(self, now: int, out) -> None:
         """Debounce all keys at uptime `now`; report with out(kind, key 1..5, held_ms)."""
         t = self._ticks()
         db = self.debounce_ms
+        latched = self._latched
+        state = self._state
         for i in range(len(self._pins)):
             down = self._pins[i].value() == self._active
-            st = self._state[i]
+            st = state[i]
             if st == _UP:
-                if not self._latched[i]:
+                if not latched[i]:
                     if not down:
                         continue
                     # A press without an interrupt (polling-only pin, or a lost edge).
-                    self._latched[i] = 1
+                    latched[i] = 1
                     self._first[i] = t
                     self._last[i] = t
-                quiet = ticks_diff(t, self._last[i])
-                if quiet < db:
+                if ticks_diff(t, self._last[i]) < db:
                     continue  # still bouncing
-                self._latched[i] = 0
-                age = ticks_diff(t, self._first[i])
+                latched[i] = 0
                 if down:
-                    self._state[i] = _DOWN
-                    self._down_at[i] = now - age
-                    self.counts[i] += 1
-                    out(PRESS, i + 1, 0)
-                elif ticks_diff(self._last[i], self._first[i]) >= db:
-                    # Pressed and released while the loop was busy: long enough to be real.
-                    self.counts[i] += 1
-                    out(PRESS, i + 1, 0)
-                # else: a glitch shorter than the debounce time.
+                    state[i] = _DOWN
+                    self._down_at[i] = now - ticks_diff(t, self._first[i])
+                elif ticks_diff(self._last[i], self._first[i]) < db:
+                    continue  # a glitch shorter than the debounce time
+                # else: pressed and released while the loop was busy, long enough to be real
+                self.counts[i] += 1
+                out(PRESS, i + 1, 0)
             else:
                 held = now - self._down_at[i]
                 if down:
-                    self._latched[i] = 0  # bounces while held mean nothing
+                    latched[i] = 0  # bounces while held mean nothing
                     if st == _DOWN and held >= self.stuck_ms:
-                        self._state[i] = _STUCK
+                        state[i] = _STUCK
                         self.stuck_now += 1
                         out(STUCK, i + 1, held)
                     continue
-                if self._latched[i] and ticks_diff(t, self._last[i]) < db:
+                if latched[i] and ticks_diff(t, self._last[i]) < db:
                     continue  # release still bouncing
-                self._latched[i] = 0
-                self._state[i] = _UP
+                latched[i] = 0
+                state[i] = _UP
                 if st == _STUCK:
                     self.stuck_now -= 1
                     out(RELEASED, i + 1, held)

@@ -11,8 +11,16 @@ after its PUBACK. Commands arriving while umqtt waits for a PUBACK are only queu
 the app handles them between polls, so nothing re-enters the client.
 """
 
-_IPPROTO_TCP = 6
-_TCP_NODELAY = 1  # the same value on Linux and lwIP
+try:
+    from micropython import const
+except ImportError:  # CPython
+    const = int
+
+_IPPROTO_TCP = const(6)
+_TCP_NODELAY = const(1)  # the same value on Linux and lwIP
+_BACKOFF_MIN_MS = const(1000)
+_BACKOFF_MAX_MS = const(60000)
+_INBOX = const(4)  # commands queued between polls; more are dropped (and counted)
 
 
 class _TimedSocket:
@@ -51,10 +59,6 @@ def umqtt_factory(client_id, server, port, user, password, keepalive):
 
 
 class Link:
-    BACKOFF_MIN_MS = 1000
-    BACKOFF_MAX_MS = 60000
-    INBOX = 4  # commands queued between polls; more are dropped (and counted)
-
     def __init__(self, broker: dict, wifi: dict, client_id: str, topics, wlan,
                  factory, status, rand) -> None:
         """topics: (status, cmd) as bytes; status(state) -> signed status payload;
@@ -68,36 +72,30 @@ class Link:
         self._status = status
         self._rand = rand
         self.client = None
+        self.up = False  # connected: client set and the connect sequence done
         self._attempt = 0
         self._next_try = 0
         self._last_tx = 0
         self._joining = False
         self.inbox = []
         self.connects = 0
+        self.reconnects = 0  # connects after the first
         self.failures = 0
         self.drops_inbox = 0
         self.published = 0
         self.last_error = ""
 
-    @property
-    def up(self) -> bool:
-        return self.client is not None
-
-    @property
-    def reconnects(self) -> int:
-        return self.connects - 1 if self.connects else 0
-
     def backoff_ms(self, attempt: int) -> int:
         """Exponential back-off with "equal jitter": half fixed, half random."""
-        d = self.BACKOFF_MIN_MS << min(attempt, 6)
-        if d > self.BACKOFF_MAX_MS:
-            d = self.BACKOFF_MAX_MS
+        d = _BACKOFF_MIN_MS << min(attempt, 6)
+        if d > _BACKOFF_MAX_MS:
+            d = _BACKOFF_MAX_MS
         half = d // 2
         return half + self._rand(half + 1)
 
     def _on_msg(self, topic, msg) -> None:
         # Called from inside umqtt (possibly during a publish): queue only.
-        if len(self.inbox) < self.INBOX:
+        if len(self.inbox) < _INBOX:
             self.inbox.append((bytes(topic), bytes(msg)))
         else:
             self.drops_inbox += 1
@@ -106,6 +104,7 @@ class Link:
         """THE reconnect path. Safe to call twice."""
         c = self.client
         self.client = None
+        self.up = False
         if c is not None:
             try:
                 c.sock.close()
@@ -143,6 +142,8 @@ class Link:
         self._attempt = 0
         self._last_tx = now
         self.connects += 1
+        self.reconnects = self.connects - 1
+        self.up = True
 
     def poll(self, now: int, outbox) -> None:
         """One step: connect when due, else read commands, send one record, keep alive."""

@@ -15,10 +15,6 @@ class CommandError(ValueError):
     """A command the device must ignore; args[0] is a short reason for the counters/log."""
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _is_str(v, lo: int, hi: int) -> bool:
     return isinstance(v, str) and lo <= len(v) <= hi
 
@@ -40,11 +36,9 @@ class Messages:
         self._w = Writer(self.signer, size)
 
     def _envelope(self, kind: str) -> Writer:
-        w = self._w.begin()
-        w.field("v", 1).field("kind", kind).field("dev", self.dev)
-        w.field("boot", self.boot).field("seq", self.seq)
-        w.field("ts", self._clock.ts()).field("up", self._clock.up())
-        return w
+        return self._w.begin().field("v", 1).field("kind", kind).field("dev", self.dev) \
+            .field("boot", self.boot).field("seq", self.seq) \
+            .field("ts", self._clock.ts()).field("up", self._clock.up())
 
     def _seal(self, w: Writer, topic: bytes) -> bytes:
         payload = w.seal(topic)
@@ -52,20 +46,17 @@ class Messages:
         return payload
 
     def rating(self, level: int, txn, reason, rt, mode: str) -> bytes:
-        w = self._envelope("rating")
-        w.field("level", level).field("txn", txn).field("reason", reason)
-        w.field("rt", rt).field("mode", mode)
-        return self._seal(w, self.t_rating)
+        return self._seal(self._envelope("rating").field("level", level).field("txn", txn)
+                          .field("reason", reason).field("rt", rt).field("mode", mode),
+                          self.t_rating)
 
     def event(self, etype: str, data: dict) -> bytes:
-        w = self._envelope("event")
-        w.field("type", etype).field("data", data)
-        return self._seal(w, self.t_event)
+        return self._seal(self._envelope("event").field("type", etype).field("data", data),
+                          self.t_event)
 
     def status(self, state: str, fw: str) -> bytes:
-        w = self._envelope("status")
-        w.field("state", state).field("fw", fw)
-        return self._seal(w, self.t_status)
+        return self._seal(self._envelope("status").field("state", state).field("fw", fw),
+                          self.t_status)
 
     def command(self, topic: bytes, payload: bytes) -> dict:
         """Check a command (§5) and return it; raise CommandError if it must be ignored."""

@@ -9,11 +9,14 @@ import hashlib
 import json
 from binascii import hexlify
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+    const = int
+
 SIG_HEAD = b',"sig":"'
-SIG_LEN = 74  # len(',"sig":"') + 64 hex digits + '"}'
-_BLOCK = 64
-_LF = b"\n"
-_CLOSE = b"}"
+_SIG_LEN = const(74)  # len(',"sig":"') + 64 hex digits + '"}'
+_BLOCK = const(64)
 
 
 class Signer:
@@ -40,17 +43,17 @@ class Signer:
 
     def hexmac(self, topic: bytes, body) -> bytes:
         """Lowercase hex signature of an unsigned JSON object `body` published on `topic`."""
-        return hexlify(self.mac((topic, _LF, body)))
+        return hexlify(self.mac((topic, b"\n", body)))
 
     def verify(self, topic: bytes, payload: bytes) -> bool:
         """True if `payload` ends in a well-formed sig member that matches (constant time)."""
         n = len(payload)
-        if n < SIG_LEN + 2:
+        if n < _SIG_LEN + 2:
             return False
-        if payload[n - SIG_LEN:n - 66] != SIG_HEAD or payload[n - 2:] != b'"}':
+        if payload[n - _SIG_LEN:n - 66] != SIG_HEAD or payload[n - 2:] != b'"}':
             return False
         mv = memoryview(payload)
-        want = hexlify(self.mac((topic, _LF, mv[:n - SIG_LEN], _CLOSE)))
+        want = hexlify(self.mac((topic, b"\n", mv[:n - _SIG_LEN], b"}")))
         diff = 0
         for i in range(64):
             c = payload[n - 66 + i]
@@ -61,19 +64,12 @@ class Signer:
         return diff == 0
 
 
-MQTT_PASSWORD_LABEL = b"evalterm-mqtt-password"
-
-
-def mqtt_password(key: bytes) -> str:
-    """The device's broker password, derived from its key (docs/protocol.md section 2):
-    lowercase hex HMAC-SHA256(key, "evalterm-mqtt-password"). No second secret to store."""
-    return hexlify(Signer(key).mac((MQTT_PASSWORD_LABEL,))).decode()
-
-
 class Writer:
     """Writes one JSON object into a pre-allocated buffer, then signs and seals it.
 
     Members are written in call order: the protocol's envelope order is part of the bytes.
+    Values are written compactly (no spaces), as json.dumps with separators (",", ":") does
+    on both CPython and MicroPython; a dict's members in its own iteration order.
     """
 
     def __init__(self, signer: Signer, size: int = 1024) -> None:
@@ -81,11 +77,9 @@ class Writer:
         self.buf = bytearray(size)
         self._mv = memoryview(self.buf)
         self.n = 0
-        self._first = True
 
     def begin(self) -> "Writer":
         self.n = 0
-        self._first = True
         self._raw(b"{")
         return self
 
@@ -96,53 +90,17 @@ class Writer:
         self.buf[self.n:self.n + m] = b
         self.n += m
 
-    def _key(self, name: str) -> None:
-        if not self._first:
+    def field(self, name: str, v) -> "Writer":
+        if self.n > 1:
             self._raw(b",")
-        self._first = False
         self._raw(b'"')
         self._raw(name.encode())
         self._raw(b'":')
-
-    def value(self, v) -> None:
-        if v is None:
-            self._raw(b"null")
-        elif v is True:
-            self._raw(b"true")
-        elif v is False:
-            self._raw(b"false")
-        elif isinstance(v, int):
-            self._raw(str(v).encode())
-        elif isinstance(v, str):
-            self._raw(json.dumps(v).encode())
-        elif isinstance(v, (list, tuple)):
-            self._raw(b"[")
-            for i, x in enumerate(v):
-                if i:
-                    self._raw(b",")
-                self.value(x)
-            self._raw(b"]")
-        elif isinstance(v, dict):
-            self._raw(b"{")
-            first = True
-            for k in v:
-                if not first:
-                    self._raw(b",")
-                first = False
-                self._raw(json.dumps(k).encode())
-                self._raw(b":")
-                self.value(v[k])
-            self._raw(b"}")
-        else:
-            raise ValueError("unsupported JSON value")
-
-    def field(self, name: str, v) -> "Writer":
-        self._key(name)
-        self.value(v)
+        self._raw(json.dumps(v, separators=(",", ":")).encode())
         return self
 
     def seal(self, topic: bytes) -> bytes:
-        """Close the object, sign exactly those bytes, append the sig member (§3)."""
+        """Close the object, sign exactly those bytes, append the sig member (section 3)."""
         self._raw(b"}")
         sig = self._signer.hexmac(topic, self._mv[:self.n])
         self.n -= 1

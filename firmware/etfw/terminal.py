@@ -1,13 +1,22 @@
 """The rating state machine. Pure: times come in as arguments (uptime ms), decisions go out
 through two injected objects, so every transition is testable without hardware.
 
-    sink.rating(level, txn, reason, rt, mode)   a rating to sign and store
+    sink.hold(level, txn, rt, mode)             a 1-2 rating now waiting for its reason: kept
+                                                on flash (as if its reason were "none") so
+                                                that a power cut cannot lose it
+    sink.rating(level, txn, reason, rt, mode)   a rating to sign and store (for a 1-2 rating,
+                                                in place of the one held)
     sink.event(type, data)                      a protocol event
     ui.show(state, now, info)                   what the citizen sees
 
 States: idle -> invited -> (reason ->) thanks -> idle, and paused. A key press outside an
 invitation is never a rating (stand-alone mode excepted): it is counted and reported.
 """
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    const = int
 
 IDLE = "idle"
 INVITED = "invited"
@@ -17,7 +26,7 @@ PAUSED = "paused"
 
 # How often a key_uninvited event may be stored: a key hammered outside an invitation
 # must not fill the outbox and push real ratings out. Every press is still counted.
-UNINVITED_EVENT_GAP_MS = 1000
+_UNINVITED_EVENT_GAP_MS = const(1000)
 
 
 class Terminal:
@@ -57,7 +66,8 @@ class Terminal:
         self._go(THANKS, now, level)
 
     def _flush_pending(self, now: int) -> None:
-        # A 1-2 rating waiting for its reason is never lost: it goes out with "none".
+        # A 1-2 rating waiting for its reason is never lost to a command: it is stored with
+        # "none" now (and a power cut meanwhile cannot lose it either: see sink.hold).
         p = self._pending
         if p is not None:
             self._pending = None
@@ -67,13 +77,14 @@ class Terminal:
     def _uninvited(self, key: int, now: int) -> None:
         self.uninvited += 1
         last = self._last_uninvited_event
-        if last is None or now - last >= UNINVITED_EVENT_GAP_MS:
+        if last is None or now - last >= _UNINVITED_EVENT_GAP_MS:
             self._last_uninvited_event = now
             self._sink.event("key_uninvited", {"key": key, "state": self.state})
 
     def _accept_level(self, level: int, txn, rt, mode: str, now: int) -> None:
         if level <= 2:
             self._pending = (level, txn, rt, mode)
+            self._sink.hold(level, txn, rt, mode)
             self._until = now + self.reason_ms
             self._go(REASON, now, self.reason_keys)
         else:

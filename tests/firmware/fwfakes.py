@@ -8,23 +8,24 @@ import gc
 import json
 import os
 
+from etfw.clock import ticks_add
+
+_env = getattr(os, "getenv", lambda k: None)
+# Precompiled .mpy copies live elsewhere: the MicroPython wrapper passes the repo root.
 _here = __file__.replace("\\", "/")
 if not _here.startswith("/"):
     _here = os.getcwd() + "/" + _here
-# Precompiled .mpy copies live elsewhere: the MicroPython wrapper passes the repo root.
-ROOT = getattr(os, "getenv", lambda k: None)("EVALTERM_ROOT") or _here.rsplit("/", 3)[0]
+ROOT = _env("EVALTERM_ROOT") or _here.rsplit("/", 3)[0]
 FIGURES = {}  # measurements the runner prints (name -> int)
 # Peak live heap: [highest gc.mem_alloc() right after a collection, samples taken]. Sampled
 # by heap_sample(), which the fakes call whenever the firmware reads the clock, touches
 # the (fake) flash or the (fake) broker, and the runner calls around every test.
 HEAP = [0, 0]
-_mem_alloc = getattr(gc, "mem_alloc", None)  # MicroPython only; CPython samples nothing
-if getattr(os, "getenv", lambda k: None)("FW_HEAP_SAMPLE") == "0":
-    _mem_alloc = None
+_mem_alloc = None if _env("FW_HEAP_SAMPLE") == "0" else getattr(gc, "mem_alloc", None)
 
 
 def heap_sample():
-    if _mem_alloc is None:
+    if _mem_alloc is None:  # CPython, or the plain MicroPython run
         return
     gc.collect()
     used = _mem_alloc()
@@ -33,7 +34,27 @@ def heap_sample():
         HEAP[0] = used
 
 
-_DIRS = []
+def scrub(depth=24):
+    """Zero the C stack below the caller, so that the next calls' frames hold no stale
+    pointers: the GC scans the stack conservatively, and an old word pointing at the
+    previous boot's device would keep all of it alive. (A device boots once; the tests
+    boot one after another.) Each call level's frame is zeroed when it is set up."""
+    a = b = c = d = e = f = g = h = None
+    if depth:
+        scrub(depth - 1)
+    return a or b or c or d or e or f or g or h
+
+
+DIRS = []  # made by tmpdir()
+
+
+def cleanup():
+    """Delete the folders tmpdir() made (files only: the tests make no sub-folders)."""
+    while DIRS:
+        path = DIRS.pop()
+        for name in os.listdir(path):
+            os.remove(path + "/" + name)
+        os.rmdir(path)
 
 
 def tmpdir():
@@ -42,44 +63,21 @@ def tmpdir():
     The device's flash is a real filesystem too (LittleFS); the whole-device tests use
     this with the firmware's own RealFS instead of holding a flash image in RAM. Under
     the MicroPython wrapper and pytest, FW_TMP names a per-run folder."""
-    base = getattr(os, "getenv", lambda k: None)("FW_TMP") or "/tmp"
-    n = len(_DIRS)
+    n = len(DIRS)
     while True:
         n += 1
-        path = "%s/etfw-%d-%d" % (base, _stamp(), n)
+        path = "%s/etfw-%d" % (_env("FW_TMP") or "/tmp", n)
         try:
             os.mkdir(path)
-        except OSError:
+        except OSError:  # left over from an earlier run (FW_TMP unset): the next number
             continue
-        _DIRS.append(path)
+        DIRS.append(path)
         return path + "/"
 
 
-def _stamp():
-    import time
-
-    ns = getattr(time, "time_ns", None)
-    return (ns() if ns else int(time.time() * 1e9)) % 1000000007
-
-
-def cleanup():
-    """Delete the folders tmpdir() made (files only: the tests make no sub-folders)."""
-    while _DIRS:
-        path = _DIRS.pop()
-        for name in os.listdir(path):
-            os.remove(path + "/" + name)
-        os.rmdir(path)
 KEY_HEX = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 KEY = bytes(range(32))
-
-
-def _ticks_period():
-    from etfw.clock import ticks_add
-
-    return ticks_add(0, -1) + 1  # 2**30 on the ESP32, larger on 64-bit unix
-
-
-TICKS_PERIOD = _ticks_period()
+TICKS_PERIOD = ticks_add(0, -1) + 1  # 2**30 on the ESP32, larger on 64-bit unix
 
 
 class Ticks:
@@ -108,7 +106,6 @@ class FakePin:
         if v is None:
             return self.level
         self.level = v
-        return None
 
     def set(self, level):
         """Drive the input; fires the edge interrupt like the hardware would."""
@@ -125,45 +122,38 @@ def config_dict(**over):
         "broker": {"host": "127.0.0.1", "port": 1883, "keepalive": 30},
         "board": "devkitc-5led",
     }
-    for k in over:
-        d[k] = over[k]
+    d.update(over)
     return d
 
 
 def config(**over):
     """A parsed Config. The config module is dropped again afterwards, as main.py does on
     the device: it is needed once per boot and is the largest module."""
-    c, err = _parse(over)
-    if err is not None:
-        raise ValueError(err[0])
+    c = _parse(over)
+    if type(c) is tuple:
+        raise ValueError(c[0])
     return c
 
 
 def config_error(**over):
     """(detail, link) of a config that must not parse, as main.py gets them."""
-    c, err = _parse(over)
-    assert c is None, "config accepted"
+    err = _parse(over)
+    assert type(err) is tuple, "config accepted"
     return err
 
 
 def _parse(over):
-    import sys
-
     import etfw
     from etfw import config as cfgmod
 
     try:
-        c = cfgmod.parse(json.dumps(config_dict(**over)))
-        heap_sample()  # the config module and its result: the peak of a boot's parse
-        return c, None
+        return cfgmod.parse(json.dumps(config_dict(**over)))
     except cfgmod.ConfigError as e:
-        heap_sample()
-        return None, (str(e), e.link)
+        return str(e), e.link
     finally:
-        if "etfw.config" in sys.modules:
-            del sys.modules["etfw.config"]
-        if hasattr(etfw, "config"):
-            delattr(etfw, "config")
+        heap_sample()  # the config module and its result: the peak of a boot's parse
+        cfgmod = None
+        etfw.unload("config")
 
 
 def cmd_payload(signer, topic, fields):

@@ -17,9 +17,7 @@ class FakeWLAN:
         self.joins += 1
 
     def status(self, what=None):
-        if what == "rssi":
-            return -61
-        return 1010
+        return -61 if what == "rssi" else 1010
 
 
 class FakeSock:
@@ -33,9 +31,6 @@ class FakeSock:
 
     def settimeout(self, t):
         self.timeout = t
-
-    def setblocking(self, flag):
-        pass
 
     def close(self):
         self.closed = True
@@ -61,14 +56,7 @@ class Broker:
 
     def factory(self, client_id, server, port, user, password, keepalive):
         self.clients += 1
-        return FakeClient(self, client_id, keepalive)
-
-    def log(self, topic, msg, retain):
-        with open(self._log, "ab") as f:
-            f.write(("%d %d %d\n" % (1 if retain else 0, len(topic), len(msg))).encode())
-            f.write(topic)
-            f.write(msg)
-        self.count += 1
+        return FakeClient(self)
 
     def each(self):
         """(topic bytes, payload bytes, retain) of every message published, in order."""
@@ -92,10 +80,8 @@ class Broker:
 
 
 class FakeClient:
-    def __init__(self, broker, client_id, keepalive):
+    def __init__(self, broker):
         self.b = broker
-        self.client_id = client_id
-        self.keepalive = keepalive
         self.sock = None
         self.cb = None
         self.will = None
@@ -114,33 +100,37 @@ class FakeClient:
         return 0
 
     def _check(self):
+        """Raises as a dead connection does; then delivers the commands that arrived."""
+        b = self.b
         raw = getattr(self.sock, "_s", self.sock)  # the link wraps the socket
-        if not self.b.up or raw is None or raw.closed:
+        if not b.up or raw is None or raw.closed:
             raise OSError(104)
+        while b.pending_in:
+            t, p = b.pending_in.pop(0)
+            self.cb(t, p)
 
     def subscribe(self, topic, qos=0):
         self._check()
         self.b.subs.append((topic, qos))
 
     def publish(self, topic, msg, retain=False, qos=0):
-        self._check()
-        if self.b.fail_after is not None:
-            if self.b.fail_after <= 0:
-                self.b.up = False
+        self._check()  # commands may arrive while waiting for the PUBACK
+        b = self.b
+        if b.fail_after is not None:
+            if b.fail_after <= 0:
+                b.up = False
                 raise OSError(104)
-            self.b.fail_after -= 1
+            b.fail_after -= 1
         heap_sample()
-        self.b.log(bytes(topic), bytes(msg), retain)
-        while self.b.pending_in:  # commands may arrive while waiting for the PUBACK
-            t, p = self.b.pending_in.pop(0)
-            self.cb(t, p)
+        with open(b._log, "ab") as f:
+            f.write(b"%d %d %d\n" % (1 if retain else 0, len(topic), len(msg)))
+            f.write(topic)
+            f.write(msg)
+        b.count += 1
 
     def check_msg(self):
         heap_sample()
         self._check()
-        while self.b.pending_in:
-            t, p = self.b.pending_in.pop(0)
-            self.cb(t, p)
 
     def ping(self):
         self._check()

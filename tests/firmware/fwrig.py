@@ -1,7 +1,7 @@
 """The whole device on fakes, shared by the test_fw_app* modules (split in two so that
 each module holds less test code next to the firmware)."""
 
-from fwfakes import KEY, FakePin, Ticks, cmd_payload, config, tmpdir
+from fwfakes import KEY, FakePin, Ticks, cmd_payload, config, scrub, tmpdir
 from fwnet import Broker, FakeWLAN
 
 from etfw.app import Device
@@ -15,7 +15,9 @@ class Rig:
 
     def __init__(self, flash=None, broker=None, **cfg):
         cfg.setdefault("outbox_records", 16)
+        scrub()  # a new boot: nothing of an earlier Rig may stay reachable from the stack
         c = config(**cfg)  # first, as at boot: the config module needs the most heap at once
+        scrub()  # and no stale word on the stack may keep the dropped config module alive
         self.flash = flash or tmpdir()
         self.broker = broker or Broker()
         self.ticks = Ticks(5000)

@@ -4,6 +4,8 @@ function of every module named on the command line, or of the default list.
     micropython -X heapsize=64K tests/firmware/mprun.py [module ...]
 
 Prints one line per failure, the heap figures, and a closing 'N passed, M failed' line.
+The runner's body is fwrun.py, precompiled by the pytest wrapper like the rest; this file
+is only what the interpreter must compile itself, so it is kept tiny.
 
 Heap figures (bytes; see docs/firmware.md, "Memory budget"):
   heap_size_bytes       the GC heap (what -X heapsize gives, less the allocation table)
@@ -20,61 +22,18 @@ FW_HEAP_SAMPLE=0 turns the sampling inside tests off (the collections it forces 
 the heap fragments): the module must pass both ways.
 """
 
-import gc
-import sys
-
 import os
+import sys
 
 _here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
 # MPY_TEST_PATH: folders of precompiled .mpy modules (the pytest wrapper sets it), as on
 # the device, where the firmware is frozen or precompiled and costs no compile heap.
-for p in reversed((os.getenv("MPY_TEST_PATH") or (_here + ":" + _here + "/../../firmware")).split(":")):
-    sys.path.insert(0, p)
+for _p in reversed((os.getenv("MPY_TEST_PATH") or (_here + ":" + _here + "/../../firmware")).split(":")):
+    sys.path.insert(0, _p)
 
-MODULES = ["test_fw_sign", "test_fw_message", "test_fw_config", "test_fw_keys",
-           "test_fw_terminal", "test_fw_store", "test_fw_outbox", "test_fw_link",
-           "test_fw_app", "test_fw_app_ops", "test_fw_fault"]
+from fwrun import main  # noqa: E402
 
-
-def main():
-    import fwfakes
-
-    sample = fwfakes.heap_sample
-    names = sys.argv[1:] or MODULES
-    passed = failed = 0
-    imported = 0
-    for name in names:
-        mod = __import__(name)
-        gc.collect()
-        imported = max(imported, gc.mem_alloc())
-        sample()
-        for attr in sorted(dir(mod)):
-            if not attr.startswith("test_"):
-                continue
-            fn = getattr(mod, attr)
-            sample()
-            try:
-                fn()
-                passed += 1
-            except Exception as e:
-                failed += 1
-                print("FAIL %s.%s: %s %s" % (name, attr, type(e).__name__, e))
-                sys.print_exception(e)
-            fn = None
-            sample()
-        mod = None
-        del sys.modules[name]
-        gc.collect()
-    fwfakes.cleanup()
-    gc.collect()
-    print("heap_size_bytes: %d" % (gc.mem_alloc() + gc.mem_free()))
-    print("heap_imported_bytes: %d" % imported)
-    print("heap_peak_live_bytes: %d" % fwfakes.HEAP[0])
-    print("heap_samples: %d" % fwfakes.HEAP[1])
-    for k in sorted(fwfakes.FIGURES):
-        print("%s: %d" % (k, fwfakes.FIGURES[k]))
-    print("%d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
-
-
-main()
+sys.exit(1 if main(sys.argv[1:] or [
+    "test_fw_sign", "test_fw_message", "test_fw_config", "test_fw_keys", "test_fw_terminal",
+    "test_fw_store", "test_fw_outbox", "test_fw_link", "test_fw_fault", "test_fw_app",
+    "test_fw_app_cmd", "test_fw_app_ops", "test_fw_app_keys", "test_fw_app_hold"]) else 0)

@@ -257,3 +257,159 @@ def test_flash_full_raises_and_keeps_earlier_records():
     fs.full_at = None
     ob.put(T, _payload(2))
     assert _drain(Outbox(fs, "ob", 16, 16384)) == [_payload(0), _payload(2)]
+
+
+# --- a 1-2 rating held while its reason is chosen (power cuts at every byte) -------------
+
+R = b"evalterm/dev/hall01/w03/kp-0007/rating"
+
+
+def _rating(seq, reason):
+    return b'{"v":1,"seq":%d,"level":1,"reason":"' % seq + reason + b'","pad":"xxxxxxxx"}'
+
+
+def _held_setup():
+    """Two pending records, then a held rating (reason "none"), then an event after it."""
+    fs = MemFS()
+    ob = Outbox(fs, "ob", 16, 16384)
+    ob.put(T, _payload(0))
+    ob.put(T, _payload(1))
+    before = fs.snapshot()
+    ob.hold(R, _rating(2, b"none"))
+    ob.put(T, _payload(3))
+    return fs, ob, before
+
+
+def _drain_all(ob):
+    out = []
+    while True:
+        rec = ob.peek()
+        if rec is None:
+            return out
+        out.append(rec[2])
+        ob.ack(rec[0])
+
+
+def test_held_rating_is_not_sent_until_replaced():
+    fs, ob, _ = _held_setup()
+    assert ob.held and len(ob) == 3
+    assert _drain_all(ob) == [_payload(0), _payload(1), _payload(3)]  # the held one waits
+    assert fs.size("ob") > 0  # the log stays: it holds the held rating
+    ob.put(R, _rating(4, b"wait"), replace=True)
+    assert not ob.held
+    assert _drain_all(ob) == [_rating(4, b"wait")]
+    assert fs.size("ob") == -1
+    assert _drain_all(Outbox(fs, "ob", 16, 16384)) == []
+
+
+def test_replacement_survives_reboot_and_the_held_one_does_not():
+    fs, ob, _ = _held_setup()
+    ob.put(R, _rating(4, b"wait"), replace=True)
+    ob2 = Outbox(fs, "ob", 16, 16384)
+    assert not ob2.held and ob2.damaged == 0
+    assert _drain_all(ob2) == [_payload(0), _payload(1), _payload(3), _rating(4, b"wait")]
+
+
+def test_held_rating_is_sent_once_after_a_reboot():
+    fs, ob, _ = _held_setup()
+    ob = None  # power cut while the reason prompt is up
+    ob2 = Outbox(fs, "ob", 16, 16384)
+    assert not ob2.held and ob2.recovered == 4
+    got = _drain_all(ob2)
+    assert got == [_payload(0), _payload(1), _rating(2, b"none"), _payload(3)]
+    assert _drain_all(Outbox(fs, "ob", 16, 16384)) == []  # acked: never again
+    ob3 = Outbox(fs, "ob", 16, 16384)
+    ob3.put(T, _payload(5))  # a later boot's records get new ids, the rule cannot misfire
+    assert _drain_all(Outbox(fs, "ob", 16, 16384)) == [_payload(5)]
+
+
+def test_power_cut_at_every_byte_of_the_held_record():
+    """The hold is torn (the press is lost, as any record being written) or whole (the
+    rating is sent once, reason "none"); nothing else changes."""
+    _, ob, before = _held_setup()
+    size = len(R) + len(_rating(2, b"none")) + 13
+    seen = set()
+    for budget in range(size + 1):
+        fs = MemFS()
+        fs.restore(before)
+        ob = Outbox(fs, "ob", 16, 16384)
+        fs.budget = budget
+        try:
+            ob.hold(R, _rating(2, b"none"))
+            done = True
+        except PowerCut:
+            done = False
+        fs.budget = None
+        got = _drain_all(Outbox(fs, "ob", 16, 16384))
+        if done or budget == size:
+            assert got == [_payload(0), _payload(1), _rating(2, b"none")], budget
+        else:
+            assert got in ([_payload(0), _payload(1)],
+                           [_payload(0), _payload(1), _rating(2, b"none")]), budget
+        seen.add(len(got))
+    assert seen == {2, 3}
+
+
+def test_power_cut_at_every_byte_of_the_replacement():
+    """Choosing the reason replaces the held rating in ONE append: after a cut at any byte
+    exactly one of the two is sent, never both, never neither."""
+    final = _rating(4, b"wait")
+    size = len(R) + len(final) + 13
+    seen = set()
+    for budget in range(size + 1):
+        fs = MemFS()
+        ob = _running_with_held(fs)
+        fs.budget = budget
+        try:
+            ob.put(R, final, replace=True)
+        except PowerCut:
+            pass
+        fs.budget = None
+        got = _drain_all(Outbox(fs, "ob", 16, 16384))
+        ratings = [p for p in got if p in (_rating(2, b"none"), final)]
+        assert len(ratings) == 1, budget
+        assert [p for p in got if p not in ratings] == [_payload(0), _payload(1), _payload(3)]
+        seen.add(ratings[0])
+    assert seen == {_rating(2, b"none"), final}
+
+
+def _running_with_held(fs):
+    """The outbox of a running device whose reason prompt is up (as _held_setup, on an
+    empty `fs`): a new Outbox on a log would recover the held record as pending."""
+    fs.files = {}
+    ob = Outbox(fs, "ob", 16, 16384)
+    ob.put(T, _payload(0))
+    ob.put(T, _payload(1))
+    ob.hold(R, _rating(2, b"none"))
+    ob.put(T, _payload(3))
+    return ob
+
+
+def test_compaction_keeps_the_held_record():
+    fs = MemFS()
+    ob = Outbox(fs, "ob", 4, 2000)
+    ob.hold(R, _rating(0, b"none"))
+    for i in range(30):  # puts and acks until the log is compacted several times
+        ob.put(T, _payload(i + 1, 120))
+        rec = ob.peek()
+        ob.ack(rec[0])
+    assert ob.compactions > 0 and ob.held
+    assert _drain_all(Outbox(fs, "ob", 4, 2000)) == [_rating(0, b"none")]  # after a cut
+    ob.put(R, _rating(31, b"other"), replace=True)
+    assert _drain_all(Outbox(fs, "ob", 4, 2000)) == [_rating(31, b"other")]
+
+
+def test_flash_failure_while_replacing_sends_the_held_rating():
+    """If flash refuses the replacement, the held rating (reason "none") is sent instead:
+    the reason is lost, the rating is not, and it is sent once (never both versions)."""
+    fs = MemFS()
+    ob = _running_with_held(fs)
+    fs.full_at = fs.used() + 20
+    ob.put(R, _rating(4, b"wait"), replace=True)  # no error: the app sends nothing itself
+    assert not ob.held and ob.write_errors >= 1
+    snap = fs.snapshot()
+    fs.full_at = None
+    want = [_payload(0), _payload(1), _rating(2, b"none"), _payload(3)]
+    assert sorted(_drain_all(ob)) == sorted(want)
+    fs.restore(snap)  # or a power cut before any of it was sent
+    assert _drain_all(Outbox(fs, "ob", 16, 16384)) == want

@@ -6,9 +6,13 @@ from etfw.terminal import Terminal
 class Rec:
     def __init__(self):
         self.ratings = []
+        self.holds = []
         self.events = []
         self.shown = []
         self.texts = []
+
+    def hold(self, level, txn, rt, mode):
+        self.holds.append((level, txn, rt, mode))
 
     def rating(self, level, txn, reason, rt, mode):
         self.ratings.append((level, txn, reason, rt, mode))
@@ -169,3 +173,24 @@ def test_standalone_still_refuses_when_paused():
     t.command({"cmd": "pause", "cseq": 1}, 0)
     t.press(5, 100)
     assert r.ratings == [] and t.uninvited == 1
+
+
+def test_bad_rating_is_held_until_its_reason():
+    # A 1-2 press goes to the sink at once (held on flash, so a power cut cannot lose it);
+    # the rating proper follows with the reason, or with "none" on timeout or a command.
+    t, r = _term(reason_ms=20000)
+    t.command(_invite("H1"), 0)
+    t.press(2, 300)
+    assert r.holds == [(2, "H1", 300, "invited")] and r.ratings == []
+    t.press(5, 900)
+    assert r.ratings == [(2, "H1", "other", 300, "invited")] and len(r.holds) == 1
+    t.tick(5000)
+    t.command(_invite("H2", cseq=2), 5000)
+    t.press(1, 5100)
+    t.tick(25100)
+    assert r.holds[-1] == (1, "H2", 100, "invited")
+    assert r.ratings[-1] == (1, "H2", "none", 100, "invited")
+    t.press(4, 28200)  # still the thanks screen: no rating
+    t.command(_invite("H3", cseq=3), 30000)
+    t.press(4, 30100)
+    assert len(r.holds) == 2 and r.ratings[-1] == (4, "H3", None, 100, "invited")  # not held
