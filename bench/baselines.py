@@ -2,6 +2,8 @@
 
 * `count`: a bare paho-mqtt subscriber that only counts messages: the ceiling for any Python
   subscriber on this machine.
+* `count-buffered`: the same with the collector's `BufferedClient` (paho reading the socket in
+  large chunks, collector/mqttclient.py): the ceiling for the collector's own MQTT client.
 * `bridge`: a plain MQTT-to-InfluxDB bridge: parse each rating, turn it into a line-protocol point,
   write in batches. No validation, no signatures, no linking, no durability (acknowledged on receipt).
 
@@ -21,10 +23,12 @@ import urllib3
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from collector.mqttclient import BufferedClient
+
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["count", "bridge"])
+    ap.add_argument("mode", choices=["count", "count-buffered", "bridge"])
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--prefix", default="evalterm")
     ap.add_argument("--expect", type=int, default=0, help="exit after this many messages (0: only subscribe)")
@@ -64,8 +68,9 @@ def main() -> int:
     def on_connect(client: mqtt.Client, *_a: object) -> None:
         client.subscribe([(f"{args.prefix}/dev/+/+/+/rating", 1), (f"{args.prefix}/feed/+", 1)])
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"baseline-{args.mode}",
-                         protocol=mqtt.MQTTv5)
+    cls = BufferedClient if args.mode == "count-buffered" else mqtt.Client
+    client = cls(mqtt.CallbackAPIVersion.VERSION2, client_id=f"baseline-{args.mode}",
+                 protocol=mqtt.MQTTv5)
     client.on_message = on_message
     client.on_connect = on_connect
     props = Properties(PacketTypes.CONNECT)

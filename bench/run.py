@@ -5,7 +5,7 @@
 Prints a table; docs/performance.md records the figures and how to read them. Nothing here is a
 test: there are no pass/fail limits, only measurements taken in one run on one machine.
 
-1. Backlog drain (throughput). For each consumer (bare subscriber, plain bridge, collector) the same
+1. Backlog drain (throughput). For each consumer (bare subscribers, plain bridge, collector) the same
    backlog of `--pairs` (transaction event, signed rating) pairs is queued at the broker for the
    consumer's persistent session; then the consumer starts and the clock runs until it is done
    (subscriber: every message received; bridge and collector: every rating queryable in InfluxDB).
@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from collector.config import load_config  # noqa: E402
-from collector.db import connect  # noqa: E402
+from collector.db import connect, connect_drained, drained_path  # noqa: E402
 from collector.devservers import InfluxServer, MosquittoServer  # noqa: E402
-from collector.influx import influxql  # noqa: E402
+from collector.influx import influxql, outbox_depth  # noqa: E402
 
 PY = sys.executable
 
@@ -126,18 +126,19 @@ def main() -> int:
         print(f"bench: {args.devices} registered devices, backlog {args.pairs} pairs "
               f"({n_msgs} messages), {os.cpu_count()} cores", flush=True)
 
-        # -- 1a. bare subscriber --------------------------------------------------------------------
+        # -- 1a. bare subscribers (plain paho, and paho with the collector's buffered reads) --------
         base = [PY, str(ROOT / "bench" / "baselines.py")]
-        subprocess.run([*base, "count", "--port", str(broker.port)], check=True, cwd=ROOT,
-                       capture_output=True)
-        loadgen(broker.port, keys, args.pairs)
-        t0 = time.perf_counter()
-        subprocess.run([*base, "count", "--port", str(broker.port), "--expect", str(n_msgs)],
-                       check=True, cwd=ROOT, capture_output=True)
-        dt = time.perf_counter() - t0
-        results["bare paho subscriber"] = {"msgs_s": n_msgs / dt, "ratings_s": args.pairs / dt,
-                                           "seconds": dt}
-        print(f"  bare subscriber: {n_msgs / dt:,.0f} msg/s", flush=True)
+        for mode, name in (("count", "bare paho subscriber"),
+                           ("count-buffered", "bare subscriber, buffered reads")):
+            subprocess.run([*base, mode, "--port", str(broker.port)], check=True, cwd=ROOT,
+                           capture_output=True)
+            loadgen(broker.port, keys, args.pairs)
+            t0 = time.perf_counter()
+            subprocess.run([*base, mode, "--port", str(broker.port), "--expect", str(n_msgs)],
+                           check=True, cwd=ROOT, capture_output=True)
+            dt = time.perf_counter() - t0
+            results[name] = {"msgs_s": n_msgs / dt, "ratings_s": args.pairs / dt, "seconds": dt}
+            print(f"  {name}: {n_msgs / dt:,.0f} msg/s", flush=True)
 
         # -- 1b. plain bridge -------------------------------------------------------------------------
         subprocess.run([*base, "bridge", "--port", str(broker.port), "--influx", influx.url],
@@ -169,21 +170,26 @@ def main() -> int:
 
         def poll_depth() -> None:
             c = sqlite3.connect(cfg.state_db, timeout=30)
+            drained = connect_drained(drained_path(cfg.state_db))
             while not stop_poll.wait(1.0):
                 try:
-                    d = c.execute("SELECT count(*) FROM influx_outbox").fetchone()[0]
+                    d = outbox_depth(c, drained)
                 except sqlite3.Error:
                     continue
                 depth_series.append((time.perf_counter() - t0, d))
             c.close()
+            drained.close()
 
         poller = threading.Thread(target=poll_depth, daemon=True)
         poller.start()
         t1 = wait_until(lambda: count_ratings(influx.url, "evalterm") >= args.pairs, 900, 0.2)
         cpu, rss = proc_stats(coll.pid)
+        drainer_cpu = sum(proc_stats(int(pid))[0] for pid in subprocess.run(
+            ["pgrep", "-P", str(coll.pid)], capture_output=True, text=True).stdout.split())
         dt = t1 - t0
         results["evalterm collector"] = {"msgs_s": n_msgs / dt, "ratings_s": args.pairs / dt,
-                                         "seconds": dt, "cpu_s": cpu, "rss_mb": rss / 2**20}
+                                         "seconds": dt, "cpu_s": cpu, "rss_mb": rss / 2**20,
+                                         "drainer_cpu_s": drainer_cpu}
         print(f"  collector: {n_msgs / dt:,.0f} msg/s", flush=True)
 
         # -- 2. live latency --------------------------------------------------------------------------
@@ -241,15 +247,19 @@ def main() -> int:
     bare = results["bare paho subscriber"]["msgs_s"]
     bridge_rate = results["plain MQTT->InfluxDB bridge"]["msgs_s"]
     print()
-    print(f"{'backlog drain':<30}{'msg/s':>10}{'ratings/s':>11}{'seconds':>9}"
+    print(f"{'backlog drain':<33}{'msg/s':>10}{'ratings/s':>11}{'seconds':>9}"
           f"{'vs bare':>9}{'vs bridge':>11}")
-    for name in ("bare paho subscriber", "plain MQTT->InfluxDB bridge", "evalterm collector"):
+    for name in ("bare paho subscriber", "bare subscriber, buffered reads",
+                 "plain MQTT->InfluxDB bridge", "evalterm collector"):
         r = results[name]
-        print(f"{name:<30}{r['msgs_s']:>10,.0f}{r['ratings_s']:>11,.0f}{r['seconds']:>9.1f}"
+        print(f"{name:<33}{r['msgs_s']:>10,.0f}{r['ratings_s']:>11,.0f}{r['seconds']:>9.1f}"
               f"{r['msgs_s'] / bare:>9.2f}{r['msgs_s'] / bridge_rate:>11.2f}")
     c = results["evalterm collector"]
     print(f"collector during the drain: CPU {c['cpu_s']:.1f} s for {c['seconds']:.1f} s "
-          f"({c['cpu_s'] / c['seconds']:.0%} of one core), peak RSS {c['rss_mb']:.0f} MB")
+          f"({c['cpu_s'] / c['seconds']:.0%} of one core), its drainer process "
+          f"{c['drainer_cpu_s']:.1f} s; peak RSS {c['rss_mb']:.0f} MB")
+    print(f"collector vs the buffered bare subscriber: "
+          f"{c['msgs_s'] / results['bare subscriber, buffered reads']['msgs_s']:.2f}")
     print("outbox depth (s: points): " + ", ".join(f"{t:.0f}: {d}" for t, d in depth_series[:30]))
     lat = results["latency"]
     print(f"live: {lat['rate']:,.0f} ratings/s (+ as many transaction events) for {args.seconds:.0f} s:"

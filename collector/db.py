@@ -11,7 +11,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-__all__ = ["SCHEMA_VERSION", "connect"]
+__all__ = ["SCHEMA_VERSION", "connect", "connect_drained", "connect_reader", "drained_path", "drained_up_to",
+           "state_instance"]
 
 SCHEMA_VERSION = 1
 
@@ -97,22 +98,11 @@ CREATE INDEX IF NOT EXISTS window_log_place ON window_log (hall, window, at_ms);
 CREATE TABLE IF NOT EXISTS cmd_seq (device TEXT PRIMARY KEY, cseq INTEGER NOT NULL);
 
 -- Points waiting to be written to InfluxDB, in order: line protocol, or (spec = 1) a JSON point
--- spec that the drainer renders (collector/points.py PointSpec).
+-- spec that the drainer renders (collector/points.py PointSpec). The drainer records how far it
+-- has written in its own database (`connect_drained`); the collector deletes the rows up to there.
 CREATE TABLE IF NOT EXISTS influx_outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL, spec INTEGER NOT NULL DEFAULT 0
 );
--- What the drainer process last reported (one row), for /healthz and /metrics.
-CREATE TABLE IF NOT EXISTS drainer_status (
-    one INTEGER PRIMARY KEY CHECK (one = 1),
-    pid INTEGER, healthy INTEGER NOT NULL, last_error TEXT NOT NULL, updated_ms INTEGER NOT NULL,
-    points_written INTEGER NOT NULL, errors_unavailable INTEGER NOT NULL,
-    errors_internal INTEGER NOT NULL, dead_points INTEGER NOT NULL
-);
--- Points InfluxDB refused as invalid (kept, never silently dropped).
-CREATE TABLE IF NOT EXISTS influx_dead (
-    id INTEGER PRIMARY KEY, line TEXT NOT NULL, error TEXT NOT NULL, at_ms INTEGER NOT NULL
-);
-
 -- Commands waiting for the broker's PUBACK.
 CREATE TABLE IF NOT EXISTS cmd_outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -127,13 +117,28 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 """
 
 
-def connect(path: str | Path, *, check_same_thread: bool = True,
-            max_mb: int = 0) -> sqlite3.Connection:
-    """Open (creating if needed) the state database in WAL mode with the current schema.
+_DRAINED_SCHEMA = """
+-- How far the drainer has written the state database's influx_outbox (one row).
+-- `instance` is the state database's meta 'instance': progress through another (recreated)
+-- state database's outbox means nothing.
+CREATE TABLE IF NOT EXISTS drained (
+    one INTEGER PRIMARY KEY CHECK (one = 1), instance TEXT NOT NULL, outbox_id INTEGER NOT NULL
+);
+-- What the drainer process last reported (one row), for /healthz and /metrics.
+CREATE TABLE IF NOT EXISTS drainer_status (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    pid INTEGER, healthy INTEGER NOT NULL, last_error TEXT NOT NULL, updated_ms INTEGER NOT NULL,
+    points_written INTEGER NOT NULL, errors_unavailable INTEGER NOT NULL,
+    errors_internal INTEGER NOT NULL, dead_points INTEGER NOT NULL
+);
+-- Points InfluxDB refused as invalid (kept, never silently dropped).
+CREATE TABLE IF NOT EXISTS influx_dead (
+    id INTEGER PRIMARY KEY, line TEXT NOT NULL, error TEXT NOT NULL, at_ms INTEGER NOT NULL
+);
+"""
 
-    Transactions are explicit (`isolation_level=None`; callers use `BEGIN IMMEDIATE`), and
-    `synchronous=FULL` so a committed transaction survives a power cut, not just a process kill.
-    """
+
+def _open(path: str | Path, check_same_thread: bool) -> sqlite3.Connection:
     if str(path) != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(
@@ -142,10 +147,22 @@ def connect(path: str | Path, *, check_same_thread: bool = True,
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def connect(path: str | Path, *, check_same_thread: bool = True,
+            max_mb: int = 0) -> sqlite3.Connection:
+    """Open (creating if needed) the state database in WAL mode with the current schema.
+
+    Transactions are explicit (`isolation_level=None`; callers use `BEGIN IMMEDIATE`), and
+    `synchronous=FULL` so a committed transaction survives a power cut, not just a process kill.
+    """
+    conn = _open(path, check_same_thread)
     conn.execute("PRAGMA foreign_keys=ON")
     conn.executescript(_SCHEMA)
     conn.execute(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?), "
+        "('instance', lower(hex(randomblob(16))))", (str(SCHEMA_VERSION),)
     )
     row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     if int(row[0]) != SCHEMA_VERSION:
@@ -157,3 +174,49 @@ def connect(path: str | Path, *, check_same_thread: bool = True,
         page = conn.execute("PRAGMA page_size").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count={max(1, max_mb * 2**20 // page)}")
     return conn
+
+
+def connect_reader(path: str | Path) -> sqlite3.Connection:
+    """Open an existing state database for reading only (the drainer): no schema statements, so
+    opening it never waits for the ingest worker's write lock."""
+    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, isolation_level=None,
+                           timeout=30.0, check_same_thread=False)  # the drainer reads ahead in a thread
+    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    if row is None or int(row[0]) != SCHEMA_VERSION:
+        raise RuntimeError(f"state database {path} has schema {row and row[0]}, expected {SCHEMA_VERSION}")
+    return conn
+
+
+def drained_path(state_db: str | Path) -> Path:
+    """The drainer's own database, next to the state database."""
+    return Path(state_db).with_name("drained.db")
+
+
+def connect_drained(path: str | Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """Open the drainer's database: its progress through the outbox, its status, refused points.
+
+    Only the drainer process writes it, so the drainer never waits for the state database's write
+    lock, which the ingest worker holds nearly all the time under load; the collector only reads
+    it (WAL readers do not block the writer) and deletes the drained outbox rows itself.
+    """
+    conn = _open(path, check_same_thread)
+    conn.executescript(_DRAINED_SCHEMA)
+    return conn
+
+
+def drained_up_to(state: sqlite3.Connection, drained: sqlite3.Connection) -> int:
+    """The highest influx_outbox id that InfluxDB has confirmed (0: none, or not for this state
+    database: one recreated, or restored from a backup older than the drainer's progress)."""
+    row = drained.execute("SELECT instance, outbox_id FROM drained WHERE one = 1").fetchone()
+    if row is None:
+        return 0
+    instance, up_to = row
+    mine = state.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+    seq = state.execute("SELECT seq FROM sqlite_sequence WHERE name = 'influx_outbox'").fetchone()
+    if mine is None or mine[0] != instance or up_to > (seq[0] if seq else 0):
+        return 0
+    return int(up_to)
+
+
+def state_instance(state: sqlite3.Connection) -> str:
+    return str(state.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()[0])

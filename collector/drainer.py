@@ -18,8 +18,8 @@ import tomllib
 from typing import Any
 
 from .config import Config, _build
-from .db import connect
-from .influx import OutboxDrainer, make_writer
+from .db import connect_drained, connect_reader, drained_path
+from .influx import OutboxDrainer, make_writer, outbox_depth, prune_outbox
 
 __all__ = ["DrainerProcess", "main"]
 
@@ -52,12 +52,14 @@ def main() -> int:
     threading.Thread(target=_orphaned, daemon=True).start()
     writer = make_writer(cfg)
     drainer = OutboxDrainer(
-        connect(cfg.state_db), writer, batch_size=cfg.influx.batch_size,
+        connect_reader(cfg.state_db), connect_drained(drained_path(cfg.state_db)), writer,
+        batch_size=cfg.influx.batch_size,
         flush_interval_s=cfg.influx.flush_interval_ms / 1000, retry_max_s=cfg.influx.retry_max_s,
     )
     try:
         drainer.run(stop)
     finally:
+        drainer.close()
         writer.close()
     return 0
 
@@ -67,7 +69,8 @@ class DrainerProcess:
 
     def __init__(self, cfg: Config, conn: sqlite3.Connection) -> None:
         self._cfg = cfg
-        self._db = conn  # the collector's own connection, for reading status and depth
+        self._db = conn  # the collector's own connections, for reading status and depth
+        self._drained = connect_drained(drained_path(cfg.state_db), check_same_thread=False)
         self._proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 
@@ -104,7 +107,7 @@ class DrainerProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def status(self) -> dict[str, Any]:
-        row = self._db.execute(
+        row = self._drained.execute(
             "SELECT healthy, last_error, updated_ms, points_written, errors_unavailable, "
             "errors_internal, dead_points FROM drainer_status WHERE one=1"
         ).fetchone()
@@ -118,7 +121,12 @@ class DrainerProcess:
         return st
 
     def depth(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM influx_outbox").fetchone()[0])
+        return outbox_depth(self._db, self._drained)
+
+    def prune(self, state: sqlite3.Connection) -> int:
+        """Delete what InfluxDB confirmed from the outbox, on the caller's (the ingest worker's)
+        connection: the drainer itself never writes the state database."""
+        return prune_outbox(state, self._drained)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Writing points to InfluxDB from the durable outbox.
 
 Points reach InfluxDB only through the `influx_outbox` table: the ingest path inserts them in the
-same transaction as the linking state, and `OutboxDrainer` writes them in order and deletes them
-only after InfluxDB confirmed the write. While InfluxDB is down the outbox grows and nothing is lost;
+same transaction as the linking state, `OutboxDrainer` writes them in order and records how far
+InfluxDB confirmed, and only then does the collector delete them (`prune_outbox`). While InfluxDB is down the outbox grows and nothing is lost;
 when it returns the outbox drains. A batch InfluxDB rejects as invalid (HTTP 400) is split until the
 offending points are isolated; they are moved to `influx_dead` and counted, never silently dropped.
 
@@ -18,16 +18,19 @@ import os
 import sqlite3
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 from urllib.parse import urlencode
 
 import urllib3
 
 from .config import Config
+from .db import drained_up_to, state_instance
 from .points import render
 
 __all__ = [
     "InvalidPoints", "OutboxDrainer", "V1Writer", "V2Writer", "WriteFailed", "influxql", "make_writer",
+    "outbox_depth", "prune_outbox",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -140,20 +143,31 @@ def make_writer(cfg: Config) -> Writer:
 
 
 class OutboxDrainer:
-    """influx_outbox -> InfluxDB, in order; a row is deleted only after InfluxDB confirmed it.
+    """influx_outbox -> InfluxDB, in order, at least once.
 
     Runs in a process of its own (`collector.drainer`), so that rendering and writing points
-    do not compete with ingestion for the interpreter. What it has done is kept in the
-    `drainer_status` row, which the collector reads for /healthz and /metrics.
+    do not compete with ingestion for the interpreter. It only reads the state database: how far
+    InfluxDB has confirmed, what it has done (`drainer_status`) and the points InfluxDB refused
+    (`influx_dead`) go to the drainer's own database (`collector.db.connect_drained`), and the
+    collector deletes the confirmed rows (`prune_outbox`). A crash between a write and the record
+    of it rewrites those points, which overwrites them (points are idempotent, collector/points.py).
+    `state` is read from a second thread (read-ahead), one thread at a time: open it with
+    `check_same_thread=False`.
     """
 
-    def __init__(self, conn: sqlite3.Connection, writer: Writer, *, batch_size: int = 5000,
-                 flush_interval_s: float = 0.2, retry_max_s: float = 30.0) -> None:
-        self._db = conn
+    def __init__(self, state: sqlite3.Connection, drained: sqlite3.Connection, writer: Writer, *,
+                 batch_size: int = 5000, flush_interval_s: float = 0.2,
+                 retry_max_s: float = 30.0) -> None:
+        self._db = state
+        self._drained = drained
         self._writer = writer
         self._batch = batch_size
         self._flush = flush_interval_s
         self._retry_max = retry_max_s
+        self._instance = state_instance(state)
+        self._done = drained_up_to(state, drained)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="render")
+        self._ahead: Future[list[tuple[int, str]]] | None = None
         self.healthy = True
         self.last_error = ""
         self.points_written = 0
@@ -192,32 +206,58 @@ class OutboxDrainer:
                 stop.wait(self._flush)
 
     def depth(self) -> int:
-        row = self._db.execute("SELECT count(*) FROM influx_outbox").fetchone()
-        return int(row[0])
+        return outbox_depth(self._db, self._drained)
 
     def drain_once(self) -> int:
-        """Write one batch from the outbox. Returns how many points left the outbox."""
-        rows = self._db.execute(
-            "SELECT id, line, spec FROM influx_outbox ORDER BY id LIMIT ?", (self._batch,)
-        ).fetchall()
-        if not rows:
-            return 0
-        self._write_rows([(i, render(line) if spec else line) for i, line, spec in rows])
-        self.points_written += len(rows)
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.execute("DELETE FROM influx_outbox WHERE id BETWEEN ? AND ?",
-                             (rows[0][0], rows[-1][0]))
-            self._save_status(commit=False)
-            self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
-        return len(rows)
+        """Write one batch from the outbox. Returns how many points it took.
 
-    def _save_status(self, commit: bool = True) -> None:
-        self._db.execute(
+        While InfluxDB works on one batch, the next is read and rendered in a thread: rendering
+        holds the interpreter, waiting for InfluxDB does not, so the two overlap."""
+        batch = self._take_ahead()
+        if not batch:
+            batch = self._load(self._done)
+        if not batch:
+            return 0
+        self._ahead = self._pool.submit(self._load, batch[-1][0])
+        try:
+            self._write_rows(batch)
+        except BaseException:
+            self._take_ahead()  # start again from the last confirmed point
+            raise
+        self.points_written += len(batch)
+        self._done = batch[-1][0]
+        self._drained.execute("BEGIN IMMEDIATE")
+        try:
+            self._drained.execute(
+                "INSERT OR REPLACE INTO drained (one, instance, outbox_id) VALUES (1, ?, ?)",
+                (self._instance, self._done),
+            )
+            self._save_status()
+            self._drained.execute("COMMIT")
+        except BaseException:
+            if self._drained.in_transaction:
+                self._drained.execute("ROLLBACK")
+            raise
+        return len(batch)
+
+    def _load(self, after: int) -> list[tuple[int, str]]:
+        """The next batch after outbox id `after`, rendered to line protocol."""
+        rows = self._db.execute(
+            "SELECT id, line, spec FROM influx_outbox WHERE id > ? ORDER BY id LIMIT ?",
+            (after, self._batch),
+        ).fetchall()
+        return [(i, render(line) if spec else line) for i, line, spec in rows]
+
+    def _take_ahead(self) -> list[tuple[int, str]]:
+        ahead, self._ahead = self._ahead, None
+        return ahead.result() if ahead is not None else []
+
+    def close(self) -> None:
+        self._take_ahead()
+        self._pool.shutdown()
+
+    def _save_status(self) -> None:
+        self._drained.execute(
             "INSERT OR REPLACE INTO drainer_status (one, pid, healthy, last_error, updated_ms, "
             "points_written, errors_unavailable, errors_internal, dead_points) "
             "VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -239,12 +279,27 @@ class OutboxDrainer:
 
     def _bury(self, row: tuple[int, str], error: str) -> None:
         _LOG.error("InfluxDB refused point %d as invalid; kept in influx_dead: %s", row[0], error)
-        self._db.execute(
+        self._drained.execute(
             "INSERT OR REPLACE INTO influx_dead (id, line, error, at_ms) VALUES (?, ?, ?, ?)",
             (row[0], row[1], error, int(time.time() * 1000)),
         )
         self.dead_points += 1
         self.points_written -= 1
+
+
+def outbox_depth(state: sqlite3.Connection, drained: sqlite3.Connection) -> int:
+    """Points in the outbox that InfluxDB has not confirmed yet."""
+    row = state.execute("SELECT count(*) FROM influx_outbox WHERE id > ?",
+                        (drained_up_to(state, drained),)).fetchone()
+    return int(row[0])
+
+
+def prune_outbox(state: sqlite3.Connection, drained: sqlite3.Connection) -> int:
+    """Delete the outbox rows InfluxDB has confirmed (the collector's side of the drainer)."""
+    up_to = drained_up_to(state, drained)
+    if not up_to:
+        return 0
+    return state.execute("DELETE FROM influx_outbox WHERE id <= ?", (up_to,)).rowcount
 
 
 def influxql(url: str, database: str, q: str, *, username: str = "", password: str = "",

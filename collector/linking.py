@@ -177,15 +177,15 @@ class Linker:
 
     def txn_completed(self, t: TxnIn, now_ms: int) -> list[Decision]:
         db = self._db
-        if db.execute("SELECT 1 FROM txn WHERE hall=? AND txn=?", (t.hall, t.txn)).fetchone():
-            return []  # the same case number again: one transaction, one rating
         deadline = t.completed_ms + self.rating_window_ms
-        db.execute(
+        cur = db.execute(
             f"INSERT INTO txn ({_TXN_COLS}, deadline_ms, state) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'awaiting')",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'awaiting') ON CONFLICT (hall, txn) DO NOTHING",
             (t.hall, t.window, t.txn, t.staff_id, t.staff_name, t.staff_badge, t.service_code,
              t.service_name, t.started_ms, t.completed_ms, t.outcome, deadline),
         )
+        if cur.rowcount == 0:
+            return []  # the same case number again: one transaction, one rating
         out: list[Decision] = [TxnRecorded(t, "awaiting", None, False, None)]
         # Ratings that came before this transaction: the one naming it, else an implicit one.
         held = db.execute(
@@ -198,7 +198,7 @@ class Linker:
             out += self._judge(RatingIn(*row[1:]), now_ms, final=False)
             if self._txn_state(t.hall, t.txn) == "rated":
                 break
-        if self._txn_state(t.hall, t.txn) == "awaiting":
+        if not held or self._txn_state(t.hall, t.txn) == "awaiting":
             if deadline <= now_ms:
                 out += self._expire(t)
             elif now_ms - t.completed_ms < self.invite_ttl_ms:

@@ -44,10 +44,16 @@ class Registry:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._cache: dict[str, Device | None] = {}
+        self._at: dict[tuple[str, str], list[Device]] = {}  # active devices of a window
 
     def invalidate(self) -> None:
         """Forget cached rows (another process may have added or revoked devices)."""
         self._cache.clear()
+        self._at.clear()
+
+    def _forget(self, device: str) -> None:
+        self._cache.pop(device, None)
+        self._at.clear()
 
     def get(self, device: str) -> Device | None:
         if device in self._cache:
@@ -78,7 +84,7 @@ class Registry:
             "VALUES (?, ?, ?, ?, 'active', ?)",
             (device, hall, window, key.hex(), now_ms),
         )
-        self._cache.pop(device, None)
+        self._forget(device)
         dev = self.get(device)
         assert dev is not None
         return dev
@@ -91,7 +97,7 @@ class Registry:
             "UPDATE device SET state='revoked', revoked_ms=? WHERE device=? AND state='active'",
             (now_ms, device),
         )
-        self._cache.pop(device, None)
+        self._forget(device)
         dev = self.get(device)
         assert dev is not None
         return dev
@@ -109,7 +115,7 @@ class Registry:
             raise RegistryError(f"device {device} is {dev.state}: a revoked identity gets no new key")
         self._conn.execute("UPDATE device SET key_hex=? WHERE device=? AND state='active'",
                            (key.hex(), device))
-        self._cache.pop(device, None)
+        self._forget(device)
         dev = self.get(device)
         assert dev is not None
         return dev
@@ -122,8 +128,14 @@ class Registry:
         return [Device(*r[:5], key=bytes.fromhex(r[5])) for r in rows]
 
     def active_at(self, hall: str, window: str) -> list[Device]:
+        cached = self._at.get((hall, window))
+        if cached is not None:
+            return cached
         rows = self._conn.execute(
             "SELECT device FROM device WHERE hall=? AND window=? AND state='active' ORDER BY device",
             (hall, window),
         ).fetchall()
-        return [d for (name,) in rows if (d := self.get(name)) is not None]
+        devices = [d for (name,) in rows if (d := self.get(name)) is not None]
+        if devices:  # like unknown devices, an empty window is not cached
+            self._at[(hall, window)] = devices
+        return devices

@@ -38,6 +38,7 @@ from .config import Config
 from .db import connect
 from .drainer import DrainerProcess
 from .metrics import Metrics
+from .mqttclient import BufferedClient
 from .pipeline import Inbound, Ingest, Outcome
 from .protocol import MAX_FEED_PAYLOAD, feed_topic
 
@@ -100,13 +101,14 @@ class Collector:
         self._http: ThreadingHTTPServer | None = None
         self.last_batch_ms = 0
         self.stalled = ""  # why the ingest worker cannot commit, while it cannot
+        self._pruned_at = 0.0
         self._detector = threading.Thread(target=self._detect, name="detector", daemon=True)
 
     # -- MQTT ------------------------------------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
         m = self.cfg.mqtt
-        client = mqtt.Client(
+        client = BufferedClient(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=m.client_id,
             protocol=mqtt.MQTTv5,
@@ -207,9 +209,15 @@ class Collector:
             try:
                 self._work_once()
                 self._drainer.watch()
+                self._prune_outbox()
             except Exception:  # never let the worker die: log, wait, go on
                 _LOG.exception("ingest worker error")
                 time.sleep(1)
+
+    def _prune_outbox(self, every_s: float = 0.25) -> None:
+        if time.monotonic() - self._pruned_at >= every_s:
+            self._pruned_at = time.monotonic()
+            self._drainer.prune(self._db)
 
     def _detect(self) -> None:
         """Recompute integrity indicators every `[detection] interval_s`, in a thread and on a
@@ -271,6 +279,10 @@ class Collector:
                 self.metrics.stalls.inc()
                 _LOG.exception("ingest step failed; nothing acknowledged; retrying in %.1fs", delay)
                 time.sleep(delay)
+                try:  # a full database (max_db_mb) needs the drained points gone to go on
+                    self._prune_outbox(every_s=0)
+                except Exception:
+                    _LOG.exception("pruning the outbox failed")
                 delay = min(delay * 2, 10)
 
     def _process(self, batch: list[Inbound]) -> None:

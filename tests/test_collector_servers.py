@@ -272,20 +272,25 @@ def test_influxdb_outage_loses_nothing(running: Callable[..., Collector],
 
 
 def test_invalid_points_are_kept_not_dropped(make_config: Callable[..., Config]) -> None:
-    from collector.influx import OutboxDrainer, V1Writer
+    from collector.db import connect_drained, drained_path
+    from collector.influx import OutboxDrainer, V1Writer, prune_outbox
 
     cfg = make_config()
-    conn: sqlite3.Connection = connect(cfg.state_db)
+    conn: sqlite3.Connection = connect(cfg.state_db, check_same_thread=False)
+    drained = connect_drained(drained_path(cfg.state_db))
     good = [f"m,t=a v={i}i {1_700_000_000_000_000_000 + i}" for i in range(7)]
     lines = good[:3] + ["m,t=a v=1i,v=\"x\" 1"] + good[3:]  # one point with a conflicting type
     conn.executemany("INSERT INTO influx_outbox (line) VALUES (?)", [(x,) for x in lines])
     writer = V1Writer(cfg.influx.url, cfg.influx.database)
-    drainer = OutboxDrainer(conn, writer, batch_size=100)
+    drainer = OutboxDrainer(conn, drained, writer, batch_size=100)
     assert drainer.drain_once() == 8
+    assert drainer.depth() == 0 and drainer.drain_once() == 0
+    assert prune_outbox(conn, drained) == 8
     assert conn.execute("SELECT count(*) FROM influx_outbox").fetchone()[0] == 0
-    assert conn.execute("SELECT count(*) FROM influx_dead").fetchone()[0] == 1
+    assert drained.execute("SELECT count(*) FROM influx_dead").fetchone()[0] == 1
     assert len(query(cfg, 'SELECT * FROM "m"')) == 7
     assert (drainer.points_written, drainer.dead_points) == (7, 1)
+    drainer.close()
 
 
 def test_service_runs_the_integrity_detector(running: Callable[..., Collector],

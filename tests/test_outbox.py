@@ -1,0 +1,110 @@
+"""The InfluxDB outbox between the ingest worker and the drainer process (collector/influx.py):
+progress kept in the drainer's own database, rows deleted by the collector only up to what
+InfluxDB confirmed, and progress that belongs to another state database ignored."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from collector.db import connect, connect_drained, connect_reader, drained_path
+from collector.influx import OutboxDrainer, WriteFailed, outbox_depth, prune_outbox
+
+
+class RecordingWriter:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.fail = False
+
+    def write(self, lines: list[str]) -> None:
+        if self.fail:
+            raise WriteFailed("InfluxDB unreachable: test")
+        self.lines.extend(lines)
+
+    def ping(self) -> bool:
+        return not self.fail
+
+    def close(self) -> None:
+        pass
+
+
+def _queue(state_db: Path, n: int, start: int = 0) -> None:
+    conn = connect(state_db)
+    conn.executemany("INSERT INTO influx_outbox (line) VALUES (?)",
+                     [(f"m v={i}i {i}",) for i in range(start, start + n)])
+    conn.close()
+
+
+def _drainer(state_db: Path, writer: RecordingWriter, batch: int = 4) -> OutboxDrainer:
+    return OutboxDrainer(connect_reader(state_db), connect_drained(drained_path(state_db)), writer,
+                         batch_size=batch)
+
+
+def test_points_leave_the_outbox_only_after_influxdb_confirmed(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    _queue(db, 10)
+    writer = RecordingWriter()
+    drainer = _drainer(db, writer)
+    state, drained = connect(db), connect_drained(drained_path(db))
+    writer.fail = True
+    with pytest.raises(WriteFailed):
+        drainer.drain_once()
+    assert prune_outbox(state, drained) == 0 and outbox_depth(state, drained) == 10
+    writer.fail = False
+    assert [drainer.drain_once() for _ in range(4)] == [4, 4, 2, 0]
+    assert writer.lines == [f"m v={i}i {i}" for i in range(10)]  # in order, each once
+    assert outbox_depth(state, drained) == 0
+    assert prune_outbox(state, drained) == 10
+    assert state.execute("SELECT count(*) FROM influx_outbox").fetchone()[0] == 0
+    drainer.close()
+    # A new drainer (after a restart) goes on from the recorded progress.
+    _queue(db, 3, start=10)
+    again = _drainer(db, writer)
+    assert again.drain_once() == 3 and writer.lines[-3:] == [f"m v={i}i {i}" for i in (10, 11, 12)]
+    again.close()
+
+
+def test_progress_of_another_state_database_is_ignored(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    _queue(db, 6)
+    writer = RecordingWriter()
+    drainer = _drainer(db, writer, batch=100)
+    assert drainer.drain_once() == 6
+    drainer.close()
+    # The state database is recreated; drained.db, next to it, stays.
+    for p in tmp_path.glob("state.db*"):
+        p.unlink()
+    _queue(db, 3)
+    state, drained = connect(db), connect_drained(drained_path(db))
+    assert prune_outbox(state, drained) == 0  # progress 6 is not about these rows
+    assert outbox_depth(state, drained) == 3
+    writer.lines.clear()
+    fresh = _drainer(db, writer, batch=100)
+    assert fresh.drain_once() == 3 and len(writer.lines) == 3
+    assert prune_outbox(state, drained) == 3
+    fresh.close()
+
+
+def test_progress_beyond_a_restored_backup_is_ignored(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    _queue(db, 2)
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    conn = connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    shutil.copy(db, backup / "state.db")
+    _queue(db, 8, start=2)
+    writer = RecordingWriter()
+    drainer = _drainer(db, writer, batch=100)
+    assert drainer.drain_once() == 10
+    drainer.close()
+    for p in tmp_path.glob("state.db*"):
+        p.unlink()
+    shutil.copy(backup / "state.db", db)  # same instance, older: ids 3.. will be used again
+    _queue(db, 2, start=100)
+    state, drained = connect(db), connect_drained(drained_path(db))
+    assert prune_outbox(state, drained) == 0
+    assert outbox_depth(state, drained) == 4
