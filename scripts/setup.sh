@@ -9,6 +9,9 @@ need_pkgs=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
 command -v mosquitto_passwd >/dev/null 2>&1 || need_pkgs+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || need_pkgs+=(influxdb)
+# Node.js runs the 32-bit MicroPython (WebAssembly port) of tests/firmware/test_micropython_wasm.py.
+command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_pkgs[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -28,5 +31,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q --disable-pip-version-check -e ".[test]" 2>&1 \
         | { grep -v "^WARNING: Location 'file:" || true; }
     touch "$stamp"
+fi
+# MicroPython's WebAssembly port (32-bit), pinned, into .venv/npm (tests/firmware/test_micropython_wasm.py).
+wasm_pkg=@micropython/micropython-webassembly-pyscript
+wasm_version=1.29.0-6
+wasm_meta=.venv/npm/node_modules/$wasm_pkg/package.json
+if ! grep -qs "\"version\": \"$wasm_version\"" "$wasm_meta"; then
+    echo "setup: installing $wasm_pkg $wasm_version into .venv/npm"
+    mkdir -p .venv/npm
+    npm install --prefix .venv/npm --save-exact --no-audit --no-fund --loglevel=error \
+        "$wasm_pkg@$wasm_version" >/dev/null
 fi
 echo "setup: ready"
