@@ -12,8 +12,6 @@ to a baseline measured in the same run: the cost of only decoding and verifying 
 from __future__ import annotations
 
 import argparse
-import json
-import secrets
 import sys
 import tempfile
 import time
@@ -23,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from loadgen import build  # noqa: E402
+from loadgen import build, register_devices  # noqa: E402
 
 from collector.config import load_config  # noqa: E402
 from collector.db import connect  # noqa: E402
@@ -41,20 +39,11 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="evalterm-ingest-"))
     cfg = load_config(None, env={}).with_overrides(collector__data_dir=str(tmp),
                                                    mqtt__topic_prefix="evalterm")
-    conn = connect(cfg.state_db)
-    devices, keys = [], {}
-    now = int(time.time() * 1000)
-    conn.execute("BEGIN")
-    for i in range(args.devices):
-        key = secrets.token_bytes(32)
-        dev, hall, window = f"kp{i:05d}", f"hall{i // 40:03d}", f"w{i % 40:02d}"
-        conn.execute("INSERT INTO device (device, hall, window, key_hex, state, created_ms) "
-                     "VALUES (?, ?, ?, ?, 'active', ?)", (dev, hall, window, key.hex(), now))
-        devices.append([dev, window, key.hex(), hall])
-        keys[dev] = key
-    conn.execute("COMMIT")
     keys_file = tmp / "keys.json"
-    keys_file.write_text(json.dumps(devices))
+    devices = register_devices(cfg.state_db, args.devices, keys_file)
+    keys = {dev: bytes.fromhex(key_hex) for dev, _w, key_hex, _h in devices}
+    conn = connect(cfg.state_db)
+    now = int(time.time() * 1000)
     msgs = build("evalterm", str(keys_file), args.pairs, now)
     items = [Inbound("mqtt", t, p, now + i // 2) for i, (t, p) in enumerate(msgs)]
 

@@ -10,12 +10,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sys
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from collector.db import connect
 from collector.protocol import build_signed, device_topic, feed_topic
+
+
+def register_devices(state_db: str | Path, n: int, keys_file: Path) -> list[list[str]]:
+    """Register n devices, each with its own key, in halls of 40 windows (a large real hall; the
+    detector compares each window with the others of its hall); write their keys to keys_file
+    for `build` and return them as [device, window, key_hex, hall] rows."""
+    conn = connect(state_db)
+    now = int(time.time() * 1000)
+    devices = []
+    conn.execute("BEGIN")
+    for i in range(n):
+        key = secrets.token_bytes(32)
+        dev, hall, window = f"kp{i:05d}", f"hall{i // 40:03d}", f"w{i % 40:02d}"
+        conn.execute("INSERT INTO device (device, hall, window, key_hex, state, created_ms) "
+                     "VALUES (?, ?, ?, ?, 'active', ?)", (dev, hall, window, key.hex(), now))
+        devices.append([dev, window, key.hex(), hall])
+    conn.execute("COMMIT")
+    conn.close()
+    keys_file.write_text(json.dumps(devices))
+    return devices
 
 
 def build(prefix: str, keys_file: str, n: int, start_ms: int) -> list[tuple[str, bytes]]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import sqlite3
 import subprocess
 import sys
@@ -31,11 +30,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from collector.config import load_config  # noqa: E402
-from collector.db import connect, connect_drained, drained_path  # noqa: E402
+from collector.db import connect_drained, drained_path  # noqa: E402
 from collector.devservers import InfluxServer, MosquittoServer  # noqa: E402
 from collector.influx import influxql, outbox_depth  # noqa: E402
+from loadgen import register_devices  # noqa: E402
 
 PY = sys.executable
 
@@ -106,22 +107,8 @@ def main() -> int:
             detection__enabled=False)
         cfg_file = tmp / "collector.toml"
         cfg_file.write_text(cfg.to_toml())
-        conn = connect(cfg.state_db)
-        conn.execute("BEGIN")
-        devices = []
-        now = int(time.time() * 1000)
-        for i in range(args.devices):
-            # Halls of 40 windows, as in a large real service hall (the detector compares each
-            # window with the others of its hall).
-            key = secrets.token_bytes(32)
-            dev, hall, window = f"kp{i:05d}", f"hall{i // 40:03d}", f"w{i % 40:02d}"
-            conn.execute("INSERT INTO device (device, hall, window, key_hex, state, created_ms) "
-                         "VALUES (?, ?, ?, ?, 'active', ?)", (dev, hall, window, key.hex(), now))
-            devices.append([dev, window, key.hex(), hall])
-        conn.execute("COMMIT")
-        conn.close()
         keys = tmp / "keys.json"
-        keys.write_text(json.dumps(devices))
+        register_devices(cfg.state_db, args.devices, keys)
         n_msgs = 2 * args.pairs
         print(f"bench: {args.devices} registered devices, backlog {args.pairs} pairs "
               f"({n_msgs} messages), {os.cpu_count()} cores", flush=True)

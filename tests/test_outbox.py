@@ -37,6 +37,14 @@ def _queue(state_db: Path, n: int, start: int = 0) -> None:
     conn.close()
 
 
+def _replace_state_db(state_db: Path, backup: Path | None = None) -> None:
+    """Remove the state database (with its WAL) and put a backup in its place, or nothing."""
+    for p in state_db.parent.glob(state_db.name + "*"):
+        p.unlink()
+    if backup is not None:
+        shutil.copy(backup, state_db)
+
+
 def _drainer(state_db: Path, writer: RecordingWriter, batch: int = 4) -> OutboxDrainer:
     return OutboxDrainer(connect_reader(state_db), connect_drained(drained_path(state_db)), writer,
                          batch_size=batch)
@@ -73,9 +81,7 @@ def test_progress_of_another_state_database_is_ignored(tmp_path: Path) -> None:
     drainer = _drainer(db, writer, batch=100)
     assert drainer.drain_once() == 6
     drainer.close()
-    # The state database is recreated; drained.db, next to it, stays.
-    for p in tmp_path.glob("state.db*"):
-        p.unlink()
+    _replace_state_db(db)  # recreated; drained.db, next to it, stays
     _queue(db, 3)
     state, drained = connect(db), connect_drained(drained_path(db))
     assert prune_outbox(state, drained) == 0  # progress 6 is not about these rows
@@ -101,9 +107,7 @@ def test_progress_beyond_a_restored_backup_is_ignored(tmp_path: Path) -> None:
     drainer = _drainer(db, writer, batch=100)
     assert drainer.drain_once() == 10
     drainer.close()
-    for p in tmp_path.glob("state.db*"):
-        p.unlink()
-    shutil.copy(backup / "state.db", db)  # same instance, older: ids 3.. will be used again
+    _replace_state_db(db, backup / "state.db")  # same instance, older: ids 3.. are used again
     _queue(db, 2, start=100)
     state, drained = connect(db), connect_drained(drained_path(db))
     assert prune_outbox(state, drained) == 0
