@@ -93,7 +93,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .detection.evaluate import main_evaluate
 
     print(main_evaluate(args.runs, args.days, args.start_day, args.per_run, args.workers,
-                        args.seed, args.every, args.profile))
+                        args.seed, args.every, args.profile, args.honest_drift))
     return 0
 
 
@@ -136,5 +136,8 @@ def add_subcommands(sub: Any) -> None:
     ev.add_argument("--every", type=int, default=30, help="minutes between detector runs")
     ev.add_argument("--profile", action="append", choices=PROFILES,
                     help="evaluate only these profiles (repeatable)")
+    ev.add_argument("--honest-drift", action="store_true",
+                    help="honest windows vary by staff member and by day (response times, "
+                         "coverage, satisfaction): a harder test of false flags")
     ev.set_defaults(func=cmd_evaluate)
 

@@ -253,7 +253,11 @@ class _Device:
                 t: int) -> None:
         self.last_accept = t
         if level <= 2 and self.drop_negatives and self.h.rng.random() < self.drop_negatives:
-            return  # tampered firmware: the 差评 never leaves the device
+            # tampered firmware: the 差评 never leaves the device
+            self.h.note(self.plan.window, "negatives_dropped")
+            if reason not in (None, "none"):
+                self.h.note(self.plan.window, "negatives_dropped_with_reason")
+            return
         self._emit("rating", {"level": level, "txn": txn, "reason": reason, "rt": rt,
                               "mode": mode}, t)
 
@@ -309,8 +313,17 @@ class VirtualHall:
     """Business days of one hall, in simulated time, through `Ingest.process_batch`."""
 
     def __init__(self, cfg: Config, plans: list[WindowPlan], *, hall: str = "vhall",
-                 seed: int = 1, first_day: date = date(2026, 3, 2)) -> None:
+                 seed: int = 1, first_day: date = date(2026, 3, 2),
+                 honest_drift: bool = False) -> None:
         self.cfg = cfg
+        # Honest drift (off by default): each staff member, and each day, shifts the window's
+        # citizens' response times, coverage and satisfaction a little (staff A lets citizens
+        # wait at the device, staff B invites less insistently, a rush day), so an honest
+        # window's own past is not a perfect reference. Drawn from a generator of its own: the
+        # rest of the simulation stays the same.
+        self.honest_drift = honest_drift
+        self._drift_rng = random.Random(seed ^ 0x5EED)
+        self._drift: dict[tuple[str, Any], tuple[float, float, float, float]] = {}
         self.hall = hall
         self.prefix = cfg.mqtt.topic_prefix
         self.rng = random.Random(seed)
@@ -333,10 +346,18 @@ class VirtualHall:
         self.rejected = 0
         self.txn_count = 0
         self.staff_on: dict[str, tuple[str, str, str] | None] = {p.window: None for p in plans}
+        # What each manipulation actually did, per (window, business day index): the ground
+        # truth the evaluation reports beside the detection rate (a profile that had nothing
+        # to act on, e.g. no 差评 to suppress, leaves nothing to detect).
+        self.truth: dict[tuple[str, int], dict[str, int]] = {}
         self.paused: dict[str, bool] = {p.window: False for p in plans}
         tz_min = int(cfg.get("detection", "utc_offset")[1:3]) * 60 + int(
             cfg.get("detection", "utc_offset")[4:6])
         self._tz_ms = (-1 if cfg.get("detection", "utc_offset")[0] == "-" else 1) * tz_min * 60_000
+
+    def note(self, window: str, what: str, n: int = 1) -> None:
+        counts = self.truth.setdefault((window, self.day_index), {})
+        counts[what] = counts.get(what, 0) + n
 
     # -- time and delivery --
     def at(self, t: int, fn: Callable[..., None], *args: Any) -> None:
@@ -424,28 +445,57 @@ class VirtualHall:
     def _press(self, dev: _Device, key: int) -> None:
         dev.press(key, self.now)
 
+    def _drift_of(self, plan: WindowPlan) -> tuple[float, float, float, float]:
+        """(response time factor, coverage change, 差评 factor, 非常满意 factor) of the staff
+        member at the window today, times the day's; all neutral without honest drift."""
+        if not self.honest_drift:
+            return 1.0, 0.0, 1.0, 1.0
+        g = self._drift_rng
+        who = self.staff_on.get(plan.window)
+        out = [1.0, 0.0, 1.0, 1.0]
+        for key, scale in (((plan.window, who[0] if who else None), 1.0),
+                           ((plan.window, self.day_index), 0.5)):
+            if key not in self._drift:
+                self._drift[key] = (math.exp(g.gauss(0, 0.25 * scale)), g.gauss(0, 0.07 * scale),
+                                    math.exp(g.gauss(0, 0.4 * scale)),
+                                    math.exp(g.gauss(0, 0.15 * scale)))
+            rt, cov, bad, top = self._drift[key]
+            out = [out[0] * rt, out[1] + cov, out[2] * bad, out[3] * top]
+        return out[0], out[1], out[2], out[3]
+
     def _rt(self, plan: WindowPlan) -> int:
-        return max(450, int(plan.rt_median_ms * math.exp(self.rng.gauss(0, plan.rt_sigma))))
+        factor = self._drift_of(plan)[0]
+        return max(450, int(plan.rt_median_ms * factor
+                            * math.exp(self.rng.gauss(0, plan.rt_sigma))))
 
     def _citizen(self, dev: _Device, shown: int) -> None:
         """A citizen is invited to rate (and staff may interfere, by profile)."""
         plan, rng = dev.plan, self.rng
         active = plan.active(self.day_index)
-        level = rng.choices((1, 2, 3, 4, 5), weights=plan.levels)[0]
-        rate = rng.random() < plan.coverage
+        _, d_cov, d_bad, d_top = self._drift_of(plan)
+        weights = plan.levels
+        if self.honest_drift:
+            weights = (weights[0] * d_bad, weights[1] * d_bad, weights[2], weights[3],
+                       weights[4] * d_top)
+        level = rng.choices((1, 2, 3, 4, 5), weights=weights)[0]
+        rate = rng.random() < min(0.99, max(0.3, plan.coverage + d_cov))
         if active and plan.profile == "self_rating" and rng.random() < plan.params["share"]:
             staff_at = shown + max(150, int(rng.gauss(plan.params["mu_ms"], plan.params["sd_ms"])))
+            self.note(plan.window, "staff_rated")
             self.at(staff_at, self._press, dev, 5 if rng.random() < plan.params["five"] else 4)
             if rate and rng.random() < 0.3:  # the citizen tries anyway: a press with no invitation
                 self.at(staff_at + self._rt(plan), self._press, dev, level)
             return
         if active and plan.profile == "selective_invitation":
             keep = plan.params["happy"] if level >= 4 else 1 - plan.params["dissuade"]
-            rate = rate and rng.random() < keep
+            if rate and rng.random() >= keep:
+                self.note(plan.window, "not_invited" if level >= 4 else "unhappy_not_invited")
+                return
         if not rate:
             return
         t = shown + self._rt(plan)
         if active and plan.profile == "bad_key_disabled" and level <= 2:
+            self.note(plan.window, "negatives_lost")
             self.at(t, self._press, dev, level)  # dead key: nothing happens
             if rng.random() < plan.params["press_three"]:
                 self.at(t + rng.randint(1500, 5000), self._press, dev, 3)
@@ -548,6 +598,7 @@ class VirtualHall:
             at = (shifts[0][1] if rng.random() < p["lunch"] else shifts[1][1]) + rng.randint(
                 1, 15) * 60_000
             n = rng.randint(*p["presses"])
+            self.note(plan.window, "filled_in", n)
             times = [at]
             for _ in range(n - 1):
                 times.append(times[-1] + rng.randint(5200, 9000))
@@ -556,6 +607,7 @@ class VirtualHall:
             for _ in range(rng.randint(*p["episodes"])):
                 a, b = rng.choice(shifts)
                 start = rng.randint(a, b - 600_000)
+                self.note(plan.window, "unplugged")
                 self.at(start, lambda d=dev: d.powered and d.power_off(self.now))
                 self.at(start + rng.randint(*p["minutes"]) * 60_000,
                         lambda d=dev: (not d.powered) and d.power_on(self.now))
@@ -564,6 +616,7 @@ class VirtualHall:
                 a, b = rng.choice(shifts)
                 start = rng.randint(a, b - 3600_000)
                 n = rng.randint(*p["presses"])
+                self.note(plan.window, "rated_while_paused", n)
                 times = [start + rng.randint(60, 180) * 1000]
                 for _ in range(n - 1):
                     times.append(times[-1] + rng.randint(60, 300) * 1000)
@@ -571,7 +624,9 @@ class VirtualHall:
                 self._standalone_presses(dev, times)
                 self.at(times[-1] + rng.randint(60, 300) * 1000, self._pause, plan.window, False)
         elif plan.profile == "uninvited_pressing":
-            for _ in range(rng.randint(*p["per_day"])):
+            n = rng.randint(*p["per_day"])
+            self.note(plan.window, "uninvited_presses", n)
+            for _ in range(n):
                 self.at(rng.randint(shifts[0][0], shifts[1][1]), self._press, dev,
                         5 if rng.random() < 0.85 else 4)
 

@@ -75,6 +75,43 @@ def test_funnel_z_accounts_for_overdispersion():
     assert z_small < z  # and small volumes get wider limits still
 
 
+@pytest.mark.parametrize(("x", "total", "marked", "drawn"), [
+    (0, 20, 5, 8), (2, 20, 5, 8), (5, 20, 5, 8), (6, 20, 5, 8), (3, 100, 4, 90), (1, 50, 0, 10)])
+def test_hypergeometric_tail_matches_the_sum_of_terms(x, total, marked, drawn):
+    direct = sum(math.comb(marked, j) * math.comb(total - marked, drawn - j)
+                 for j in range(x, min(marked, drawn) + 1)) / math.comb(total, drawn)
+    assert stats.hypergeom_sf(x, total, marked, drawn) == pytest.approx(min(1.0, direct),
+                                                                        rel=1e-9, abs=1e-300)
+
+
+def test_peer_sums_leave_one_out_equals_recomputing_without_the_unit():
+    rng = random.Random(5)
+    trials = [rng.randint(0, 300) for _ in range(30)]
+    events = [rng.randint(0, t) for t in trials]
+    hall = stats.PeerSums.of(events, trials)
+    for i in (0, 7, 29):
+        peers_e, peers_t = events[:i] + events[i + 1:], trials[:i] + trials[i + 1:]
+        loo = hall.without(events[i], trials[i])
+        direct = stats.fit_beta_prior(peers_e, peers_t, max_strength=100)
+        fast = stats.fit_beta_prior_sums(loo, max_strength=100)
+        assert (fast.a, fast.b) == pytest.approx((direct.a, direct.b), rel=1e-9)
+        assert stats.funnel_z_sums(events[i], max(trials[i], 1), loo) == pytest.approx(
+            stats.funnel_z(events[i], max(trials[i], 1), peers_e, peers_t), rel=1e-9)
+
+
+def test_truncated_product_is_fisher_at_tau_one_and_uniform_under_the_null():
+    fisher = lambda x: math.exp(-x / 2) * (1 + x / 2)  # noqa: E731 (chi-square, 4 df)
+    assert stats.truncated_product_p([0.01, 0.2], 1.0) == pytest.approx(
+        fisher(-2 * math.log(0.002)))
+    assert stats.truncated_product_p([0.01], 0.05) == pytest.approx(0.01)
+    assert stats.truncated_product_p([0.3, 0.9], 0.05) == 1.0
+    rng = random.Random(8)
+    combined = [stats.truncated_product_p([rng.random() for _ in range(4)], 0.05)
+                for _ in range(20_000)]
+    for alpha in (0.05, 0.01):
+        assert sum(p <= alpha for p in combined) / len(combined) == pytest.approx(alpha, rel=0.2)
+
+
 # -- settings ------------------------------------------------------------------------------------
 
 
@@ -126,6 +163,28 @@ def test_severity_rules(indicators, severity):
     v = judge("h1", "w1", None, "day", indicators)
     assert v.severity == severity
     assert v.flagged == (severity >= 2)
+
+
+def _weak(name: str, p: float) -> Indicator:
+    return Indicator(name, 1.0, "weak", True, p, p * 10, {}, f"{name} 原因", f"{name} reason")
+
+
+def test_weak_signals_of_independent_kinds_combine():
+    from collector.detection.verdict import Combined, combine
+
+    shift, keys = _weak("response_shift", 2e-4), _weak("uninvited_presses", 1e-3)
+    fast, sat = _weak("fast_response", 1e-4), _weak("satisfaction_high", 1e-6)
+    p, agreeing = combine([shift, keys, sat], 0.05)
+    assert agreeing == (shift, keys) and p < 1e-4
+    # One kind of evidence (response times) twice is not two kinds; satisfaction is no kind.
+    assert combine([shift, fast, sat], 0.05) == (1.0, ())
+    v = judge("h1", "w1", None, "day", [shift, keys, sat], Combined(p, p * 5, True, agreeing))
+    assert v.flagged and v.severity == 3  # satisfaction above peers points the same way
+    assert "2 independent kinds of signal agree (response times, presses outside" in v.reasons_en[0]
+    assert "response_shift reason; uninvited_presses reason" in v.reasons_en[0]
+    assert "2 类相互独立的迹象同时出现" in v.reasons_zh[0]
+    quiet = judge("h1", "w1", None, "day", [shift, keys], Combined(p, 0.01, False, agreeing))
+    assert quiet.severity == 1 and not quiet.flagged
 
 
 def test_reasons_put_strong_evidence_first():

@@ -255,6 +255,27 @@ def test_fast_citizens_of_an_honest_window_do_not_fire():
     assert indicator(h, "exc", "fast_response").strength == "none"
 
 
+def test_fast_responses_fire_against_the_windows_own_past_too():
+    # Its citizens took about 4 s before; staff now answer in 0.45 s.
+    t = with_past_rts(_staff_presses(honest("t", 5), 450, 60, 20), 4000, 0.5)
+    h = hall(t, excellent())
+    ind = indicator(h, "t", "fast_response")
+    assert ind.strength == "strong" and ind.evidence["past_fast"] <= 1
+    assert "本窗口以往仅" in ind.reason_zh and "its own past" in ind.reason_en
+
+
+def test_fast_citizens_are_not_accused_when_they_always_were():
+    # Citizens who wait at the device: 15 % under 0.8 s, in a hall of slower peers. Against the
+    # peers alone that is an outlier; this window's own past had as many.
+    t = honest("t", 5, n_txn=110, rt_median=1200, rt_sigma=0.45)
+    h = hall(t, excellent())
+    assert indicator(h, "t", "fast_response").strength == "strong"  # peers only: an outlier
+    h = hall(with_past_rts(t, 1200, 0.45, n=300), excellent())
+    ind = indicator(h, "t", "fast_response")
+    assert ind.strength == "none" and ind.evidence["past_fast"] > 10
+    assert not verdict(h, "t").flagged
+
+
 def test_machine_like_regular_responses_fire():
     h = hall(_staff_presses(honest("t", 6), 1500, 25, 20), excellent())
     ind = indicator(h, "t", "regular_response")
@@ -411,6 +432,41 @@ def test_response_shift_needs_a_past_of_its_own():
     h = hall(_staff_presses(honest("t", 8), 1200, 150, 15), excellent())
     found = compute_indicators(h, h.units, PERIOD, S)["t"]
     assert "response_shift" not in {i.name for i in found}  # no past: not judged
+
+
+def _counted(u: Unit) -> Unit:
+    """The device's key counters also count the presses of ratings added after `honest`."""
+    for r in u.ratings:
+        if r.device_ts is None:  # added by _staff_presses
+            ms = r.press_ms - MIDNIGHT
+            u = _counter_change(u, f"{ms // 3600_000:02d}:{ms // 60_000 % 60:02d}", r.level)
+    return u
+
+
+def _past_levels(u: Unit, top: float, seed: int = 3) -> Unit:
+    """Levels of the window's past invited ratings (in the order of its past response times):
+    非常满意 with probability `top`."""
+    rng = random.Random(seed)
+    return replace(u, history_rt_levels=tuple(
+        5 if rng.random() < top else rng.choice((3, 4, 4)) for _ in u.history_rts))
+
+
+@pytest.mark.parametrize(("top", "strong"), [(0.3, True), (0.9, False)])
+def test_response_shift_weighs_whether_the_fast_ones_are_newly_all_very_satisfied(top, strong):
+    # Ten staff presses at 1.3 s among 34 citizens: a pile below the window's fast tail too
+    # small for strong evidence on its own. All ten are 非常满意; before, the window's equally
+    # fast ratings were so 30 % of the time (fires) or 90 % of the time (does not).
+    t = with_past_rts(_counted(_staff_presses(honest("t", 8, n_txn=40), 1300, 150, 10)),
+                      4000, 0.5)
+    h = hall(_past_levels(t, top), with_past_rts(excellent(), 3000, 0.5, seed=4))
+    ind = indicator(h, "t", "response_shift")
+    assert ind.evidence["p_times"] > 1e-3  # the response times alone: not strong evidence
+    assert (ind.strength == "strong") == strong
+    assert verdict(h, "t").flagged == strong
+    if strong:
+        assert ind.evidence["p_levels"] < 0.001
+        assert "本窗口此前同样快的评价中“非常满意”占" in ind.reason_zh
+        assert "of its equally fast ratings were 非常满意" in ind.reason_en
 
 
 def test_regular_response_compares_with_the_windows_own_past():

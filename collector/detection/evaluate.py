@@ -44,6 +44,14 @@ class WindowOutcome:
     first_flag_day: int | None = None      # 1 = the profile's first day
     first_reasons: list[str] = field(default_factory=list)
     honest_flag_reasons: list[str] = field(default_factory=list)
+    # What the manipulation actually did on each business day (the simulator's ground truth,
+    # e.g. {"negatives_dropped": 2}); never shown to the detector.
+    truth: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    def acted(self, within_days: int) -> bool:
+        """Whether the profile did anything within its first `within_days` days (a window
+        whose citizens gave no 差评 has none to suppress)."""
+        return any(self.truth.get(d) for d in range(self.start_day, self.start_day + within_days))
 
 
 def _business_hours(settings: DetectionSettings, start_ms: int, at_ms: int, days: list) -> float:
@@ -58,7 +66,8 @@ def _business_hours(settings: DetectionSettings, start_ms: int, at_ms: int, days
 
 
 def run_once(seed: int, days: int = 5, start_day: int = 3, profiles: Iterable[str] = (),
-             every_min: int = 30, workdir: str | None = None) -> list[WindowOutcome]:
+             every_min: int = 30, workdir: str | None = None,
+             honest_drift: bool = False) -> list[WindowOutcome]:
     rng = random.Random(seed)
     profiles = list(profiles)
     n_windows = rng.randint(8, 14)
@@ -66,7 +75,7 @@ def run_once(seed: int, days: int = 5, start_day: int = 3, profiles: Iterable[st
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         cfg = load_config(None, env={}).with_overrides(collector__data_dir=str(Path(tmp)))
         settings = DetectionSettings.from_config(cfg)
-        hall = VirtualHall(cfg, plans, seed=rng.randrange(2**31))
+        hall = VirtualHall(cfg, plans, seed=rng.randrange(2**31), honest_drift=honest_drift)
         outcomes = {p.window: WindowOutcome(seed, p.window, p.profile, p.excellent,
                                             p.start_day, days) for p in plans}
         local_days = [hall.business_day(i) for i in range(days)]
@@ -105,6 +114,8 @@ def run_once(seed: int, days: int = 5, start_day: int = 3, profiles: Iterable[st
             hall.run_until(last_check, check, every_min * 60_000, first)
             hall.run_until(day_end - 1)
             hall.conn.execute("DELETE FROM influx_outbox")
+        for (window, day), counts in hall.truth.items():
+            outcomes[window].truth[day] = dict(counts)
         hall.close()
     return list(outcomes.values())
 
@@ -121,11 +132,13 @@ def _assign(runs: int, per_run: int, chosen: list[str]) -> list[list[str]]:
 
 def evaluate(runs: int = 24, days: int = 5, start_day: int = 3, per_run: int = 3,
              workers: int = 2, seed: int = 1, every_min: int = 30,
-             profiles: list[str] | None = None) -> list[WindowOutcome]:
+             profiles: list[str] | None = None,
+             honest_drift: bool = False) -> list[WindowOutcome]:
     chosen = list(profiles or PROFILES)
     assignments = _assign(runs, min(per_run, len(chosen)), chosen)
     seeds = [seed * 100_003 + i for i in range(runs)]
-    args = [(s, days, start_day, a, every_min) for s, a in zip(seeds, assignments, strict=True)]
+    args = [(s, days, start_day, a, every_min, None, honest_drift)
+            for s, a in zip(seeds, assignments, strict=True)]
     if workers <= 1:
         results = [run_once(*a) for a in args]
     else:
@@ -146,7 +159,8 @@ def format_report(outcomes: list[WindowOutcome], within_days: int = 2,
         if o.profile != "honest":
             by_profile.setdefault(o.profile, []).append(o)
     lines.append(f"{'profile':<22}{'windows':>8}{'detected':>10}{'<=' + str(within_days) + 'd':>9}"
-                 f"{'median h':>10}{'max h':>8}   first reason (example)")
+                 f"{'median h':>10}{'max h':>8}{'acted':>7}{'<=' + str(within_days) + 'd|acted':>12}"
+                 "   first reason (example)")
     for profile in sorted(by_profile):
         group = by_profile[profile]
         detected = [o for o in group if o.first_flag_hours is not None]
@@ -154,11 +168,15 @@ def format_report(outcomes: list[WindowOutcome], within_days: int = 2,
                    and o.first_flag_day <= within_days]
         hours = [o.first_flag_hours for o in detected if o.first_flag_hours is not None]
         example = detected[0].first_reasons[0] if detected and detected[0].first_reasons else "-"
+        acted = [o for o in group if o.acted(within_days)]
+        acted_in_time = [o for o in in_time if o.acted(within_days)]
         lines.append(
             f"{profile:<22}{len(group):>8}{len(detected) / len(group):>10.0%}"
             f"{len(in_time) / len(group):>9.0%}"
             f"{statistics.median(hours) if hours else float('nan'):>10.1f}"
-            f"{max(hours) if hours else float('nan'):>8.1f}   {example[:90]}"
+            f"{max(hours) if hours else float('nan'):>8.1f}"
+            f"{len(acted) / len(group):>7.0%}"
+            f"{len(acted_in_time) / max(len(acted), 1):>12.0%}   {example[:90]}"
         )
     # Honest window-days: honest windows, and manipulated ones before their profile started.
     honest_days = flagged = exc_days = exc_flagged = 0
@@ -182,6 +200,9 @@ def format_report(outcomes: list[WindowOutcome], within_days: int = 2,
     if examples:
         lines.append("examples of false flags:")
         lines += examples
+    lines.append(f"acted: windows whose profile did anything within {within_days} days (the "
+                 "simulator's ground truth: a window that received no 差评 had none to suppress); "
+                 f"<={within_days}d|acted: of those, detected in time")
     runs = len({o.run for o in outcomes})
     lines.append(f"{runs} simulated halls, {len(outcomes)} windows"
                  + (f", {elapsed_s:.0f} s" if elapsed_s is not None else ""))
@@ -189,7 +210,8 @@ def format_report(outcomes: list[WindowOutcome], within_days: int = 2,
 
 
 def main_evaluate(runs: int, days: int, start_day: int, per_run: int, workers: int, seed: int,
-                  every_min: int, profiles: list[str] | None) -> str:
+                  every_min: int, profiles: list[str] | None, honest_drift: bool = False) -> str:
     t0 = time.monotonic()
-    outcomes = evaluate(runs, days, start_day, per_run, workers, seed, every_min, profiles)
+    outcomes = evaluate(runs, days, start_day, per_run, workers, seed, every_min, profiles,
+                        honest_drift)
     return format_report(outcomes, days - start_day, time.monotonic() - t0)

@@ -433,13 +433,40 @@ def _fast(u: Unit, c: _Ctx) -> _Raw | None:
     peers = c.peer_sums("fast", u, lambda x: (bisect.bisect_left(_rts(x, c), limit),
                                               len(_rts(x, c))))
     p, peer_share = _eb_excess_p(fast, len(rts), peers, c)
-    ev = {"fast": fast, "invited": len(rts), "limit_ms": limit, "peer_share": round(peer_share, 4),
-          "median_fast_ms": rts[fast // 2] if fast else None}
+    ev: dict[str, Any] = {"fast": fast, "invited": len(rts), "limit_ms": limit,
+                          "peer_share": round(peer_share, 4),
+                          "median_fast_ms": rts[fast // 2] if fast else None}
+    guard = fast >= c.s.fast_min
+    past_zh = past_en = ""
+    refs = _rt_refs(u, c)
+    if refs:
+        # Citizens of one window may simply be quicker than the hall's (they wait at the
+        # device): with a past of its own the window must also be faster than it used to be
+        # (exact: of the fast ratings now and before, how many fall now when both come from one
+        # distribution, hypergeometric), and both must hold (the larger p counts). Bonferroni
+        # over the references tried (the history; over the rolling period, each change-point).
+        best: tuple[float, int, int, int, int, int | None] | None = None
+        for ref in refs:
+            now, past = ref.now, ref.past
+            f_now, f_past = bisect.bisect_left(now, limit), bisect.bisect_left(past, limit)
+            p_past = stats.hypergeom_sf(f_now, len(now) + len(past), f_now + f_past, len(now))
+            if best is None or p_past < best[0]:
+                best = (p_past, f_now, len(now), f_past, len(past), ref.since)
+        assert best is not None
+        p_past, f_now, n_now, f_past, m, since = best
+        p = max(p, min(1.0, p_past * len(refs)))
+        expected = f_past * n_now / m
+        guard = guard and f_now >= 2 * expected
+        ev.update(past_fast=f_past, past_invited=m, expected_from_past=round(expected, 1),
+                  since=None if since is None else str(c.s.local_day(since)))
+        when_zh, when_en = _since_words(c, since)
+        past_zh = f"；{when_zh}本窗口以往仅 {f_past / m:.1%}"
+        past_en = f"; {when_en}its own past {f_past / m:.1%}"
     zh = (f"{fast} 条评价在邀请后 {limit / 1000:.1f} 秒内完成（共 {len(rts)} 条，"
-          f"同厅仅 {peer_share:.1%}），快于群众转身看屏按键的时间")
+          f"同厅仅 {peer_share:.1%}{past_zh}），快于群众转身看屏按键的时间")
     en = (f"{fast} of {len(rts)} ratings pressed within {limit / 1000:.1f} s of the invitation "
-          f"(hall {peer_share:.1%}): faster than a citizen can turn to the device")
-    return _Raw(fast, p, fast >= c.s.fast_min, ev, (zh, en))
+          f"(hall {peer_share:.1%}{past_en}): faster than a citizen can turn to the device")
+    return _Raw(fast, p, guard, ev, (zh, en))
 
 
 def _regular(u: Unit, c: _Ctx) -> _Raw | None:
@@ -487,6 +514,72 @@ def _regular(u: Unit, c: _Ctx) -> _Raw | None:
 SHIFT_QUANTILES = (0.05, 0.1, 0.25)
 
 
+def _splits(c: _Ctx) -> list[int]:
+    """Change-points tried over the rolling period: the local midnights that begin its last one
+    and last two business days (a manipulation that began within the period is compared with
+    everything before it, not diluted by it)."""
+    if c.period.kind != "rolling":
+        return []
+    return [c.s.midnight_ms(c.period.days[-k]) for k in (1, 2) if k < len(c.period.days)]
+
+
+def _invited(u: Unit, c: _Ctx) -> list[RatingFact]:
+    return c.once("invited", u, lambda: sorted(
+        (r for r in _judged(u, c) if r.mode == "invited" and r.rt_ms is not None),
+        key=lambda r: r.press_ms))
+
+
+@dataclass(frozen=True, slots=True)
+class _RtRef:
+    """One own-past reference for response times: the current invited ratings' response times
+    and levels, and the past ones (levels None where the past's levels are not known), each
+    sorted by response time; `since` is the change-point (None: the whole period against the
+    window's history)."""
+
+    now: list[int]
+    now_levels: list[int]
+    past: list[int]
+    past_levels: list[int | None]
+    since: int | None
+
+
+def _rt_refs(u: Unit, c: _Ctx) -> list[_RtRef]:
+    """The unit's own-past references for response times: the whole period against the
+    window's history, then, over the rolling period, each change-point (`_splits`) against
+    everything before it. Only references with at least `min_ratings` past response times and
+    some current ones."""
+    def build() -> list[_RtRef]:
+        invited = _invited(u, c)
+        known = len(u.history_rt_levels) == len(u.history_rts)
+        history: list[tuple[int, int | None]] = list(zip(
+            u.history_rts, u.history_rt_levels if known else [None] * len(u.history_rts),
+            strict=True))
+        pairs = [(r.rt_ms, r.level) for r in invited]  # type: ignore[misc]
+        cuts: list[tuple[list[tuple[int, int]], list[tuple[int, int | None]], int | None]] = [
+            (pairs, history, None)]
+        for split in _splits(c):
+            cuts.append(([(r.rt_ms, r.level) for r in invited  # type: ignore[misc]
+                          if r.press_ms >= split],
+                         history + [(r.rt_ms, r.level) for r in invited  # type: ignore[misc]
+                                    if r.press_ms < split], split))
+        refs = []
+        for now, past, since in cuts:
+            if not now or len(past) < c.s.min_ratings:
+                continue
+            now, past = sorted(now), sorted(past, key=lambda x: x[0])
+            refs.append(_RtRef([x for x, _ in now], [y for _, y in now], [x for x, _ in past],
+                               [y for _, y in past], since))
+        return refs
+    return c.once("rt_refs", u, build)
+
+
+def _since_words(c: _Ctx, since: int | None) -> tuple[str, str]:
+    if since is None:
+        return "", ""
+    day = c.s.local_day(since).strftime("%m-%d")
+    return f"自 {day} 起", f"since {day}, "
+
+
 def _response_shift(u: Unit, c: _Ctx) -> _Raw | None:
     """Ratings arriving faster than this window's citizens ever did: of today's invited ratings,
     the number faster than the k-th fastest of the window's own past response times (k = 5, 10,
@@ -495,37 +588,77 @@ def _response_shift(u: Unit, c: _Ctx) -> _Raw | None:
     citizen's place) answers in about a second whatever the window's citizens do, so it shows as
     a pile below the window's own fast tail even when it is neither too fast for a human nor
     machine-regular. Peers are not used: each window's layout and citizens differ; the window's
-    past is the reference (none without one). Bonferroni over the three shares."""
-    rts = _rts(u, c)
-    past = sorted(u.history_rts)
-    if not rts or len(past) < c.s.min_ratings:
+    past is the reference (none without one).
+
+    Over the rolling period the change may have begun within it: the last one or two business
+    days are also compared with everything before them (the window's history and the period's
+    earlier days). A staff member presses 5: the levels of the fast ones are compared with those
+    of the window's equally fast ratings before (hypergeometric) and, being independent of the
+    count under honest operation given the response times, joined to it by Fisher's method.
+    Bonferroni over the three shares, the references tried and the two readings (the count
+    alone, the count with the levels)."""
+    refs = _rt_refs(u, c)
+    if not refs:
         return None
-    n, m = len(rts), len(past)
-    best: tuple[float, int, int, float, float] | None = None  # p, below, threshold, share, expected
-    for share in SHIFT_QUANTILES:
-        k = max(1, round(share * m))
-        threshold = past[k - 1]
-        below = bisect.bisect_left(rts, threshold)
-        p = stats.below_order_statistic_sf(below, n, m, k)
-        expected = n * k / (m + 1)
-        if best is None or p < best[0]:
-            best = (p, below, threshold, share, expected)
+    # (p, shift p, level p, below, n, m, threshold, share, expected, fives now, fives before,
+    # fast before, ref)
+    best: tuple | None = None
+    for ref in refs:
+        n, m = len(ref.now), len(ref.past)
+        for share in SHIFT_QUANTILES:
+            k = max(1, round(share * m))
+            threshold = ref.past[k - 1]
+            below = bisect.bisect_left(ref.now, threshold)
+            p_shift = stats.below_order_statistic_sf(below, n, m, k)
+            # The fast ones are 非常满意 far more often than this window's fast ones were: a hand
+            # already on the device presses 5 (the past's fast ratings are the reference, so a
+            # window whose quick citizens are also its happiest is not accused for that).
+            before = bisect.bisect_left(ref.past, threshold)
+            past_fast = ref.past_levels[:before]
+            fives = sum(1 for x in ref.now_levels[:below] if x == 5)
+            p_level, fives_before = 1.0, None
+            if below and before and None not in past_fast:
+                fives_before = sum(1 for x in past_fast if x == 5)
+                p_level = stats.hypergeom_sf(fives, below + before, fives + fives_before, below)
+            # The response times alone, or with the levels (Fisher: under honest operation the
+            # level test, conditional on the response times, is independent of the count).
+            p = min(p_shift, stats.truncated_product_p([p_shift, p_level], 1.0))
+            if best is None or p < best[0]:
+                best = (p, p_shift, p_level, below, n, m, threshold, share, n * k / (m + 1),
+                        fives, fives_before, before, ref)
     assert best is not None
-    p, below, threshold, share, expected = best
-    p = min(1.0, p * len(SHIFT_QUANTILES))
-    fast = [r for r in _judged(u, c) if r.mode == "invited" and r.rt_ms is not None
-            and r.rt_ms < threshold]
-    top = sum(1 for r in fast if r.level == 5)
+    (p, p_shift, p_level, below, n, m, threshold, share, expected, top, fives_before, before,
+     ref) = best
+    # Bonferroni over the shares, the references and the two ways of reading them.
+    p = min(1.0, p * len(SHIFT_QUANTILES) * len(refs) * 2)
+    since = ref.since
+    rts = ref.now
+    # Strong evidence needs a pile: at least shift_min below the threshold, and twice what the
+    # past predicts, or, when the fast ones are also mostly 非常满意 unlike this window's fast
+    # ones before (level p < q_weak), one and a half times.
+    concentrated = p_level < c.s.q_weak and fives_before is not None and (
+        top / max(below, 1) > fives_before / max(before, 1))
+    guard = below >= c.s.shift_min and (below >= 2 * expected
+                                        or (concentrated and below >= 1.5 * expected))
     ev = {"below": below, "invited": n, "threshold_ms": threshold, "past_share": share,
           "past_invited": m, "expected": round(expected, 1), "very_satisfied": top,
-          "median_ms": rts[below // 2] if below else None}
-    zh = (f"{below} 条评价（共 {n} 条）在邀请后 {threshold / 1000:.2f} 秒内完成，快于本窗口以往"
-          f"最快的 {share:.0%}（按以往应约 {expected:.1f} 条），其中 {top} 条为“非常满意”"
+          "median_ms": rts[below // 2] if below else None,
+          "since": None if since is None else str(c.s.local_day(since)),
+          "p_times": p_shift, "p_levels": p_level, "past_fast": before,
+          "past_fast_very_satisfied": fives_before}
+    when_zh, when_en = _since_words(c, since)
+    past_zh, past_en = ("本窗口以往", "this window's own") if since is None else (
+        "本窗口此前", "this window's earlier")
+    zh = (f"{when_zh}{below} 条评价（共 {n} 条）在邀请后 {threshold / 1000:.2f} 秒内完成，快于"
+          f"{past_zh}最快的 {share:.0%}（按以往应约 {expected:.1f} 条），其中 {top} 条为“非常满意”"
           "，疑似非群众本人按键")
-    en = (f"{below} of {n} ratings came within {threshold / 1000:.2f} s of the invitation, "
-          f"faster than this window's own fastest {share:.0%} before (its past predicts "
+    en = (f"{when_en}{below} of {n} ratings came within {threshold / 1000:.2f} s of the "
+          f"invitation, faster than {past_en} fastest {share:.0%} before (its past predicts "
           f"{expected:.1f}), {top} of them 非常满意: pressed by someone other than the citizen?")
-    return _Raw(below, p, below >= c.s.shift_min and below >= 2 * expected, ev, (zh, en))
+    if fives_before is not None and before:
+        zh += f"（本窗口此前同样快的评价中“非常满意”占 {fives_before / before:.0%}）"
+        en += f" (before, {fives_before / before:.0%} of its equally fast ratings were 非常满意)"
+    return _Raw(below, p, guard, ev, (zh, en))
 
 
 def _burst(u: Unit, c: _Ctx) -> _Raw | None:
@@ -680,21 +813,17 @@ def _selective(u: Unit, c: _Ctx) -> _Raw | None:
     past_sat = sum(1 for x in u.history if x >= 4)
     refs = [(rated, decided, _satisfied(rs), len(rs), u.history_rated, u.history_decided,
              past_sat, len(u.history), None)]
-    if c.period.kind == "rolling":
-        txns = _decided_txns(u, c)
-        for k in (1, 2):
-            if k >= len(c.period.days):
-                break
-            split = c.s.midnight_ms(c.period.days[-k])
-            now_t = [t for t in txns if t.completed_ms >= split]
-            now_r = [r for r in rs if r.press_ms >= split]
-            old_t = [t for t in txns if t.completed_ms < split]
-            old_r = [r for r in rs if r.press_ms < split]
-            refs.append((sum(1 for t in now_t if t.state == "rated"), len(now_t),
-                         _satisfied(now_r), len(now_r),
-                         u.history_rated + sum(1 for t in old_t if t.state == "rated"),
-                         u.history_decided + len(old_t),
-                         past_sat + _satisfied(old_r), len(u.history) + len(old_r), split))
+    txns = _decided_txns(u, c)
+    for split in _splits(c):
+        now_t = [t for t in txns if t.completed_ms >= split]
+        now_r = [r for r in rs if r.press_ms >= split]
+        old_t = [t for t in txns if t.completed_ms < split]
+        old_r = [r for r in rs if r.press_ms < split]
+        refs.append((sum(1 for t in now_t if t.state == "rated"), len(now_t),
+                     _satisfied(now_r), len(now_r),
+                     u.history_rated + sum(1 for t in old_t if t.state == "rated"),
+                     u.history_decided + len(old_t),
+                     past_sat + _satisfied(old_r), len(u.history) + len(old_r), split))
     refs = [r for r in refs if min(r[1], r[3], r[5], r[7]) >= c.s.min_ratings]
     for k1, n1, s1, m1, k2, n2, s2, m2, split in refs:
         p_cov = stats.normal_sf(-_two_proportion_z(k1, n1, k2, n2))
@@ -849,7 +978,10 @@ def compute_indicators(hall: HallFacts, units: Sequence[Unit], period: Period,
                 strength = WEAK
             else:
                 strength = NONE
-            zh, en = r.reason if strength != NONE else ("", "")
+            # A reason is kept for weak evidence, and for a p-value that may join others of
+            # independent kinds in the verdict (verdict.combine).
+            keep = strength != NONE or (r.p is not None and r.p <= settings.q_weak)
+            zh, en = r.reason if keep else ("", "")
             out[label].append(Indicator(name, float(r.value), strength, decisive, r.p, q,
                                         r.evidence, zh, en))
     return out

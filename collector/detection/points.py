@@ -65,6 +65,8 @@ def verdict_point(v: Verdict, midnight_ms: int, computed_ms: int, language: str 
         .field("strong", ",".join(v.strong))
         .field("weak", ",".join(v.weak))
         .field("n_strong", len(v.strong))
+        .field("combined", ",".join(i.name for i in v.combined.agreeing) if v.combined else "")
+        .field("combined_strong", int(bool(v.combined and v.combined.strong)))
         .field("computed_ms", computed_ms)
         .time(_ts(midnight_ms, v.window, v.staff or "", v.period), _NS)
     )

@@ -17,7 +17,9 @@ from .facts import HallFacts, Unit, halls, load_hall_facts
 from .indicators import compute_indicators
 from .points import indicator_point, verdict_point
 from .settings import DAY_MS, DetectionSettings, Period
-from .verdict import Verdict, judge
+from . import stats
+from .indicators import Indicator
+from .verdict import Combined, Verdict, combine, judge
 
 __all__ = ["detect_hall", "restrict", "run_detection"]
 
@@ -30,13 +32,15 @@ def restrict(hall: HallFacts, start_ms: int) -> HallFacts:
     for u in hall.units:
         earlier = tuple(r.level for r in u.ratings if r.press_ms < start_ms)
         done = [t for t in u.txns if t.completed_ms < start_ms and t.state != "awaiting"]
+        moved = [r for r in u.ratings if r.press_ms < start_ms and r.mode == "invited"
+                 and r.rt_ms is not None and r.state in ("linked", "unlinked")]
         units.append(replace(
             u, history=u.history + earlier,
             history_rated=u.history_rated + sum(1 for t in done if t.state == "rated"),
             history_decided=u.history_decided + len(done),
-            history_rts=u.history_rts + tuple(
-                r.rt_ms for r in u.ratings if r.press_ms < start_ms and r.mode == "invited"
-                and r.rt_ms is not None and r.state in ("linked", "unlinked")),
+            history_rts=u.history_rts + tuple(r.rt_ms for r in moved),  # type: ignore[misc]
+            history_rt_levels=(u.history_rt_levels + tuple(r.level for r in moved)
+                               if len(u.history_rt_levels) == len(u.history_rts) else ()),
             ratings=tuple(r for r in u.ratings if r.press_ms >= start_ms),
             txns=tuple(t for t in u.txns if t.completed_ms >= start_ms),
         ))
@@ -48,8 +52,10 @@ def detect_hall(hall: HallFacts, period: Period, settings: DetectionSettings, *,
     """Verdicts for every window of the hall, then for every staff member seen in the period."""
     verdicts = []
     windows = list(hall.units)
-    for label, inds in compute_indicators(hall, windows, period, settings).items():
-        verdicts.append(judge(hall.hall, label, None, period.kind, inds))
+    found = compute_indicators(hall, windows, period, settings)
+    combined = _combined(found, settings)
+    for label, inds in found.items():
+        verdicts.append(judge(hall.hall, label, None, period.kind, inds, combined[label]))
     if per_staff:
         staff_units: list[Unit] = []
         for u in windows:
@@ -57,10 +63,27 @@ def detect_hall(hall: HallFacts, period: Period, settings: DetectionSettings, *,
                            | {r.staff_id for r in u.ratings if r.staff_id})
             staff_units += [u.for_staff(s) for s in names]
         by_label = {u.label: u for u in staff_units}
-        for label, inds in compute_indicators(hall, staff_units, period, settings).items():
+        found = compute_indicators(hall, staff_units, period, settings)
+        combined = _combined(found, settings)
+        for label, inds in found.items():
             u = by_label[label]
-            verdicts.append(judge(hall.hall, u.window, u.staff, period.kind, inds))
+            verdicts.append(judge(hall.hall, u.window, u.staff, period.kind, inds,
+                                  combined[label]))
     return verdicts
+
+
+def _combined(found: dict[str, list[Indicator]], settings: DetectionSettings
+              ) -> dict[str, Combined | None]:
+    """Weak signals of independent kinds per unit (verdict.combine), adjusted across the
+    units like one more indicator (Benjamini-Hochberg), strong below q_strong."""
+    parts = {label: combine(inds, settings.q_weak) for label, inds in found.items()}
+    labels = list(parts)
+    qs = stats.benjamini_hochberg([parts[x][0] for x in labels])
+    out: dict[str, Combined | None] = {}
+    for label, q in zip(labels, qs, strict=True):
+        p, agreeing = parts[label]
+        out[label] = Combined(p, q, q < settings.q_strong, agreeing) if agreeing else None
+    return out
 
 
 def run_detection(conn: sqlite3.Connection, cfg: Config | DetectionSettings, now_ms: int, *,

@@ -21,9 +21,11 @@ __all__ = [
     "fit_beta_prior_sums",
     "funnel_z",
     "funnel_z_sums",
+    "hypergeom_sf",
     "normal_sf",
     "poisson_sf",
     "run_without_event_p",
+    "truncated_product_p",
 ]
 
 
@@ -266,6 +268,49 @@ def below_order_statistic_sf(x: int, n: int, m: int, k: int) -> float:
     for j in range(x, n + 1):
         total = _log_add(total, _log_choose(j + k - 1, j) + _log_choose(n - j + m - k, n - j))
     return min(1.0, math.exp(total - log_total))
+
+
+def hypergeom_sf(x: int, total: int, marked: int, drawn: int) -> float:
+    """P(X >= x) for X the number of marked items among `drawn` drawn without replacement from
+    `total` items of which `marked` are marked (hypergeometric): exact, in log space."""
+    lo, hi = max(0, drawn - (total - marked)), min(drawn, marked)
+    if x <= lo:
+        return 1.0
+    if x > hi:
+        return 0.0
+    log_total = _log_choose(total, drawn)
+    acc = -math.inf
+    for j in range(x, hi + 1):
+        acc = _log_add(acc, _log_choose(marked, j) + _log_choose(total - marked, drawn - j))
+    return min(1.0, math.exp(acc - log_total))
+
+
+def truncated_product_p(pvalues: Sequence[float], tau: float) -> float:
+    """Combined p-value of independent p-values by the truncated product method (Zaykin et al.
+    2002): W is the product of the p-values at or below `tau` (1 if none), and
+    P(W <= w) = sum_k C(L,k) (1-tau)^(L-k) [w sum_{s<k} (k ln tau - ln w)^s / s!  if w <= tau^k,
+    else tau^k]. Only p-values that are evidence on their own (<= tau) count, so many
+    unremarkable ones neither dilute nor add; with tau = 1 it is Fisher's method."""
+    ps = [min(1.0, max(p, 1e-300)) for p in pvalues]
+    kept = [p for p in ps if p <= tau]
+    if not kept:
+        return 1.0
+    n = len(ps)
+    log_w = sum(math.log(p) for p in kept)
+    log_tau = math.log(tau)
+    total = 0.0
+    for k in range(1, n + 1):
+        weight = math.comb(n, k) * (1 - tau) ** (n - k)
+        if log_w <= k * log_tau:
+            x = k * log_tau - log_w  # >= 0
+            term, acc = 1.0, 1.0
+            for s_ in range(1, k):
+                term *= x / s_
+                acc += term
+            total += weight * math.exp(log_w) * acc
+        else:
+            total += weight * tau ** k
+    return min(1.0, total)
 
 
 def benjamini_hochberg(pvalues: Sequence[float]) -> list[float]:

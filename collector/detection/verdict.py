@@ -4,9 +4,21 @@ Severity (docs/detection.md):
 
     0 正常 ok        nothing notable
     1 关注 notice    weak signals or supporting ones only; shown, never a flag
-    2 可疑 suspect   one decisive indicator is strong evidence            -> flagged
+    2 可疑 suspect   one decisive indicator is strong evidence, or weak     -> flagged
+                     signals of independent kinds that are strong together
     3 严重 serious   two or more strong decisive indicators, or one with
                      other signals pointing the same way                   -> flagged
+
+Weak signals combined: the decisive indicators fall into groups whose data are independent of
+each other's under honest operation (`GROUPS`: response times; key presses outside an
+invitation; levels and coverage; ratings against transactions and the service state). Each
+group's p-value is its smallest indicator p-value times the number of its indicators
+(Bonferroni); the groups' p-values are combined by the truncated product method (Zaykin 2002,
+`stats.truncated_product_p`, tau = q_weak), and only when at least two groups are at or below
+tau. The combined p-values are adjusted across the hall's units (Benjamini-Hochberg) like an
+indicator's, and are strong evidence below q_strong (`detect_hall`). Satisfaction above peers
+is not in any group (it measures excellence, not manipulation), nor are the burst scan (its
+p-value is approximate for small counts) and the deterministic indicators.
 
 A supporting indicator (satisfaction above peers) never raises a unit above 关注 on its own:
 an honest excellent window is not accused for being excellent.
@@ -17,13 +29,53 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import stats
 from .indicators import STRONG, WEAK, Indicator
 
-__all__ = ["SEVERITY_NAMES", "Verdict", "judge"]
+__all__ = ["GROUPS", "SEVERITY_NAMES", "Combined", "Verdict", "combine", "judge"]
 
 SEVERITY_NAMES = {0: ("正常", "ok"), 1: ("关注", "notice"), 2: ("可疑", "suspect"),
                   3: ("严重", "serious")}
 FLAG_SEVERITY = 2
+
+# Groups of decisive indicators whose data do not overlap (see the module docstring).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "timing": ("fast_response", "regular_response", "response_shift"),
+    "keys": ("uninvited_presses",),
+    "levels": ("missing_negatives", "selective_invitation"),
+    "linking": ("unmatched", "out_of_service"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Combined:
+    """Weak signals of independent kinds, combined: p before and q after the hall's
+    adjustment, whether that is strong evidence, and the indicators that agree (the most
+    significant of each group at or below tau)."""
+
+    p: float
+    q: float
+    strong: bool
+    agreeing: tuple[Indicator, ...]
+
+
+def combine(indicators: Sequence[Indicator], tau: float) -> tuple[float, tuple[Indicator, ...]]:
+    """The combined p-value of a unit's groups (1.0 unless two or more groups are at or below
+    tau) and the agreeing indicators."""
+    group_ps: list[float] = []
+    agreeing: list[Indicator] = []
+    for names in GROUPS.values():
+        with_p = [i for i in indicators if i.name in names and i.p is not None]
+        if not with_p:
+            continue
+        best = min(with_p, key=lambda i: i.p)  # type: ignore[arg-type, return-value]
+        p = min(1.0, best.p * len(with_p))  # type: ignore[operator]
+        group_ps.append(p)
+        if p <= tau:
+            agreeing.append(best)
+    if len(agreeing) < 2:
+        return 1.0, ()
+    return stats.truncated_product_p(group_ps, tau), tuple(agreeing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +90,7 @@ class Verdict:
     strong: tuple[str, ...]          # names of the strong indicators
     weak: tuple[str, ...]
     indicators: tuple[Indicator, ...]
+    combined: Combined | None = None
 
     @property
     def flagged(self) -> bool:
@@ -48,12 +101,19 @@ class Verdict:
 
 
 def judge(hall: str, window: str, staff: str | None, period: str,
-          indicators: Sequence[Indicator]) -> Verdict:
+          indicators: Sequence[Indicator], combined: Combined | None = None) -> Verdict:
     strong_decisive = [i for i in indicators if i.strength == STRONG and i.decisive]
     others = [i for i in indicators if i.strength in (STRONG, WEAK) and i not in strong_decisive]
-    if len(strong_decisive) >= 2 or (strong_decisive and others):
+    together = combined is not None and combined.strong
+    if together:
+        # The agreeing weak signals are one piece of strong evidence, not "other signals".
+        assert combined is not None
+        joined = [i for i in combined.agreeing if i not in strong_decisive]
+        others = [i for i in others if i not in joined]
+    evidence = len(strong_decisive) + together
+    if evidence >= 2 or (evidence and others):
         severity = 3
-    elif strong_decisive:
+    elif evidence:
         severity = 2
     elif others:
         severity = 1
@@ -63,10 +123,32 @@ def judge(hall: str, window: str, staff: str | None, period: str,
     ordered = sorted(strong_decisive + others,
                      key=lambda i: (i.strength != STRONG, not i.decisive,
                                     i.q if i.q is not None else 0.0))
+    zh = [i.reason_zh for i in ordered]
+    en = [i.reason_en for i in ordered]
+    if together:
+        assert combined is not None
+        names_zh = "、".join(GROUP_NAMES[_group(i.name)][0] for i in joined)
+        names_en = ", ".join(GROUP_NAMES[_group(i.name)][1] for i in joined)
+        at = len(strong_decisive)
+        zh[at:at] = [f"{len(joined)} 类相互独立的迹象同时出现（{names_zh}），合计偶然出现的概率约 "
+                     f"{combined.p:.1g}："
+                     + "；".join(i.reason_zh for i in joined)]
+        en[at:at] = [f"{len(joined)} independent kinds of signal agree ({names_en}); together "
+                     f"their chance under honest operation is about {combined.p:.1g}: "
+                     + "; ".join(i.reason_en for i in joined)]
     return Verdict(
-        hall, window, staff, period, severity,
-        tuple(i.reason_zh for i in ordered), tuple(i.reason_en for i in ordered),
+        hall, window, staff, period, severity, tuple(zh), tuple(en),
         tuple(i.name for i in indicators if i.strength == STRONG),
         tuple(i.name for i in indicators if i.strength == WEAK),
-        tuple(indicators),
+        tuple(indicators), combined,
     )
+
+
+GROUP_NAMES = {"timing": ("响应时间", "response times"),
+               "keys": ("邀请外按键", "presses outside an invitation"),
+               "levels": ("评价等级与参评率", "levels and coverage"),
+               "linking": ("评价与办件、服务状态不符", "ratings against transactions and service")}
+
+
+def _group(name: str) -> str:
+    return next(g for g, names in GROUPS.items() if name in names)
