@@ -211,14 +211,17 @@ class OutboxDrainer:
     def drain_once(self) -> int:
         """Write one batch from the outbox. Returns how many points it took.
 
-        While InfluxDB works on one batch, the next is read and rendered in a thread: rendering
-        holds the interpreter, waiting for InfluxDB does not, so the two overlap."""
+        While InfluxDB works on a full batch, the next is read and rendered in a thread: rendering
+        holds the interpreter, waiting for InfluxDB does not, so the two overlap. (After a partial
+        batch the next is read when it is due, so that it is not older than it needs to be.)"""
         batch = self._take_ahead()
         if not batch:
             batch = self._load(self._done)
         if not batch:
             return 0
-        self._ahead = self._pool.submit(self._load, batch[-1][0])
+        if len(batch) == self._batch:  # a backlog: the next batch is there already
+            self._ahead = self._pool.submit(self._load, batch[-1][0])
+        started = time.monotonic()
         try:
             self._write_rows(batch)
         except BaseException:
@@ -238,6 +241,8 @@ class OutboxDrainer:
             if self._drained.in_transaction:
                 self._drained.execute("ROLLBACK")
             raise
+        _LOG.debug("wrote %d points up to outbox id %d in %.0f ms", len(batch), self._done,
+                   (time.monotonic() - started) * 1000)
         return len(batch)
 
     def _load(self, after: int) -> list[tuple[int, str]]:
