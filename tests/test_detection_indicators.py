@@ -469,6 +469,49 @@ def test_response_shift_weighs_whether_the_fast_ones_are_newly_all_very_satisfie
         assert "of its equally fast ratings were 非常满意" in ind.reason_en
 
 
+def test_citizens_answering_faster_with_the_usual_levels_are_no_shift():
+    # A day on which the window's citizens answer twice as fast (a rush, a colleague asking
+    # them to rate): a pile below its past fast tail, but the fast ones are as often 非常满意 as
+    # its fast ones before. Without the past's levels that pile alone would be strong.
+    t = with_past_rts(honest("t", 13, n_txn=70, rt_median=2000, rt_sigma=0.5), 4000, 0.5)
+    assert indicator(hall(t, excellent()), "t", "response_shift").strength == "strong"
+    h = hall(_past_levels(t, 0.55), excellent())
+    ind = indicator(h, "t", "response_shift")
+    assert ind.strength != "strong" and ind.evidence["p_times"] < 1e-6
+    assert not verdict(h, "t").flagged
+
+
+def _two_staff_past(u: Unit, seed: int = 6) -> Unit:
+    """The window's past: 150 ratings served by a colleague whose citizens took about 4 s, 60 by
+    today's staff member ("t-s") whose citizens take about 2 s (they ask them to rate)."""
+    rng = random.Random(seed)
+    past = ([(max(450, int(4000 * math.exp(rng.gauss(0, 0.45)))), "t-a") for _ in range(150)]
+            + [(max(450, int(2000 * math.exp(rng.gauss(0, 0.45)))), "t-s") for _ in range(60)])
+    rng.shuffle(past)
+    return replace(u, history_rts=tuple(x for x, _ in past),
+                   history_rt_staff=tuple(w for _, w in past))
+
+
+def test_response_shift_compares_each_staff_member_with_their_own_past():
+    # Today only the staff member whose citizens always answered in about 2 s: against the
+    # window's whole past (mostly the colleague's slower citizens) a shift, against the same
+    # staff member's past none. (The past's levels are left out: with them, the fast ones not
+    # being newly 非常满意 would already keep it quiet.)
+    today = honest("t", 12, n_txn=70, rt_median=2000, rt_sigma=0.45)
+    pooled = replace(_two_staff_past(today), history_rt_staff=())  # who served unknown
+    assert indicator(hall(pooled, excellent()), "t", "response_shift").strength == "strong"
+    h = hall(_two_staff_past(today), excellent())
+    ind = indicator(h, "t", "response_shift")
+    assert ind.strength == "none" and ind.evidence["by_staff"]
+    assert not verdict(h, "t").flagged
+    # The same staff member rating for citizens at 1.1 s is still a shift against their past.
+    staff = _two_staff_past(_counted(_staff_presses(today, 1100, 100, 20)))
+    h = hall(staff, excellent())
+    ind = indicator(h, "t", "response_shift")
+    assert ind.strength == "strong" and ind.evidence["by_staff"]
+    assert "同一工作人员当班时" in ind.reason_zh and "same staff member's" in ind.reason_en
+
+
 def test_regular_response_compares_with_the_windows_own_past():
     # Citizens answering at a narrow pace every day: peaked now and before, not a rhythm.
     peaked = with_past_rts(honest("t", 6, rt_median=2000, rt_sigma=0.12), 2000, 0.12)

@@ -3,7 +3,8 @@
     .venv/bin/python -m collector.detection.bench --windows 40 400 2000
 
 Each window gets two business days of honest facts (transactions, linked ratings, response
-times, heartbeats with key counters every 9 minutes, sign-on/off) and 200 ratings of history;
+times, heartbeats with key counters every 9 minutes, sign-on/off) and 200 ratings of history
+(160 response times with their levels and staff members);
 `detect_hall` then judges the day and the rolling period, windows and staff members, as the
 service does. Only the detector is timed, not building the facts.
 """
@@ -64,7 +65,9 @@ def _window(s: DetectionSettings, name: str, rng: random.Random, days: list) -> 
     history_rts = tuple(max(450, int(rt_median * math.exp(rng.gauss(0, rt_sigma))))
                         for _ in range(160))
     return Unit(name, None, tuple(ratings), tuple(txns), tuple(wlog), tuple(dlog), history,
-                160, 200, True, history_rts)
+                160, 200, True, history_rts,
+                tuple(rng.choice((3, 4, 5, 5)) for _ in history_rts),
+                tuple(staff[i % 2] for i in range(len(history_rts))))
 
 
 def synthetic_hall(s: DetectionSettings, windows: int, seed: int = 1, days: int = 2

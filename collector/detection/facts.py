@@ -84,6 +84,7 @@ class Unit:
     has_device: bool = True
     history_rts: tuple[int, ...] = ()  # response times of invited ratings before the period
     history_rt_levels: tuple[int, ...] = ()  # ... and their levels, in the same order (or ())
+    history_rt_staff: tuple[str | None, ...] = ()  # ... and who served (or ())
 
     @property
     def label(self) -> str:
@@ -96,7 +97,7 @@ class Unit:
             ratings=tuple(r for r in self.ratings if r.staff_id == staff),
             txns=tuple(t for t in self.txns if t.staff_id == staff),
             device_log=(), has_device=False, history=(), history_rated=0, history_decided=0,
-            history_rts=(), history_rt_levels=(),
+            history_rts=(), history_rt_levels=(), history_rt_staff=(),
         )
 
 
@@ -124,6 +125,7 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
     history: dict[str, list[int]] = {}
     history_rts: dict[str, list[int]] = {}
     history_rt_levels: dict[str, list[int]] = {}
+    history_rt_staff: dict[str, list[str | None]] = {}
     for row in conn.execute(
         "SELECT r.window, r.press_ms, r.level, r.reason, r.mode, r.rt_ms, r.state, "
         "r.unlinked_reason, r.staff_id, t.completed_ms, r.device, r.device_ts "
@@ -138,6 +140,7 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
             if row[4] == "invited" and row[5] is not None:
                 history_rts.setdefault(window, []).append(row[5])
                 history_rt_levels.setdefault(window, []).append(row[2])
+                history_rt_staff.setdefault(window, []).append(row[8])
         else:
             ratings.setdefault(window, []).append(RatingFact(press, *row[2:]))
     txns: dict[str, list[TxnFact]] = {}
@@ -181,7 +184,8 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
         Unit(w, None, tuple(ratings.get(w, ())), tuple(txns.get(w, ())), tuple(wlog.get(w, ())),
              tuple(dlog.get(w, ())), tuple(history.get(w, ())), *past.get(w, (0, 0)),
              has_device=w in devices or w in dlog, history_rts=tuple(history_rts.get(w, ())),
-             history_rt_levels=tuple(history_rt_levels.get(w, ())))
+             history_rt_levels=tuple(history_rt_levels.get(w, ())),
+             history_rt_staff=tuple(history_rt_staff.get(w, ())))
         for w in windows
     )
     return HallFacts(hall, units, has_feed, has_signons)

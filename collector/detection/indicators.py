@@ -541,6 +541,8 @@ class _RtRef:
     past: list[int]
     past_levels: list[int | None]
     since: int | None
+    now_staff: list[str | None] = field(default_factory=list)
+    past_staff: list[str | None] = field(default_factory=list)  # None where not known
 
 
 def _rt_refs(u: Unit, c: _Ctx) -> list[_RtRef]:
@@ -550,25 +552,26 @@ def _rt_refs(u: Unit, c: _Ctx) -> list[_RtRef]:
     some current ones."""
     def build() -> list[_RtRef]:
         invited = _invited(u, c)
-        known = len(u.history_rt_levels) == len(u.history_rts)
-        history: list[tuple[int, int | None]] = list(zip(
-            u.history_rts, u.history_rt_levels if known else [None] * len(u.history_rts),
-            strict=True))
-        pairs = [(r.rt_ms, r.level) for r in invited]  # type: ignore[misc]
-        cuts: list[tuple[list[tuple[int, int]], list[tuple[int, int | None]], int | None]] = [
-            (pairs, history, None)]
+        m = len(u.history_rts)
+        levels = u.history_rt_levels if len(u.history_rt_levels) == m else [None] * m
+        staff = u.history_rt_staff if len(u.history_rt_staff) == m else [None] * m
+        history = list(zip(u.history_rts, levels, staff, strict=True))
+        triples = [(r.rt_ms, r.level, r.staff_id) for r in invited]
+        cuts = [(triples, history, None)]
         for split in _splits(c):
-            cuts.append(([(r.rt_ms, r.level) for r in invited  # type: ignore[misc]
+            cuts.append(([(r.rt_ms, r.level, r.staff_id) for r in invited
                           if r.press_ms >= split],
-                         history + [(r.rt_ms, r.level) for r in invited  # type: ignore[misc]
+                         history + [(r.rt_ms, r.level, r.staff_id) for r in invited
                                     if r.press_ms < split], split))
         refs = []
         for now, past, since in cuts:
             if not now or len(past) < c.s.min_ratings:
                 continue
-            now, past = sorted(now), sorted(past, key=lambda x: x[0])
-            refs.append(_RtRef([x for x, _ in now], [y for _, y in now], [x for x, _ in past],
-                               [y for _, y in past], since))
+            now = sorted(now, key=lambda x: x[0])  # type: ignore[arg-type, return-value]
+            past = sorted(past, key=lambda x: x[0])  # type: ignore[arg-type, return-value]
+            refs.append(_RtRef([x[0] for x in now], [x[1] for x in now],  # type: ignore[misc]
+                               [x[0] for x in past], [x[1] for x in past], since,
+                               [x[2] for x in now], [x[2] for x in past]))
         return refs
     return c.once("rt_refs", u, build)
 
@@ -578,6 +581,90 @@ def _since_words(c: _Ctx, since: int | None) -> tuple[str, str]:
         return "", ""
     day = c.s.local_day(since).strftime("%m-%d")
     return f"自 {day} 起", f"since {day}, "
+
+
+# Least past response times of one staff member at the window for a stratum of its own.
+STAFF_PAST_MIN = 10
+
+
+def _staff_strata(ref: _RtRef) -> list[tuple[list[int], list[int], list[int], list[int | None]]]:
+    """(now response times, now levels, past response times, past levels), sorted by response
+    time, per staff member with at least STAFF_PAST_MIN past ones at the window; the other
+    current ratings against the rest of the past (the whole past if the rest is too small).
+    A single stratum when who served is not known."""
+    if not ref.past_staff or None in ref.past_staff:
+        return [(ref.now, ref.now_levels, ref.past, ref.past_levels)]
+    counts: dict[str | None, int] = {}
+    for x in ref.past_staff:
+        counts[x] = counts.get(x, 0) + 1
+    own = {x for x in set(ref.now_staff) if x is not None and counts.get(x, 0) >= STAFF_PAST_MIN}
+    strata = []
+    for who in sorted(own):
+        now = [i for i, x in enumerate(ref.now_staff) if x == who]
+        past = [i for i, x in enumerate(ref.past_staff) if x == who]
+        strata.append(([ref.now[i] for i in now], [ref.now_levels[i] for i in now],
+                       [ref.past[i] for i in past], [ref.past_levels[i] for i in past]))
+    rest_now = [i for i, x in enumerate(ref.now_staff) if x not in own]
+    if rest_now:
+        rest_past = [i for i, x in enumerate(ref.past_staff) if x not in own]
+        if len(rest_past) < STAFF_PAST_MIN:
+            rest_past = list(range(len(ref.past)))
+        strata.append(([ref.now[i] for i in rest_now], [ref.now_levels[i] for i in rest_now],
+                       [ref.past[i] for i in rest_past], [ref.past_levels[i] for i in rest_past]))
+    return strata
+
+
+def _shift_at(strata: list[tuple[list[int], list[int], list[int], list[int | None]]],
+              share: float, alpha: float) -> dict:
+    """The response-shift count and level test at one share of the past, summed over the
+    strata (each against its own past; exact laws convolved)."""
+    below = fives = before = fives_before = 0
+    expected = 0.0
+    pmfs, level_pmfs, thresholds = [], [], []
+    levels_known = True
+    for now, now_levels, past, past_levels in strata:
+        n, m = len(now), len(past)
+        k = max(1, round(share * m))
+        threshold = past[k - 1]
+        b = bisect.bisect_left(now, threshold)
+        below += b
+        expected += n * k / (m + 1)
+        thresholds.append(threshold)
+        pmfs.append(stats.below_order_statistic_pmf(n, m, k))
+        # The fast ones are 非常满意 far more often than this window's fast ones were: a hand
+        # already on the device presses 5 (the past's fast ratings are the reference, so a
+        # window whose quick citizens are also its happiest is not accused for that).
+        bf = bisect.bisect_left(past, threshold)
+        f_now = sum(1 for x in now_levels[:b] if x == 5)
+        fives += f_now
+        before += bf
+        if None in past_levels[:bf]:
+            levels_known = False
+            continue
+        f_past = sum(1 for x in past_levels[:bf] if x == 5)
+        fives_before += f_past
+        level_pmfs.append(stats.hypergeom_pmf(b + bf, f_now + f_past, b))
+    p_times = stats.convolution_sf(pmfs, below) if len(pmfs) > 1 else \
+        stats.below_order_statistic_sf(below, len(strata[0][0]), len(strata[0][2]),
+                                       max(1, round(share * len(strata[0][2]))))
+    p_level, known_before = 1.0, None
+    if levels_known and below and before:
+        p_level = stats.convolution_sf(level_pmfs, fives)
+        known_before = fives_before
+    if levels_known:
+        # Citizens of one window may answer faster on some days for honest reasons (who
+        # serves, a rush); then the fast ones are as often 非常满意 as its fast ones always were.
+        # A staff member's hand presses 5: with the levels known, a pile counts only when the
+        # fast ones are newly 非常满意 (level p < alpha), and then the count and the levels
+        # together (Fisher: under honest operation the level test, conditional on the response
+        # times, is independent of the count); otherwise both must hold (the larger p).
+        p = (min(p_times, stats.truncated_product_p([p_times, p_level], 1.0))
+             if p_level < alpha else max(p_times, p_level))
+    else:
+        p = p_times
+    return {"p": p, "p_times": p_times, "p_level": p_level, "below": below, "expected": expected,
+            "fives": fives, "fives_before": known_before, "before": before,
+            "thresholds": thresholds, "levels_known": levels_known}
 
 
 def _response_shift(u: Unit, c: _Ctx) -> _Raw | None:
@@ -600,55 +687,45 @@ def _response_shift(u: Unit, c: _Ctx) -> _Raw | None:
     refs = _rt_refs(u, c)
     if not refs:
         return None
-    # (p, shift p, level p, below, n, m, threshold, share, expected, fives now, fives before,
-    # fast before, ref)
-    best: tuple | None = None
+    best: dict | None = None
     for ref in refs:
-        n, m = len(ref.now), len(ref.past)
+        strata = _staff_strata(ref)
         for share in SHIFT_QUANTILES:
-            k = max(1, round(share * m))
-            threshold = ref.past[k - 1]
-            below = bisect.bisect_left(ref.now, threshold)
-            p_shift = stats.below_order_statistic_sf(below, n, m, k)
-            # The fast ones are 非常满意 far more often than this window's fast ones were: a hand
-            # already on the device presses 5 (the past's fast ratings are the reference, so a
-            # window whose quick citizens are also its happiest is not accused for that).
-            before = bisect.bisect_left(ref.past, threshold)
-            past_fast = ref.past_levels[:before]
-            fives = sum(1 for x in ref.now_levels[:below] if x == 5)
-            p_level, fives_before = 1.0, None
-            if below and before and None not in past_fast:
-                fives_before = sum(1 for x in past_fast if x == 5)
-                p_level = stats.hypergeom_sf(fives, below + before, fives + fives_before, below)
-            # The response times alone, or with the levels (Fisher: under honest operation the
-            # level test, conditional on the response times, is independent of the count).
-            p = min(p_shift, stats.truncated_product_p([p_shift, p_level], 1.0))
-            if best is None or p < best[0]:
-                best = (p, p_shift, p_level, below, n, m, threshold, share, n * k / (m + 1),
-                        fives, fives_before, before, ref)
+            found = _shift_at(strata, share, c.s.q_weak)
+            if best is None or found["p"] < best["p"]:
+                best = {**found, "ref": ref, "share": share,
+                        "by_staff": bool(ref.past_staff) and None not in ref.past_staff}
     assert best is not None
-    (p, p_shift, p_level, below, n, m, threshold, share, expected, top, fives_before, before,
-     ref) = best
+    ref, share = best["ref"], best["share"]
+    below, expected, top = best["below"], best["expected"], best["fives"]
+    n, m, since = len(ref.now), len(ref.past), ref.since
+    fives_before, before, p_level = best["fives_before"], best["before"], best["p_level"]
     # Bonferroni over the shares, the references and the two ways of reading them.
-    p = min(1.0, p * len(SHIFT_QUANTILES) * len(refs) * 2)
-    since = ref.since
-    rts = ref.now
-    # Strong evidence needs a pile: at least shift_min below the threshold, and twice what the
-    # past predicts, or, when the fast ones are also mostly 非常满意 unlike this window's fast
-    # ones before (level p < q_weak), one and a half times.
+    p = min(1.0, best["p"] * len(SHIFT_QUANTILES) * len(refs) * 2)
+    # Strong evidence needs a pile: at least shift_min below the thresholds and, with the
+    # levels known, one and a half times what the past predicts with the fast ones newly
+    # 非常满意 (level p < q_weak); without them (facts that lack them), twice.
     concentrated = p_level < c.s.q_weak and fives_before is not None and (
         top / max(below, 1) > fives_before / max(before, 1))
-    guard = below >= c.s.shift_min and (below >= 2 * expected
-                                        or (concentrated and below >= 1.5 * expected))
-    ev = {"below": below, "invited": n, "threshold_ms": threshold, "past_share": share,
-          "past_invited": m, "expected": round(expected, 1), "very_satisfied": top,
-          "median_ms": rts[below // 2] if below else None,
-          "since": None if since is None else str(c.s.local_day(since)),
-          "p_times": p_shift, "p_levels": p_level, "past_fast": before,
+    if best["levels_known"]:
+        guard = below >= c.s.shift_min and concentrated and below >= 1.5 * expected
+    else:
+        guard = below >= c.s.shift_min and below >= 2 * expected
+    threshold = max(best["thresholds"])
+    ev = {"below": below, "invited": n, "threshold_ms": threshold,
+          "thresholds_ms": best["thresholds"], "by_staff": best["by_staff"],
+          "past_share": share, "past_invited": m, "expected": round(expected, 1),
+          "very_satisfied": top, "since": None if since is None else str(c.s.local_day(since)),
+          "p_times": best["p_times"], "p_levels": p_level, "past_fast": before,
           "past_fast_very_satisfied": fives_before}
     when_zh, when_en = _since_words(c, since)
     past_zh, past_en = ("本窗口以往", "this window's own") if since is None else (
         "本窗口此前", "this window's earlier")
+    if best["by_staff"]:
+        # Each staff member's ratings against the ratings of that staff member's own past
+        # citizens: a day served by a staff member whose citizens answer faster is no shift.
+        past_zh += "同一工作人员当班时"
+        past_en += " (same staff member's)"
     zh = (f"{when_zh}{below} 条评价（共 {n} 条）在邀请后 {threshold / 1000:.2f} 秒内完成，快于"
           f"{past_zh}最快的 {share:.0%}（按以往应约 {expected:.1f} 条），其中 {top} 条为“非常满意”"
           "，疑似非群众本人按键")

@@ -16,11 +16,14 @@ __all__ = [
     "beta_binomial_sf",
     "benjamini_hochberg",
     "binomial_sf",
+    "below_order_statistic_pmf",
     "below_order_statistic_sf",
+    "convolution_sf",
     "fit_beta_prior",
     "fit_beta_prior_sums",
     "funnel_z",
     "funnel_z_sums",
+    "hypergeom_pmf",
     "hypergeom_sf",
     "normal_sf",
     "poisson_sf",
@@ -268,6 +271,45 @@ def below_order_statistic_sf(x: int, n: int, m: int, k: int) -> float:
     for j in range(x, n + 1):
         total = _log_add(total, _log_choose(j + k - 1, j) + _log_choose(n - j + m - k, n - j))
     return min(1.0, math.exp(total - log_total))
+
+
+def below_order_statistic_pmf(n: int, m: int, k: int) -> list[float]:
+    """[P(X = j) for j = 0..n] of `below_order_statistic_sf`'s X."""
+    log_total = _log_choose(n + m, n)
+    return [math.exp(_log_choose(j + k - 1, j) + _log_choose(n - j + m - k, n - j) - log_total)
+            for j in range(n + 1)]
+
+
+def hypergeom_pmf(total: int, marked: int, drawn: int) -> list[float]:
+    """[P(X = j) for j = 0..drawn] of `hypergeom_sf`'s X (zero outside its support)."""
+    log_total = _log_choose(total, drawn)
+    lo, hi = max(0, drawn - (total - marked)), min(drawn, marked)
+    return [math.exp(_log_choose(marked, j) + _log_choose(total - marked, drawn - j) - log_total)
+            if lo <= j <= hi else 0.0 for j in range(drawn + 1)]
+
+
+def convolution_sf(pmfs: Sequence[Sequence[float]], x: int) -> float:
+    """P(X_1 + ... + X_r >= x) for independent X_i with the given pmfs (on 0, 1, 2, ...):
+    the exact law of a total over strata each judged against its own reference."""
+    if not pmfs:
+        return 1.0 if x <= 0 else 0.0
+    acc: list[float] = [1.0]
+    for pmf in pmfs[:-1]:
+        out = [0.0] * (len(acc) + len(pmf) - 1)
+        for i, a in enumerate(acc):
+            if a:
+                for j, b in enumerate(pmf):
+                    out[i + j] += a * b
+        acc = out
+    last = pmfs[-1]
+    tail = [0.0] * (len(last) + 1)  # tail[j] = P(X_r >= j)
+    for j in range(len(last) - 1, -1, -1):
+        tail[j] = tail[j + 1] + last[j]
+    total = 0.0
+    for i, a in enumerate(acc):
+        need = x - i
+        total += a * (1.0 if need <= 0 else tail[need] if need < len(tail) else 0.0)
+    return min(1.0, max(0.0, total))
 
 
 def hypergeom_sf(x: int, total: int, marked: int, drawn: int) -> float:
