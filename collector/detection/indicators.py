@@ -615,7 +615,7 @@ def _staff_strata(ref: _RtRef) -> list[tuple[list[int], list[int], list[int], li
 
 
 def _shift_at(strata: list[tuple[list[int], list[int], list[int], list[int | None]]],
-              share: float, alpha: float) -> dict:
+              share: float) -> dict:
     """The response-shift count and level test at one share of the past, summed over the
     strata (each against its own past; exact laws convolved)."""
     below = fives = before = fives_before = 0
@@ -651,17 +651,11 @@ def _shift_at(strata: list[tuple[list[int], list[int], list[int], list[int | Non
     if levels_known and below and before:
         p_level = stats.convolution_sf(level_pmfs, fives)
         known_before = fives_before
-    if levels_known:
-        # Citizens of one window may answer faster on some days for honest reasons (who
-        # serves, a rush); then the fast ones are as often 非常满意 as its fast ones always were.
-        # A staff member's hand presses 5: with the levels known, a pile counts only when the
-        # fast ones are newly 非常满意 (level p < alpha), and then the count and the levels
-        # together (Fisher: under honest operation the level test, conditional on the response
-        # times, is independent of the count); otherwise both must hold (the larger p).
-        p = (min(p_times, stats.truncated_product_p([p_times, p_level], 1.0))
-             if p_level < alpha else max(p_times, p_level))
-    else:
-        p = p_times
+    # The response times alone, or with the levels (Fisher: under honest operation the level
+    # test, conditional on the response times, is independent of the count). Citizens of one
+    # window may answer faster on some days for honest reasons (who serves, a rush): the guard
+    # (in _response_shift) then asks for the fast ones to be newly 非常满意 too.
+    p = min(p_times, stats.truncated_product_p([p_times, p_level], 1.0))
     return {"p": p, "p_times": p_times, "p_level": p_level, "below": below, "expected": expected,
             "fives": fives, "fives_before": known_before, "before": before,
             "thresholds": thresholds, "levels_known": levels_known}
@@ -687,30 +681,35 @@ def _response_shift(u: Unit, c: _Ctx) -> _Raw | None:
     refs = _rt_refs(u, c)
     if not refs:
         return None
-    best: dict | None = None
+    def pile(f: dict) -> bool:
+        """Strong evidence needs a pile: at least shift_min below the thresholds and, with the
+        past's levels known, one and a half times what the past predicts with the fast ones
+        newly 非常满意 (level p < q_weak, and a larger share than before); without them
+        (facts that lack them), twice."""
+        if f["below"] < c.s.shift_min:
+            return False
+        if not f["levels_known"]:
+            return f["below"] >= 2 * f["expected"]
+        return (f["p_level"] < c.s.q_weak and f["fives_before"] is not None
+                and f["fives"] / f["below"] > f["fives_before"] / max(f["before"], 1)
+                and f["below"] >= 1.5 * f["expected"])
+
+    found = []
     for ref in refs:
         strata = _staff_strata(ref)
         for share in SHIFT_QUANTILES:
-            found = _shift_at(strata, share, c.s.q_weak)
-            if best is None or found["p"] < best["p"]:
-                best = {**found, "ref": ref, "share": share,
-                        "by_staff": bool(ref.past_staff) and None not in ref.past_staff}
-    assert best is not None
+            f = _shift_at(strata, share)
+            found.append({**f, "ref": ref, "share": share, "pile": pile(f),
+                          "by_staff": bool(ref.past_staff) and None not in ref.past_staff})
+    # The clearest reading that shows a pile, else the clearest reading; its p-value with the
+    # Bonferroni factor of all readings (shares, references, the count alone or with levels).
+    best = min(found, key=lambda f: (not f["pile"], f["p"]))
     ref, share = best["ref"], best["share"]
     below, expected, top = best["below"], best["expected"], best["fives"]
     n, m, since = len(ref.now), len(ref.past), ref.since
     fives_before, before, p_level = best["fives_before"], best["before"], best["p_level"]
-    # Bonferroni over the shares, the references and the two ways of reading them.
     p = min(1.0, best["p"] * len(SHIFT_QUANTILES) * len(refs) * 2)
-    # Strong evidence needs a pile: at least shift_min below the thresholds and, with the
-    # levels known, one and a half times what the past predicts with the fast ones newly
-    # 非常满意 (level p < q_weak); without them (facts that lack them), twice.
-    concentrated = p_level < c.s.q_weak and fives_before is not None and (
-        top / max(below, 1) > fives_before / max(before, 1))
-    if best["levels_known"]:
-        guard = below >= c.s.shift_min and concentrated and below >= 1.5 * expected
-    else:
-        guard = below >= c.s.shift_min and below >= 2 * expected
+    guard = best["pile"]
     threshold = max(best["thresholds"])
     ev = {"below": below, "invited": n, "threshold_ms": threshold,
           "thresholds_ms": best["thresholds"], "by_staff": best["by_staff"],
