@@ -29,6 +29,17 @@ CREATE TABLE IF NOT EXISTS device (
     revoked_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS device_place ON device (hall, window, state);
+-- Any change to the registry, by any process, bumps meta 'registry_version': a running collector
+-- compares it now and then and forgets its cached devices only when it changed.
+CREATE TRIGGER IF NOT EXISTS device_added AFTER INSERT ON device BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'registry_version';
+END;
+CREATE TRIGGER IF NOT EXISTS device_changed AFTER UPDATE ON device BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'registry_version';
+END;
+CREATE TRIGGER IF NOT EXISTS device_removed AFTER DELETE ON device BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'registry_version';
+END;
 
 -- Identities of processed device messages: (device, boot, seq) is accepted once.
 CREATE TABLE IF NOT EXISTS seen_msg (
@@ -162,7 +173,7 @@ def connect(path: str | Path, *, check_same_thread: bool = True,
     conn.executescript(_SCHEMA)
     conn.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?), "
-        "('instance', lower(hex(randomblob(16))))", (str(SCHEMA_VERSION),)
+        "('instance', lower(hex(randomblob(16)))), ('registry_version', '0')", (str(SCHEMA_VERSION),)
     )
     row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     if int(row[0]) != SCHEMA_VERSION:

@@ -89,6 +89,7 @@ class Ingest:
         self._serial = 0
         self._lines: list[str] = []  # points of the batch in hand
         self._registry_read_ms = 0
+        self._registry_version: tuple[str] | None = None
 
     # -- the batch ---------------------------------------------------------------------------------
 
@@ -102,10 +103,14 @@ class Ingest:
         """
         batch = list(items)
         if now_ms - self._registry_read_ms >= REGISTRY_REFRESH_MS:
-            # `evalterm device revoke` and `rotate-key` run in other processes: forget cached
-            # rows now and then, so a revoked device is refused within seconds.
-            self.registry.invalidate()
+            # `evalterm device revoke` and `rotate-key` run in other processes: look now and
+            # then whether the registry changed, so a revoked device is refused within seconds.
             self._registry_read_ms = now_ms
+            version = self._db.execute(
+                "SELECT value FROM meta WHERE key = 'registry_version'").fetchone()
+            if version != self._registry_version:
+                self.registry.invalidate()
+                self._registry_version = version
         try:
             return self._run_batch(batch, now_ms, careful=False)
         except _RedoCarefully:

@@ -90,6 +90,11 @@ class Collector:
         self._db = connect(cfg.state_db, check_same_thread=False, max_mb=cfg.collector.max_db_mb)
         self.ingest = Ingest(self._db, cfg, self.metrics)
         self._queue: queue.Queue[Inbound | None] = queue.Queue()
+        # MQTT messages received but not yet committed and acknowledged, at most two batches:
+        # past that, paho's thread waits and TCP holds the broker back. Without a bound, a
+        # backlog is read into memory as fast as the socket delivers it, and the network thread
+        # takes the interpreter from the ingest worker at each SQLite statement.
+        self._unacked = threading.BoundedSemaphore(2 * cfg.collector.batch_max)
         self._stop = threading.Event()
         self._drainer = DrainerProcess(cfg, connect(cfg.state_db, check_same_thread=False))
         self.metrics.registry.register(_DrainerMetrics(self._drainer))
@@ -148,6 +153,9 @@ class Collector:
             _LOG.warning("disconnected from the broker (%s); reconnecting", reason)
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        while not self._unacked.acquire(timeout=0.5):
+            if self._stop.is_set():
+                return  # not acknowledged: the broker delivers it again to the next run
         self._queue.put(Inbound("mqtt", msg.topic, bytes(msg.payload), self.clock(), (msg.mid, msg.qos)))
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
@@ -293,12 +301,16 @@ class Collector:
                       [(r,) for r in acked_cmds])
             self.metrics.commands_sent.inc(len(acked_cmds))
         if items:
+            started = time.monotonic()
             outcomes = self._run(self.ingest.process_batch, items, self.clock())
+            _LOG.debug("committed a batch of %d messages in %.1f ms (%d waiting)", len(items),
+                       (time.monotonic() - started) * 1000, self._queue.qsize())
             self.last_batch_ms = self.clock()
             for item, outcome in zip(items, outcomes, strict=True):
                 if item.source == "mqtt":
                     mid, qos = item.token
                     self._client.ack(mid, qos)  # only now: its effects are committed
+                    self._unacked.release()
                 elif isinstance(item.token, _Waiter):
                     item.token.outcome = outcome
                     item.token.done.set()
