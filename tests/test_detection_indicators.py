@@ -454,8 +454,8 @@ def _past_levels(u: Unit, top: float, seed: int = 3) -> Unit:
 @pytest.mark.parametrize(("top", "strong"), [(0.3, True), (0.9, False)])
 def test_response_shift_weighs_whether_the_fast_ones_are_newly_all_very_satisfied(top, strong):
     # Ten staff presses at 1.3 s among 34 citizens: a pile below the window's fast tail too
-    # small for strong evidence on its own. All ten are 非常满意; before, the window's equally
-    # fast ratings were so 30 % of the time (fires) or 90 % of the time (does not).
+    # small for strong evidence on its own. All ten are 非常满意; before, the faster half of the
+    # window's ratings were so 30 % of the time (fires) or 90 % of the time (does not).
     t = with_past_rts(_counted(_staff_presses(honest("t", 8, n_txn=40), 1300, 150, 10)),
                       4000, 0.5)
     h = hall(_past_levels(t, top), with_past_rts(excellent(), 3000, 0.5, seed=4))
@@ -465,8 +465,8 @@ def test_response_shift_weighs_whether_the_fast_ones_are_newly_all_very_satisfie
     assert verdict(h, "t").flagged == strong
     if strong:
         assert ind.evidence["p_levels"] < 0.001
-        assert "本窗口此前同样快的评价中“非常满意”占" in ind.reason_zh
-        assert "of its equally fast ratings were 非常满意" in ind.reason_en
+        assert "此前较快的一半评价中“非常满意”仅占" in ind.reason_zh
+        assert "of its faster half were 非常满意" in ind.reason_en
 
 
 def test_citizens_answering_faster_with_the_usual_levels_are_no_shift():

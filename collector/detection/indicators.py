@@ -632,9 +632,10 @@ def _shift_at(strata: list[tuple[list[int], list[int], list[int], list[int | Non
         thresholds.append(threshold)
         pmfs.append(stats.below_order_statistic_pmf(n, m, k))
         # The fast ones are 非常满意 far more often than this window's fast ones were: a hand
-        # already on the device presses 5 (the past's fast ratings are the reference, so a
-        # window whose quick citizens are also its happiest is not accused for that).
-        bf = bisect.bisect_left(past, threshold)
+        # already on the device presses 5. The reference is the past's faster half (or its
+        # ratings below the threshold, if more): a window whose quick citizens are also its
+        # happiest is not accused for that, and half the past is enough to tell.
+        bf = max(bisect.bisect_left(past, threshold), len(past) // 2)
         f_now = sum(1 for x in now_levels[:b] if x == 5)
         fives += f_now
         before += bf
@@ -674,7 +675,7 @@ def _response_shift(u: Unit, c: _Ctx) -> _Raw | None:
     Over the rolling period the change may have begun within it: the last one or two business
     days are also compared with everything before them (the window's history and the period's
     earlier days). A staff member presses 5: the levels of the fast ones are compared with those
-    of the window's equally fast ratings before (hypergeometric) and, being independent of the
+    of the faster half of the window's ratings before (hypergeometric) and, independent of the
     count under honest operation given the response times, joined to it by Fisher's method.
     Bonferroni over the three shares, the references tried and the two readings (the count
     alone, the count with the levels)."""
@@ -732,8 +733,8 @@ def _response_shift(u: Unit, c: _Ctx) -> _Raw | None:
           f"invitation, faster than {past_en} fastest {share:.0%} before (its past predicts "
           f"{expected:.1f}), {top} of them 非常满意: pressed by someone other than the citizen?")
     if fives_before is not None and before:
-        zh += f"（本窗口此前同样快的评价中“非常满意”占 {fives_before / before:.0%}）"
-        en += f" (before, {fives_before / before:.0%} of its equally fast ratings were 非常满意)"
+        zh += f"（此前较快的一半评价中“非常满意”仅占 {fives_before / before:.0%}）"
+        en += f" (before, {fives_before / before:.0%} of its faster half were 非常满意)"
     return _Raw(below, p, guard, ev, (zh, en))
 
 
