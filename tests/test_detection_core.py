@@ -183,6 +183,8 @@ def test_weak_signals_of_independent_kinds_combine():
     assert "2 independent kinds of signal agree (response times, presses outside" in v.reasons_en[0]
     assert "response_shift reason; uninvited_presses reason" in v.reasons_en[0]
     assert "2 类相互独立的迹象同时出现" in v.reasons_zh[0]
+    line = verdict_point(v, 1_772_380_800_000, 1_772_380_800_001)
+    assert 'combined="response_shift,uninvited_presses"' in line and "combined_strong=1i" in line
     quiet = judge("h1", "w1", None, "day", [shift, keys], Combined(p, 0.01, False, agreeing))
     assert quiet.severity == 1 and not quiet.flagged
 
@@ -206,6 +208,7 @@ def test_points_have_stable_identity_and_carry_both_languages():
     assert key(first) == key(again)  # a re-run overwrites the same point
     assert first.startswith("integrity_verdict,hall=h1,period=day,staff=*,window=w1 ")
     assert "severity=2i" in first and "flagged=1i" in first
+    assert 'combined=""' in first and "combined_strong=0i" in first
     assert 'reasons_zh="burst 原因"' in first and 'reasons_en="burst reason"' in first
     ind = indicator_point(v, 0, midnight, midnight + 1)
     assert ind.startswith("integrity,hall=h1,indicator=burst,period=day,staff=*,window=w1 ")
