@@ -69,7 +69,7 @@ class DrainerProcess:
 
     def __init__(self, cfg: Config, conn: sqlite3.Connection) -> None:
         self._cfg = cfg
-        self._db = conn  # the collector's own connections, for reading status and depth
+        self._db = conn  # the collector's own connection, for reading the depth
         self._drained = connect_drained(drained_path(cfg.state_db), check_same_thread=False)
         self._proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0

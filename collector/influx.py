@@ -2,9 +2,10 @@
 
 Points reach InfluxDB only through the `influx_outbox` table: the ingest path inserts them in the
 same transaction as the linking state, `OutboxDrainer` writes them in order and records how far
-InfluxDB confirmed, and only then does the collector delete them (`prune_outbox`). While InfluxDB is down the outbox grows and nothing is lost;
-when it returns the outbox drains. A batch InfluxDB rejects as invalid (HTTP 400) is split until the
-offending points are isolated; they are moved to `influx_dead` and counted, never silently dropped.
+InfluxDB confirmed, and only then does the collector delete them (`prune_outbox`). While InfluxDB
+is down the outbox grows and nothing is lost; when it returns the outbox drains. A batch InfluxDB
+rejects as invalid (HTTP 400) is split until the offending points are isolated; they are kept in
+the drainer's `influx_dead` table and counted, never silently dropped.
 
 Two writers: `V1Writer` speaks the 1.x `/write` API (the Debian `influxdb` server), `V2Writer` uses
 `influxdb-client` for 2.x and 3.x (token, org, bucket).
