@@ -111,8 +111,9 @@ class Outbox:
         f = self._fs.open(self.path, "ab")
         try:
             f.write(h)
-            if topic:
-                f.write(topic + payload)
+            if topic:  # two writes: no copy of the record is made on the heap
+                f.write(topic)
+                f.write(payload)
         finally:
             f.close()  # close commits the data on LittleFS
 

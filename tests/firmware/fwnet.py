@@ -20,28 +20,13 @@ class FakeWLAN:
         return -61 if what == "rssi" else 1010
 
 
-class FakeSock:
-    def __init__(self):
-        self.closed = False
-        self.opts = []
-        self.timeout = None
-
-    def setsockopt(self, level, opt, val):
-        self.opts.append((level, opt, val))
-
-    def settimeout(self, t):
-        self.timeout = t
-
-    def close(self):
-        self.closed = True
-
-
 class Broker:
     """What a fake broker received, shared by every FakeClient it hands out.
 
     Published messages go to a log file, as a broker's own storage: under MicroPython the
     firmware, the device and these fakes share 64 KiB, and keeping every payload in RAM
-    would be the broker's memory counted as the device's. `published` reads it back."""
+    would be the broker's memory counted as the device's. `each()` reads it back, one
+    message at a time."""
 
     def __init__(self):
         self._log = tmpdir() + "published"
@@ -67,10 +52,6 @@ class Broker:
                 r, tlen, plen = [int(x) for x in f.readline().split()]
                 yield f.read(tlen), f.read(plen), r == 1
 
-    @property
-    def published(self):
-        return list(self.each())
-
     def payloads(self, kind):
         end = b"/" + kind.encode()
         return [p for t, p, r in self.each() if t.endswith(end)]
@@ -80,11 +61,17 @@ class Broker:
 
 
 class FakeClient:
+    """umqtt.simple's API, and its own socket once connected (`sock`: the link sets options
+    on it, wraps it and closes it): one class less on the heap."""
+
     def __init__(self, broker):
         self.b = broker
         self.sock = None
         self.cb = None
         self.will = None
+        self.closed = False
+        self.opts = []
+        self.timeout = None
 
     def set_callback(self, cb):
         self.cb = cb
@@ -95,7 +82,7 @@ class FakeClient:
     def connect(self, clean_session=True):
         if not self.b.up:
             raise OSError(111)
-        self.sock = FakeSock()
+        self.sock = self
         self.b.wills.append(self.will)
         return 0
 
@@ -135,3 +122,14 @@ class FakeClient:
     def ping(self):
         self._check()
         self.b.pings += 1
+
+    # --- the socket ---
+
+    def setsockopt(self, level, opt, val):
+        self.opts.append((level, opt, val))
+
+    def settimeout(self, t):
+        self.timeout = t
+
+    def close(self):
+        self.closed = True

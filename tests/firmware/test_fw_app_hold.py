@@ -26,7 +26,7 @@ def _press_bad(flash, broker, reason=None):
 
 
 def _ids(broker):
-    return [(m["boot"], m["seq"]) for t, p, _ in broker.published for m in [json.loads(p)]]
+    return [(m["boot"], m["seq"]) for t, p, _ in broker.each() for m in [json.loads(p)]]
 
 
 def test_pending_rating_sent_once_after_a_power_cut():

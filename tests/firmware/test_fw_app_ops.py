@@ -31,7 +31,7 @@ def test_offline_ratings_kept_and_sent_in_order_after_reconnect():
     assert levels == [5, 4, 3]
     boots = {m["boot"] for m in b.messages("rating")}
     assert boots == {1}
-    ids = [(m["boot"], m["seq"]) for t, p, _ in b.published
+    ids = [(m["boot"], m["seq"]) for t, p, _ in b.each()
            for m in [json.loads(p)] if "seq" in m]
     assert len(ids) == len(set(ids))
 

@@ -31,7 +31,7 @@ def test_connect_sequence():
     topic, will, retain, qos = b.wills[0]
     assert topic == b"p/status" and b'"offline"' in will and retain and qos == 1
     assert b.subs == [(b"p/cmd", 1)]
-    assert b.published == [(b"p/status", b'{"state":"online","n":2}', True)]
+    assert list(b.each()) == [(b"p/status", b'{"state":"online","n":2}', True)]
     assert ln.client.sock._s.opts == [(6, 1, 1)]  # TCP_NODELAY
     assert ln.client.sock._s.timeout == 5
 
@@ -45,7 +45,7 @@ def test_drains_in_order_one_per_poll_and_acks():
     ln.poll(0, ob)  # connect
     for t in (10, 20, 30, 40):
         ln.poll(t, ob)
-    assert [p for t, p, r in b.published if t == T] == [b"m0", b"m1", b"m2"]
+    assert [p for t, p, r in b.each() if t == T] == [b"m0", b"m1", b"m2"]
     assert len(ob) == 0
 
 
@@ -76,7 +76,7 @@ def test_broker_loss_keeps_record_and_backs_off():
     ln.poll(ln._next_try, ob)
     ln.poll(ln._next_try + 10, ob)
     assert ln.up and ln.reconnects == 1
-    assert [p for t, p, r in b.published if t == T] == [b"m0", b"m1"]
+    assert [p for t, p, r in b.each() if t == T] == [b"m0", b"m1"]
 
 
 def test_jitter_stays_in_range():

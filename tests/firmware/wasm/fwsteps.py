@@ -60,7 +60,7 @@ def check():
     ms = b.messages("rating")
     got = [(m["level"], m["txn"], m["reason"], m["boot"]) for m in ms]
     assert got == [(2, "A-1", "attitude", 1), (4, "A-2", None, 1)], got
-    ids = [(m["boot"], m["seq"]) for _, p, _ in b.published for m in [json.loads(p)] if "seq" in m]
+    ids = [(m["boot"], m["seq"]) for _, p, _ in b.each() for m in [json.loads(p)] if "seq" in m]
     assert len(ids) == len(set(ids))
     hb = [m for m in b.messages("event") if m["type"] == "heartbeat"]
     assert hb and hb[-1]["boot"] == 2, hb
