@@ -1,4 +1,5 @@
-"""HMAC-SHA256 signatures exactly as docs/protocol.md section 3 defines them.
+"""HMAC-SHA256 signatures exactly as docs/protocol.md section 3 defines them (checking a
+received signature is command.verify: only commands need it).
 
 MicroPython has no hmac module, so HMAC (RFC 2104) is built here over hashlib.sha256.
 The pads are computed once per key; hashing takes the parts of the signed bytes one by one
@@ -15,7 +16,6 @@ except ImportError:  # CPython
     const = int
 
 SIG_HEAD = b',"sig":"'
-_SIG_LEN = const(74)  # len(',"sig":"') + 64 hex digits + '"}'
 _BLOCK = const(64)
 
 
@@ -44,24 +44,6 @@ class Signer:
     def hexmac(self, topic: bytes, body) -> bytes:
         """Lowercase hex signature of an unsigned JSON object `body` published on `topic`."""
         return hexlify(self.mac((topic, b"\n", body)))
-
-    def verify(self, topic: bytes, payload: bytes) -> bool:
-        """True if `payload` ends in a well-formed sig member that matches (constant time)."""
-        n = len(payload)
-        if n < _SIG_LEN + 2:
-            return False
-        if payload[n - _SIG_LEN:n - 66] != SIG_HEAD or payload[n - 2:] != b'"}':
-            return False
-        mv = memoryview(payload)
-        want = hexlify(self.mac((topic, b"\n", mv[:n - _SIG_LEN], b"}")))
-        diff = 0
-        for i in range(64):
-            c = payload[n - 66 + i]
-            # Uppercase or non-hex digits are malformed, not merely different.
-            if not (48 <= c <= 57 or 97 <= c <= 102):
-                return False
-            diff |= c ^ want[i]
-        return diff == 0
 
 
 class Writer:

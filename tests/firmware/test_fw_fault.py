@@ -13,6 +13,7 @@ BAD = config_error(board={"keys": [32, 33, 25, 26], "leds": None, "rgb": None, "
 
 from fwnet import Broker, FakeWLAN  # noqa: E402
 
+from etfw.command import verify  # noqa: E402
 from etfw.fault import DETAIL_MAX, ConfigFault, clean_detail  # noqa: E402
 from etfw.sign import Signer  # noqa: E402
 from etfw.store import RealFS, Store  # noqa: E402
@@ -59,7 +60,7 @@ def test_config_error_published_after_connect():
     assert (m["dev"], m["boot"], m["seq"]) == ("kp-0007", 1, 2)  # 0, 1: last will, online
     raw = r.broker.payloads("event")[0]
     assert raw.startswith(b'{"v":1,"kind":"event","dev":"kp-0007","boot":1,')
-    assert Signer(KEY).verify(r.dev.msgs.t_event, raw)
+    assert verify(Signer(KEY), r.dev.msgs.t_event, raw)
     assert r.broker.messages("rating") == []
     assert r.shown == [("error", detail)] and r.ui_ticks == 10
 
@@ -105,5 +106,5 @@ def test_detail_is_printable_ascii_and_bounded():
     r = FaultRig("x" * (DETAIL_MAX + 200), BAD[1])
     r.run(100)
     raw = r.broker.payloads("event")[0]
-    assert len(raw) <= 1024 and Signer(KEY).verify(r.dev.msgs.t_event, raw)
+    assert len(raw) <= 1024 and verify(Signer(KEY), r.dev.msgs.t_event, raw)
     assert json.loads(raw)["data"]["detail"] == "x" * DETAIL_MAX

@@ -5,6 +5,7 @@ import json
 from fwfakes import KEY, cmd_payload
 
 from etfw.clock import Clock
+from etfw.command import verify
 from etfw.message import CommandError, Messages
 
 
@@ -78,7 +79,7 @@ def test_envelope_order_and_seq():
     assert jb["data"]["keys"] == [1, 2, 3, 4, 5] and jb["data"]["ntp"] is False
     head = b'{"v":1,"kind":"event","dev":"kp-0007","boot":3,"seq":0,"ts":null,"up":'
     assert a.startswith(head)
-    assert m.signer.verify(m.t_event, a) and m.signer.verify(m.t_event, b)
+    assert verify(m.signer, m.t_event, a) and verify(m.signer, m.t_event, b)
 
 
 def test_too_long_message_takes_no_seq():

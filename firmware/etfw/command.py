@@ -1,0 +1,91 @@
+"""Checking a received command (docs/protocol.md section 5): topic, size, signature, fields,
+cseq and expiry. Loaded by Messages.command for each command and dropped again after it
+(etfw.unload): commands are rare next to the main loop's steps, so a running device does
+not keep this code on its heap. The checked command goes to Terminal.command.
+"""
+
+import json
+from binascii import hexlify
+
+from .message import CommandError
+from .sign import SIG_HEAD
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    const = int
+
+_SIG_LEN = const(74)  # len(',"sig":"') + 64 hex digits + '"}'
+COMMANDS = ("invite", "cancel", "pause", "resume", "display")
+
+
+def verify(signer, topic: bytes, payload: bytes) -> bool:
+    """True if `payload` ends in a well-formed sig member that matches `signer`'s key
+    (constant time)."""
+    n = len(payload)
+    if n < _SIG_LEN + 2:
+        return False
+    if payload[n - _SIG_LEN:n - 66] != SIG_HEAD or payload[n - 2:] != b'"}':
+        return False
+    mv = memoryview(payload)
+    want = hexlify(signer.mac((topic, b"\n", mv[:n - _SIG_LEN], b"}")))
+    diff = 0
+    for i in range(64):
+        c = payload[n - 66 + i]
+        # Uppercase or non-hex digits are malformed, not merely different.
+        if not (48 <= c <= 57 or 97 <= c <= 102):
+            return False
+        diff |= c ^ want[i]
+    return diff == 0
+
+
+def _is_str(v, lo: int, hi: int) -> bool:
+    return isinstance(v, str) and lo <= len(v) <= hi
+
+
+def check(msgs, topic: bytes, payload: bytes) -> dict:
+    """The command `payload` received on `topic` by the device of `msgs` (message.Messages),
+    checked; raise CommandError if it must be ignored. Accepting it advances msgs.last_cseq."""
+    if topic != msgs.t_cmd:
+        raise CommandError("topic")
+    if len(payload) > 1024:
+        raise CommandError("oversized")
+    if not verify(msgs.signer, topic, payload):
+        raise CommandError("signature")
+    try:
+        c = json.loads(payload)
+    except ValueError:
+        raise CommandError("malformed")
+    if not isinstance(c, dict) or c.get("v") != 1 or c.get("kind") != "cmd":
+        raise CommandError("malformed")
+    name = c.get("cmd")
+    cseq = c.get("cseq")
+    ts = c.get("ts")
+    if name not in COMMANDS or not isinstance(cseq, int) or not isinstance(ts, int) \
+            or isinstance(cseq, bool) or isinstance(ts, bool):
+        raise CommandError("malformed")
+    if cseq <= msgs.last_cseq:
+        raise CommandError("cseq")
+    if name == "invite":
+        staff = c.get("staff")
+        ttl = c.get("ttl")
+        if not (_is_str(c.get("txn"), 1, 64) and isinstance(staff, dict)
+                and isinstance(ttl, int) and not isinstance(ttl, bool)
+                and 1 <= ttl <= 3600):
+            raise CommandError("malformed")
+        for k in ("name", "badge"):
+            if k in staff and not _is_str(staff[k], 0, 32):
+                raise CommandError("malformed")
+        if "service" in c and not _is_str(c["service"], 0, 64):
+            raise CommandError("malformed")
+        now = msgs.clock.ts()
+        if now is not None and ts + ttl * 1000 < now:
+            raise CommandError("expired")
+    elif name == "cancel":
+        if not _is_str(c.get("txn"), 1, 64):
+            raise CommandError("malformed")
+    elif name == "display":
+        if not _is_str(c.get("text"), 0, 64):
+            raise CommandError("malformed")
+    msgs.last_cseq = cseq
+    return c
