@@ -236,14 +236,28 @@ def _sim_keys(cfg: Config, spec: Any) -> dict[str, bytes]:
     return keys
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from .simulate import SimHall, default_hall
+def _sim_hall(args: argparse.Namespace, cfg: Config, hall: str, host: str, port: int,
+              prefix: str) -> Any:
+    from .simulate import SimHall, default_hall, parse_profiles
 
+    spec = default_hall(hall, args.windows, args.rate, args.seed, parse_profiles(args.profile))
+    sim = SimHall(spec, _sim_keys(cfg, spec), host, port, prefix=prefix, seed=args.seed,
+                  cycle_s=args.cycle)
+    for line in sim.describe():
+        print(f"  {hall}/{line}")
+    return sim
+
+
+def _sim_truth(hall: Any) -> None:
+    for window, did in sorted(hall.truth().items()):
+        print(f"  {window}: " + (", ".join(f"{k} {v}" for k, v in sorted(did.items()))
+                                 or "the profile did nothing yet"))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     _setup_logging(cfg.collector.log_level)
-    spec = default_hall(args.hall, args.windows, args.rate, args.seed)
-    hall = SimHall(spec, _sim_keys(cfg, spec), cfg.mqtt.host, cfg.mqtt.port,
-                   prefix=cfg.mqtt.topic_prefix, seed=args.seed)
+    hall = _sim_hall(args, cfg, args.hall, cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.topic_prefix)
     hall.start()
     try:
         hall.run(args.duration if args.duration > 0 else float("inf"))
@@ -251,13 +265,40 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         pass
     hall.stop()
     print(f"simulated {hall.completed} transactions, {hall.ratings_sent()} ratings")
+    _sim_truth(hall)
     return 0
+
+
+def demo_profiles(args: argparse.Namespace) -> list[str]:
+    """The demo's manipulated windows: as given, none with `--profile none`, else a window
+    whose 差评 never leave the device and one whose staff rate for the citizens (both flagged
+    within minutes: the key counters at the next heartbeat, the response times soon after)."""
+    if args.profile is not None:
+        return [p for p in args.profile if p != "none"]
+    return (["suppressed_negatives:w03"] if args.windows >= 3 else []) + (
+        ["self_rating:w05"] if args.windows >= 5 else [])
+
+
+def flagged_windows(cfg: Config) -> list[str]:
+    """The windows the collector's detector flags today, with their first reason."""
+    from .influx import influxql
+
+    i = cfg.influx
+    q = ('SELECT last("flagged") AS flagged, last("reasons") AS reasons FROM "integrity_verdict" '
+         "WHERE time > now() - 1d AND \"staff\" = '*' GROUP BY \"hall\", \"window\"")
+    out = []
+    for s in influxql(i.url, i.database if i.version == 1 else i.bucket, q,
+                      username=i.username, password=i.password):
+        tags, vals = s.get("tags") or {}, s["values"][0]  # type: ignore[index]
+        if vals[1]:
+            reason = str(vals[2] or "").split("；")[0].split("; ")[0]
+            out.append(f"{tags.get('hall', '?')}/{tags.get('window', '?')}: {reason}")
+    return sorted(out)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .devservers import InfluxServer, MosquittoServer, free_port
     from .service import Collector
-    from .simulate import SimHall, default_hall
 
     _setup_logging("WARNING")
     root = Path(args.dir).resolve()
@@ -271,16 +312,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # Short windows so a newcomer sees unrated transactions within the first minutes.
         linking__rating_window_s=args.rating_window, linking__invite_ttl_s=min(
             120, args.rating_window),
+        # The simulated hall is open whenever the demo runs, and judged every half minute.
+        detection__opening_hours="00:00-24:00", detection__business_days="1-7",
+        detection__interval_s=30,
+        # A demo hall is far busier than a real one (minutes, not hours, between transactions),
+        # and its day starts when the demo does: the pace-based burst scan would flag every
+        # window (the others count per rating or per transaction).
+        detection__burst_min=10_000,
     )
     collector = Collector(cfg)
     collector.start()
-    spec = default_hall("hall01", args.windows, args.rate, args.seed)
-    hall = SimHall(spec, _sim_keys(cfg, spec), "127.0.0.1", broker.port, seed=args.seed)
+    args.profile = demo_profiles(args)
+    print("demo: hall01, windows (true quality: the detector never sees it):")
+    hall = _sim_hall(args, cfg, "hall01", "127.0.0.1", broker.port, cfg.mqtt.topic_prefix)
     hall.start()
     print(f"demo: broker 127.0.0.1:{broker.port}, InfluxDB {influx.url} (database evalterm), "
           f"collector http://{cfg.http.listen}/metrics")
-    print(f"demo: hall01 with {args.windows} windows, ~{args.rate} transactions/min each; "
-          "Ctrl-C to stop")
+    print(f"demo: hall01 with {args.windows} windows, ~{args.rate} transactions/min each on "
+          "average; Ctrl-C to stop")
     runner = threading.Thread(target=hall.run, args=(args.duration or float("inf"),), daemon=True)
     runner.start()
     try:
@@ -290,9 +339,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"\n--- {datetime.now():%H:%M:%S}  transactions {hall.completed}, "
                   f"ratings pressed {hall.ratings_sent()}, outbox {collector.health()['outbox_depth']}")
             print(report(cfg, "1d"))
+            flags = flagged_windows(cfg)
+            print("flagged (integrity_verdict): " + ("; ".join(flags) if flags else "none yet"))
     except KeyboardInterrupt:
         print("\ndemo: stopping")
     hall.stop()
+    _sim_truth(hall)
     collector.stop()
     broker.stop()
     influx.stop()
@@ -348,11 +400,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="a simulated hall on the configured broker")
     demo = sub.add_parser("demo", help="private broker + InfluxDB + collector + simulated hall")
+    from .sim_profiles import PROFILES
+
     for sp in (sim, demo):
         sp.add_argument("--windows", type=int, default=6)
-        sp.add_argument("--rate", type=float, default=6.0, help="transactions per minute per window")
+        sp.add_argument("--rate", type=float, default=6.0,
+                        help="transactions per minute per window, on average (windows differ)")
         sp.add_argument("--seed", type=int, default=1)
         sp.add_argument("--duration", type=float, default=0, help="seconds (0: until Ctrl-C)")
+        sp.add_argument("--profile", action="append", metavar="PROFILE:WINDOW",
+                        help="a manipulated window, e.g. self_rating:w03 (repeatable); profiles: "
+                        + ", ".join(PROFILES) + ("" if sp is sim else
+                        "; default suppressed_negatives:w03 and self_rating:w05, 'none' for an "
+                        "honest hall"))
+        sp.add_argument("--cycle", type=float, default=600.0 if sp is sim else 300.0,
+                        help="seconds of real time that hold one business day of the profiles' "
+                        "episodes (fill-in bursts, unplugging, pauses)")
     sim.add_argument("--hall", default="hall01")
     sim.set_defaults(func=cmd_simulate)
     demo.add_argument("--dir", default="run/demo", help="where the demo keeps its servers' data")

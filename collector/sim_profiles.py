@@ -10,6 +10,12 @@ signed, exactly as a device would receive them.
 Every window has an honest behaviour drawn from wide ranges (volume, true quality, coverage,
 reaction times, stray presses, pauses, network blips), and optionally one manipulation profile
 from `PROFILES`, active from a given day on, with its own parameters drawn from ranges too.
+
+The profiles are defined once, here, for both simulators: their parameter draws
+(`draw_profile_params`), what a citizen and the staff press after an invitation
+(`citizen_presses`), a profile's day besides invitations (`profile_episodes`) and the device's
+terminal rules with what a manipulation changes in it (`SimTerminal`). collector/simulate.py runs
+the same definitions in real time over the broker.
 """
 
 from __future__ import annotations
@@ -30,7 +36,17 @@ from .pipeline import Inbound, Ingest
 from .protocol import build_signed, device_topic, feed_topic, verify
 from .registry import Registry
 
-__all__ = ["PROFILES", "VirtualHall", "WindowPlan", "draw_hall", "draw_window"]
+__all__ = [
+    "PROFILES",
+    "SimTerminal",
+    "VirtualHall",
+    "WindowPlan",
+    "citizen_presses",
+    "draw_hall",
+    "draw_profile_params",
+    "draw_window",
+    "profile_episodes",
+]
 
 PROFILES = (
     "self_rating",           # staff press 5 themselves, right after the invitation
@@ -101,7 +117,15 @@ def draw_window(rng: random.Random, hall: str, index: int, *, excellent: bool = 
         blips_per_day=rng.uniform(0.0, 1.5), heartbeat_s=rng.randint(120, 200),
         excellent=excellent, profile=profile, start_day=start_day,
     )
-    p = plan.params
+    plan.params.update(draw_profile_params(rng, profile))
+    return plan
+
+
+def draw_profile_params(rng: random.Random, profile: str) -> dict[str, Any]:
+    """The manipulation's own parameters, drawn from wide ranges (never shown to the detector).
+    The one definition both simulators use (this module's `VirtualHall`, in simulated time, and
+    collector/simulate.py, in real time over the broker)."""
+    p: dict[str, Any] = {}
     if profile == "self_rating":
         p.update(share=rng.uniform(0.3, 0.8), mu_ms=rng.uniform(350, 1500),
                  sd_ms=rng.uniform(30, 250), five=rng.uniform(0.8, 1.0))
@@ -121,7 +145,102 @@ def draw_window(rng: random.Random, hall: str, index: int, *, excellent: bool = 
         p.update(drop=rng.uniform(0.7, 1.0))
     elif profile != "honest":
         raise ValueError(f"unknown profile {profile!r}")
-    return plan
+    return p
+
+
+Note = Callable[[str, int], None]  # (what the manipulation did, how many times): ground truth
+
+
+def citizen_presses(rng: random.Random, plan: WindowPlan, active: bool, level: int, rate: bool,
+                    rt: Callable[[], int], note: Note) -> list[tuple[int, int]]:
+    """The key presses that follow one invitation, as (ms after it showed, key): the citizen's
+    (`level`, if they `rate`; `rt()` draws their response time) and, by profile, the staff's.
+    Presses on a dead key or while nothing is asked are still presses: the device decides."""
+    p = plan.params
+    if active and plan.profile == "self_rating" and rng.random() < p["share"]:
+        staff_at = max(150, int(rng.gauss(p["mu_ms"], p["sd_ms"])))
+        note("staff_rated", 1)
+        out = [(staff_at, 5 if rng.random() < p["five"] else 4)]
+        if rate and rng.random() < 0.3:  # the citizen tries anyway: a press with no invitation
+            out.append((staff_at + rt(), level))
+        return out
+    if active and plan.profile == "selective_invitation":
+        keep = p["happy"] if level >= 4 else 1 - p["dissuade"]
+        if rate and rng.random() >= keep:
+            note("not_invited" if level >= 4 else "unhappy_not_invited", 1)
+            return []
+    if not rate:
+        return []
+    t = rt()
+    if active and plan.profile == "bad_key_disabled" and level <= 2:
+        note("negatives_lost", 1)
+        out = [(t, level)]  # dead key: nothing happens
+        if rng.random() < p["press_three"]:
+            out.append((t + rng.randint(1500, 5000), 3))
+        return out
+    out = [(t, level)]
+    if level <= 2 and rng.random() < 0.8:
+        t += rng.randint(2000, 9000)
+        out.append((t, rng.randint(1, 5)))  # the reason tag
+    if rng.random() < plan.stray_press:
+        out.append((t + rng.randint(1000, 4000), rng.randint(1, 5)))
+    return out
+
+
+Action = tuple[int, str, int]  # (ms, "press" | "standalone" | "pause" | "power", key or 0/1)
+
+
+def _standalone(times: list[int], key: int = 5) -> list[Action]:
+    """Stand-alone mode switched on around a run of presses (the device rates each one)."""
+    return ([(times[0] - 1000, "standalone", 1)] + [(t, "press", key) for t in times]
+            + [(times[-1] + 1000, "standalone", 0)])
+
+
+def profile_episodes(rng: random.Random, plan: WindowPlan, shifts: list[tuple[int, int]],
+                     note: Note, minute_ms: int = 60_000) -> list[Action]:
+    """What the profile does on one business day besides invitations, as timed actions:
+    fill-in bursts, unplugging, ratings while paused, presses with nothing asked. `shifts` are
+    the day's (morning, afternoon) opening stretches in ms; `minute_ms` how long a minute of
+    the profile lasts (60 000; shorter in a compressed real-time day)."""
+    p, out = plan.params, []
+    if plan.profile == "fill_in_burst":
+        at = (shifts[0][1] if rng.random() < p["lunch"] else shifts[1][1]) + rng.randint(
+            1, 15) * minute_ms
+        n = rng.randint(*p["presses"])
+        note("filled_in", n)
+        times = [at]
+        for _ in range(n - 1):
+            times.append(times[-1] + rng.randint(5200, 9000))  # the repeat filter is 5 s
+        out += _standalone(times)
+    elif plan.profile == "unplugging":
+        for _ in range(rng.randint(*p["episodes"])):
+            a, b = rng.choice(shifts)
+            start = rng.randint(a, b - 10 * minute_ms)
+            note("unplugged", 1)
+            out.append((start, "power", 0))
+            out.append((start + rng.randint(*p["minutes"]) * minute_ms, "power", 1))
+    elif plan.profile == "rating_during_pause":
+        second = minute_ms // 60
+        for _ in range(rng.randint(*p["pauses"])):
+            a, b = rng.choice(shifts)
+            start = rng.randint(a, b - 60 * minute_ms)
+            n = rng.randint(*p["presses"])
+            note("rated_while_paused", n)
+            times = [start + max(MIN_INTERVAL_MS, rng.randint(60, 180) * second)]
+            for _ in range(n - 1):
+                times.append(times[-1] + max(MIN_INTERVAL_MS + 200,
+                                             rng.randint(60, 300) * second))
+            out.append((start, "pause", 1))
+            out += _standalone(times)
+            out.append((times[-1] + max(MIN_INTERVAL_MS, rng.randint(60, 300) * second),
+                        "pause", 0))
+    elif plan.profile == "uninvited_pressing":
+        n = rng.randint(*p["per_day"])
+        note("uninvited_presses", n)
+        for _ in range(n):
+            out.append((rng.randint(shifts[0][0], shifts[1][1]), "press",
+                        5 if rng.random() < 0.85 else 4))
+    return out
 
 
 def draw_hall(rng: random.Random, hall: str, n_windows: int, profiles: list[str],
@@ -139,11 +258,19 @@ def draw_hall(rng: random.Random, hall: str, n_windows: int, profiles: list[str]
 # -- the device -----------------------------------------------------------------------------------
 
 
-class _Device:
-    """The firmware's terminal rules, in simulated time, emitting real signed messages."""
+class SimTerminal:
+    """The firmware's terminal rules (firmware/etfw/terminal.py and app.py: states, key
+    counters, the 差评 held for its reason, stray presses counted and reported, stand-alone
+    mode), emitting real signed messages, and what a manipulation changes in the device (dead
+    keys, dropped 差评, a pause ignored). Shared by the simulated-time device below and by the
+    real-time one (collector/simulate.py); a subclass supplies `rng`, `note` and `_send`, and
+    calls every method with the time in ms."""
 
-    def __init__(self, hall: VirtualHall, plan: WindowPlan, key: bytes) -> None:
-        self.h, self.plan, self.key = hall, plan, key
+    prefix = hall = ""
+    rng: random.Random
+
+    def __init__(self, plan: WindowPlan, key: bytes) -> None:
+        self.plan, self.key = plan, key
         self.boot, self.seq, self.boot_at = 1, 0, 0
         self.keys = [0, 0, 0, 0, 0]
         self.uninvited = self.filtered = 0
@@ -160,11 +287,23 @@ class _Device:
         self.powered = True
         self.connected = True
         self.outbox: list[tuple[str, bytes]] = []
-        self.will: bytes | None = None
         self.last_cseq = 0
 
+    def note(self, what: str, n: int = 1) -> None:
+        """Ground truth: what the manipulation did (never shown to the detector)."""
+
+    def _send(self, topic: str, payload: bytes, t: int) -> None:
+        raise NotImplementedError
+
+    def apply_profile(self, active: bool) -> None:
+        """The device side of the window's profile, on or off."""
+        profile = self.plan.profile if active else "honest"
+        self.dead_keys = {1, 2} if profile == "bad_key_disabled" else set()
+        self.drop_negatives = self.plan.params["drop"] if profile == "suppressed_negatives" else 0.0
+        self.ignore_pause = profile == "rating_during_pause"
+
     def topic(self, kind: str) -> str:
-        return device_topic(self.h.prefix, self.h.hall, self.plan.window, self.plan.device, kind)
+        return device_topic(self.prefix, self.hall, self.plan.window, self.plan.device, kind)
 
     def _signed(self, kind: str, fields: dict[str, Any], t: int) -> bytes:
         self.seq += 1
@@ -178,37 +317,28 @@ class _Device:
             return
         msg = (self.topic(kind), self._signed(kind, fields, t))
         if self.connected:
-            self.h.deliver(t + self.h.rng.randint(20, 400), *msg)
+            self._send(*msg, t)
         else:
             self.outbox.append(msg)  # flash outbox: sent after the reconnect, original stamps
 
-    # -- connectivity --
-    def connect(self, t: int) -> None:
-        self.connected = True
-        self.will = self._signed("status", {"state": "offline", "fw": FW}, t)
-        self.h.deliver(t + 50, self.topic("status"), self._signed("status", {"state": "online",
-                                                                              "fw": FW}, t))
-        for i, (topic, payload) in enumerate(self.outbox):
-            self.h.deliver(t + 100 + i * 20, topic, payload)
-        self.outbox.clear()
+    # -- power (unplugging) --
+    def _keep_held(self) -> None:
+        """A power cut while a 差评 waits for its reason: the firmware has it on flash (an H
+        record, reason "none", signed at the press) and sends it after the reboot."""
+        if self.pending is not None and self.powered:
+            level, txn, rt, mode = self.pending
+            self.pending = None
+            self._rating(level, txn, "none", rt, mode, self.reason_until - REASON_TIMEOUT_MS)
 
-    def disconnect(self, t: int) -> None:
-        if self.connected and self.will is not None:
-            self.h.deliver(t + WILL_DELAY_MS, self.topic("status"), self.will)
-        self.connected = False
-
-    def power_off(self, t: int) -> None:
-        self.disconnect(t)
+    def _power_down(self) -> None:
         self.powered = False
         self.state, self.invite, self.pending = "idle", None, None
 
-    def power_on(self, t: int) -> None:
+    def _power_up(self, t: int) -> None:
         self.powered = True
         self.boot += 1
         self.seq, self.boot_at = 0, t
         self._emit("event", {"type": "boot", "data": {"fw": FW, "reset_cause": "power_on"}}, t)
-        self.connected = False
-        self.connect(t + 3000)
 
     def heartbeat(self, t: int) -> None:
         data = {"fw": FW, "rssi": -60, "heap_free": 60000, "outbox": len(self.outbox),
@@ -218,13 +348,14 @@ class _Device:
 
     # -- commands --
     def command(self, payload: bytes, topic: str, t: int) -> str | None:
+        """A command from the collector; returns the transaction of an invitation shown."""
         if not (self.powered and self.connected) or not verify(self.key, topic, payload):
             return None
         cmd = json.loads(payload)
         if cmd["cseq"] <= self.last_cseq:
             return None
         self.last_cseq = cmd["cseq"]
-        self._tick(t)
+        self.tick(t)
         name = cmd["cmd"]
         if name == "invite":
             if self.state == "paused":
@@ -232,7 +363,7 @@ class _Device:
             self._flush_pending(t)
             self.invite = (cmd["txn"], t, t + cmd["ttl"] * 1000)
             self.state = "invited"
-            return cmd["txn"]
+            return str(cmd["txn"])
         if name == "pause" and not self.ignore_pause:
             self._flush_pending(t)
             self.state, self.invite = "paused", None
@@ -241,7 +372,8 @@ class _Device:
         return None
 
     # -- keys --
-    def _tick(self, t: int) -> None:
+    def tick(self, t: int) -> None:
+        """Time passes: an invitation expires, a reason prompt times out."""
         if self.state == "invited" and self.invite and t >= self.invite[2]:
             self._emit("event", {"type": "invite_expired", "data": {"txn": self.invite[0]}},
                        self.invite[2])
@@ -252,11 +384,11 @@ class _Device:
     def _rating(self, level: int, txn: str | None, reason: str | None, rt: int | None, mode: str,
                 t: int) -> None:
         self.last_accept = t
-        if level <= 2 and self.drop_negatives and self.h.rng.random() < self.drop_negatives:
+        if level <= 2 and self.drop_negatives and self.rng.random() < self.drop_negatives:
             # tampered firmware: the 差评 never leaves the device
-            self.h.note(self.plan.window, "negatives_dropped")
+            self.note("negatives_dropped")
             if reason not in (None, "none"):
-                self.h.note(self.plan.window, "negatives_dropped_with_reason")
+                self.note("negatives_dropped_with_reason")
             return
         self._emit("rating", {"level": level, "txn": txn, "reason": reason, "rt": rt,
                               "mode": mode}, t)
@@ -281,7 +413,7 @@ class _Device:
     def press(self, key: int, t: int) -> None:
         if not self.powered or key in self.dead_keys:
             return
-        self._tick(t)
+        self.tick(t)
         self.keys[key - 1] += 1
         if self.state == "invited" and self.invite:
             txn, shown, _ = self.invite
@@ -304,6 +436,48 @@ class _Device:
                 self.last_uninvited_event = t
                 self._emit("event", {"type": "key_uninvited",
                                      "data": {"key": key, "state": self.state}}, t)
+
+
+class _Device(SimTerminal):
+    """The terminal in simulated time: messages reach the hall's event queue after a delay, the
+    broker's last will after 1.5 x keepalive."""
+
+    def __init__(self, hall: VirtualHall, plan: WindowPlan, key: bytes) -> None:
+        super().__init__(plan, key)
+        self.h = hall
+        self.prefix, self.hall, self.rng = hall.prefix, hall.hall, hall.rng
+        self.will: bytes | None = None
+
+    def note(self, what: str, n: int = 1) -> None:
+        self.h.note(self.plan.window, what, n)
+
+    def _send(self, topic: str, payload: bytes, t: int) -> None:
+        self.h.deliver(t + self.rng.randint(20, 400), topic, payload)
+
+    # -- connectivity --
+    def connect(self, t: int) -> None:
+        self.connected = True
+        self.will = self._signed("status", {"state": "offline", "fw": FW}, t)
+        self.h.deliver(t + 50, self.topic("status"), self._signed("status", {"state": "online",
+                                                                              "fw": FW}, t))
+        for i, (topic, payload) in enumerate(self.outbox):
+            self.h.deliver(t + 100 + i * 20, topic, payload)
+        self.outbox.clear()
+
+    def disconnect(self, t: int) -> None:
+        if self.connected and self.will is not None:
+            self.h.deliver(t + WILL_DELAY_MS, self.topic("status"), self.will)
+        self.connected = False
+
+    def power_off(self, t: int) -> None:
+        self.disconnect(t)
+        self._keep_held()
+        self._power_down()
+
+    def power_on(self, t: int) -> None:
+        self._power_up(t)
+        self.connected = False
+        self.connect(t + 3000)
 
 
 # -- the hall -------------------------------------------------------------------------------------
@@ -471,7 +645,6 @@ class VirtualHall:
     def _citizen(self, dev: _Device, shown: int) -> None:
         """A citizen is invited to rate (and staff may interfere, by profile)."""
         plan, rng = dev.plan, self.rng
-        active = plan.active(self.day_index)
         _, d_cov, d_bad, d_top = self._drift_of(plan)
         weights = plan.levels
         if self.honest_drift:
@@ -479,45 +652,9 @@ class VirtualHall:
                        weights[4] * d_top)
         level = rng.choices((1, 2, 3, 4, 5), weights=weights)[0]
         rate = rng.random() < min(0.99, max(0.3, plan.coverage + d_cov))
-        if active and plan.profile == "self_rating" and rng.random() < plan.params["share"]:
-            staff_at = shown + max(150, int(rng.gauss(plan.params["mu_ms"], plan.params["sd_ms"])))
-            self.note(plan.window, "staff_rated")
-            self.at(staff_at, self._press, dev, 5 if rng.random() < plan.params["five"] else 4)
-            if rate and rng.random() < 0.3:  # the citizen tries anyway: a press with no invitation
-                self.at(staff_at + self._rt(plan), self._press, dev, level)
-            return
-        if active and plan.profile == "selective_invitation":
-            keep = plan.params["happy"] if level >= 4 else 1 - plan.params["dissuade"]
-            if rate and rng.random() >= keep:
-                self.note(plan.window, "not_invited" if level >= 4 else "unhappy_not_invited")
-                return
-        if not rate:
-            return
-        t = shown + self._rt(plan)
-        if active and plan.profile == "bad_key_disabled" and level <= 2:
-            self.note(plan.window, "negatives_lost")
-            self.at(t, self._press, dev, level)  # dead key: nothing happens
-            if rng.random() < plan.params["press_three"]:
-                self.at(t + rng.randint(1500, 5000), self._press, dev, 3)
-            return
-        self.at(t, self._press, dev, level)
-        if level <= 2 and rng.random() < 0.8:
-            t += rng.randint(2000, 9000)
-            self.at(t, self._press, dev, rng.randint(1, 5))  # the reason tag
-        if rng.random() < plan.stray_press:
-            self.at(t + rng.randint(1000, 4000), self._press, dev, rng.randint(1, 5))
-
-    def _standalone_presses(self, dev: _Device, times: list[int], key: int = 5) -> None:
-        def on() -> None:
-            dev.standalone = True
-
-        def off() -> None:
-            dev.standalone = False
-
-        self.at(times[0] - 1000, on)
-        for t in times:
-            self.at(t, self._press, dev, key)
-        self.at(times[-1] + 1000, off)
+        for after, key in citizen_presses(rng, plan, plan.active(self.day_index), level, rate,
+                                          lambda: self._rt(plan), dev.note):
+            self.at(shown + after, self._press, dev, key)
 
     # -- one business day --
     def local_ms(self, day: date, hhmm: str) -> int:
@@ -549,10 +686,7 @@ class VirtualHall:
         for plan in self.plans:
             dev = self.devices[plan.window]
             active = plan.active(index)
-            dev.dead_keys = {1, 2} if active and plan.profile == "bad_key_disabled" else set()
-            dev.drop_negatives = (plan.params["drop"] if active
-                                  and plan.profile == "suppressed_negatives" else 0.0)
-            dev.ignore_pause = active and plan.profile == "rating_during_pause"
+            dev.apply_profile(active)
             t = wake
             while t < sleep:
                 self.at(t + rng.randint(0, 2000), lambda d=dev: d.heartbeat(self.now))
@@ -593,42 +727,17 @@ class VirtualHall:
 
     def _schedule_profile(self, plan: WindowPlan, dev: _Device, day: date,
                           shifts: list[tuple[int, int]]) -> None:
-        rng, p = self.rng, plan.params
-        if plan.profile == "fill_in_burst":
-            at = (shifts[0][1] if rng.random() < p["lunch"] else shifts[1][1]) + rng.randint(
-                1, 15) * 60_000
-            n = rng.randint(*p["presses"])
-            self.note(plan.window, "filled_in", n)
-            times = [at]
-            for _ in range(n - 1):
-                times.append(times[-1] + rng.randint(5200, 9000))
-            self._standalone_presses(dev, times)
-        elif plan.profile == "unplugging":
-            for _ in range(rng.randint(*p["episodes"])):
-                a, b = rng.choice(shifts)
-                start = rng.randint(a, b - 600_000)
-                self.note(plan.window, "unplugged")
-                self.at(start, lambda d=dev: d.powered and d.power_off(self.now))
-                self.at(start + rng.randint(*p["minutes"]) * 60_000,
-                        lambda d=dev: (not d.powered) and d.power_on(self.now))
-        elif plan.profile == "rating_during_pause":
-            for _ in range(rng.randint(*p["pauses"])):
-                a, b = rng.choice(shifts)
-                start = rng.randint(a, b - 3600_000)
-                n = rng.randint(*p["presses"])
-                self.note(plan.window, "rated_while_paused", n)
-                times = [start + rng.randint(60, 180) * 1000]
-                for _ in range(n - 1):
-                    times.append(times[-1] + rng.randint(60, 300) * 1000)
-                self.at(start, self._pause, plan.window, True)
-                self._standalone_presses(dev, times)
-                self.at(times[-1] + rng.randint(60, 300) * 1000, self._pause, plan.window, False)
-        elif plan.profile == "uninvited_pressing":
-            n = rng.randint(*p["per_day"])
-            self.note(plan.window, "uninvited_presses", n)
-            for _ in range(n):
-                self.at(rng.randint(shifts[0][0], shifts[1][1]), self._press, dev,
-                        5 if rng.random() < 0.85 else 4)
+        for t, action, arg in profile_episodes(self.rng, plan, shifts, dev.note):
+            if action == "press":
+                self.at(t, self._press, dev, arg)
+            elif action == "pause":
+                self.at(t, self._pause, plan.window, bool(arg))
+            elif action == "standalone":
+                self.at(t, setattr, dev, "standalone", bool(arg))
+            elif arg:
+                self.at(t, lambda d=dev: (not d.powered) and d.power_on(self.now))
+            else:
+                self.at(t, lambda d=dev: d.powered and d.power_off(self.now))
 
     def day_bounds(self, index: int) -> tuple[int, int]:
         day = self.business_day(index)
