@@ -21,8 +21,8 @@ from collector.config import Config
 from collector.db import connect
 from collector.detection import run_detection
 from collector.service import Collector
-from collector.simulate import SimHall, default_hall, parse_profiles
 from collector.sim_profiles import PROFILES
+from collector.simulate import SimHall, default_hall, parse_profiles
 from helpers import wait_for
 
 PROFILED = {"w02": "suppressed_negatives", "w03": "self_rating", "w05": "uninvited_pressing",
@@ -40,7 +40,7 @@ def test_parse_profiles() -> None:
 
 
 def test_default_hall_differs_and_shares_the_profiles_draws() -> None:
-    spec = default_hall("h", 10, 6.0, seed=4, profiles={p: "" for p in ()})
+    spec = default_hall("h", 10, 6.0, seed=4)
     rates = [w.rate_per_min for w in spec.windows]
     bad = [w.levels[0] + w.levels[1] for w in spec.windows]
     assert max(rates) > 2 * min(rates) and max(bad) > 3 * min(bad)
