@@ -137,7 +137,7 @@ def main() -> None:
     dev = _device(cfg)
     cfg = None  # the device keeps only what it uses; the Config itself can go
     gc.collect()
-    dev.run(time.sleep_ms)
+    dev.run(time.sleep_ms)  # starts with the boot event, the boot's heap peak: no Config then
 
 
 main()

@@ -76,9 +76,14 @@ class Device:
         self._wlan = wlan
         self._hb_every = cfg.heartbeat_s * 1000
         self._next_hb = 0
-        now = self.clock.up()
-        self.term.start(now)
-        self.event("boot", {"fw": FW_VERSION, "reset_cause": reset_cause})
+        self._reset_cause = reset_cause
+
+    def start(self) -> None:
+        """The first screen and the signed boot event; run() starts with it. Not part of
+        __init__, so that the Config the device was built from is gone by then (main.py
+        drops it): the boot event is the boot's heap peak (docs/firmware.md)."""
+        self.term.start(self.clock.up())
+        self.event("boot", {"fw": FW_VERSION, "reset_cause": self._reset_cause})
 
     # --- persistence ------------------------------------------------------------------------
 
@@ -188,6 +193,7 @@ class Device:
         self.ui.tick(now)
 
     def run(self, sleep_ms, should_stop=None) -> None:
+        self.start()
         while should_stop is None or not should_stop():
             self.step()
             sleep_ms(10)

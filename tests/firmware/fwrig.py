@@ -23,12 +23,18 @@ class Rig:
         self.ticks = Ticks(5000)
         self.keys = [FakePin(1) for _ in range(5)]
         self.leds = [FakePin(0) for _ in range(5)]
-        self.lines = []
+        self.shown = ("", "")  # the display's two lines (only the last: heap)
         hw = {"keys": self.keys, "leds": self.leds, "rgb": None, "buzzer": FakePin(0),
-              "display": lambda a, b: self.lines.append((a, b))}
+              "display": self._display}
         self.wlan = FakeWLAN()
         self.dev = Device(c, hw, RealFS(), self.wlan, self.broker.factory,
                           data_dir=self.flash, ticks=self.ticks, heap_free=lambda: 12345)
+        c = None  # as main.py does: the device keeps what it uses, not the Config
+        scrub()
+        self.dev.start()
+
+    def _display(self, a, b):
+        self.shown = (a, b)
 
     def run(self, ms, step=10):
         for _ in range(ms // step):

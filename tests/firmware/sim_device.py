@@ -46,6 +46,7 @@ def main():
     state = link = None
     pubs = fails = 0
     print("BOOT", dev.boot)
+    dev.start()  # what dev.run() does first; this loop steps the device itself
     while True:
         dev.step()
         now = time.ticks_ms()

@@ -15,7 +15,7 @@ def test_boot_sequence_and_counter():
     r.run(100)
     assert "boot" in [m["type"] for m in r.broker.messages("event")]
     assert r.broker.messages("status")[0]["state"] == "online"
-    assert r.lines[0][0] == "欢迎评价"
+    assert r.shown[0] == "欢迎评价"
     r = None  # power off: the next boot finds only what is on flash
     r2 = Rig(fs)
     assert r2.dev.boot == 2
@@ -28,7 +28,7 @@ def test_invited_rating_end_to_end():
           service="居民身份证换领", ttl=120)
     r.run(50)
     assert r.dev.term.state == "invited"
-    assert "张伟" in r.lines[-1][1]
+    assert "张伟" in r.shown[1]
     assert [p.level for p in r.leds] == [1, 1, 1, 1, 1]
     r.press(4)
     r.run(100)
