@@ -119,46 +119,14 @@ class Outbox:
 
     def _compact(self) -> None:
         """Rewrite the log with only the pending records and the held one (temp file +
-        rename)."""
-        fs = self._fs
-        if not self.count and not self.held:
-            if fs.size(self.path) >= 0:
-                fs.remove(self.path)
-            self._size = 0
-            return
-        new_offs = []
-        off = 0
-        src = fs.open(self.path, "rb")
+        rename). Rare (a log past its bound, a failed write): the code is recover.compact,
+        loaded for it and dropped again, as the boot's recovery is."""
+        from . import recover, unload
+
         try:
-            dst = fs.open(self._tmp, "wb")
-            try:
-                for k in range(self.count + (1 if self.held else 0)):
-                    if k < self.count:
-                        i = (self._head + k) % self.cap
-                        src.seek(self._offs[i])
-                        rec = src.read(self._lens[i])
-                    else:  # the held record goes last
-                        src.seek(self._held_at[0])
-                        rec = src.read(self._held_at[1])
-                    dst.write(rec)
-                    new_offs.append(off)
-                    off += len(rec)
-            finally:
-                dst.close()
+            recover.compact(self)
         finally:
-            src.close()
-        try:
-            fs.rename(self._tmp, self.path)
-        except OSError:
-            # Filesystems whose rename will not replace: recovery finishes this step.
-            fs.remove(self.path)
-            fs.rename(self._tmp, self.path)
-        for k in range(self.count):
-            self._offs[(self._head + k) % self.cap] = new_offs[k]
-        if self.held:
-            self._held_at = (new_offs[-1], self._held_at[1])
-        self._size = off
-        self.compactions += 1
+            unload("recover")
 
     # --- the API ---------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
-"""The outbox's recovery at boot: read the log back into the pending FIFO. Loaded only by
-Outbox() and dropped again by the app once the outbox is built (etfw.unload): a running
-device does not keep this code on its heap.
+"""The outbox's rare paths: its recovery at boot (read the log back into the pending FIFO)
+and compaction (rewrite the log without what was retired). Loaded only by Outbox() at boot
+and by Outbox._compact, and dropped again after (etfw.unload): a running device does not
+keep this code on its heap.
 
 The scan re-synchronises byte by byte over damage (a torn or corrupted record), keeps the
 records in log order, retires those an ack record names, lets an 'R' record replace the
@@ -74,7 +75,7 @@ def recover(ob) -> None:
     ob._next_id = max_id + 1
     ob.recovered = ob.count
     if damaged or ob.discards:
-        ob._compact()
+        compact(ob)
     elif not ob.count:
         fs.remove(ob.path)
         ob._size = 0
@@ -95,3 +96,48 @@ def _drop_id(ob, rid: int) -> None:
                 ob._lens[a] = ob._lens[b]
             ob.count -= 1
             return
+
+
+def compact(ob) -> None:
+    """Rewrite the log of Outbox `ob` with only its pending records and the held one: a
+    temporary file, renamed over the log (a power cut leaves one or the other; recover()
+    finishes or discards an interrupted one). Offsets in the FIFO follow."""
+    fs = ob._fs
+    if not ob.count and not ob.held:
+        if fs.size(ob.path) >= 0:
+            fs.remove(ob.path)
+        ob._size = 0
+        return
+    new_offs = []
+    off = 0
+    src = fs.open(ob.path, "rb")
+    try:
+        dst = fs.open(ob._tmp, "wb")
+        try:
+            for k in range(ob.count + (1 if ob.held else 0)):
+                if k < ob.count:
+                    i = (ob._head + k) % ob.cap
+                    src.seek(ob._offs[i])
+                    rec = src.read(ob._lens[i])
+                else:  # the held record goes last
+                    src.seek(ob._held_at[0])
+                    rec = src.read(ob._held_at[1])
+                dst.write(rec)
+                new_offs.append(off)
+                off += len(rec)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    try:
+        fs.rename(ob._tmp, ob.path)
+    except OSError:
+        # Filesystems whose rename will not replace: recovery finishes this step.
+        fs.remove(ob.path)
+        fs.rename(ob._tmp, ob.path)
+    for k in range(ob.count):
+        ob._offs[(ob._head + k) % ob.cap] = new_offs[k]
+    if ob.held:
+        ob._held_at = (new_offs[-1], ob._held_at[1])
+    ob._size = off
+    ob.compactions += 1
