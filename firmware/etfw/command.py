@@ -66,6 +66,13 @@ def check(msgs, topic: bytes, payload: bytes) -> dict:
         raise CommandError("malformed")
     if cseq <= msgs.last_cseq:
         raise CommandError("cseq")
+    _check_fields(msgs, name, c, ts)
+    msgs.last_cseq = cseq
+    return c
+
+
+def _check_fields(msgs, name: str, c: dict, ts: int) -> None:
+    """The fields of each command (§5), and an invitation's expiry."""
     if name == "invite":
         staff = c.get("staff")
         ttl = c.get("ttl")
@@ -87,5 +94,3 @@ def check(msgs, topic: bytes, payload: bytes) -> dict:
     elif name == "display":
         if not _is_str(c.get("text"), 0, 64):
             raise CommandError("malformed")
-    msgs.last_cseq = cseq
-    return c

@@ -122,6 +122,80 @@ def mqtt_password(key: bytes) -> str:
     return hexlify(Signer(key).mac((b"evalterm-mqtt-password",))).decode()
 
 
+def _broker(b, d: dict, errs: list) -> dict:
+    """The broker part (`b` as in the file), checked; credentials derived when absent."""
+    broker = {}
+    if not isinstance(b, dict) or not isinstance(b.get("host"), str) or not b["host"]:
+        errs.append("broker: needs host")
+        b = {}
+    broker["host"] = b.get("host", "")
+    for k in BROKER_DEFAULTS:
+        broker[k] = b.get(k, BROKER_DEFAULTS[k])
+    if not _is_int(broker["port"], 1, 65535):
+        errs.append("broker.port: 1-65535")
+    if not _is_int(broker["keepalive"], 10, 600):
+        errs.append("broker.keepalive: 10-600 s")
+    if not _is_int(broker["timeout_s"], 1, 30):
+        errs.append("broker.timeout_s: 1-30 s")
+    for k in ("user", "password"):
+        if broker[k] is not None and not isinstance(broker[k], str):
+            errs.append("broker.%s: string or null" % k)
+    p = broker["topic_prefix"]
+    if not isinstance(p, str) or not p or "+" in p or "#" in p:
+        errs.append("broker.topic_prefix: non-empty, no wildcards")
+    # Absent credentials are derived: the user is the device id, the password comes from the
+    # key (mqtt_password), as `evalterm broker render` writes them. An explicit null
+    # means "no credentials" (a broker that allows anonymous clients).
+    if "user" not in b and _is_id(d["device"]):
+        broker["user"] = d["device"]
+    if "password" not in b and d["key_bytes"]:
+        broker["password"] = mqtt_password(d["key_bytes"])
+    return broker
+
+
+def _board(board, errs: list) -> dict:
+    """The board profile (a reference profile's name or a full dict), checked."""
+    if isinstance(board, str):
+        if board in PROFILES:
+            board = PROFILES[board]
+        else:
+            errs.append("board: unknown profile %s" % board)
+            board = {}
+    if not isinstance(board, dict):
+        errs.append("board: profile name or object")
+        board = {}
+    used = []
+    if not _pins(board.get("keys"), 5):
+        errs.append("board.keys: 5 GPIO numbers, key 1 first")
+    else:
+        used += board["keys"]
+    leds = board.get("leds")
+    rgb = board.get("rgb")
+    if leds is not None:
+        if _pins(leds, 5):
+            used += leds
+        else:
+            errs.append("board.leds: 5 GPIO numbers or null")
+    if rgb is not None:
+        if _pins(rgb, 3):
+            used += rgb
+        else:
+            errs.append("board.rgb: 3 GPIO numbers (r, g, b) or null")
+    if leds is None and rgb is None:
+        errs.append("board: needs leds or rgb")
+    bz = board.get("buzzer")
+    if bz is not None:
+        if _is_int(bz, 0, 48):
+            used.append(bz)
+        else:
+            errs.append("board.buzzer: GPIO number or null")
+    for i, pin in enumerate(used):
+        if pin in used[i + 1:]:
+            errs.append("board: GPIO %d used twice" % pin)
+            break
+    return board
+
+
 def parse(text) -> Config:
     """Parse and check a config document; raise ConfigError listing every problem."""
     try:
@@ -152,76 +226,10 @@ def parse(text) -> Config:
         wifi = {"ssid": "", "password": ""}
     d["wifi"] = {"ssid": wifi["ssid"], "password": wifi.get("password", "")}
 
-    b = raw.get("broker")
-    broker = {}
-    if not isinstance(b, dict) or not isinstance(b.get("host"), str) or not b["host"]:
-        errs.append("broker: needs host")
-        b = {}
-    broker["host"] = b.get("host", "")
-    for k in BROKER_DEFAULTS:
-        broker[k] = b.get(k, BROKER_DEFAULTS[k])
-    if not _is_int(broker["port"], 1, 65535):
-        errs.append("broker.port: 1-65535")
-    if not _is_int(broker["keepalive"], 10, 600):
-        errs.append("broker.keepalive: 10-600 s")
-    if not _is_int(broker["timeout_s"], 1, 30):
-        errs.append("broker.timeout_s: 1-30 s")
-    for k in ("user", "password"):
-        if broker[k] is not None and not isinstance(broker[k], str):
-            errs.append("broker.%s: string or null" % k)
-    p = broker["topic_prefix"]
-    if not isinstance(p, str) or not p or "+" in p or "#" in p:
-        errs.append("broker.topic_prefix: non-empty, no wildcards")
-    # Absent credentials are derived: the user is the device id, the password comes from the
-    # key (mqtt_password), as `evalterm broker render` writes them. An explicit null
-    # means "no credentials" (a broker that allows anonymous clients).
-    if "user" not in b and _is_id(d["device"]):
-        broker["user"] = d["device"]
-    if "password" not in b and d["key_bytes"]:
-        broker["password"] = mqtt_password(d["key_bytes"])
-    d["broker"] = broker
+    d["broker"] = _broker(raw.get("broker"), d, errs)
     link_ok = not errs
 
-    board = raw.get("board", "devkitc-5led")
-    if isinstance(board, str):
-        if board in PROFILES:
-            board = PROFILES[board]
-        else:
-            errs.append("board: unknown profile %s" % board)
-            board = {}
-    if not isinstance(board, dict):
-        errs.append("board: profile name or object")
-        board = {}
-    d["board"] = board
-    used = []
-    if not _pins(board.get("keys"), 5):
-        errs.append("board.keys: 5 GPIO numbers, key 1 first")
-    else:
-        used += board["keys"]
-    leds = board.get("leds")
-    rgb = board.get("rgb")
-    if leds is not None:
-        if _pins(leds, 5):
-            used += leds
-        else:
-            errs.append("board.leds: 5 GPIO numbers or null")
-    if rgb is not None:
-        if _pins(rgb, 3):
-            used += rgb
-        else:
-            errs.append("board.rgb: 3 GPIO numbers (r, g, b) or null")
-    if leds is None and rgb is None:
-        errs.append("board: needs leds or rgb")
-    bz = board.get("buzzer")
-    if bz is not None:
-        if _is_int(bz, 0, 48):
-            used.append(bz)
-        else:
-            errs.append("board.buzzer: GPIO number or null")
-    for i, pin in enumerate(used):
-        if pin in used[i + 1:]:
-            errs.append("board: GPIO %d used twice" % pin)
-            break
+    d["board"] = _board(raw.get("board", "devkitc-5led"), errs)
 
     if d["lang"] not in ("zh", "en"):
         errs.append("lang: zh or en")
