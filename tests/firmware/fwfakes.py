@@ -11,11 +11,6 @@ import os
 from etfw.clock import ticks_add
 
 _env = getattr(os, "getenv", lambda k: None)
-# Precompiled .mpy copies live elsewhere: the MicroPython wrapper passes the repo root.
-_here = __file__.replace("\\", "/")
-if not _here.startswith("/"):
-    _here = os.getcwd() + "/" + _here
-ROOT = _env("EVALTERM_ROOT") or _here.rsplit("/", 3)[0]
 FIGURES = {}  # measurements the runner prints (name -> int)
 # Peak live heap: [highest gc.mem_alloc() right after a collection, samples taken]. Sampled
 # by heap_sample(), which the fakes call whenever the firmware reads the clock, touches

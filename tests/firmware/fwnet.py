@@ -57,7 +57,8 @@ class Broker:
         return [p for t, p, r in self.each() if t.endswith(end)]
 
     def messages(self, kind):
-        return [json.loads(p) for p in self.payloads(kind)]
+        end = b"/" + kind.encode()  # one list, not a list of payloads first
+        return [json.loads(p) for t, p, r in self.each() if t.endswith(end)]
 
 
 class FakeClient:

@@ -1,6 +1,8 @@
 """The protocol's test vectors (docs/protocol.md section 8), for the signature tests."""
 
-from fwfakes import ROOT, heap_sample
+import os
+
+from fwfakes import heap_sample
 
 
 _VECTORS = []
@@ -13,7 +15,7 @@ def vectors():
     if _VECTORS:
         return _VECTORS
     cur = None
-    with open(ROOT + "/docs/protocol.md", "rb") as f:
+    with open(_root() + "/docs/protocol.md", "rb") as f:
         while True:
             line = f.readline()
             if not line:
@@ -30,3 +32,15 @@ def vectors():
                 k, val = line.split(b": ", 1)
                 cur[k.decode()] = val if k == b"payload" else val.decode()
     return _VECTORS
+
+
+def _root():
+    # The repository: precompiled .mpy copies live elsewhere, and the MicroPython wrapper
+    # passes it in EVALTERM_ROOT.
+    root = getattr(os, "getenv", lambda k: None)("EVALTERM_ROOT")
+    if root:
+        return root
+    here = __file__.replace("\\", "/")
+    if not here.startswith("/"):
+        here = os.getcwd() + "/" + here
+    return here.rsplit("/", 3)[0]
