@@ -31,7 +31,10 @@ class Broker:
     def __init__(self):
         self._log = tmpdir() + "published"
         self.count = 0  # messages published
-        self.wills = []
+        # The last connection's will and subscriptions only (the device connects with a
+        # clean session): a list of every connection's would grow with every (re)boot of
+        # a whole-device test, the broker's memory counted as the device's (0.5 KiB each).
+        self.will = None
         self.subs = []
         self.up = True
         self.fail_after = None  # publishes accepted before the connection breaks
@@ -84,7 +87,8 @@ class FakeClient:
         if not self.b.up:
             raise OSError(111)
         self.sock = self
-        self.b.wills.append(self.will)
+        self.b.will = self.will
+        self.b.subs = []
         return 0
 
     def _check(self):

@@ -28,7 +28,7 @@ def test_connect_sequence():
     ob = Outbox(MemFS(), "ob")
     ln.poll(0, ob)
     assert ln.up and ln.connects == 1 and ln.reconnects == 0
-    topic, will, retain, qos = b.wills[0]
+    topic, will, retain, qos = b.will
     assert topic == b"p/status" and b'"offline"' in will and retain and qos == 1
     assert b.subs == [(b"p/cmd", 1)]
     assert list(b.each()) == [(b"p/status", b'{"state":"online","n":2}', True)]
