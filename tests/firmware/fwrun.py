@@ -1,8 +1,8 @@
 """The body of mprun.py: runs every `test_*` function of every module named on the command
-line (or of
-MODULES), under MicroPython, where there is no pytest.
+line (or of MODULES), under MicroPython, where there is no pytest; `module:test_name` runs
+that one test only (one test in a fresh interpreter: what it needs on its own).
 
-    micropython -X heapsize=64K tests/firmware/mprun.py [module ...]
+    micropython -X heapsize=64K tests/firmware/mprun.py [module[:test_name] ...]
 
 A module of its own so that it runs precompiled (mpy-cross) like everything else: compiling
 it on the device's heap would count too. Prints one line per failure, the heap figures, and
@@ -39,13 +39,14 @@ def main(names):
     passed = failed = 0
     imported = 0
     for name in names or MODULES.split():
+        name, _, only = name.partition(":")
         gc.collect()
         mod = __import__(name)
         gc.collect()
         imported = max(imported, gc.mem_alloc())
         sample()
         for attr in sorted(dir(mod)):
-            if not attr.startswith("test_"):
+            if not attr.startswith("test_") or only and attr != only:
                 continue
             fn = getattr(mod, attr)
             # Every test starts on a collected heap, as every boot starts on an empty one;
