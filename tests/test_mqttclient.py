@@ -123,3 +123,91 @@ def test_bytes_of_a_closed_connection_are_dropped(broker: MosquittoServer) -> No
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def test_ack_many_acknowledges_exactly_the_messages_named(broker: MosquittoServer) -> None:
+    """The PUBACKs of one `ack_many` write are each taken by the broker: a persistent session
+    resumed afterwards gets back only the messages that were not acknowledged."""
+    n, acked = 60, 37
+    client_id = f"ackmany-{next(_IDS)}"
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 60
+
+    def connect(got: list[mqtt.MQTTMessage]) -> BufferedClient:
+        c = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                           protocol=mqtt.MQTTv5, manual_ack=True)
+        c.on_message = lambda _c, _u, m: got.append(m)
+        subscribed = threading.Event()
+        c.on_subscribe = lambda *_a: subscribed.set()
+        c.connect("127.0.0.1", broker.port, clean_start=False, properties=props)
+        c.subscribe("ackmany/#", 1)
+        c.loop_start()
+        assert subscribed.wait(10)
+        return c
+
+    first: list[mqtt.MQTTMessage] = []
+    client = connect(first)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ackmany-pub-{next(_IDS)}")
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    for info in [pub.publish("ackmany/x", f"{i:03d}".encode(), qos=1) for i in range(n)]:
+        info.wait_for_publish(30)
+    pub.disconnect()
+    pub.loop_stop()
+    wait_for(lambda: len(first) >= n, what=f"{n} messages")
+    client.ack_many([m.mid for m in first[:20]])
+    client.ack_many([m.mid for m in first[20:acked]])
+    client.ack_many([])
+    time.sleep(0.5)  # the PUBACKs reach the broker before the DISCONNECT
+    client.disconnect()
+    client.loop_stop()
+
+    again: list[mqtt.MQTTMessage] = []
+    client = connect(again)
+    try:
+        wait_for(lambda: len(again) >= n - acked, what="the unacknowledged messages again")
+        time.sleep(0.5)
+        assert [m.payload for m in again] == [f"{i:03d}".encode() for i in range(acked, n)]
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_packets_queued_with_wakeups_deferred_all_go_out_in_order(broker: MosquittoServer) -> None:
+    """Inside `wakeups_deferred()` the calling thread queues without waking paho's network
+    thread (it sees no wake-up socket; other threads do); every packet is sent, in order, once
+    the block ends."""
+    got: list[mqtt.MQTTMessage] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"deferred-sub-{next(_IDS)}")
+    sub.on_message = lambda _c, _u, m: got.append(m)
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *_a: subscribed.set()
+    sub.connect("127.0.0.1", broker.port)
+    sub.subscribe("deferred/#", 1)
+    sub.loop_start()
+    pub = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=f"deferred-pub-{next(_IDS)}",
+                         protocol=mqtt.MQTTv5)
+    pub.max_inflight_messages_set(50)  # the rest wait in paho until PUBACKs come back
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    try:
+        assert subscribed.wait(10)
+        wait_for(pub.is_connected, what="the publisher connected")
+        seen_elsewhere: list[Any] = []
+        with pub.wakeups_deferred():
+            infos = [pub.publish(f"deferred/{i % 3}", f"{i:04d}".encode(), qos=1)
+                     for i in range(300)]
+            assert pub._sockpairW is None
+            other = threading.Thread(target=lambda: seen_elsewhere.append(pub._sockpairW))
+            other.start()
+            other.join()
+        assert seen_elsewhere[0] is not None and pub._sockpairW is seen_elsewhere[0]
+        for info in infos:
+            info.wait_for_publish(30)
+        wait_for(lambda: len(got) >= 300, what="300 messages")
+        time.sleep(0.2)
+        assert [m.payload for m in got] == [f"{i:04d}".encode() for i in range(300)]
+    finally:
+        for c in (pub, sub):
+            c.disconnect()
+            c.loop_stop()
