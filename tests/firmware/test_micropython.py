@@ -33,8 +33,9 @@ HEAP = "64K"
 # contiguous heap left. Not the several boots per module: a single test in a fresh
 # interpreter (fwrun's `module:test`) needs 68-70 KiB as well. They pass from 70-78 KiB
 # (which allocations land where varies, even with the length of the temporary folder's
-# path); 80 KiB is the cap. See docs/firmware.md, "Memory budget".
-_WHOLE_DEVICE = "80K"
+# path); the cap is 88 KiB, 8 KiB above the largest minimum seen, so that a new machine's
+# layout cannot turn it red. See docs/firmware.md, "Memory budget".
+_WHOLE_DEVICE = "88K"
 HEAP_FOR = {m: _WHOLE_DEVICE for m in ("test_fw_app", "test_fw_app_cmd", "test_fw_app_ops",
                                        "test_fw_app_keys", "test_fw_app_hold")}
 
