@@ -44,6 +44,15 @@ PY = sys.executable
 BUCKET_MS = 100  # latency: ratings are counted per 100 ms of publish time
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores, from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - idle) / hz, sum(ticks) / hz
+
+
 def proc_stats(pid: int) -> tuple[float, int]:
     """(CPU seconds, peak RSS bytes) of a running process, from /proc."""
     with open(f"/proc/{pid}/stat") as f:
@@ -161,6 +170,9 @@ def main() -> int:
         first.wait(30)
         loadgen(broker.port, keys, args.pairs)
         depth_series: list[tuple[float, int]] = []
+        servers = {"Mosquitto": broker.proc, "InfluxDB": influx.proc}
+        servers_cpu0 = {k: proc_stats(p.pid)[0] for k, p in servers.items() if p is not None}
+        busy0 = machine_busy()
         t0 = time.perf_counter()
         coll = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log)
         stop_poll = threading.Event()
@@ -183,10 +195,15 @@ def main() -> int:
         cpu, rss = proc_stats(coll.pid)
         drainer_cpu = sum(proc_stats(int(pid))[0] for pid in subprocess.run(
             ["pgrep", "-P", str(coll.pid)], capture_output=True, text=True).stdout.split())
+        busy1 = machine_busy()
+        servers_cpu = {k: proc_stats(p.pid)[0] - servers_cpu0[k] for k, p in servers.items()
+                       if p is not None}
         dt = t1 - t0
         results["evalterm collector"] = {"msgs_s": n_msgs / dt, "ratings_s": args.pairs / dt,
                                          "seconds": dt, "cpu_s": cpu, "rss_mb": rss / 2**20,
-                                         "drainer_cpu_s": drainer_cpu}
+                                         "drainer_cpu_s": drainer_cpu, "servers_cpu": servers_cpu,
+                                         "machine": ((busy1[0] - busy0[0]),
+                                                     (busy1[1] - busy0[1]))}
         print(f"  collector: {n_msgs / dt:,.0f} msg/s", flush=True)
 
         # -- 2. live latency --------------------------------------------------------------------------
@@ -276,6 +293,16 @@ def main() -> int:
     print(f"collector during the drain: CPU {c['cpu_s']:.1f} s for {c['seconds']:.1f} s "
           f"({c['cpu_s'] / c['seconds']:.0%} of one core), its drainer process "
           f"{c['drainer_cpu_s']:.1f} s; peak RSS {c['rss_mb']:.0f} MB")
+    # Where both cores went, per message: what this pipeline would reach with them to itself.
+    per_msg = {"collector": c["cpu_s"], "its drainer": c["drainer_cpu_s"], **c["servers_cpu"]}
+    per_msg = {k: v / n_msgs * 1e6 for k, v in per_msg.items()}
+    total = sum(per_msg.values())
+    busy, span = c["machine"]
+    print("CPU per message during the drain: " + ", ".join(f"{k} {v:.0f} us" for k, v in
+                                                            per_msg.items())
+          + f"; total {total:.0f} us, so {os.cpu_count()} cores give this pipeline at most "
+          f"{os.cpu_count() * 1e6 / total:,.0f} msg/s ({os.cpu_count() * 0.5e6 / total:,.0f} ratings/s); "
+          f"the machine was {busy / span:.0%} busy")
     print(f"collector vs the buffered bare subscriber: "
           f"{c['msgs_s'] / results['bare subscriber, buffered reads']['msgs_s']:.2f}")
     print("outbox depth (s: points): " + ", ".join(f"{t:.0f}: {d}" for t, d in depth_series[:30]))
