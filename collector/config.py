@@ -136,9 +136,11 @@ OPTIONS: tuple[Option, ...] = (
        "Key presses that may go unexplained in a period (a press and its rating on either side "
        "of a heartbeat).", minimum=0),
     _o("detection", "negative_key_tolerance", int, 1,
-       "Key presses, one of them on a 差评 key (1-2), that may go unexplained in a period once "
-       "a 差评 awaiting its reason and the losses the device reports are accounted for; more is "
-       "strong evidence of suppressed 差评.", minimum=0),
+       "Key presses, one of them on a 差评 key (1-2), that may go unexplained between two "
+       "heartbeats with a restart of the device between them (or messages still in its outbox "
+       "at the later one), once a 差评 awaiting its reason and the losses the device reports are "
+       "accounted for; more is strong evidence of suppressed 差评. Between two heartbeats of one "
+       "boot the accounting is exact: one such press is.", minimum=0),
     _o("detection", "min_human_rt_ms", int, 800,
        "An invited rating faster than this after the invitation is too fast for a citizen.",
        minimum=0),

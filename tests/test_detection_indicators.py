@@ -613,3 +613,62 @@ def test_steady_or_merely_happier_windows_are_not_selective_over_the_rolling_per
     h = _rolling_hall(steady, happier, rush)
     for w in ("s", "h", "r"):
         assert _rolling_indicator(h, w, "selective_invitation").strength != "strong", w
+
+
+# -- key counters: exact between two heartbeats of one boot ----------------------------------------
+
+
+def _exact(u: Unit, *, boot_at: str | None = None, outbox_at_end: int = 0) -> Unit:
+    """The firmware's heartbeats (their outbox size), and a reboot at `boot_at` if given."""
+    beats = [d for d in u.device_log if d.kind == "heartbeat"]
+    out = [replace(d, data={**d.data, "outbox": outbox_at_end if d is beats[-1] else 0})
+           if d.kind == "heartbeat" else d for d in u.device_log]
+    if boot_at is not None:
+        t = hm(boot_at)
+        out.append(DeviceRecord(t, t + 300, "boot", {"fw": "x", "reset_cause": "power_on"},
+                                beats[0].device))
+    return replace(u, device_log=tuple(sorted(out, key=lambda d: d.received_ms)))
+
+
+def test_one_hidden_negative_fires_when_the_device_did_not_restart():
+    # One press of key 1 that became nothing, no reason tag (the timeout), no restart.
+    u = _exact(_counter_change(honest("u", 4), "15:00", 1))
+    ind = indicator(hall(u, excellent()), "u", "key_counters")
+    assert ind.strength == "strong" and ind.evidence["negatives_hidden"] == 1
+    assert ind.evidence["negative_tolerance"] == 0 and not ind.evidence["restart"]
+    assert "差评键" in ind.reason_zh
+
+
+def test_one_hidden_negative_across_a_restart_or_in_flight_does_not_fire():
+    # A reboot between the press and the next heartbeat (the boot event says so) ...
+    rebooted = _exact(_counter_change(honest("u", 4), "15:00", 1), boot_at="15:01")
+    ind = indicator(hall(rebooted, excellent()), "u", "key_counters")
+    assert ind.strength == "none" and ind.evidence["restart"]
+    # ... or a RAM counter that started again from 0, the boot event lost ...
+    reset = _exact(_counter_change(honest("v", 4), "15:00", 1))
+    reset = replace(reset, device_log=tuple(
+        replace(d, data={**d.data, "reconnects": 0 if d.at_ms > hm("15:00") else 3})
+        if d.kind == "heartbeat" else d for d in reset.device_log))
+    assert indicator(hall(reset, excellent()), "v", "key_counters").strength == "none"
+    # ... or messages still in the outbox at the last heartbeat (the rating may follow it).
+    flight = _exact(_counter_change(honest("w", 4), "15:00", 1), outbox_at_end=1)
+    assert indicator(hall(flight, excellent()), "w", "key_counters").strength == "none"
+    # Honest devices agree exactly, with or without a restart.
+    for u in (_exact(honest("x", 4)), _exact(honest("y", 5), boot_at="12:30")):
+        assert indicator(hall(u, excellent()), u.window, "key_counters").strength == "none"
+
+
+def test_a_restart_in_the_morning_does_not_excuse_the_afternoon():
+    # The stretch after the reboot is one boot: its accounting is exact again.
+    u = _exact(_counter_change(honest("u", 4), "15:00", 1), boot_at="09:10")
+    ind = indicator(hall(u, excellent()), "u", "key_counters")
+    assert ind.strength == "strong" and ind.evidence["negative_tolerance"] == 0
+
+
+def test_a_negative_the_linking_engine_still_holds_is_accounted_for():
+    # A stand-alone 差评 waits for a transaction (linking grace): published, not judged yet.
+    u = _exact(_counter_change(honest("u", 4), "15:00", 1))
+    held = RatingFact(hm("15:00") + 1, 1, "none", "standalone", None, "held", device="d-u")
+    u = replace(u, held=(held,))
+    ind = indicator(hall(u, excellent()), "u", "key_counters")
+    assert ind.strength == "none" and ind.value == 0

@@ -85,6 +85,7 @@ class Unit:
     history_rts: tuple[int, ...] = ()  # response times of invited ratings before the period
     history_rt_levels: tuple[int, ...] = ()  # ... and their levels, in the same order (or ())
     history_rt_staff: tuple[str | None, ...] = ()  # ... and who served (or ())
+    held: tuple[RatingFact, ...] = ()  # ratings the linking engine holds (not judged yet)
 
     @property
     def label(self) -> str:
@@ -97,7 +98,7 @@ class Unit:
             ratings=tuple(r for r in self.ratings if r.staff_id == staff),
             txns=tuple(t for t in self.txns if t.staff_id == staff),
             device_log=(), has_device=False, history=(), history_rated=0, history_decided=0,
-            history_rts=(), history_rt_levels=(), history_rt_staff=(),
+            history_rts=(), history_rt_levels=(), history_rt_staff=(), held=(),
         )
 
 
@@ -126,15 +127,20 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
     history_rts: dict[str, list[int]] = {}
     history_rt_levels: dict[str, list[int]] = {}
     history_rt_staff: dict[str, list[str | None]] = {}
+    held: dict[str, list[RatingFact]] = {}
     for row in conn.execute(
         "SELECT r.window, r.press_ms, r.level, r.reason, r.mode, r.rt_ms, r.state, "
         "r.unlinked_reason, r.staff_id, t.completed_ms, r.device, r.device_ts "
         "FROM rating r LEFT JOIN txn t ON t.hall = r.hall AND t.txn = r.txn "
-        "WHERE r.hall=? AND r.press_ms >= ? AND r.press_ms <= ? AND r.state != 'held' "
+        "WHERE r.hall=? AND r.press_ms >= ? AND r.press_ms <= ? "
         "ORDER BY r.press_ms, r.rating_id",
         (hall, history_start_ms, end_ms),
     ):
         window, press = row[0], row[1]
+        if row[6] == "held":  # only the key counters see them (the device did publish them)
+            if press >= start_ms:
+                held.setdefault(window, []).append(RatingFact(press, *row[2:]))
+            continue
         if press < start_ms:
             history.setdefault(window, []).append(row[2])
             if row[4] == "invited" and row[5] is not None:
@@ -185,7 +191,8 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
              tuple(dlog.get(w, ())), tuple(history.get(w, ())), *past.get(w, (0, 0)),
              has_device=w in devices or w in dlog, history_rts=tuple(history_rts.get(w, ())),
              history_rt_levels=tuple(history_rt_levels.get(w, ())),
-             history_rt_staff=tuple(history_rt_staff.get(w, ())))
+             history_rt_staff=tuple(history_rt_staff.get(w, ())),
+             held=tuple(held.get(w, ())))
         for w in windows
     )
     return HallFacts(hall, units, has_feed, has_signons)
