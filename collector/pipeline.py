@@ -8,7 +8,6 @@ time as an argument, so it is as deterministic as the linking engine under it.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from collections.abc import Iterable
@@ -34,6 +33,7 @@ from .protocol import (
     ProtocolError,
     Rejection,
     build_signed,
+    compact_json,
     decode_feed_message,
     device_topic,
     parse_device_payload,
@@ -260,7 +260,7 @@ class Ingest:
             "INSERT INTO device_log (device, hall, window, kind, at_ms, received_ms, data) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (topic.device, topic.hall, topic.window, kind, event_ms, item.received_ms,
-             json.dumps(data, separators=(",", ":"))),
+             compact_json(data)),
         )
         return Outcome("accepted")
 

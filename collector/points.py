@@ -15,6 +15,7 @@ from typing import Any
 from influxdb_client import Point, WritePrecision
 
 from .linking import RatingJudged, TxnRecorded, WindowSet
+from .protocol import compact_json
 
 __all__ = [
     "PointSpec",
@@ -62,8 +63,7 @@ class PointSpec:
 
     def to_line_protocol(self) -> str:
         """The JSON spec (kept under Point's method name so builders read the same)."""
-        return json.dumps([self.measurement, self.tags, self.fields, self.ts],
-                          ensure_ascii=False, separators=(",", ":"))
+        return compact_json([self.measurement, self.tags, self.fields, self.ts])
 
 
 def render(spec: str) -> str:

@@ -35,6 +35,7 @@ __all__ = [
     "ProtocolError",
     "Rejection",
     "build_signed",
+    "compact_json",
     "decode_feed_message",
     "device_topic",
     "feed_topic",
@@ -151,9 +152,15 @@ def sign(key: bytes, topic: str, body: bytes) -> str:
     return hmac.new(key, topic.encode() + b"\n" + body, hashlib.sha256).hexdigest()
 
 
+# json.dumps with arguments builds a new encoder on every call: three times the cost of the
+# encoding itself for the small objects of the hot path (points, invitations).
+compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+"""`json.dumps(obj, ensure_ascii=False, separators=(",", ":"))`, the same text."""
+
+
 def build_signed(key: bytes, topic: str, fields: dict[str, Any]) -> bytes:
     """Serialise `fields` (in their order) and append the signature member."""
-    body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+    body = compact_json(fields).encode()
     return body[:-1] + _SIG_HEAD + sign(key, topic, body).encode() + b'"}'
 
 
