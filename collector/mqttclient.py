@@ -14,10 +14,6 @@ and tests/test_mqttclient.py checks the behaviour against a real broker.
 
 from __future__ import annotations
 
-import contextlib
-import struct
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -25,12 +21,9 @@ import paho.mqtt.client as mqtt
 __all__ = ["BufferedClient"]
 
 _CHUNK = 65536
-_PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id (as paho's own)
 
 
 class BufferedClient(mqtt.Client):
-    _deferring: int | None = None  # the thread inside wakeups_deferred(), if any
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._rbuf = b""
@@ -48,45 +41,6 @@ class BufferedClient(mqtt.Client):
         start = self._rpos
         self._rpos = min(len(self._rbuf), start + bufsize)
         return self._rbuf[start:self._rpos]
-
-    def ack_many(self, mids: list[int]) -> None:
-        """Acknowledge these QoS 1 messages (manual ack) in one packet write.
-
-        paho's `ack` queues one 4-byte PUBACK per message, each with a wake-up of the network
-        thread and a `send` of its own. After a committed batch the acknowledgements go out
-        together: the same PUBACKs (MQTT allows several control packets in one write), one
-        queue entry, one wake-up, one `send`.
-        """
-        if mids:
-            packet = b"".join([_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids])
-            self._packet_queue(mqtt.PUBACK, packet, 0, 0)
-
-    # paho wakes its network thread for every packet queued from another thread: one byte written
-    # to a socket pair, `_sockpairW`. That write releases the interpreter lock, and the network
-    # thread, woken, takes it and sends that one packet. Within wakeups_deferred() the calling
-    # thread sees no socket pair (paho then skips the byte); every other thread, paho's own
-    # included, sees the real one, so a reconnect replacing it is never disturbed.
-    @property  # type: ignore[override]
-    def _sockpairW(self) -> Any:
-        return None if self._deferring == threading.get_ident() else self._wakeup_sock
-
-    @_sockpairW.setter
-    def _sockpairW(self, sock: Any) -> None:
-        self._wakeup_sock = sock
-
-    @contextlib.contextmanager
-    def wakeups_deferred(self) -> Iterator[None]:
-        """Queue packets (publish, ack) from this thread with one wake-up of the network thread
-        at the end instead of one per packet. One thread at a time."""
-        self._deferring = threading.get_ident()
-        try:
-            yield
-        finally:
-            self._deferring = None
-            sock = self._wakeup_sock
-            if sock is not None:
-                with contextlib.suppress(OSError):  # full: it is awake; closed: a reconnect
-                    sock.send(b"0")
 
     def buffered(self) -> int:
         """Bytes read from the socket that paho has not consumed yet."""

@@ -111,7 +111,7 @@ class Collector:
 
     # -- MQTT ------------------------------------------------------------------------------------
 
-    def _make_client(self) -> BufferedClient:
+    def _make_client(self) -> mqtt.Client:
         m = self.cfg.mqtt
         client = BufferedClient(
             mqtt.CallbackAPIVersion.VERSION2,
@@ -306,21 +306,14 @@ class Collector:
             _LOG.debug("committed a batch of %d messages in %.1f ms (%d waiting)", len(items),
                        (time.monotonic() - started) * 1000, self._queue.qsize())
             self.last_batch_ms = self.clock()
-            pubacks, received = [], 0
             for item, outcome in zip(items, outcomes, strict=True):
                 if item.source == "mqtt":
                     mid, qos = item.token
-                    received += 1
-                    if qos == 1:
-                        pubacks.append(mid)
-                    else:  # (QoS 0: nothing to send; QoS 2 is never subscribed)
-                        self._client.ack(mid, qos)
+                    self._client.ack(mid, qos)  # only now: its effects are committed
+                    self._unacked.release()
                 elif isinstance(item.token, _Waiter):
                     item.token.outcome = outcome
                     item.token.done.set()
-            self._client.ack_many(pubacks)  # only now: their effects are committed
-            for _ in range(received):
-                self._unacked.release()
         self._run(self._publish_commands)
 
     def _publish_commands(self) -> None:
@@ -330,19 +323,18 @@ class Collector:
             (self._last_published_cmd,),
         )
         expired = []
-        with self._client.wakeups_deferred():  # one wake-up of paho's thread for all of them
-            for row_id, topic, payload, expires in rows.fetchall():
-                if expires <= now:
-                    expired.append((row_id,))
-                    self._last_published_cmd = row_id
-                    continue
-                info = self._client.publish(topic, payload, qos=1)
-                if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-                    _LOG.warning("publishing a command failed (%s); retrying later", info.rc)
-                    break  # (NO_CONN: paho keeps a QoS 1 message and sends it on reconnect)
+        for row_id, topic, payload, expires in rows.fetchall():
+            if expires <= now:
+                expired.append((row_id,))
                 self._last_published_cmd = row_id
-                with self._cmd_lock:
-                    self._inflight_cmds[info.mid] = row_id
+                continue
+            info = self._client.publish(topic, payload, qos=1)
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                _LOG.warning("publishing a command failed (%s); retrying later", info.rc)
+                break  # (NO_CONN: paho keeps a QoS 1 message and sends it on reconnect)
+            self._last_published_cmd = row_id
+            with self._cmd_lock:
+                self._inflight_cmds[info.mid] = row_id
         if expired:
             self._db.executemany("DELETE FROM cmd_outbox WHERE id=?", expired)
 
