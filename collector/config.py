@@ -120,6 +120,11 @@ OPTIONS: tuple[Option, ...] = (
     _o("detection", "q_weak", float, 0.05,
        "q below which an indicator is reported as a weak signal (never flags).", minimum=1e-9,
        maximum=0.5),
+    _o("detection", "combine_min_count", int, 2,
+       "Least observations (too-fast ratings, presses outside an invitation, unmatched "
+       "ratings, ...) a weak signal must rest on to join the combination of weak signals of "
+       "independent kinds: the p-value of a single event is only the assumed base rate.",
+       minimum=1),
     _o("detection", "rate_floor", float, 0.005,
        "Least per-rating rate assumed for rare honest events (unmatched, fast, out of service, "
        "uninvited), so a spotless hall does not make one accident look significant.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 from datetime import date
 
 import pytest
@@ -187,6 +188,21 @@ def test_weak_signals_of_independent_kinds_combine():
     assert 'combined="response_shift,uninvited_presses"' in line and "combined_strong=1i" in line
     quiet = judge("h1", "w1", None, "day", [shift, keys], Combined(p, 0.01, False, agreeing))
     assert quiet.severity == 1 and not quiet.flagged
+
+
+def test_a_signal_resting_on_a_single_observation_does_not_join_the_combination():
+    from collector.detection.verdict import combine
+
+    fast = replace(_weak("fast_response", 0.005), events=1)  # one rating under 0.8 s
+    keys = replace(_weak("uninvited_presses", 0.005), events=1)  # one stray press of 5
+    assert combine([fast, keys], 0.05, min_count=1)[0] < 1e-3  # the rule before
+    assert combine([fast, keys], 0.05, min_count=2) == (1.0, ())
+    # Within a group the best signal with enough behind it stands in, still with the group's
+    # Bonferroni factor (two timing indicators were tested).
+    shift, two = replace(_weak("response_shift", 0.01), events=6), replace(keys, events=2)
+    p, agreeing = combine([fast, shift, two], 0.05, min_count=2)
+    assert agreeing == (shift, two)
+    assert p == stats.truncated_product_p([0.02, 0.005], 0.05)
 
 
 def test_reasons_put_strong_evidence_first():

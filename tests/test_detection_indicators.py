@@ -10,7 +10,7 @@ from datetime import date
 
 import pytest
 
-from collector.detection import DetectionSettings, detect_hall
+from collector.detection import DetectionSettings, Period, detect_hall
 from collector.detection.facts import (
     DeviceRecord,
     HallFacts,
@@ -672,3 +672,79 @@ def test_a_negative_the_linking_engine_still_holds_is_accounted_for():
     u = replace(u, held=(held,))
     ind = indicator(hall(u, excellent()), "u", "key_counters")
     assert ind.strength == "none" and ind.value == 0
+
+
+# -- the combination of weak signals: enough evidence behind each -----------------------------
+
+
+def _until(u: Unit, hhmm: str) -> Unit:
+    """The window as the detector sees it at `hhmm`: what happened up to then."""
+    at = hm(hhmm)
+    return replace(u, ratings=tuple(r for r in u.ratings if r.press_ms <= at),
+                   txns=tuple(t for t in u.txns if t.completed_ms <= at),
+                   window_log=tuple(w for w in u.window_log if w.at_ms <= at),
+                   device_log=tuple(d for d in u.device_log if d.received_ms <= at))
+
+
+def _early_hall(at: str) -> tuple[HallFacts, Period]:
+    """A small hall on its first morning (no window has a past yet), as in the demo: a quiet
+    excellent window whose one rating so far came 0.6 s after the invitation and whose device
+    saw one stray press of 5; a window whose staff rate at a 1.5 s rhythm and add stand-alone
+    5s; an ordinary window."""
+    exc = excellent(n_txn=4)
+    first = exc.ratings[0]
+    exc = replace(exc, ratings=(replace(first, rt_ms=600,
+                                        press_ms=first.txn_completed_ms + 2600),
+                                *exc.ratings[1:]))
+    exc = replace(exc, device_log=tuple(sorted(exc.device_log + (DeviceRecord(
+        hm("09:05"), hm("09:05"), "key_uninvited", {"key": 5, "state": "idle"}, "d-exc"),),
+        key=lambda d: d.received_ms)))
+    fake = [RatingFact(hm(x), 5, None, "standalone", None, "unlinked", "no_transaction", "t-s",
+                       None, "d-t") for x in ("09:15", "09:30", "09:45")]
+    staff = _counted(with_ratings(_staff_presses(honest("t", 21, n_txn=40), 1500, 25, 8), fake))
+    units = tuple(_until(u, at) for u in (exc, staff, honest("plain", 5, n_txn=40)))
+    return HallFacts("h1", units, has_feed=True, has_signons=True), S.periods(hm(at))[0]
+
+
+def test_one_fast_rating_and_one_stray_press_do_not_flag_an_honest_window():
+    # 10:00 on the hall's first day: the excellent window has one rating, 0.6 s after its
+    # invitation, and one stray press of 5. Each is a weak signal against the hall's rate
+    # floor (p = 0.005: the assumed base rate itself), and with the manipulated window's
+    # overwhelming evidence first in line, Benjamini-Hochberg let the two together through.
+    h, period = _early_hall("10:00")
+    exc = next(u for u in h.units if u.window == "exc")
+    assert len(exc.ratings) == 1
+    found = {i.name: i for i in compute_indicators(h, h.units, period, S)["exc"]}
+    for name in ("fast_response", "uninvited_presses"):
+        assert found[name].strength == "weak" and found[name].events == 1
+    old = DetectionSettings.defaults(combine_min_count=1)  # the rule before: any p joined
+    before = next(v for v in detect_hall(h, period, old, per_staff=False) if v.window == "exc")
+    assert before.flagged and before.combined is not None and before.combined.strong
+    verdicts = detect_hall(h, period, S, per_staff=True)
+    v = next(v for v in verdicts if v.window == "exc" and v.staff is None)
+    assert not v.flagged and v.severity == 1 and v.combined is None  # a notice, no accusation
+    assert {x.window for x in verdicts if x.flagged} == {"t"}  # the manipulated one still is
+
+
+def test_weak_signals_of_a_self_rating_window_still_flag_together():
+    # Staff press 5 at 1.3 s for 18 citizens of a window whose citizens were mostly 非常满意
+    # anyway (the levels do not single the fast ones out: response_shift stays weak), and 3
+    # citizens press 5 after the staff have rated (weak alone). Together: strong.
+    t = with_past_rts(_counted(_staff_presses(honest("t", 8, n_txn=40), 1300, 150, 18)),
+                      4000, 0.5)
+    t = _uninvited(_past_levels(t, 0.9), [5, 5, 5])
+    h = hall(t, with_past_rts(excellent(), 3000, 0.5, seed=4))
+    v = verdict(h, "t")
+    assert v.strong == ()  # no indicator is strong evidence on its own
+    assert v.flagged and v.combined is not None and v.combined.strong
+    assert {i.name: i.events for i in v.combined.agreeing} == {
+        "response_shift": 17, "uninvited_presses": 3}
+    assert "2 independent kinds of signal agree" in v.reasons_en[0]
+    assert not verdict(h, "exc").flagged
+
+
+def test_every_indicator_with_a_p_value_says_how_many_observations_it_rests_on():
+    h, period = _early_hall("17:30")
+    for inds in compute_indicators(h, h.units, period, S).values():
+        for i in inds:
+            assert (i.events is None) == (i.p is None), i.name

@@ -46,6 +46,10 @@ class Indicator:
     evidence: dict = field(default_factory=dict, hash=False)
     reason_zh: str = ""
     reason_en: str = ""
+    # How many observations the p-value's evidence rests on (too-fast ratings, presses outside
+    # an invitation, unmatched ratings, ...): the combination of weak signals admits only those
+    # resting on at least `combine_min_count` (verdict.combine). None: no p-value.
+    events: int | None = None
 
 
 @dataclass(slots=True)
@@ -56,6 +60,7 @@ class _Raw:
     evidence: dict = field(default_factory=dict)
     reason: tuple[str, str] = ("", "")
     strength: str | None = None       # deterministic indicators decide directly
+    events: int | None = None         # observations the p-value rests on (Indicator.events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +183,7 @@ def _unmatched(u: Unit, c: _Ctx) -> _Raw | None:
     en = (f"{len(unlinked)} ratings matched no completed transaction ({len(rs)} ratings, "
           f"{len(u.txns)} transactions{', more ratings than transactions' if excess else ''}; "
           f"hall rate {peer_rate:.1%})")
-    return _Raw(value, p, value >= c.s.unmatched_min, ev, (zh, en))
+    return _Raw(value, p, value >= c.s.unmatched_min, ev, (zh, en), events=value)
 
 
 # -- ratings out of service -------------------------------------------------------------------
@@ -266,7 +271,8 @@ def _out_of_service(u: Unit, c: _Ctx) -> _Raw | None:
           "且不属于此前办结的办件")
     en = (f"{len(found)} ratings while the window was out of service ({', '.join(parts_en)}), "
           "not from a transaction completed before")
-    return _Raw(len(found), p, len(found) >= c.s.out_of_service_min, ev, (zh, en))
+    return _Raw(len(found), p, len(found) >= c.s.out_of_service_min, ev, (zh, en),
+                events=len(found))
 
 
 # -- key presses and counters ------------------------------------------------------------------
@@ -330,7 +336,7 @@ def _uninvited(u: Unit, c: _Ctx) -> _Raw | None:
           f"（每件 {good / exposure:.2f} 次，同厅 {peer_rate:.2f} 次）")
     en = (f"{total} key presses outside an invitation, {good} of them on keys 4-5 "
           f"({good / exposure:.2f} per transaction, hall {peer_rate:.2f})")
-    return _Raw(good, p, good >= c.s.uninvited_min, ev, (zh, en))
+    return _Raw(good, p, good >= c.s.uninvited_min, ev, (zh, en), events=good)
 
 
 # Counters of the firmware that live in RAM only (they start again from 0 at each boot): one
@@ -491,6 +497,7 @@ def _fast(u: Unit, c: _Ctx) -> _Raw | None:
                           "peer_share": round(peer_share, 4),
                           "median_fast_ms": rts[fast // 2] if fast else None}
     guard = fast >= c.s.fast_min
+    events = fast
     past_zh = past_en = ""
     refs = _rt_refs(u, c)
     if refs:
@@ -511,6 +518,7 @@ def _fast(u: Unit, c: _Ctx) -> _Raw | None:
         p = max(p, min(1.0, p_past * len(refs)))
         expected = f_past * n_now / m
         guard = guard and f_now >= 2 * expected
+        events = min(fast, f_now)  # both tests count (the larger p): the smaller count
         ev.update(past_fast=f_past, past_invited=m, expected_from_past=round(expected, 1),
                   since=None if since is None else str(c.s.local_day(since)))
         when_zh, when_en = _since_words(c, since)
@@ -520,7 +528,7 @@ def _fast(u: Unit, c: _Ctx) -> _Raw | None:
           f"同厅仅 {peer_share:.1%}{past_zh}），快于群众转身看屏按键的时间")
     en = (f"{fast} of {len(rts)} ratings pressed within {limit / 1000:.1f} s of the invitation "
           f"(hall {peer_share:.1%}{past_en}): faster than a citizen can turn to the device")
-    return _Raw(fast, p, guard, ev, (zh, en))
+    return _Raw(fast, p, guard, ev, (zh, en), events=events)
 
 
 def _regular(u: Unit, c: _Ctx) -> _Raw | None:
@@ -561,7 +569,8 @@ def _regular(u: Unit, c: _Ctx) -> _Raw | None:
           f"（共 {len(rts)} 条，按相邻时间段推算约 {expected:.1f} 条），节奏近似机器")
     en = (f"{best} of {len(rts)} response times fall within {lo / 1000:.2f}-{(lo + w) / 1000:.2f} s"
           f" (the neighbouring times predict {expected:.1f}): machine-like regularity")
-    return _Raw(best, p, best >= c.s.regular_min and best >= 3 * expected, ev, (zh, en))
+    return _Raw(best, p, best >= c.s.regular_min and best >= 3 * expected, ev, (zh, en),
+                events=best)
 
 
 # Shares of the window's own past response times below which today's are counted.
@@ -789,7 +798,7 @@ def _response_shift(u: Unit, c: _Ctx) -> _Raw | None:
     if fives_before is not None and before:
         zh += f"（此前较快的一半评价中“非常满意”仅占 {fives_before / before:.0%}）"
         en += f" (before, {fives_before / before:.0%} of its faster half were 非常满意)"
-    return _Raw(below, p, guard, ev, (zh, en))
+    return _Raw(below, p, guard, ev, (zh, en), events=below)
 
 
 def _burst(u: Unit, c: _Ctx) -> _Raw | None:
@@ -821,7 +830,7 @@ def _burst(u: Unit, c: _Ctx) -> _Raw | None:
           f"其中 {unmatched} 条未匹配办件")
     en = (f"{best} ratings within {span_s:.0f} s{when_en} (from {c.hhmm(group[0].press_ms)}), "
           f"{unmatched} of them matched no transaction")
-    return _Raw(best, p, best >= c.s.burst_min, ev, (zh, en))
+    return _Raw(best, p, best >= c.s.burst_min, ev, (zh, en), events=best)
 
 
 # -- negatives and satisfaction ------------------------------------------------------------------
@@ -858,7 +867,7 @@ def _missing_negatives(u: Unit, c: _Ctx) -> _Raw | None:
     # Only a window with a real past of its own can lose its 差评: without one, a long run is
     # what an excellent window looks like, and the peers alone must not decide.
     return _Raw(run, p, run >= c.s.min_ratings and len(before) >= c.s.prior_strength_max, ev,
-                (zh, en))
+                (zh, en), events=run)
 
 
 def _satisfied(rs: Sequence[RatingFact]) -> int:
@@ -884,7 +893,7 @@ def _satisfaction_high(u: Unit, c: _Ctx) -> _Raw | None:
     zh = f"满意率 {share:.1%} 高于同厅 {p0:.1%}（评价量 {len(rs)}，z={z:.1f}）"
     en = (f"satisfaction {share:.1%} above the hall's {p0:.1%} for its volume "
           f"({len(rs)} ratings, z={z:.1f})")
-    return _Raw(round(z, 3), stats.normal_sf(z), True, ev, (zh, en))
+    return _Raw(round(z, 3), stats.normal_sf(z), True, ev, (zh, en), events=_satisfied(rs))
 
 
 def _coverage_counts(u: Unit, c: _Ctx) -> tuple[int, int]:
@@ -939,7 +948,7 @@ def _selective(u: Unit, c: _Ctx) -> _Raw | None:
         return None
     cov, sat = rated / decided, _satisfied(rs) / len(rs)
     p = max(stats.normal_sf(-z_cov), stats.normal_sf(z_sat))
-    ref_cov, ref_sat, own, since = cov0, sat0, False, None
+    ref_cov, ref_sat, own, since, judged = cov0, sat0, False, None, decided
     # Own-past references: (current rated, decided, satisfied, ratings; past the same; since).
     past_sat = sum(1 for x in u.history if x >= 4)
     refs = [(rated, decided, _satisfied(rs), len(rs), u.history_rated, u.history_decided,
@@ -961,7 +970,7 @@ def _selective(u: Unit, c: _Ctx) -> _Raw | None:
         p_sat = stats.normal_sf(_two_proportion_z(s1, m1, s2, m2))
         p_own = p_cov if p_sat < c.s.q_weak else max(p_cov, p_sat)
         if p_own < p:
-            p, own, since = p_own, True, split
+            p, own, since, judged = p_own, True, split, n1
             cov, sat, ref_cov, ref_sat = k1 / n1, s1 / m1, k2 / n2, s2 / m2
     p = min(1.0, (1 + len(refs)) * p)
     ev = {"coverage": round(cov, 4), "peer_coverage": round(cov0, 4), "z_coverage": round(z_cov, 2),
@@ -980,8 +989,10 @@ def _selective(u: Unit, c: _Ctx) -> _Raw | None:
           "（疑似只邀请满意的群众评价）")
     en = (f"{when_en}coverage {cov:.0%} far below {whose_en} {ref_cov:.0%} while satisfaction {sat:.1%} is "
           f"above {ref_sat:.1%} (only satisfied citizens invited?)")
+    # The observations behind it: the transactions left unrated beyond the reference's coverage.
+    shortfall = max(0, round((ref_cov - cov) * judged))
     return _Raw(round(cov - ref_cov, 4), p, cov <= ref_cov - c.s.coverage_gap and sat > ref_sat,
-                ev, (zh, en))
+                ev, (zh, en), events=shortfall)
 
 
 # -- device offline ------------------------------------------------------------------------------
@@ -1114,5 +1125,5 @@ def compute_indicators(hall: HallFacts, units: Sequence[Unit], period: Period,
             keep = strength != NONE or (r.p is not None and r.p <= settings.q_weak)
             zh, en = r.reason if keep else ("", "")
             out[label].append(Indicator(name, float(r.value), strength, decisive, r.p, q,
-                                        r.evidence, zh, en))
+                                        r.evidence, zh, en, r.events))
     return out

@@ -76,9 +76,11 @@ def detect_hall(hall: HallFacts, period: Period, settings: DetectionSettings, *,
 
 def _combined(found: dict[str, list[Indicator]], settings: DetectionSettings
               ) -> dict[str, Combined | None]:
-    """Weak signals of independent kinds per unit (verdict.combine), adjusted across the
-    units like one more indicator (Benjamini-Hochberg), strong below q_strong."""
-    parts = {label: combine(inds, settings.q_weak) for label, inds in found.items()}
+    """Weak signals of independent kinds per unit (verdict.combine; each resting on at least
+    combine_min_count observations), adjusted across the units like one more indicator
+    (Benjamini-Hochberg), strong below q_strong."""
+    parts = {label: combine(inds, settings.q_weak, settings.combine_min_count)
+             for label, inds in found.items()}
     labels = list(parts)
     qs = stats.benjamini_hochberg([parts[x][0] for x in labels])
     out: dict[str, Combined | None] = {}

@@ -44,6 +44,7 @@ class DetectionSettings:
     min_ratings: int
     q_strong: float
     q_weak: float
+    combine_min_count: int
     rate_floor: float
     prior_strength_max: float
     unmatched_min: int

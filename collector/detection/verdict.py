@@ -15,8 +15,12 @@ invitation; levels and coverage; ratings against transactions and the service st
 group's p-value is its smallest indicator p-value times the number of its indicators
 (Bonferroni); the groups' p-values are combined by the truncated product method (Zaykin 2002,
 `stats.truncated_product_p`, tau = q_weak), and only when at least two groups are at or below
-tau. The combined p-values are adjusted across the hall's units (Benjamini-Hochberg) like an
-indicator's, and are strong evidence below q_strong (`detect_hall`). Satisfaction above peers
+tau. An indicator joins only when its evidence rests on at least `min_count` observations
+(`Indicator.events`, `[detection] combine_min_count`): the p-value of a single event is the
+assumed base rate itself, P(X >= 1) = E[theta] whatever the spread of honest windows, so two
+accidents at a quiet window early in the day would otherwise add up to "strong". The combined
+p-values are adjusted across the hall's units (Benjamini-Hochberg) like an indicator's, and are
+strong evidence below q_strong (`detect_hall`). Satisfaction above peers
 is not in any group (it measures excellence, not manipulation), nor are the burst scan (its
 p-value is approximate for small counts) and the deterministic indicators.
 
@@ -59,16 +63,23 @@ class Combined:
     agreeing: tuple[Indicator, ...]
 
 
-def combine(indicators: Sequence[Indicator], tau: float) -> tuple[float, tuple[Indicator, ...]]:
+def combine(indicators: Sequence[Indicator], tau: float, min_count: int = 1
+            ) -> tuple[float, tuple[Indicator, ...]]:
     """The combined p-value of a unit's groups (1.0 unless two or more groups are at or below
-    tau) and the agreeing indicators."""
+    tau) and the agreeing indicators. An indicator resting on fewer than `min_count`
+    observations counts as p = 1 (still in its group's Bonferroni factor and the number of
+    groups): leaving it out can only raise the combined p-value."""
     group_ps: list[float] = []
     agreeing: list[Indicator] = []
     for names in GROUPS.values():
         with_p = [i for i in indicators if i.name in names and i.p is not None]
         if not with_p:
             continue
-        best = min(with_p, key=lambda i: i.p)  # type: ignore[arg-type, return-value]
+        enough = [i for i in with_p if i.events is None or i.events >= min_count]
+        if not enough:
+            group_ps.append(1.0)
+            continue
+        best = min(enough, key=lambda i: i.p)  # type: ignore[arg-type, return-value]
         p = min(1.0, best.p * len(with_p))  # type: ignore[operator]
         group_ps.append(p)
         if p <= tau:
