@@ -38,6 +38,7 @@ from .registry import Registry
 
 __all__ = [
     "PROFILES",
+    "TXN_PER_HOUR",
     "SimTerminal",
     "VirtualHall",
     "WindowPlan",
@@ -88,6 +89,10 @@ class WindowPlan:
         return self.profile != "honest" and day_index >= self.start_day
 
 
+# A window's volume, transactions an hour (log-uniform between the two).
+TXN_PER_HOUR = (2.0, 14.0)
+
+
 def _loguniform(rng: random.Random, lo: float, hi: float) -> float:
     return math.exp(rng.uniform(math.log(lo), math.log(hi)))
 
@@ -111,7 +116,7 @@ def draw_window(rng: random.Random, hall: str, index: int, *, excellent: bool = 
     levels = (levels[0], levels[1], levels[2], max(0.0, 1 - sum(levels)), top)
     plan = WindowPlan(
         window=w, device=f"vd-{hall}-{w}", staff=staff, levels=levels,
-        txn_per_hour=_loguniform(rng, 2.0, 14.0), coverage=coverage,
+        txn_per_hour=_loguniform(rng, *TXN_PER_HOUR), coverage=coverage,
         rt_median_ms=rng.uniform(2200, 6000), rt_sigma=rng.uniform(0.35, 0.7),
         stray_press=rng.uniform(0.0, 0.04), pauses_per_day=rng.uniform(0.0, 2.0),
         blips_per_day=rng.uniform(0.0, 1.5), heartbeat_s=rng.randint(120, 200),

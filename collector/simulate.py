@@ -36,6 +36,7 @@ from .protocol import feed_topic
 from .sim_profiles import (
     FW,
     PROFILES,
+    TXN_PER_HOUR,
     SimTerminal,
     WindowPlan,
     citizen_presses,
@@ -46,7 +47,7 @@ from .sim_profiles import (
 __all__ = ["HallSpec", "SimDevice", "SimHall", "WindowSpec", "default_hall", "parse_profiles"]
 
 _LOG = logging.getLogger(__name__)
-_MEAN_TXN_PER_HOUR = math.sqrt(2.0 * 14.0)  # geometric mean of draw_window's volume range
+_MEAN_TXN_PER_HOUR = math.sqrt(TXN_PER_HOUR[0] * TXN_PER_HOUR[1])  # geometric mean
 
 
 @dataclass
