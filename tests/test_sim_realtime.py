@@ -72,6 +72,9 @@ def test_profiles_reach_the_collector_and_the_detector(make_config: Callable[...
     plans["w03"].params.update(share=1.0, mu_ms=500, sd_ms=60, five=1.0)
     for i in (1, 2, 6):  # busy enough for a short run
         spec.windows[i].rate_per_min = 24
+    # Self-rating (w03) with enough ratings in 40 s that its evidence is never at the threshold
+    # (at 24 a minute, 8 ratings: flagged in most runs, not all).
+    spec.windows[2].rate_per_min = 40
     spec.windows[4].rate_per_min = 4  # presses with nothing asked stand out at a quiet window
     plans["w07"].levels = (0.2, 0.2, 0.2, 0.2, 0.2)
     plans["w08"].params.update(presses=(4, 4))
