@@ -237,10 +237,12 @@ def _sim_keys(cfg: Config, spec: Any) -> dict[str, bytes]:
 
 
 def _sim_hall(args: argparse.Namespace, cfg: Config, hall: str, host: str, port: int,
-              prefix: str) -> Any:
+              prefix: str, busy: tuple[str, ...] = ()) -> Any:
+    """`busy`: windows that run at the pace of the hall's busiest window."""
     from .simulate import SimHall, default_hall, parse_profiles
 
-    spec = default_hall(hall, args.windows, args.rate, args.seed, parse_profiles(args.profile))
+    spec = default_hall(hall, args.windows, args.rate, args.seed, parse_profiles(args.profile),
+                        busy=busy)
     sim = SimHall(spec, _sim_keys(cfg, spec), host, port, prefix=prefix, seed=args.seed,
                   cycle_s=args.cycle)
     for line in sim.describe():
@@ -269,14 +271,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_PROFILES = ("suppressed_negatives:w03", "self_rating:w05")
+
+
 def demo_profiles(args: argparse.Namespace) -> list[str]:
     """The demo's manipulated windows: as given, none with `--profile none`, else a window
-    whose 差评 never leave the device and one whose staff rate for the citizens (both flagged
-    within minutes: the key counters at the next heartbeat, the response times soon after)."""
+    whose 差评 never leave the device and one whose staff rate for the citizens."""
     if args.profile is not None:
         return [p for p in args.profile if p != "none"]
-    return (["suppressed_negatives:w03"] if args.windows >= 3 else []) + (
-        ["self_rating:w05"] if args.windows >= 5 else [])
+    return [p for p in DEMO_PROFILES if int(p.rsplit(":w", 1)[1]) <= args.windows]
 
 
 def flagged_windows(cfg: Config) -> list[str]:
@@ -322,14 +325,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     collector = Collector(cfg)
     collector.start()
+    defaults = args.profile is None
     args.profile = demo_profiles(args)
+    # The default manipulated windows run at the busiest window's pace, so that evidence (a
+    # suppressed 差评, a pile of fast 5s) builds up in minutes rather than in a business day.
+    busy = tuple(p.rsplit(":", 1)[1] for p in args.profile) if defaults else ()
     print("demo: hall01, windows (true quality: the detector never sees it):")
-    hall = _sim_hall(args, cfg, "hall01", "127.0.0.1", broker.port, cfg.mqtt.topic_prefix)
+    hall = _sim_hall(args, cfg, "hall01", "127.0.0.1", broker.port, cfg.mqtt.topic_prefix, busy)
     hall.start()
     print(f"demo: broker 127.0.0.1:{broker.port}, InfluxDB {influx.url} (database evalterm), "
           f"collector http://{cfg.http.listen}/metrics")
-    print(f"demo: hall01 with {args.windows} windows, ~{args.rate} transactions/min each on "
-          "average; Ctrl-C to stop")
+    pace = sum(w.rate_per_min for w in hall.spec.windows) / len(hall.spec.windows)
+    print(f"demo: hall01 with {args.windows} windows, ~{pace:.1f} transactions/min each on "
+          "average" + (f" ({', '.join(busy)} at the busiest window's pace)" if busy else "")
+          + "; Ctrl-C to stop")
     runner = threading.Thread(target=hall.run, args=(args.duration or float("inf"),), daemon=True)
     runner.start()
     try:

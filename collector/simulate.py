@@ -96,10 +96,12 @@ def parse_profiles(items: list[str] | None) -> dict[str, str]:
 
 
 def default_hall(hall: str = "hall01", windows: int = 6, rate_per_min: float = 6.0,
-                 seed: int = 1, profiles: dict[str, str] | None = None) -> HallSpec:
+                 seed: int = 1, profiles: dict[str, str] | None = None,
+                 busy: tuple[str, ...] = ()) -> HallSpec:
     """A hall of windows of very different true quality and volume (volume 2-14 transactions an
     hour in the evaluation, scaled so that the hall's windows average `rate_per_min` a minute),
-    one or two of them honest and excellent, and the manipulation profiles given per window."""
+    one or two of them honest and excellent, and the manipulation profiles given per window.
+    The `busy` windows then run at the pace of the busiest one (the draw is unchanged)."""
     rng = random.Random(seed)
     profiles = dict(profiles or {})
     names = [f"w{i:02d}" for i in range(1, windows + 1)]
@@ -118,6 +120,10 @@ def default_hall(hall: str = "hall01", windows: int = 6, rate_per_min: float = 6
                        badge) for sid, _, badge in plan.staff]  # A/B roles
         rate = rate_per_min * plan.txn_per_hour / _MEAN_TXN_PER_HOUR
         spec.windows.append(WindowSpec(w, plan.device, plan.staff, plan, rate))
+    top = max(w.rate_per_min for w in spec.windows)
+    for ws in spec.windows:
+        if ws.window in busy:
+            ws.rate_per_min = top
     return spec
 
 

@@ -51,6 +51,17 @@ def test_default_hall_differs_and_shares_the_profiles_draws() -> None:
         assert plan.profile == profile and plan.params and not plan.excellent
 
 
+def test_busy_windows_run_at_the_busiest_pace_and_the_draw_is_unchanged() -> None:
+    plain = default_hall("h", 6, 6.0, seed=1, profiles={"w05": "self_rating"})
+    busy = default_hall("h", 6, 6.0, seed=1, profiles={"w05": "self_rating"}, busy=("w05",))
+    top = max(w.rate_per_min for w in plain.windows)
+    assert plain.windows[4].rate_per_min < top  # seed 1: a quiet window, as the demo had it
+    assert busy.windows[4].rate_per_min == top
+    for a, b in zip(plain.windows, busy.windows, strict=True):
+        assert a.plan == b.plan
+        assert a.window == "w05" or a.rate_per_min == b.rate_per_min
+
+
 def _rows(conn: sqlite3.Connection, sql: str, *args: object) -> list[tuple]:
     return conn.execute(sql, args).fetchall()
 
