@@ -4,17 +4,31 @@ One file holds everything that must survive a crash together: the device registr
 state, the identities of processed messages (replay protection), and the two outboxes (points for
 InfluxDB, commands for devices). One transaction covers all effects of a batch of inbound messages,
 and only then are those messages acknowledged to the broker.
+
+The schema has a version (meta 'schema_version'): `connect` upgrades an older database in place
+(`_MIGRATIONS`) and refuses a newer one; `connect_reader` (the drainer) accepts only the current.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
 __all__ = ["SCHEMA_VERSION", "connect", "connect_drained", "connect_reader", "drained_path", "drained_up_to",
            "state_instance"]
 
-SCHEMA_VERSION = 1
+_LOG = logging.getLogger(__name__)
+
+# Upgrades of an existing state database, in order: entry i takes schema version i + 1 to i + 2.
+# A schema change is one more entry here plus the same change in _SCHEMA (which creates new
+# databases at the current version directly); SCHEMA_VERSION follows from the list.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 2: device_log keeps the message's boot counter (NULL in rows stored before).
+    ("ALTER TABLE device_log ADD COLUMN boot INTEGER",),
+)
+
+SCHEMA_VERSION = 1 + len(_MIGRATIONS)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -95,7 +109,8 @@ CREATE TABLE IF NOT EXISTS device_log (
     kind TEXT NOT NULL,           -- status, or the event type (heartbeat, key_uninvited, ...)
     at_ms INTEGER NOT NULL,       -- event time as stored in InfluxDB
     received_ms INTEGER NOT NULL,
-    data TEXT NOT NULL            -- JSON: the event's data, or {"state": ...} for status
+    data TEXT NOT NULL,           -- JSON: the event's data, or {"state": ...} for status
+    boot INTEGER                  -- the message's boot counter (NULL: stored before schema 2)
 );
 CREATE INDEX IF NOT EXISTS device_log_place ON device_log (hall, window, at_ms);
 CREATE TABLE IF NOT EXISTS window_log (
@@ -170,6 +185,18 @@ def connect(path: str | Path, *, check_same_thread: bool = True,
     """
     conn = _open(path, check_same_thread)
     conn.execute("PRAGMA foreign_keys=ON")
+    found = _schema_version(conn)
+    if found is not None and found > SCHEMA_VERSION:
+        conn.close()
+        raise RuntimeError(f"state database {path} has schema {found}, newer than this collector's "
+                           f"{SCHEMA_VERSION}: run the version that wrote it, or restore a backup")
+    if found is not None and found < SCHEMA_VERSION:
+        # Before _SCHEMA, whose statements are written for the current version's tables.
+        try:
+            _migrate(conn, path)
+        except BaseException:
+            conn.close()
+            raise
     conn.executescript(_SCHEMA)
     conn.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?), "
@@ -177,6 +204,7 @@ def connect(path: str | Path, *, check_same_thread: bool = True,
     )
     row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     if int(row[0]) != SCHEMA_VERSION:
+        conn.close()
         raise RuntimeError(f"state database {path} has schema {row[0]}, expected {SCHEMA_VERSION}")
     if max_mb > 0:
         # A bound on the file, so that a long InfluxDB outage fills neither the disk nor this
@@ -187,14 +215,48 @@ def connect(path: str | Path, *, check_same_thread: bool = True,
     return conn
 
 
+def _schema_version(conn: sqlite3.Connection) -> int | None:
+    """The database's schema version; None for a new (empty) database."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+                    ).fetchone() is None:
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    return None if row is None else int(row[0])
+
+
+def _migrate(conn: sqlite3.Connection, path: str | Path) -> None:
+    """Upgrade an older state database in place, in one transaction: all steps or none."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Read again under the write lock: another process may have upgraded it meanwhile.
+        found = _schema_version(conn)
+        assert found is not None
+        if found < SCHEMA_VERSION:
+            for statements in _MIGRATIONS[found - 1:]:
+                for sql in statements:
+                    conn.execute(sql)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                         (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL, ...)
+            conn.execute("ROLLBACK")
+        raise
+    if found < SCHEMA_VERSION:
+        _LOG.info("state database %s migrated from schema %d to %d", path, found, SCHEMA_VERSION)
+
+
 def connect_reader(path: str | Path) -> sqlite3.Connection:
     """Open an existing state database for reading only (the drainer): no schema statements, so
-    opening it never waits for the ingest worker's write lock."""
+    opening it never waits for the ingest worker's write lock. Only the current schema is
+    accepted: the collector upgrades an older database (`connect`) before it starts the drainer."""
     conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, isolation_level=None,
                            timeout=30.0, check_same_thread=False)  # the drainer reads ahead in a thread
     row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     if row is None or int(row[0]) != SCHEMA_VERSION:
-        raise RuntimeError(f"state database {path} has schema {row and row[0]}, expected {SCHEMA_VERSION}")
+        conn.close()
+        raise RuntimeError(f"state database {path} has schema {row and row[0]}, expected "
+                           f"{SCHEMA_VERSION} (the collector upgrades an older one when it starts)")
     return conn
 
 

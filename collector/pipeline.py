@@ -257,10 +257,10 @@ class Ingest:
             self._queue_points([points.status_point(topic.hall, topic.window, msg, event_ms)])
             kind, data = "status", {"state": msg["state"], "fw": msg["fw"]}
         self._db.execute(
-            "INSERT INTO device_log (device, hall, window, kind, at_ms, received_ms, data) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO device_log (device, hall, window, kind, at_ms, received_ms, data, boot) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (topic.device, topic.hall, topic.window, kind, event_ms, item.received_ms,
-             compact_json(data)),
+             compact_json(data), msg["boot"]),
         )
         return Outcome("accepted")
 

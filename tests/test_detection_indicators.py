@@ -665,6 +665,56 @@ def test_a_restart_in_the_morning_does_not_excuse_the_afternoon():
     assert ind.strength == "strong" and ind.evidence["negative_tolerance"] == 0
 
 
+def _boots(u: Unit, first: int, second: int | None = None, at: str = "15:01") -> Unit:
+    """Every heartbeat carries boot counter `first`, or `second` from `at` on (a restart)."""
+    return replace(u, device_log=tuple(
+        replace(d, boot=second if second is not None and d.at_ms > hm(at) else first)
+        if d.kind == "heartbeat" else d for d in u.device_log))
+
+
+def test_a_restart_seen_only_in_the_boot_counter_excuses_one_hidden_negative():
+    # The boot counter changes between the press and the next heartbeat; no boot event (it was
+    # lost) and no RAM counter went back: only the stored boot counter shows the restart.
+    u = _boots(_exact(_counter_change(honest("u", 4), "15:00", 1)), 7, 8)
+    assert not any(d.kind == "boot" for d in u.device_log)
+    ind = indicator(hall(u, excellent()), "u", "key_counters")
+    assert ind.strength == "none" and ind.evidence["restart"]
+    assert ind.evidence["negatives_hidden"] == 1 and ind.evidence["negative_tolerance"] == 1
+    # The same press after the restart, within the new boot: exact again, it fires.
+    after = _boots(_exact(_counter_change(honest("v", 4), "15:00", 1)), 7, 8, at="09:10")
+    ind = indicator(hall(after, excellent()), "v", "key_counters")
+    assert ind.strength == "strong" and ind.evidence["negative_tolerance"] == 0
+
+
+def test_one_boot_counter_keeps_the_accounting_exact_whatever_else_looks_like_a_restart():
+    # Every heartbeat of one boot: a RAM counter that went back and a boot event in between
+    # (both would suggest a restart by inference) do not excuse the hidden 差评 press.
+    u = _exact(_counter_change(honest("u", 4), "15:00", 1), boot_at="15:01")
+    u = _boots(replace(u, device_log=tuple(
+        replace(d, data={**d.data, "reconnects": 0 if d.at_ms > hm("15:00") else 3})
+        if d.kind == "heartbeat" else d for d in u.device_log)), 7)
+    ind = indicator(hall(u, excellent()), "u", "key_counters")
+    assert ind.strength == "strong" and ind.evidence["negatives_hidden"] == 1
+    assert ind.evidence["negative_tolerance"] == 0 and not ind.evidence["restart"]
+    # An honest device of one boot agrees exactly: nothing to flag.
+    honest_one_boot = _boots(_exact(honest("x", 4)), 7)
+    assert indicator(hall(honest_one_boot, excellent()), "x", "key_counters").strength == "none"
+
+
+def test_heartbeats_stored_before_the_boot_counter_fall_back_to_inference():
+    # Heartbeats before 15:01 were stored without it (before the upgrade), those after carry
+    # it: the restart between them is inferred from the boot event, as before.
+    u = _exact(_counter_change(honest("u", 4), "15:00", 1), boot_at="15:01")
+    u = replace(u, device_log=tuple(
+        replace(d, boot=8) if d.kind == "heartbeat" and d.at_ms > hm("15:01") else d
+        for d in u.device_log))
+    ind = indicator(hall(u, excellent()), "u", "key_counters")
+    assert ind.strength == "none" and ind.evidence["restart"]
+    # Without the boot event nothing shows a restart: exact, it fires.
+    lost = replace(u, device_log=tuple(d for d in u.device_log if d.kind != "boot"))
+    assert indicator(hall(lost, excellent()), "u", "key_counters").strength == "strong"
+
+
 def test_a_negative_the_linking_engine_still_holds_is_accounted_for():
     # A stand-alone 差评 waits for a transaction (linking grace): published, not judged yet.
     u = _exact(_counter_change(honest("u", 4), "15:00", 1))

@@ -47,6 +47,9 @@ def test_fill_in_is_flagged_and_honest_windows_are_not(tmp_path):
     assert honest and not any(v.flagged for v in honest)
     # Staff members are judged too: the fill-in happened while nobody was signed on.
     assert any(v.staff is not None for v in verdicts)
+    # Every device event and status keeps its message's boot counter (key_counters uses it).
+    assert hall.conn.execute("SELECT count(*), count(boot) FROM device_log").fetchone()[1] > 0
+    assert hall.conn.execute("SELECT count(*) FROM device_log WHERE boot IS NULL").fetchone() == (0,)
 
 
 def test_integrity_points_are_queued_and_a_rerun_overwrites_them(tmp_path):

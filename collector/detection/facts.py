@@ -62,6 +62,7 @@ class DeviceRecord:
     kind: str
     data: dict = field(default_factory=dict, hash=False)
     device: str = ""
+    boot: int | None = None  # the message's boot counter; None in rows stored before schema 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,13 +172,13 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
     ):
         wlog.setdefault(window, []).append(WindowRecord(at, kind, staff))
     dlog: dict[str, list[DeviceRecord]] = {}
-    for device, window, kind, at, received, data in conn.execute(
-        "SELECT device, window, kind, at_ms, received_ms, data FROM device_log WHERE hall=? "
+    for device, window, kind, at, received, data, boot in conn.execute(
+        "SELECT device, window, kind, at_ms, received_ms, data, boot FROM device_log WHERE hall=? "
         "AND received_ms >= ? AND received_ms <= ? ORDER BY received_ms, id",
         (hall, start_ms - device_lead_ms, end_ms),
     ):
         dlog.setdefault(window, []).append(
-            DeviceRecord(at, received, kind, json.loads(data), device))
+            DeviceRecord(at, received, kind, json.loads(data), device, boot))
     devices = {w for (w,) in conn.execute(
         "SELECT DISTINCT window FROM device WHERE hall=? AND state='active'", (hall,))}
     has_feed = conn.execute(

@@ -349,6 +349,10 @@ _BOOT_LAG_MS = 120_000
 
 def _restart_between(a: Any, b: Any, boots: list) -> bool:
     """Whether the device may have restarted between heartbeats `a` and `b`."""
+    if a.boot is not None and b.boot is not None:
+        # The boot counter both carry settles it, whatever the boot events or RAM counters say.
+        return bool(a.boot != b.boot)
+    # Rows stored before the collector kept the boot counter: inferred.
     if any(a.at_ms < e.at_ms <= b.at_ms
            or a.received_ms < e.received_ms <= b.received_ms + _BOOT_LAG_MS for e in boots):
         return True
