@@ -90,9 +90,16 @@ def test_integrity_points_answer_influxql(tmp_path, make_config):
     assert {r["window"] for r in flagged} == {cheat}
     assert all(r["severity"] >= 2 and "burst" in r["strong"] for r in flagged)
     assert any("秒内连续" in r["reasons_zh"] and "ratings within" in r["reasons_en"] for r in flagged)
-    burst = query(cfg, 'SELECT last("value") AS v, last("strength") AS s FROM "integrity" '
-                       'WHERE "indicator" = \'burst\' AND "staff" = \'*\' AND "period" = \'day\' '
-                       'GROUP BY "window"')
+    burst = query(cfg, 'SELECT last("value") AS v, last("strength") AS s, last("events") AS e '
+                       'FROM "integrity" WHERE "indicator" = \'burst\' AND "staff" = \'*\' '
+                       'AND "period" = \'day\' GROUP BY "window"')
     by_window = {r["window"]: r for r in burst}
     assert by_window[cheat]["s"] == "strong" and by_window[cheat]["v"] >= 5
     assert all(r["s"] != "strong" for w, r in by_window.items() if w != cheat)
+    # The observations behind the p-value: the burst's ratings, an integer field.
+    assert by_window[cheat]["e"] == by_window[cheat]["v"]
+    fields = {r["fieldKey"]: r["fieldType"] for r in query(cfg, 'SHOW FIELD KEYS FROM "integrity"')}
+    assert fields["events"] == "integer"
+    # Deterministic indicators have no p-value, so no events field.
+    assert query(cfg, 'SELECT count("events") FROM "integrity" '
+                      'WHERE "indicator" = \'key_counters\'') == []

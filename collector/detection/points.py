@@ -49,6 +49,8 @@ def indicator_point(v: Verdict, index: int, midnight_ms: int, computed_ms: int) 
         p.field("p", float(i.p))
     if i.q is not None:
         p.field("q", float(i.q))
+    if i.events is not None:
+        p.field("events", int(i.events))
     return p.to_line_protocol()
 
 
