@@ -20,6 +20,15 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
+# grafana-client depends on niquests, whose urllib3-future wheel carries a .pth file that copies
+# the fork over urllib3 at every interpreter start, so influxdb-client and collector/influx.py
+# would run on a fork nobody chose. Built from source with URLLIB3_NO_OVERRIDE=1 it installs
+# under its own name only (niquests then uses it as urllib3_future). A venv an older setup made
+# has the override already: it is made anew.
+if compgen -G ".venv/lib/python*/site-packages/urllib3_future.pth" >/dev/null; then
+    echo "setup: .venv has urllib3-future's override of urllib3: making .venv anew"
+    rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     "$PY" -m venv .venv
@@ -28,7 +37,8 @@ stamp=.venv/.evalterm-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing Python packages into .venv"
     # (This machine's pip config names local mirrors that may be absent; hide those warnings.)
-    .venv/bin/pip install -q --disable-pip-version-check -e ".[test]" 2>&1 \
+    URLLIB3_NO_OVERRIDE=1 .venv/bin/pip install -q --disable-pip-version-check \
+        --no-binary urllib3-future -e ".[test]" 2>&1 \
         | { grep -v "^WARNING: Location 'file:" || true; }
     touch "$stamp"
 fi

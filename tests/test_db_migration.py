@@ -110,6 +110,15 @@ def test_a_version_1_database_is_upgraded_in_place_once(tmp_path: Path,
     conn.close()
 
 
+def _v1_db_then(path: Path, sql: str) -> Path:
+    """A version-1 database, then one statement on it."""
+    _v1_db(path)
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute(sql)
+    raw.close()
+    return path
+
+
 def test_a_new_database_starts_at_the_current_version(tmp_path: Path) -> None:
     conn = connect(tmp_path / "state.db")
     assert _version(conn) == SCHEMA_VERSION
@@ -119,11 +128,7 @@ def test_a_new_database_starts_at_the_current_version(tmp_path: Path) -> None:
 
 def test_a_failed_upgrade_leaves_the_database_as_it_was(tmp_path: Path) -> None:
     # A version-1 file that cannot take the step (the column is there already): all or nothing.
-    db = tmp_path / "state.db"
-    _v1_db(db)
-    raw = sqlite3.connect(db, isolation_level=None)
-    raw.execute("ALTER TABLE device_log ADD COLUMN boot TEXT")
-    raw.close()
+    db = _v1_db_then(tmp_path / "state.db", "ALTER TABLE device_log ADD COLUMN boot TEXT")
     with pytest.raises(sqlite3.OperationalError, match="duplicate column"):
         connect(db)
     conn = sqlite3.connect(db)
@@ -133,11 +138,8 @@ def test_a_failed_upgrade_leaves_the_database_as_it_was(tmp_path: Path) -> None:
 
 
 def test_a_database_newer_than_the_code_is_refused(tmp_path: Path) -> None:
-    db = tmp_path / "state.db"
-    _v1_db(db)
-    raw = sqlite3.connect(db, isolation_level=None)
-    raw.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    raw.close()
+    db = _v1_db_then(tmp_path / "state.db",
+                     "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(RuntimeError, match="has schema 99, newer than this collector's 2"):
         connect(db)
     with pytest.raises(RuntimeError, match="has schema 99, expected 2"):
