@@ -20,9 +20,10 @@ __all__ = ["SCHEMA_VERSION", "connect", "connect_drained", "connect_reader", "dr
 
 _LOG = logging.getLogger(__name__)
 
-# Upgrades of an existing state database, in order: entry i takes schema version i + 1 to i + 2.
-# A schema change is one more entry here plus the same change in _SCHEMA (which creates new
-# databases at the current version directly); SCHEMA_VERSION follows from the list.
+# The schema's changes since version 1 (_SCHEMA), in order: entry i takes version i + 1 to i + 2.
+# A new database is made at version 1 and goes through them too, so a new and an upgraded
+# database cannot differ. A schema change is one more entry here, never an edit of _SCHEMA;
+# SCHEMA_VERSION follows from the list.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 2: device_log keeps the message's boot counter (NULL in rows stored before).
     ("ALTER TABLE device_log ADD COLUMN boot INTEGER",),
@@ -30,6 +31,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 
 SCHEMA_VERSION = 1 + len(_MIGRATIONS)
 
+# Version 1, as first released (later versions: _MIGRATIONS).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
@@ -109,8 +111,8 @@ CREATE TABLE IF NOT EXISTS device_log (
     kind TEXT NOT NULL,           -- status, or the event type (heartbeat, key_uninvited, ...)
     at_ms INTEGER NOT NULL,       -- event time as stored in InfluxDB
     received_ms INTEGER NOT NULL,
-    data TEXT NOT NULL,           -- JSON: the event's data, or {"state": ...} for status
-    boot INTEGER                  -- the message's boot counter (NULL: stored before schema 2)
+    data TEXT NOT NULL            -- JSON: the event's data, or {"state": ...} for status
+    -- boot INTEGER (schema 2): the message's boot counter, NULL in rows stored before
 );
 CREATE INDEX IF NOT EXISTS device_log_place ON device_log (hall, window, at_ms);
 CREATE TABLE IF NOT EXISTS window_log (
@@ -190,18 +192,17 @@ def connect(path: str | Path, *, check_same_thread: bool = True,
         conn.close()
         raise RuntimeError(f"state database {path} has schema {found}, newer than this collector's "
                            f"{SCHEMA_VERSION}: run the version that wrote it, or restore a backup")
-    if found is not None and found < SCHEMA_VERSION:
-        # Before _SCHEMA, whose statements are written for the current version's tables.
+    if found is None:  # a new database: version 1, then the same upgrades as an old one
+        conn.executescript(_SCHEMA)
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1'), "
+            "('instance', lower(hex(randomblob(16)))), ('registry_version', '0')")
+    if (found or 1) < SCHEMA_VERSION:
         try:
-            _migrate(conn, path)
+            _migrate(conn, path, announce=found is not None)
         except BaseException:
             conn.close()
             raise
-    conn.executescript(_SCHEMA)
-    conn.execute(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?), "
-        "('instance', lower(hex(randomblob(16)))), ('registry_version', '0')", (str(SCHEMA_VERSION),)
-    )
     row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     if int(row[0]) != SCHEMA_VERSION:
         conn.close()
@@ -224,8 +225,9 @@ def _schema_version(conn: sqlite3.Connection) -> int | None:
     return None if row is None else int(row[0])
 
 
-def _migrate(conn: sqlite3.Connection, path: str | Path) -> None:
-    """Upgrade an older state database in place, in one transaction: all steps or none."""
+def _migrate(conn: sqlite3.Connection, path: str | Path, announce: bool) -> None:
+    """Upgrade an older state database in place, in one transaction: all steps or none.
+    `announce`: log it (not for a database made just now)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         # Read again under the write lock: another process may have upgraded it meanwhile.
@@ -242,7 +244,7 @@ def _migrate(conn: sqlite3.Connection, path: str | Path) -> None:
         if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL, ...)
             conn.execute("ROLLBACK")
         raise
-    if found < SCHEMA_VERSION:
+    if found < SCHEMA_VERSION and announce:
         _LOG.info("state database %s migrated from schema %d to %d", path, found, SCHEMA_VERSION)
 
 

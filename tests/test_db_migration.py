@@ -1,6 +1,7 @@
 """The state database's schema upgrade on a real version-1 file (built from the version-1 schema,
-tests/state_schema_v1.sql): rows kept, the new column there, the version recorded, idempotent;
-a newer database refused; the drainer's read-only connection accepts only the current version."""
+collector/db.py `_SCHEMA`, which later versions only add to): rows kept, the new column there,
+the version recorded, idempotent; a newer database refused; the drainer's read-only connection
+accepts only the current version."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from collector.config import Config, load_config
+from collector.db import _SCHEMA as V1_SCHEMA
 from collector.db import (
     SCHEMA_VERSION,
     connect,
@@ -27,7 +29,6 @@ from collector.pipeline import Inbound, Ingest
 from collector.service import Collector
 from helpers import T0, Dev, Publisher, query, wait_for
 
-V1_SCHEMA = (Path(__file__).parent / "state_schema_v1.sql").read_text()
 KEY = bytes(range(32))
 INSTANCE = "0123456789abcdef0123456789abcdef"
 
