@@ -169,7 +169,9 @@ OPTIONS: tuple[Option, ...] = (
        "Minutes offline per opening day beyond the hall median for strong evidence.",
        minimum=1),
     _o("detection", "offline_min_episodes", int, 2,
-       "Separate offline episodes needed for strong evidence (one long outage is a fault).",
+       "Separate offline episodes, each ending with the device restarted (unplugged), needed "
+       "for strong evidence (one long outage is a fault; a network outage leaves the device "
+       "running).",
        minimum=1),
     _o("detection", "coverage_gap", float, 0.15,
        "Selective invitation: coverage at least this far below the peer coverage.",

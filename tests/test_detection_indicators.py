@@ -355,23 +355,48 @@ def test_low_coverage_with_ordinary_satisfaction_is_not_selective():
 # -- device offline ------------------------------------------------------------------------------
 
 
-def _offline(u: Unit, spans: list[tuple[str, str]]) -> Unit:
+def _offline(u: Unit, spans: list[tuple[str, str]], restart: bool = True,
+             boots: bool = True) -> Unit:
+    """The unit's device offline over `spans`: its last will, then online again, with the next
+    boot counter if it `restart`ed (unplugged) or the same (a network outage). Without `boots`
+    the rows carry no boot counter (stored before schema 2) and a restart is a boot event."""
     dev = f"d-{u.window}"
     log = list(u.device_log)
+    boot = 7
     for a, b in spans:
         lo, hi = hm(a), hm(b)
         log = [d for d in log if not (d.kind == "heartbeat" and lo <= d.received_ms < hi)]
-        log += [DeviceRecord(lo, lo + 45_000, "status", {"state": "offline"}, dev),
-                DeviceRecord(hi, hi, "status", {"state": "online"}, dev)]
+        log.append(DeviceRecord(lo, lo + 45_000, "status", {"state": "offline"}, dev,
+                                boot if boots else None))
+        boot += restart
+        log.append(DeviceRecord(hi, hi, "status", {"state": "online"}, dev,
+                                boot if boots else None))
+        if restart and not boots:
+            log.append(DeviceRecord(hi + 2000, hi + 2000, "boot", {"reset": "power_on"}, dev))
     return replace(u, device_log=tuple(sorted(log, key=lambda d: d.received_ms)))
 
 
+UNPLUGGED = [("09:10", "09:40"), ("10:30", "10:55"), ("15:00", "15:35")]
+
+
 def test_repeated_unplugging_fires():
-    spans = [("09:10", "09:40"), ("10:30", "10:55"), ("15:00", "15:35")]
-    h = hall(_offline(honest("t", 10), spans), excellent())
+    h = hall(_offline(honest("t", 10), UNPLUGGED), excellent())
     ind = indicator(h, "t", "device_offline")
     assert ind.strength == "strong" and ind.evidence["long_episodes"] == 3
-    assert "离线" in ind.reason_zh
+    assert ind.evidence["restarted_episodes"] == 3
+    assert "离线" in ind.reason_zh and "重新启动" in ind.reason_zh
+    # Rows stored before the boot counter was kept: the boot events tell the restarts.
+    h = hall(_offline(honest("t", 10), UNPLUGGED, boots=False), excellent())
+    assert indicator(h, "t", "device_offline").strength == "strong"
+
+
+def test_network_outages_without_a_restart_are_at_most_weak():
+    # The same stretches, but the device kept running (same boot): a network or broker fault.
+    for boots in (True, False):
+        h = hall(_offline(honest("t", 10), UNPLUGGED, restart=False, boots=boots), excellent())
+        ind = indicator(h, "t", "device_offline")
+        assert ind.strength == "weak" and ind.evidence["restarted_episodes"] == 0
+        assert not verdict(h, "t").flagged
 
 
 def test_one_long_fault_or_a_hall_outage_does_not_fire():

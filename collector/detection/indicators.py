@@ -1047,6 +1047,26 @@ def _find_offline_stretches(u: Unit, c: _Ctx) -> list[tuple[int, int]]:
     return merged
 
 
+def _restarted(u: Unit, a: int, b: int) -> bool:
+    """Whether a device of the unit restarted (its power cut, or a reset) while it was offline
+    from `a` to `b` (reception times). A network outage leaves it running (the same boot)."""
+    for dev in _devices(u):
+        log = [d for d in u.device_log if d.device == dev]
+        # The boot counters from the last message before the stretch (its last will, sent by
+        # the broker with the boot it had) to the first one after it: more than one value
+        # means the device started again in between.
+        known = [d for d in log if d.boot is not None]
+        seen = [d.boot for d in known if a < d.received_ms <= b]
+        seen += [d.boot for d in known if d.received_ms <= a][-1:]
+        seen += [d.boot for d in known if d.received_ms > b][:1]
+        if len(seen) >= 2:
+            if len(set(seen)) > 1:
+                return True
+        elif any(d.kind == "boot" and a < d.received_ms <= b + _BOOT_LAG_MS for d in log):
+            return True  # rows stored before the boot counter was kept: its boot event
+    return False
+
+
 def _offline_minutes(u: Unit, c: _Ctx) -> float:
     return sum(b - a for a, b in _offline_stretches(u, c)) / 60_000
 
@@ -1062,9 +1082,13 @@ def _offline(u: Unit, c: _Ctx) -> _Raw | None:
     excess = minutes - median
     missed = sum(1 for t in u.txns if any(a <= t.completed_ms < b for a, b in mine))
     need = c.s.offline_excess_min * c.days
-    # Episodes shorter than the heartbeat-gap threshold are network blips, not an unplugging.
-    long_episodes = sum(1 for a, b in mine if b - a >= c.s.offline_gap_s * 1000)
-    if excess >= need and long_episodes >= c.s.offline_min_episodes:
+    # Episodes shorter than the heartbeat-gap threshold are network blips, not an unplugging;
+    # and unplugging cuts the power, so the device comes back with its next boot counter,
+    # while a network or broker outage leaves it running (at most "weak" then).
+    long = [(a, b) for a, b in mine if b - a >= c.s.offline_gap_s * 1000]
+    long_episodes = len(long)
+    restarts = sum(1 for a, b in long if _restarted(u, a, b))
+    if excess >= need and restarts >= c.s.offline_min_episodes:
         strength = STRONG
     elif excess >= need / 2:
         strength = WEAK
@@ -1072,13 +1096,14 @@ def _offline(u: Unit, c: _Ctx) -> _Raw | None:
         strength = NONE
     open_min = c.open_ms() / 60_000
     ev = {"minutes": round(minutes, 1), "episodes": len(mine), "long_episodes": long_episodes,
-          "peer_median_minutes": round(median, 1),
+          "restarted_episodes": restarts, "peer_median_minutes": round(median, 1),
           "open_minutes": round(open_min), "transactions_while_offline": missed,
           "longest_minutes": round(max((b - a for a, b in mine), default=0) / 60_000, 1)}
     zh = (f"评价器在办公时间离线 {minutes:.0f} 分钟、{len(mine)} 次（同厅中位数 {median:.0f} 分钟），"
-          f"离线期间办结 {missed} 件无法评价")
+          f"其中 {restarts} 次恢复时已重新启动（断电），离线期间办结 {missed} 件无法评价")
     en = (f"device offline {minutes:.0f} min in {len(mine)} episodes during opening hours (hall "
-          f"median {median:.0f} min); {missed} transactions completed while it was offline")
+          f"median {median:.0f} min), {restarts} of them ending in a restart (power cut); "
+          f"{missed} transactions completed while it was offline")
     return _Raw(round(minutes, 1), None, True, ev, (zh, en), strength)
 
 
