@@ -242,10 +242,14 @@ def _staff_presses(u: Unit, rt_mean: float, rt_sd: float, n: int, seed: int = 7)
     return replace(u, txns=tuple(sorted(u.txns + tuple(txns), key=lambda t: t.completed_ms)))
 
 
-def test_fast_responses_fire():
+def test_fast_responses_without_a_past_are_weak_and_the_rhythm_still_flags():
+    # A new window (no past of its own): 18+ of its ratings under 0.8 s against peers alone
+    # is at most weak; the staff member's rhythm flags the window.
     h = hall(_staff_presses(honest("t", 5), 450, 60, 20), excellent())
     ind = indicator(h, "t", "fast_response")
-    assert ind.strength == "strong" and ind.value >= 18
+    assert ind.strength == "weak" and ind.value >= 18
+    assert indicator(h, "t", "regular_response").strength == "strong"
+    assert verdict(h, "t").flagged
 
 
 def test_fast_citizens_of_an_honest_window_do_not_fire():
@@ -269,7 +273,9 @@ def test_fast_citizens_are_not_accused_when_they_always_were():
     # peers alone that is an outlier; this window's own past had as many.
     t = honest("t", 5, n_txn=110, rt_median=1200, rt_sigma=0.45)
     h = hall(t, excellent())
-    assert indicator(h, "t", "fast_response").strength == "strong"  # peers only: an outlier
+    # Peers only: an outlier, but without a past of its own at most weak.
+    assert indicator(h, "t", "fast_response").strength == "weak"
+    assert not verdict(h, "t").flagged
     h = hall(with_past_rts(t, 1200, 0.45, n=300), excellent())
     ind = indicator(h, "t", "fast_response")
     assert ind.strength == "none" and ind.evidence["past_fast"] > 10
