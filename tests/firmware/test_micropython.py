@@ -52,14 +52,20 @@ def mpy_dir(tmp_path_factory):
     sources = [(p, p.relative_to(ROOT / "firmware")) for p in (ROOT / "firmware" / "etfw").glob("*.py")]
     sources += [(HERE / (m + ".py"), pathlib.Path(m + ".py")) for m in MODULES + HELPERS]
     for src, rel in sources:
-        dst = out / rel.with_suffix(".mpy")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        # -s: the name in tracebacks. It is an interned name (heap): the module's own name
-        # (etfw.outbox), which the import interns anyway, costs none of its own.
-        name = ".".join(rel.with_suffix("").parts)
-        subprocess.run([str(MPY_CROSS), "-o", str(dst), "-s", name, str(src)], check=True,
-                       cwd=src.parent)
+        mpy_cross(src, out, rel)
     return out
+
+
+def mpy_cross(src: pathlib.Path, out: pathlib.Path, rel: pathlib.Path) -> None:
+    """Compile `src` to out/rel as .mpy, named after its module path (etfw/outbox.py ->
+    etfw.outbox)."""
+    dst = out / rel.with_suffix(".mpy")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    # -s: the name in tracebacks. It is an interned name (heap): the module's own name
+    # (etfw.outbox), which the import interns anyway, costs none of its own.
+    name = ".".join(rel.with_suffix("").parts)
+    subprocess.run([str(MPY_CROSS), "-o", str(dst), "-s", name, str(src)], check=True,
+                   cwd=src.parent)
 
 
 def _run(mpy_dir, module, tmp, sample):
