@@ -126,6 +126,14 @@ def _surge_last(pub: Publisher, hall: Hall) -> None:
     _rate(pub, hall, "w4", 3, hall.now - 5 * MIN - 40_000, 1, 40_000, "attitude")
 
 
+def _noon_offset() -> str:
+    """The UTC offset (whole hours, -12..+14) at which it is about noon now."""
+    t = time.gmtime()
+    hours = round(12 - t.tm_hour - t.tm_min / 60)
+    hours = hours + 24 if hours < -12 else hours - 24 if hours > 14 else hours
+    return f"{'+' if hours >= 0 else '-'}{abs(hours):02d}:00"
+
+
 @pytest.fixture(scope="module")
 def hall(broker: MosquittoServer, influx: InfluxServer,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hall]:
@@ -135,8 +143,11 @@ def hall(broker: MosquittoServer, influx: InfluxServer,
         mqtt__topic_prefix="dash", mqtt__client_id="collector-dash", influx__url=influx.url,
         influx__database="dash", influx__flush_interval_ms=20, influx__retry_max_s=1.0,
         http__listen="127.0.0.1:0", detection__enabled=False, linking__grace_s=0,
-        # Open around the clock, so that the verdicts do not depend on when the tests run.
-        detection__opening_hours="00:00-24:00", detection__business_days="1-7")
+        # Open around the clock, and local noon now, so that the verdicts do not depend on when
+        # the tests run (near local midnight, the day's verdict would hold only a few minutes
+        # of the 200 minutes of traffic).
+        detection__opening_hours="00:00-24:00", detection__business_days="1-7",
+        detection__utc_offset=_noon_offset())
     conn = connect(cfg.state_db)
     reg = Registry(conn)
     now = int(time.time() * 1000)
