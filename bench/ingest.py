@@ -25,7 +25,7 @@ from loadgen import build, register_devices  # noqa: E402
 
 from collector.config import load_config  # noqa: E402
 from collector.db import connect  # noqa: E402
-from collector.pipeline import Inbound, Ingest  # noqa: E402
+from collector.ingest import Inbound, Ingest  # noqa: E402
 from collector.protocol import decode_feed_message, parse_device_payload, verify  # noqa: E402
 
 

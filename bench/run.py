@@ -34,11 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from loadgen import register_devices  # noqa: E402
+
 from collector.config import load_config  # noqa: E402
 from collector.db import connect_drained, drained_path  # noqa: E402
-from collector.devservers import InfluxServer, MosquittoServer  # noqa: E402
 from collector.influx import influxql, outbox_depth  # noqa: E402
-from loadgen import register_devices  # noqa: E402
+from collector.sim.servers import InfluxServer, MosquittoServer  # noqa: E402
 
 PY = sys.executable
 BUCKET_MS = 100  # latency: ratings are counted per 100 ms of publish time

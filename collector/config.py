@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from collector.errors import EvaltermError
+
 __all__ = ["OPTIONS", "Config", "ConfigError", "Option", "load_config"]
 
 
-class ConfigError(ValueError):
+class ConfigError(EvaltermError, ValueError):
     """A configuration problem; the message names the option and what is wrong."""
 
 

@@ -17,9 +17,9 @@ import threading
 import tomllib
 from typing import Any
 
-from .config import Config, _build
-from .db import connect_drained, connect_reader, drained_path
-from .influx import OutboxDrainer, make_writer, outbox_depth, prune_outbox
+from collector.config import Config, _build
+from collector.db import connect_drained, connect_reader, drained_path
+from collector.influx import OutboxDrainer, make_writer, outbox_depth, prune_outbox
 
 __all__ = ["DrainerProcess", "main"]
 

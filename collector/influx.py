@@ -25,9 +25,9 @@ from urllib.parse import urlencode
 
 import urllib3
 
-from .config import Config
-from .db import drained_up_to, state_instance
-from .points import render
+from collector.config import Config
+from collector.db import drained_up_to, state_instance
+from collector.points import render
 
 __all__ = [
     "InvalidPoints", "OutboxDrainer", "V1Writer", "V2Writer", "WriteFailed", "influxql", "make_writer",

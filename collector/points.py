@@ -14,8 +14,8 @@ from typing import Any
 
 from influxdb_client import Point, WritePrecision
 
-from .linking import RatingJudged, TxnRecorded, WindowSet
-from .protocol import compact_json
+from collector.linking import RatingJudged, TxnRecorded, WindowSet
+from collector.protocol import compact_json
 
 __all__ = [
     "PointSpec",

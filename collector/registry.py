@@ -12,12 +12,13 @@ import secrets
 import sqlite3
 from dataclasses import dataclass, field
 
-from .protocol import ID_PATTERN
+from collector.errors import EvaltermError
+from collector.protocol import ID_PATTERN
 
 __all__ = ["Device", "Registry", "RegistryError", "fingerprint"]
 
 
-class RegistryError(ValueError):
+class RegistryError(EvaltermError, ValueError):
     pass
 
 

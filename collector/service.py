@@ -15,32 +15,30 @@ A kill at any moment loses nothing: an unacknowledged message is delivered again
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
 import queue
 import signal
 import ssl
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector as MetricsCollector
 
-from .config import Config
-from .db import connect
-from .drainer import DrainerProcess
-from .metrics import Metrics
-from .mqttclient import BufferedClient
-from .pipeline import Inbound, Ingest, Outcome
-from .protocol import MAX_FEED_PAYLOAD, feed_topic
+from collector.config import Config
+from collector.db import connect
+from collector.drainer import DrainerProcess
+from collector.http import start_http_server
+from collector.ingest import Inbound, Ingest, Outcome
+from collector.metrics import Metrics
+from collector.mqttclient import BufferedClient
+from collector.protocol import feed_topic
 
 __all__ = ["Collector", "now_ms"]
 
@@ -232,7 +230,7 @@ class Collector:
         connection of its own so that a large hall's computation never holds up ingestion or
         acknowledgements. Each run rewrites the day's points, so the runs after closing leave
         the day's final values."""
-        from .detection import run_detection
+        from collector.detection import run_detection
 
         conn = connect(self.cfg.state_db)
         try:
@@ -362,74 +360,7 @@ class Collector:
         }
 
     def _start_http(self) -> None:
-        host, _, port = self.cfg.http.listen.rpartition(":")
-        collector = self
-
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "evalterm"
-
-            def log_message(self, fmt: str, *args: Any) -> None:
-                _LOG.debug("http: " + fmt, *args)
-
-            def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _json(self, code: int, obj: dict[str, Any]) -> None:
-                self._send(code, json.dumps(obj, ensure_ascii=False).encode())
-
-            def do_GET(self) -> None:
-                if self.path == "/healthz":
-                    h = collector.health()
-                    self._json(200 if h["status"] == "ok" else 503, h)
-                elif self.path == "/metrics":
-                    self._send(200, generate_latest(collector.metrics.registry), CONTENT_TYPE_LATEST)
-                else:
-                    self._json(404, {"error": "not_found"})
-
-            def do_POST(self) -> None:
-                parts = self.path.split("/")
-                if len(parts) != 5 or parts[:4] != ["", "api", "v1", "feed"]:
-                    self._json(404, {"error": "not_found"})
-                    return
-                token = collector.cfg.http.feed_token
-                auth = self.headers.get("Authorization", "")
-                if not token or not hmac.compare_digest(auth.encode(), f"Bearer {token}".encode()):
-                    collector.metrics.rejected.labels("unauthorized").inc()
-                    _LOG.warning("feed webhook: request without a valid token from %s",
-                                 self.client_address[0])
-                    self._json(401, {"error": "unauthorized"})
-                    return
-                try:
-                    length = int(self.headers.get("Content-Length", "-1"))
-                except ValueError:
-                    length = -1
-                if length < 0:
-                    self._json(411, {"error": "length_required"})
-                    return
-                if length > MAX_FEED_PAYLOAD:
-                    collector.metrics.rejected.labels("oversized").inc()
-                    self._json(413, {"error": "oversized", "detail": f"limit {MAX_FEED_PAYLOAD}"})
-                    return
-                body = self.rfile.read(length)
-                outcome = collector.submit_feed(parts[4], body)
-                if outcome is None:
-                    self._json(503, {"error": "busy"})
-                elif outcome.status == "accepted":
-                    self._json(202, {"status": "accepted"})
-                elif outcome.status == "duplicate":
-                    self._json(200, {"status": "duplicate"})
-                elif outcome.status == "rejected":
-                    self._json(400, {"error": outcome.reason, "detail": outcome.detail})
-                else:
-                    self._json(500, {"error": "internal"})
-
-        self._http = ThreadingHTTPServer((host, int(port)), Handler)
-        self._http.daemon_threads = True
-        threading.Thread(target=self._http.serve_forever, name="http", daemon=True).start()
+        self._http = start_http_server(self)
         _LOG.info("HTTP on %s", self.cfg.http.listen)
 
     @property

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Publisher
 
 from collector.config import Config, load_config
-from collector.devservers import InfluxServer, MosquittoServer
-from helpers import Publisher
+from collector.sim.servers import InfluxServer, MosquittoServer
 
 _COUNTER = itertools.count(1)
 

@@ -13,14 +13,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import Dev, wait_for
 
 from collector.db import connect
-from collector.devservers import MosquittoServer
 from collector.provision.broker import render_broker
 from collector.provision.devconfig import mqtt_password
 from collector.provision.runner import ToolRunner
 from collector.registry import Registry
-from helpers import Dev, wait_for
+from collector.sim.servers import MosquittoServer
 
 P = "evalterm"
 COLLECTOR = ("collector", "collector-secret-0123")

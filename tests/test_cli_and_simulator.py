@@ -10,13 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import query, wait_for
 
 from collector.config import Config
 from collector.db import connect
 from collector.registry import Registry
 from collector.service import Collector
-from collector.simulate import SimHall, default_hall
-from helpers import query, wait_for
+from collector.sim.realtime import SimHall, default_hall
 
 EVALTERM = [sys.executable, "-m", "collector.cli"]
 

@@ -17,11 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from helpers import Dev, Publisher, feed, feed_bytes, query, txn_msg, wait_for
 
 from collector.config import Config
 from collector.db import connect
 from collector.registry import Registry
-from helpers import Publisher, query, wait_for, Dev, feed, feed_bytes, txn_msg
 
 pytestmark = pytest.mark.servers
 

@@ -11,14 +11,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers import Dev, Publisher, feed, feed_bytes, query, txn_msg, wait_for
 
 from collector.config import Config
 from collector.db import connect
-from collector.devservers import InfluxServer
 from collector.protocol import build_signed, verify
 from collector.registry import Registry
 from collector.service import Collector
-from helpers import Publisher, query, wait_for, Dev, feed, feed_bytes, txn_msg
+from collector.sim.servers import InfluxServer
 
 pytestmark = pytest.mark.servers
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from collector.cli.docgen import config_markdown
 from collector.config import ConfigError, load_config, sample_config
-from collector.docgen import config_markdown
 
 
 def test_defaults_are_valid() -> None:
@@ -67,4 +67,4 @@ def test_sample_config_loads_and_docs_are_current(tmp_path: Path) -> None:
     f.write_text(sample_config())
     assert load_config(f, env={})._values == load_config(None, env={})._values
     doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
-    assert doc.read_text("utf-8") == config_markdown(), "run: python -m collector.docgen"
+    assert doc.read_text("utf-8") == config_markdown(), "run: python -m collector.cli.docgen"

@@ -23,18 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from grafana_eval import ALL, evaluate_rule, firing, interpolate, run
+from helpers import Dev, Publisher, feed, feed_bytes, query, txn_msg, wait_for
 
 from collector.config import Config, load_config
 from collector.db import connect
 from collector.detection.run import run_detection
-from collector.devservers import InfluxServer, MosquittoServer
 from collector.grafana import alerts
 from collector.grafana.export import dashboards
 from collector.protocol import build_signed
 from collector.registry import Registry
 from collector.service import Collector
-from grafana_eval import ALL, evaluate_rule, firing, interpolate, run
-from helpers import Dev, Publisher, feed, feed_bytes, query, txn_msg, wait_for
+from collector.sim.servers import InfluxServer, MosquittoServer
 
 pytestmark = pytest.mark.servers
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import T0, Dev, Publisher, query, wait_for
 
 from collector.config import Config, load_config
 from collector.db import _SCHEMA as V1_SCHEMA
@@ -25,9 +26,8 @@ from collector.db import (
     drained_up_to,
 )
 from collector.detection.facts import load_hall_facts
-from collector.pipeline import Inbound, Ingest
+from collector.ingest import Inbound, Ingest
 from collector.service import Collector
-from helpers import T0, Dev, Publisher, query, wait_for
 
 KEY = bytes(range(32))
 INSTANCE = "0123456789abcdef0123456789abcdef"

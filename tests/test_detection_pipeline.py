@@ -11,7 +11,8 @@ import pytest
 from collector.config import Config, load_config
 from collector.detection import run_detection
 from collector.influx import make_writer
-from collector.sim_profiles import VirtualHall, draw_hall
+from collector.sim.hall import VirtualHall
+from collector.sim.profiles import draw_hall
 
 
 def _simulated(tmp_path: Path, cfg: Config | None = None) -> tuple[VirtualHall, str, int]:

@@ -17,13 +17,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import Dev, Publisher, feed, feed_bytes, query, txn_msg, wait_for
 
 from collector.config import Config
 from collector.db import connect
-from collector.devservers import InfluxServer, MosquittoServer
 from collector.registry import Registry
 from collector.service import Collector
-from helpers import Dev, Publisher, feed, feed_bytes, query, txn_msg, wait_for
+from collector.sim.servers import InfluxServer, MosquittoServer
 
 pytestmark = pytest.mark.servers
 OUTAGE_S = float(os.environ.get("EVALTERM_OUTAGE_S", "65"))

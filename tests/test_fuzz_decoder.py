@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from helpers import T0
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector.config import load_config
 from collector.db import connect
-from collector.pipeline import Inbound, Ingest
+from collector.ingest import Inbound, Ingest
 from collector.protocol import (
     DeviceTopic,
     ProtocolError,
@@ -33,7 +34,6 @@ from collector.protocol import (
     validate_device_message,
     verify,
 )
-from helpers import T0
 
 EXAMPLES = int(os.environ.get("EVALTERM_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None,

@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Iterator
 
 import pytest
+from helpers import T0
 
 from collector.db import connect
 from collector.linking import (
@@ -18,7 +19,6 @@ from collector.linking import (
     Unlinked,
     WindowEvent,
 )
-from helpers import T0
 
 MIN = 60_000
 

@@ -9,12 +9,12 @@ import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from helpers import wait_for
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from collector.devservers import MosquittoServer
 from collector.mqttclient import BufferedClient
-from helpers import wait_for
+from collector.sim.servers import MosquittoServer
 
 # Remaining-length boundaries (1, 2 and 3 length bytes) and payloads larger than one read.
 SIZES = [0, 1, 100, 127, 128, 129, 16_000, 16_383, 16_384, 70_000, 200_000]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpers import T0, Dev, feed, feed_bytes, txn_msg
+
 from collector.config import load_config
 from collector.db import connect
+from collector.ingest import Inbound, Ingest
 from collector.linking import Linker, TxnIn
-from collector.pipeline import Inbound, Ingest
 from collector.points import render
-from helpers import T0, Dev, feed, feed_bytes, txn_msg
 
 
 class BuggyLinker(Linker):

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import T0, feed_bytes, txn_msg
 
 from collector.protocol import (
     DeviceTopic,
@@ -22,7 +23,6 @@ from collector.protocol import (
     validate_device_message,
     verify,
 )
-from helpers import T0, feed_bytes, txn_msg
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 KEY = bytes(range(32))

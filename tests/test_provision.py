@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Dev
+from provision_fakes import MICROPYTHON, Bench, FakeBoard, short
 
 from collector.config import load_config
 from collector.db import connect
-from collector.pipeline import Inbound, Ingest
+from collector.ingest import Inbound, Ingest
 from collector.provision.board import MpRemote
 from collector.provision.build import default_firmware_dir
 from collector.provision.devconfig import _firmware_config, mqtt_password
@@ -24,8 +26,6 @@ from collector.provision.device import Provisioner
 from collector.provision.report import read_rows
 from collector.provision.runner import ProvisionError, ToolRunner
 from collector.registry import Registry, RegistryError
-from helpers import Dev
-from provision_fakes import MICROPYTHON, Bench, FakeBoard, short
 
 FIRMWARE = default_firmware_dir()
 MODULES = sorted(f"etfw/{p.stem}.mpy" for p in (FIRMWARE / "etfw").glob("*.py"))

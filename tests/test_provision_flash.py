@@ -8,11 +8,11 @@ import struct
 from pathlib import Path
 
 import pytest
+from provision_fakes import Bench, FakeBoard, FakeEsp32, short
 
 from collector.cli import main
 from collector.provision.esp import EspTool, flash_plan, read_image
 from collector.provision.runner import ProvisionError, ToolRunner
-from provision_fakes import Bench, FakeBoard, FakeEsp32, short
 
 CHIP_IDS = {"ESP32": 0, "ESP32-S3": 9, "ESP32-C3": 5}
 OFFSETS = {"ESP32": 0x1000, "ESP32-S3": 0x0, "ESP32-C3": 0x0}

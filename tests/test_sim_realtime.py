@@ -15,15 +15,15 @@ import time
 from collections.abc import Callable
 
 import pytest
+from helpers import wait_for
 
-from collector.cli import _sim_keys
+from collector.cli.sim import sim_keys as _sim_keys
 from collector.config import Config
 from collector.db import connect
 from collector.detection import run_detection
 from collector.service import Collector
-from collector.sim_profiles import PROFILES
-from collector.simulate import SimHall, default_hall, parse_profiles
-from helpers import wait_for
+from collector.sim.profiles import PROFILES
+from collector.sim.realtime import SimHall, default_hall, parse_profiles
 
 PROFILED = {"w02": "suppressed_negatives", "w03": "self_rating", "w05": "uninvited_pressing",
             "w06": "unplugging", "w07": "bad_key_disabled", "w08": "rating_during_pause"}

@@ -4,11 +4,11 @@ Pure core (facts -> indicators -> verdicts -> points) with one reading adapter (
 entry point for the service (`run_detection`). docs/detection.md explains the statistics.
 """
 
-from .facts import HallFacts, RatingFact, TxnFact, Unit, load_hall_facts
-from .indicators import INDICATORS, Indicator, compute_indicators
-from .run import detect_hall, flagged_windows, run_detection
-from .settings import DetectionSettings, Period
-from .verdict import Verdict, judge
+from collector.detection.facts import HallFacts, RatingFact, TxnFact, Unit, load_hall_facts
+from collector.detection.indicators import INDICATORS, Indicator, compute_indicators
+from collector.detection.run import detect_hall, flagged_windows, run_detection
+from collector.detection.settings import DetectionSettings, Period
+from collector.detection.verdict import Verdict, judge
 
 __all__ = [
     "INDICATORS",

@@ -16,9 +16,16 @@ import math
 import random
 import time
 
-from .facts import DeviceRecord, HallFacts, RatingFact, TxnFact, Unit, WindowRecord
-from .run import detect_hall, restrict
-from .settings import DetectionSettings
+from collector.detection.facts import (
+    DeviceRecord,
+    HallFacts,
+    RatingFact,
+    TxnFact,
+    Unit,
+    WindowRecord,
+)
+from collector.detection.run import detect_hall, restrict
+from collector.detection.settings import DetectionSettings
 
 __all__ = ["synthetic_hall", "time_hall"]
 

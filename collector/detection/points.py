@@ -13,7 +13,7 @@ import zlib
 
 from influxdb_client import Point, WritePrecision
 
-from .verdict import SEVERITY_NAMES, Verdict
+from collector.detection.verdict import SEVERITY_NAMES, Verdict
 
 __all__ = ["ALL_STAFF", "indicator_point", "verdict_point"]
 

@@ -12,14 +12,13 @@ import logging
 import sqlite3
 from dataclasses import replace
 
-from ..config import Config
-from .facts import HallFacts, Unit, halls, load_hall_facts
-from .indicators import compute_indicators
-from .points import indicator_point, verdict_point
-from .settings import DAY_MS, DetectionSettings, Period
-from . import stats
-from .indicators import Indicator
-from .verdict import Combined, Verdict, combine, judge
+from collector.config import Config
+from collector.detection import stats
+from collector.detection.facts import HallFacts, Unit, halls, load_hall_facts
+from collector.detection.indicators import Indicator, compute_indicators
+from collector.detection.points import indicator_point, verdict_point
+from collector.detection.settings import DAY_MS, DetectionSettings, Period
+from collector.detection.verdict import Combined, Verdict, combine, judge
 
 __all__ = ["detect_hall", "restrict", "run_detection"]
 

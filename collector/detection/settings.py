@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from ..config import Config, ConfigError, load_config
+from collector.config import Config, ConfigError, load_config
 
 __all__ = ["DetectionSettings", "Period"]
 

@@ -33,8 +33,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import stats
-from .indicators import STRONG, WEAK, Indicator
+from collector.detection import stats
+from collector.detection.indicators import STRONG, WEAK, Indicator
 
 __all__ = ["GROUPS", "SEVERITY_NAMES", "Combined", "Verdict", "combine", "judge"]
 

@@ -6,6 +6,6 @@
 
 from __future__ import annotations
 
-from .common import DS_UID, GRAFANA_VERSION
+from collector.grafana.common import DS_UID, GRAFANA_VERSION
 
 __all__ = ["DS_UID", "GRAFANA_VERSION"]

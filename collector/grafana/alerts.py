@@ -16,7 +16,7 @@ from grafana_foundation_sdk.models import alerting as am
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import expr as em
 
-from .common import DS_UID, FOLDER_UID, Influx, T, to_dict
+from collector.grafana.common import DS_UID, FOLDER_UID, Influx, T, to_dict
 
 __all__ = ["CONFIG", "GROUP", "contact_points", "file_groups", "mute_timings", "policies", "rules"]
 

@@ -18,6 +18,8 @@ from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as dm
 
+from collector.errors import UsageError
+
 __all__ = [
     "DS", "DS_UID", "GRAFANA_VERSION", "LEVELS", "REASONS", "TAGS", "Influx", "InfluxQuery", "T",
     "base_dashboard", "level_mappings", "reason_mappings", "rating_where", "to_dict", "txn_where",
@@ -45,7 +47,7 @@ class T:
 
     def __init__(self, lang: str = "zh") -> None:
         if lang not in ("zh", "en"):
-            raise ValueError(f"language {lang!r}: expected zh or en")
+            raise UsageError(f"language {lang!r}: expected zh or en")
         self.lang = lang
 
     def __call__(self, zh: str, en: str) -> str:

@@ -13,9 +13,9 @@ from typing import Any
 from grafana_client import GrafanaApi
 from grafana_client.client import GrafanaClientError
 
-from ..config import Config
-from . import alerts
-from .export import FOLDERS, datasource, dashboards
+from collector.config import Config
+from collector.grafana import alerts
+from collector.grafana.export import FOLDERS, dashboards, datasource
 
 __all__ = ["deploy"]
 

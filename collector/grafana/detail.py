@@ -8,11 +8,22 @@ from grafana_foundation_sdk.builders import histogram, table, timeseries
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 
-from .common import (
-    DS, LEVEL_COLORS, LEVELS, Influx, T, base_dashboard, level_mappings, organize, rating_where,
-    reason_mappings, transformation, txn_where, variables,
+from collector.grafana.common import (
+    DS,
+    LEVEL_COLORS,
+    LEVELS,
+    Influx,
+    T,
+    base_dashboard,
+    level_mappings,
+    organize,
+    rating_where,
+    reason_mappings,
+    transformation,
+    txn_where,
+    variables,
 )
-from .overview import INDEX
+from collector.grafana.overview import INDEX
 
 UID = "evalterm-detail"
 

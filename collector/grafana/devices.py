@@ -7,7 +7,16 @@ from grafana_foundation_sdk.builders import stat, statetimeline, table, timeseri
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 
-from .common import DS, Influx, T, base_dashboard, device_where, organize, thresholds, variables
+from collector.grafana.common import (
+    DS,
+    Influx,
+    T,
+    base_dashboard,
+    device_where,
+    organize,
+    thresholds,
+    variables,
+)
 
 UID = "evalterm-devices"
 BY_DEVICE = 'GROUP BY "hall", "window", "device"'

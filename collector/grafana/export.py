@@ -21,9 +21,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
-from . import alerts, detail, devices, integrity, overview
-from .common import DS_UID, FOLDER_UID, to_dict
+from collector.config import Config
+from collector.grafana import alerts, detail, devices, integrity, overview
+from collector.grafana.common import DS_UID, FOLDER_UID, to_dict
 
 __all__ = ["DASHBOARDS", "FOLDERS", "build_all", "dashboards", "datasource", "dump", "write"]
 
@@ -50,7 +50,7 @@ def dashboards(lang: str = "zh") -> dict[str, dict[str, Any]]:
 
 def datasource(cfg: Config | None = None) -> dict[str, Any]:
     """The datasource for the configured InfluxDB; secrets come from Grafana's environment."""
-    from ..config import load_config
+    from collector.config import load_config
 
     i = (cfg or load_config(None, env={})).influx
     ds: dict[str, Any] = {"orgId": 1, "name": "evalterm InfluxDB", "uid": DS_UID, "type": "influxdb",

@@ -13,8 +13,16 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import xychart as xm
 
-from .common import (
-    DS, Influx, T, _match, base_dashboard, organize, rating_where, thresholds, transformation,
+from collector.grafana.common import (
+    DS,
+    Influx,
+    T,
+    _match,
+    base_dashboard,
+    organize,
+    rating_where,
+    thresholds,
+    transformation,
     variables,
 )
 

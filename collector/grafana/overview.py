@@ -9,9 +9,19 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import piechart as pm
 
-from .common import (
-    DS, Influx, T, base_dashboard, level_mappings, organize, rating_where, reason_mappings,
-    thresholds, transformation, txn_where, variables,
+from collector.grafana.common import (
+    DS,
+    Influx,
+    T,
+    base_dashboard,
+    level_mappings,
+    organize,
+    rating_where,
+    reason_mappings,
+    thresholds,
+    transformation,
+    txn_where,
+    variables,
 )
 
 UID = "evalterm-overview"

@@ -11,6 +11,6 @@ key, register it, and generate the broker's users and ACL (docs/provisioning.md)
     report     the per-hall provisioning CSV
 """
 
-from .runner import ProvisionError, ToolResult, ToolRunner
+from collector.provision.runner import ProvisionError, ToolResult, ToolRunner
 
 __all__ = ["ProvisionError", "ToolResult", "ToolRunner"]

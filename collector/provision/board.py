@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .runner import ProvisionError, ToolResult, ToolRunner, ToolTimeout, python_tool
+from collector.provision.runner import (
+    ProvisionError,
+    ToolResult,
+    ToolRunner,
+    ToolTimeout,
+    python_tool,
+)
 
 __all__ = ["BoardState", "MpRemote"]
 

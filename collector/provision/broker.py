@@ -26,9 +26,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..registry import Device
-from .devconfig import mqtt_password
-from .runner import ProvisionError, ToolRunner
+from collector.provision.devconfig import mqtt_password
+from collector.provision.runner import ProvisionError, ToolRunner
+from collector.registry import Device
 
 __all__ = ["DEVICE_WRITES", "BrokerFiles", "feed_user", "reload_broker", "render_acl",
            "render_broker"]

@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runner import ProvisionError, ToolRunner, python_tool
+from collector.provision.runner import ProvisionError, ToolRunner, python_tool
 
 __all__ = ["ARCHS", "FirmwareBuild", "arch_of_mpy", "build_firmware", "default_firmware_dir",
            "firmware_version", "sha256_hex"]

@@ -21,8 +21,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..registry import Device
-from .runner import ProvisionError
+from collector.provision.runner import ProvisionError
+from collector.registry import Device
 
 __all__ = ["IDENTITY_KEYS", "MQTT_PASSWORD_LABEL", "device_config", "firmware_profiles",
            "load_site", "mqtt_password"]

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..registry import Device, Registry
-from .board import BoardState, MpRemote
-from .build import FirmwareBuild, arch_of_mpy, build_firmware, sha256_hex
-from .devconfig import device_config
-from .report import ReportRow, append_row, iso_utc
-from .runner import ProvisionError, ToolRunner
+from collector.provision.board import BoardState, MpRemote
+from collector.provision.build import FirmwareBuild, arch_of_mpy, build_firmware, sha256_hex
+from collector.provision.devconfig import device_config
+from collector.provision.report import ReportRow, append_row, iso_utc
+from collector.provision.runner import ProvisionError, ToolRunner
+from collector.registry import Device, Registry
 
 __all__ = ["Outcome", "Provisioner"]
 

@@ -15,7 +15,13 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runner import ProvisionError, ToolResult, ToolRunner, ToolTimeout, python_tool
+from collector.provision.runner import (
+    ProvisionError,
+    ToolResult,
+    ToolRunner,
+    ToolTimeout,
+    python_tool,
+)
 
 __all__ = ["BOOTLOADER_OFFSET", "ChipInfo", "EspTool", "ImageInfo", "flash_plan", "read_image"]
 

@@ -15,11 +15,13 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from collector.errors import EvaltermError
+
 __all__ = ["ProvisionError", "ToolResult", "ToolRunner", "Transport", "python_tool",
            "subprocess_transport"]
 
 
-class ProvisionError(ValueError):
+class ProvisionError(EvaltermError, ValueError):
     """A step failed; the message says what is wrong and what to do (the CLI prints it)."""
 
 

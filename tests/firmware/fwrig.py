@@ -1,12 +1,11 @@
 """The whole device on fakes, shared by the test_fw_app* modules (split in two so that
 each module holds less test code next to the firmware)."""
 
-from fwfakes import KEY, FakePin, Ticks, cmd_payload, config, scrub, tmpdir
-from fwnet import Broker, FakeWLAN
-
 from etfw.app import Device
 from etfw.sign import Signer
 from etfw.store import RealFS
+from fwfakes import KEY, FakePin, Ticks, cmd_payload, config, scrub, tmpdir
+from fwnet import Broker, FakeWLAN
 
 
 class Rig:

@@ -4,7 +4,6 @@ import os
 
 from fwfakes import heap_sample
 
-
 _VECTORS = []
 
 

@@ -2,10 +2,9 @@
 (The whole-device tests are split over several small modules: under MicroPython each
 module's code shares the 64 KiB heap with the firmware and a running device.)"""
 
+from etfw.sign import Signer
 from fwfakes import KEY, tmpdir
 from fwrig import Rig
-
-from etfw.sign import Signer
 
 
 def test_boot_sequence_and_counter():

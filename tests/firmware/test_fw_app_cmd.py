@@ -1,10 +1,9 @@
 """The whole device on fakes: a 1-2 rating with its reason, presses outside an invitation,
 forged and replayed commands."""
 
+from etfw.sign import Signer
 from fwfakes import cmd_payload
 from fwrig import Rig
-
-from etfw.sign import Signer
 
 
 def test_bad_rating_with_reason_and_uninvited_count():

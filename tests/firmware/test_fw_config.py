@@ -2,9 +2,8 @@
 
 import json
 
-from fwfakes import KEY, config, config_dict
-
 import etfw.config as cfgmod
+from fwfakes import KEY, config, config_dict
 
 
 def _errors(d):

@@ -17,14 +17,14 @@ import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
+from helpers import Publisher, feed, feed_bytes, query, txn_msg, wait_for
+from test_micropython import mpy_cross
 
 from collector.config import Config
 from collector.db import connect
-from collector.devservers import MosquittoServer
 from collector.registry import Registry
 from collector.service import Collector
-from helpers import Publisher, feed, feed_bytes, query, txn_msg, wait_for
-from test_micropython import mpy_cross
+from collector.sim.servers import MosquittoServer
 
 pytestmark = pytest.mark.servers
 

@@ -1,8 +1,7 @@
 """Keys: debounce, glitches, presses seen late, stuck keys, counters, allocation-free IRQ."""
 
-from fwfakes import TICKS_PERIOD, FakePin, Ticks
-
 from etfw.keys import PRESS, RELEASED, STUCK, Keys
+from fwfakes import TICKS_PERIOD, FakePin, Ticks
 
 
 def _keys(**kw):

@@ -1,10 +1,9 @@
 """The link: connect sequence, in-order drain, one reconnect path with back-off."""
 
-from fwmemfs import MemFS
-from fwnet import Broker, FakeWLAN
-
 from etfw.link import Link
 from etfw.outbox import Outbox
+from fwmemfs import MemFS
+from fwnet import Broker, FakeWLAN
 
 T = b"p/dev/h/w/d/rating"
 BROKER = {"host": "h", "port": 1883, "user": None, "password": None, "keepalive": 30,

@@ -2,11 +2,10 @@
 
 import json
 
-from fwfakes import KEY, cmd_payload
-
 from etfw.clock import Clock
 from etfw.command import verify
 from etfw.message import CommandError, Messages
+from fwfakes import KEY, cmd_payload
 
 
 def _msgs(ts=None):

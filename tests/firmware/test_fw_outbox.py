@@ -1,8 +1,7 @@
 """The flash outbox: order, bounds, and power cuts at every byte and every step."""
 
-from fwmemfs import MemFS, PowerCut
-
 from etfw.outbox import Outbox
+from fwmemfs import MemFS, PowerCut
 
 T = b"evalterm/dev/hall01/w03/kp-0007/rating"
 

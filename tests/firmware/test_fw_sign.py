@@ -1,12 +1,11 @@
 """Signatures: the protocol's test vectors, on the device side."""
 
-from fwfakes import KEY
-from fwvectors import vectors
-
 from etfw.clock import Clock
 from etfw.command import verify
 from etfw.message import Messages
 from etfw.sign import Signer
+from fwfakes import KEY
+from fwvectors import vectors
 
 
 def _fixed_clock(ts, up):

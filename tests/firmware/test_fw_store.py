@@ -1,8 +1,7 @@
 """Two-slot persisted state: the boot counter survives any power cut."""
 
-from fwmemfs import MemFS, PowerCut
-
 from etfw.store import Store
+from fwmemfs import MemFS, PowerCut
 
 
 def test_roundtrip_and_alternating_slots():

@@ -24,7 +24,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from test_micropython import HELPERS, MODULES, MPY_CROSS
 
 HERE = pathlib.Path(__file__).resolve().parent

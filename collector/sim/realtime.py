@@ -2,14 +2,14 @@
 
 Both sides of a hall: the business system (staff sign on, transactions complete and are published on
 the feed topic, windows pause) and one evaluation device per window: a paho client with its own key
-and last will, running the firmware's terminal rules (`sim_profiles.SimTerminal`: key counters,
+and last will, running the firmware's terminal rules (`collector.sim.device.SimTerminal`: key counters,
 the 差评 held for its reason tag, stray presses reported, heartbeats). Citizens answer invitations
-the way they do in `detect evaluate` (`sim_profiles.citizen_presses`): after a human delay, not
+the way they do in `detect evaluate` (`collector.sim.profiles.citizen_presses`): after a human delay, not
 always, with a level drawn from the window's true satisfaction.
 
-Windows are drawn like the evaluation's (`sim_profiles.draw_window`): very different true quality
+Windows are drawn like the evaluation's (`collector.sim.profiles.draw_window`): very different true quality
 and volume, some of them honest and excellent. A window may carry a manipulation profile
-(`sim_profiles.PROFILES`) with its parameters drawn from the same ranges; what the device does is
+(`collector.sim.profiles.PROFILES`) with its parameters drawn from the same ranges; what the device does is
 then done through the protocol: a self-rating is a rating published ~0.35-1.5 s after the
 invitation, unplugging drops the connection without a goodbye (the broker publishes the last will)
 and reboots with the next boot counter, a disabled bad-rating key produces and counts nothing,
@@ -32,12 +32,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from .protocol import feed_topic
-from .sim_profiles import (
+from collector.errors import UsageError
+from collector.protocol import feed_topic
+from collector.sim.device import SimTerminal
+from collector.sim.profiles import (
     FW,
     PROFILES,
     TXN_PER_HOUR,
-    SimTerminal,
     WindowPlan,
     citizen_presses,
     draw_window,
@@ -87,10 +88,10 @@ def parse_profiles(items: list[str] | None) -> dict[str, str]:
     for item in items or []:
         profile, _, window = item.partition(":")
         if profile not in PROFILES or not window:
-            raise ValueError(f"--profile {item!r}: give PROFILE:WINDOW, e.g. self_rating:w03; "
+            raise UsageError(f"--profile {item!r}: give PROFILE:WINDOW, e.g. self_rating:w03; "
                              f"profiles: {', '.join(PROFILES)}")
         if window in out:
-            raise ValueError(f"--profile {item!r}: window {window} already has a profile")
+            raise UsageError(f"--profile {item!r}: window {window} already has a profile")
         out[window] = profile
     return out
 
@@ -107,7 +108,7 @@ def default_hall(hall: str = "hall01", windows: int = 6, rate_per_min: float = 6
     names = [f"w{i:02d}" for i in range(1, windows + 1)]
     unknown = set(profiles) - set(names)
     if unknown:
-        raise ValueError(f"--profile: no window {', '.join(sorted(unknown))} in a hall of "
+        raise UsageError(f"--profile: no window {', '.join(sorted(unknown))} in a hall of "
                          f"{windows} windows (w01..w{windows:02d})")
     honest = [w for w in names if w not in profiles]
     excellent = set(rng.sample(honest, min(len(honest), 1 + (windows >= 6))))

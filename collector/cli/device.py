@@ -1,51 +1,76 @@
-"""`evalterm device flash|provision|rotate-key|replace|report` and `evalterm broker render`
-(docs/provisioning.md).
+"""`evalterm device ...`: the device registry (add, list, revoke) and the technicians'
+commands on a board (flash, provision, rotate-key, replace, report; docs/provisioning.md).
 
-Every command that touches a board or the broker takes --dry-run: commands that would change
-something are printed, not run; read-only ones (chip detection, reading the board back, local
-compilation) still run, so the plan is the one for the board that is plugged in.
+Every command that touches a board takes --dry-run: commands that would change something are
+printed, not run; read-only ones (chip detection, reading the board back, local compilation)
+still run, so the plan is the one for the board that is plugged in.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_device_commands", "add_subcommands"]
+from collector.cli.common import load, now_ms, open_registry
+
+__all__ = ['add_parsers']
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+def cmd_device_add(args: argparse.Namespace) -> int:
+    reg, _ = open_registry(load(args))
+    dev = reg.add(args.device, args.hall, args.window, now_ms())
+    print(f"registered {dev.device} at {dev.hall}/{dev.window}, key fingerprint {dev.fingerprint}")
+    if args.key_file:
+        path = Path(args.key_file)
+        path.write_text(dev.key.hex() + "\n")
+        path.chmod(0o600)
+        print(f"key written to {path} (mode 600); put it in the device's config, then delete it")
+    else:
+        print("the key was not shown: use --key-file to write it for provisioning")
+    return 0
 
+def cmd_device_list(args: argparse.Namespace) -> int:
+    reg, _ = open_registry(load(args))
+    devices = reg.list()
+    if args.json:
+        print(json.dumps([{"device": d.device, "hall": d.hall, "window": d.window, "state": d.state,
+                           "fingerprint": d.fingerprint} for d in devices], indent=2))
+        return 0
+    print(f"{'device':<24} {'hall':<12} {'window':<10} {'state':<8} fingerprint")
+    for d in devices:
+        print(f"{d.device:<24} {d.hall:<12} {d.window:<10} {d.state:<8} {d.fingerprint}")
+    return 0
 
-def _runner(args: argparse.Namespace) -> Any:
-    from .provision.runner import ToolRunner
+def cmd_device_revoke(args: argparse.Namespace) -> int:
+    reg, _ = open_registry(load(args))
+    dev = reg.revoke(args.device, now_ms())
+    print(f"{dev.device} is {dev.state}; its messages are refused from now on")
+    return 0
+
+def tool_runner(args: argparse.Namespace) -> Any:
+    from collector.provision.runner import ToolRunner
 
     return ToolRunner(dry_run=args.dry_run)
 
-
 def _provisioner(args: argparse.Namespace) -> Any:
-    from .cli import _config
-    from .db import connect
-    from .provision.board import MpRemote
-    from .provision.build import default_firmware_dir
-    from .provision.device import Provisioner
-    from .registry import Registry
+    from collector.db import connect
+    from collector.provision.board import MpRemote
+    from collector.provision.build import default_firmware_dir
+    from collector.provision.device import Provisioner
+    from collector.registry import Registry
 
-    cfg = _config(args)
-    return Provisioner(Registry(connect(cfg.state_db)), MpRemote(_runner(args)),
+    cfg = load(args)
+    return Provisioner(Registry(connect(cfg.state_db)), MpRemote(tool_runner(args)),
                        Path(args.firmware) if args.firmware else default_firmware_dir(),
-                       cfg.state_db.parent / "provisioning", _now_ms)
-
+                       cfg.state_db.parent / "provisioning", now_ms)
 
 def _site(args: argparse.Namespace, hall: str) -> dict[str, Any]:
-    from .provision.devconfig import load_site
+    from collector.provision.devconfig import load_site
 
     return load_site(Path(args.site or f"site-{hall}.json"))
-
 
 def _done(outcome: Any, dry_run: bool) -> int:
     d = outcome.device
@@ -67,18 +92,16 @@ def _done(outcome: Any, dry_run: bool) -> int:
     print("next: `evalterm broker render --reload-pid $(pidof mosquitto)` so the broker lets it in")
     return 0
 
-
 def cmd_flash(args: argparse.Namespace) -> int:
-    from .provision.esp import EspTool, flash_plan
+    from collector.provision.esp import EspTool, flash_plan
 
-    image, chip = flash_plan(EspTool(_runner(args)), args.port, Path(args.image))
+    image, chip = flash_plan(EspTool(tool_runner(args)), args.port, Path(args.image))
     if args.dry_run:
         print(f"dry run: nothing was written to the {chip.chip} on {args.port}")
     else:
         print(f"flashed {image.path.name} onto the {chip.description} on {args.port} "
               f"(MAC {chip.mac}), verified; next: evalterm device provision --port {args.port}")
     return 0
-
 
 def cmd_provision(args: argparse.Namespace) -> int:
     p = _provisioner(args)
@@ -87,9 +110,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
                           force=args.force)
     return _done(outcome, args.dry_run)
 
-
 def cmd_rotate_key(args: argparse.Namespace) -> int:
-    from .provision.runner import ProvisionError
+    from collector.provision.runner import ProvisionError
 
     p = _provisioner(args)
     dev = p.registry.get(args.device)
@@ -99,9 +121,8 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
                            board_profile=args.board, arch=args.arch)
     return _done(outcome, args.dry_run)
 
-
 def cmd_replace(args: argparse.Namespace) -> int:
-    from .provision.runner import ProvisionError
+    from collector.provision.runner import ProvisionError
 
     p = _provisioner(args)
     old = p.registry.get(args.old)
@@ -111,12 +132,10 @@ def cmd_replace(args: argparse.Namespace) -> int:
                         board_profile=args.board, arch=args.arch, force=args.force)
     return _done(outcome, args.dry_run)
 
-
 def cmd_report(args: argparse.Namespace) -> int:
-    from .cli import _config
-    from .provision.report import report_path
+    from collector.provision.report import report_path
 
-    path = report_path(_config(args).state_db.parent / "provisioning", args.hall)
+    path = report_path(load(args).state_db.parent / "provisioning", args.hall)
     if not path.exists():
         print(f"no provisioning report for {args.hall} yet ({path})", file=sys.stderr)
         return 1
@@ -128,36 +147,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     return 0
 
-
-def cmd_broker_render(args: argparse.Namespace) -> int:
-    from .cli import _config
-    from .db import connect
-    from .provision.broker import reload_broker, render_broker
-    from .registry import Registry
-
-    cfg = _config(args)
-    runner = _runner(args)
-    devices = Registry(connect(cfg.state_db)).list()
-    files = render_broker(runner, Path(args.out), cfg.mqtt.topic_prefix, devices,
-                          cfg.mqtt.username, cfg.mqtt.password, file_group=args.file_group,
-                          halls=args.hall or ())
-    if not args.dry_run:
-        active = sum(1 for d in devices if d.state == "active")
-        print(f"wrote {files.passwd}, {files.acl}, {files.conf}: {active} active devices, "
-              f"{len(files.users) - active} service users")
-        for user in files.new_service_users:
-            print(f"new user {user}: its password is in {files.service_users}; give it to the "
-                  "hall's business system")
-    if args.reload_pid:
-        reload_broker(runner, args.reload_pid)
-        if not args.dry_run:
-            print(f"mosquitto (pid {args.reload_pid}) reloaded")
-    elif not args.dry_run:
-        print("reload the broker to apply: sudo systemctl reload mosquitto "
-              "(or --reload-pid PID)")
-    return 0
-
-
 def _common(sp: argparse.ArgumentParser, *, board: bool = True) -> None:
     sp.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
     sp.add_argument("--dry-run", action="store_true", help="print what would change, change "
@@ -168,9 +157,22 @@ def _common(sp: argparse.ArgumentParser, *, board: bool = True) -> None:
         sp.add_argument("--arch", help="mpy-cross architecture (default: what the board says)")
         sp.add_argument("--firmware", help="firmware folder (default: this checkout's firmware/)")
 
-
-def add_device_commands(dev_sub: Any) -> None:
-    """Register under `evalterm device`."""
+def add_parsers(sub: Any) -> None:
+    """Register the `device` command group on the main parser's subparsers."""
+    dev = sub.add_parser("device", help="the device registry and the boards")
+    dev_sub = dev.add_subparsers(dest="device_command", required=True)
+    add = dev_sub.add_parser("add", help="register a device and create its key")
+    add.add_argument("--device", required=True)
+    add.add_argument("--hall", required=True)
+    add.add_argument("--window", required=True)
+    add.add_argument("--key-file", help="write the new key (hex) to this file, mode 600")
+    add.set_defaults(func=cmd_device_add)
+    ls = dev_sub.add_parser("list", help="list registered devices (key fingerprints only)")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_device_list)
+    rv = dev_sub.add_parser("revoke", help="revoke a device: its messages are refused")
+    rv.add_argument("--device", required=True)
+    rv.set_defaults(func=cmd_device_revoke)
     fl = dev_sub.add_parser("flash", help="erase the board and write MicroPython (esptool)")
     _common(fl, board=False)
     fl.add_argument("--image", required=True, help="MicroPython .bin for the board's chip")
@@ -203,17 +205,3 @@ def add_device_commands(dev_sub: Any) -> None:
     rep.add_argument("--out", help="write the CSV here instead of stdout")
     rep.set_defaults(func=cmd_report)
 
-
-def add_subcommands(sub: Any) -> None:
-    """Register `evalterm broker`."""
-    br = sub.add_parser("broker", help="Mosquitto users and ACL from the registry")
-    br_sub = br.add_subparsers(dest="broker_command", required=True)
-    rd = br_sub.add_parser("render", help="write passwd, acl and evalterm.conf; optionally reload")
-    rd.add_argument("--out", default="/etc/mosquitto/evalterm", help="folder for the files")
-    rd.add_argument("--hall", action="append", help="a hall that gets a business-system user "
-                    "even before it has devices (repeatable)")
-    rd.add_argument("--file-group", help="group that may read passwd and acl (mode 640), "
-                    "e.g. mosquitto")
-    rd.add_argument("--reload-pid", type=int, help="send SIGHUP to this mosquitto after writing")
-    rd.add_argument("--dry-run", action="store_true")
-    rd.set_defaults(func=cmd_broker_render)

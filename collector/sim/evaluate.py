@@ -21,10 +21,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import load_config
-from ..sim_profiles import PROFILES, VirtualHall, draw_hall
-from .run import run_detection
-from .settings import DetectionSettings
+from collector.config import load_config
+from collector.detection.run import run_detection
+from collector.detection.settings import DetectionSettings
+from collector.sim.hall import VirtualHall
+from collector.sim.profiles import PROFILES, draw_hall
 
 __all__ = ["WindowOutcome", "evaluate", "format_report", "run_once"]
 

@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import points
-from .config import Config
-from .linking import (
+from collector import points
+from collector.config import Config
+from collector.linking import (
     Decision,
     Invite,
     Linker,
@@ -27,8 +27,8 @@ from .linking import (
     WindowEvent,
     WindowSet,
 )
-from .metrics import Metrics
-from .protocol import (
+from collector.metrics import Metrics
+from collector.protocol import (
     DeviceTopic,
     ProtocolError,
     Rejection,
@@ -41,7 +41,7 @@ from .protocol import (
     validate_device_message,
     verify,
 )
-from .registry import Registry
+from collector.registry import Registry
 
 __all__ = ["Inbound", "Ingest", "Outcome"]
 

@@ -15,7 +15,9 @@ import time
 from datetime import datetime
 from typing import Any
 
-__all__ = ["add_subcommands"]
+from collector.errors import UsageError
+
+__all__ = ["add_parsers"]
 
 
 def _at_ms(text: str | None) -> int:
@@ -23,14 +25,14 @@ def _at_ms(text: str | None) -> int:
         return time.time_ns() // 1_000_000
     dt = datetime.fromisoformat(text)
     if dt.tzinfo is None:
-        raise ValueError(f"--at {text!r}: give a UTC offset, e.g. 2026-03-02T17:45:00+08:00")
+        raise UsageError(f"--at {text!r}: give a UTC offset, e.g. 2026-03-02T17:45:00+08:00")
     return int(dt.timestamp() * 1000)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .cli import _config
-    from .db import connect
-    from .detection import run_detection
+    from collector.cli.common import load as _config
+    from collector.db import connect
+    from collector.detection import run_detection
 
     cfg = _config(args)
     conn = connect(cfg.state_db)
@@ -46,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                     "evidence": i.evidence} for i in v.indicators},
         } for v in shown], ensure_ascii=False, indent=2))
         return 0
-    from .detection.verdict import SEVERITY_NAMES
+    from collector.detection.verdict import SEVERITY_NAMES
 
     for v in sorted(shown, key=lambda v: (-v.severity, v.hall, v.window, v.staff or "", v.period)):
         who = v.window if v.staff is None else f"{v.window}/{v.staff}"
@@ -63,9 +65,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     import random
 
-    from .cli import _config
-    from .detection import run_detection
-    from .sim_profiles import VirtualHall, draw_hall
+    from collector.cli.common import load as _config
+    from collector.detection import run_detection
+    from collector.sim.hall import VirtualHall
+    from collector.sim.profiles import draw_hall
 
     cfg = _config(args)
     rng = random.Random(args.seed)
@@ -90,16 +93,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .detection.evaluate import main_evaluate
+    from collector.sim.evaluate import main_evaluate
 
     print(main_evaluate(args.runs, args.days, args.start_day, args.per_run, args.workers,
                         args.seed, args.every, args.profile, args.honest_drift))
     return 0
 
 
-def add_subcommands(sub: Any) -> None:
+def add_parsers(sub: Any) -> None:
     """Register the `detect` command group on the main parser's subparsers."""
-    from .sim_profiles import PROFILES
+    from collector.sim.profiles import PROFILES
 
     det = sub.add_parser("detect", help="integrity indicators and manipulation flags")
     det_sub = det.add_subparsers(dest="detect_command", required=True)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_subcommands"]
+__all__ = ["add_parsers"]
 
 
 def _langs(value: str) -> tuple[str, ...]:
@@ -15,8 +15,8 @@ def _langs(value: str) -> tuple[str, ...]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .grafana.export import write
+    from collector.config import load_config
+    from collector.grafana.export import write
 
     cfg = load_config(args.config) if args.config else None
     paths = write(Path(args.out), cfg, _langs(args.lang))
@@ -27,8 +27,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from grafana_client import GrafanaApi
 
-    from .config import load_config
-    from .grafana.deploy import deploy
+    from collector.config import load_config
+    from collector.grafana.deploy import deploy
 
     cfg = load_config(args.config) if args.config else None
     token = os.environ.get(args.token_env) if args.token_env else None
@@ -40,7 +40,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_subcommands(sub: Any) -> None:
+def add_parsers(sub: Any) -> None:
     """Register the `grafana` command group on the main parser's subparsers."""
     g = sub.add_parser("grafana", help="Grafana dashboards, alert rules and provisioning")
     g_sub = g.add_subparsers(dest="grafana_command", required=True)

@@ -1,0 +1,52 @@
+"""The `evalterm` command: one module per command group, each with `add_parsers(sub)`.
+
+    service   run, config check|sample
+    device    device add|list|revoke|flash|provision|rotate-key|replace|report
+    broker    broker render
+    txn       txn import
+    report    report
+    sim       simulate, demo
+    detect    detect run|simulate|evaluate
+    grafana   grafana export|deploy
+
+A command fails with one line on standard error and exit status 2 when the user can fix the
+cause (`collector.errors.EvaltermError` and its tree, a missing or unreadable file); any other
+exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from collector.errors import EvaltermError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from collector.cli import broker, detect, device, grafana, report, service, sim, txn
+
+    p = argparse.ArgumentParser(prog="evalterm", description="evalterm: rating terminals, collector")
+    p.add_argument("-c", "--config", help="TOML config file (default: built-in defaults + "
+                   "EVALTERM_* environment variables)")
+    sub = p.add_subparsers(dest="command", required=True)
+    for group in (service, device, broker, txn, report, sim, detect, grafana):
+        group.add_parsers(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except EvaltermError as exc:
+        print(f"evalterm: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        print(f"evalterm: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""What every indicator shares: the result types, the context of one run, and small helpers."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from collector.detection import stats
+from collector.detection.facts import HallFacts, RatingFact, Unit
+from collector.detection.settings import DetectionSettings, Period
+
+__all__ = ["CLOCK_TOLERANCE_MS", "NONE", "STRONG", "WEAK", "Indicator"]
+
+NONE, WEAK, STRONG = "none", "weak", "strong"
+# A press may precede the business system's completion stamp by this much (clocks differ).
+CLOCK_TOLERANCE_MS = 60_000
+# Reason-tag presses that may land on keys 1-2 (default firmware reason_keys order).
+_REASONS_ON_BAD_KEYS = frozenset({"attitude", "efficiency"})
+
+
+@dataclass(frozen=True, slots=True)
+class Indicator:
+    name: str
+    value: float
+    strength: str                     # none, weak, strong
+    decisive: bool
+    p: float | None = None
+    q: float | None = None
+    evidence: dict = field(default_factory=dict, hash=False)
+    reason_zh: str = ""
+    reason_en: str = ""
+    # How many observations the p-value's evidence rests on (too-fast ratings, presses outside
+    # an invitation, unmatched ratings, ...): the combination of weak signals admits only those
+    # resting on at least `combine_min_count` (verdict.combine). None: no p-value.
+    events: int | None = None
+
+
+@dataclass(slots=True)
+class _Raw:
+    value: float
+    p: float | None = None
+    guard: bool = True                # effect size large enough for strong evidence
+    evidence: dict = field(default_factory=dict)
+    reason: tuple[str, str] = ("", "")
+    strength: str | None = None       # deterministic indicators decide directly
+    events: int | None = None         # observations the p-value rests on (Indicator.events)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ctx:
+    s: DetectionSettings
+    period: Period
+    hall: HallFacts
+    units: tuple[Unit, ...] = ()     # the units judged together: each one's peers are the others
+    # Per-unit intermediate results, shared by the unit's own test and its peers' tests, and
+    # hall totals (computed once; a unit's peers are the totals minus the unit).
+    memo: dict = field(default_factory=dict)
+
+    def once(self, name: str, u: Unit, fn: Callable[[], object]) -> Any:
+        key = (name, id(u))
+        if key not in self.memo:
+            self.memo[key] = fn()
+        return self.memo[key]
+
+    def peer_sums(self, name: str, u: Unit, count: Callable[[Unit], tuple[int, int]],
+                  include: Callable[[Unit], bool] | None = None) -> stats.PeerSums:
+        """The (events, trials) sums of `count` over the unit's peers: every unit of the hall
+        (that `include` admits) but `u`. The totals are computed once per name, so judging
+        every unit is linear in the hall's size, not quadratic."""
+        key = ("sums", name)
+        if key not in self.memo:
+            total = stats.PeerSums()
+            for x in self.units:
+                if include is None or include(x):
+                    total = total.plus(*count(x))
+            self.memo[key] = total
+        total = self.memo[key]
+        if include is not None and not include(u):
+            return total
+        return total.without(*count(u))
+
+    def peer_median(self, name: str, u: Unit, value: Callable[[Unit], float],
+                    include: Callable[[Unit], bool]) -> float | None:
+        """The median (upper of the two middle ones) of `value` over the unit's peers."""
+        key = ("sorted", name)
+        if key not in self.memo:
+            self.memo[key] = sorted(value(x) for x in self.units if include(x))
+        values: list[float] = self.memo[key]
+        n = len(values) - (1 if include(u) else 0)
+        if n <= 0:
+            return None
+        i = n // 2
+        if include(u) and bisect.bisect_left(values, value(u)) <= i:
+            i += 1  # the unit's own value sits at or below the peers' middle: skip it
+        return values[i]
+
+    def hhmm(self, ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, self.s.tz).strftime("%H:%M:%S")
+
+    @property
+    def days(self) -> int:
+        return max(1, len(self.period.days))
+
+    def open_intervals(self) -> list[tuple[int, int]]:
+        out = []
+        for d in self.period.days:
+            for a, b in self.s.open_intervals(d):
+                if a < self.period.end_ms:
+                    out.append((a, min(b, self.period.end_ms)))
+        return out
+
+    def open_ms(self) -> int:
+        return sum(b - a for a, b in self.open_intervals())
+
+
+_Fn = Callable[[Unit, _Ctx], _Raw | None]
+
+
+def _judged(u: Unit, c: _Ctx) -> list[RatingFact]:
+    return c.once("judged", u, lambda: [r for r in u.ratings if r.state in ("linked", "unlinked")])
+
+
+def _rate_of(events: int, exposure: int, floor: float) -> float:
+    return max(floor, events / exposure) if exposure > 0 else floor
+
+
+def _eb_excess_p(events: int, trials: int, peers: stats.PeerSums, c: _Ctx) -> tuple[float, float]:
+    """P(at least `events` in `trials`) when the unit's rate is drawn from its peers' spread:
+    a beta-binomial tail with an empirical-Bayes prior fitted to the peers (honest windows differ
+    from each other, and that spread must not look like evidence). Returns (p, prior mean)."""
+    prior = stats.fit_beta_prior_sums(peers, max_strength=c.s.prior_strength_max)
+    mean = max(prior.mean, c.s.rate_floor)
+    a, b = mean * prior.strength, (1 - mean) * prior.strength
+    trials = max(trials, events)
+    return stats.beta_binomial_sf(events, trials, a, b), mean
+
+

@@ -1,0 +1,116 @@
+"""Time the window's device was unreachable during opening hours, and whether it restarted."""
+
+from __future__ import annotations
+
+from collector.detection.facts import Unit
+from collector.detection.indicators.base import NONE, STRONG, WEAK, _Ctx, _Raw
+from collector.detection.indicators.keys import _BOOT_LAG_MS, _devices
+
+# -- device offline ------------------------------------------------------------------------------
+
+
+def _offline_stretches(u: Unit, c: _Ctx) -> list[tuple[int, int]]:
+    return c.once("offline", u, lambda: _find_offline_stretches(u, c))
+
+
+def _find_offline_stretches(u: Unit, c: _Ctx) -> list[tuple[int, int]]:
+    """When the window's device was unreachable: offline status until online, and heartbeat
+    silences longer than offline_gap_s, by reception time (a last will carries its connect-time
+    stamp, and a buffered message its creation time)."""
+    spans: list[tuple[int, int]] = []
+    gap = c.s.offline_gap_s * 1000
+    end = c.period.end_ms
+    for dev in _devices(u):
+        log = [d for d in u.device_log if d.device == dev]
+        off_at: int | None = None
+        for d in log:
+            if d.kind == "status":
+                if d.data.get("state") == "offline" and off_at is None:
+                    off_at = d.received_ms
+                elif d.data.get("state") == "online" and off_at is not None:
+                    spans.append((off_at, d.received_ms))
+                    off_at = None
+        if off_at is not None:
+            spans.append((off_at, end))
+        beats = [d.received_ms for d in log if d.kind == "heartbeat"]
+        for a, b in zip(beats, beats[1:], strict=False):
+            if b - a > gap:
+                spans.append((a + gap, b))
+        if beats and end - beats[-1] > gap:
+            spans.append((beats[-1] + gap, end))
+    if not _devices(u) and u.has_device and u.txns and not u.ratings:
+        # A device that never reported at all while transactions were completed (a rating
+        # would prove it was reachable, even without status or heartbeat messages).
+        spans.append((c.period.start_ms, end))
+    # Clip to opening hours, merge overlaps.
+    clipped = sorted((max(a, oa), min(b, ob)) for a, b in spans for oa, ob in c.open_intervals()
+                     if min(b, ob) > max(a, oa))
+    merged: list[tuple[int, int]] = []
+    for a, b in clipped:
+        if merged and a <= merged[-1][1] + 60_000:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _restarted(u: Unit, a: int, b: int) -> bool:
+    """Whether a device of the unit restarted (its power cut, or a reset) while it was offline
+    from `a` to `b` (reception times). A network outage leaves it running (the same boot)."""
+    for dev in _devices(u):
+        log = [d for d in u.device_log if d.device == dev]
+        # The boot counters from the last message before the stretch (its last will, sent by
+        # the broker with the boot it had) to the first one after it: more than one value
+        # means the device started again in between.
+        known = [d for d in log if d.boot is not None]
+        seen = [d.boot for d in known if a < d.received_ms <= b]
+        seen += [d.boot for d in known if d.received_ms <= a][-1:]
+        seen += [d.boot for d in known if d.received_ms > b][:1]
+        if len(seen) >= 2:
+            if len(set(seen)) > 1:
+                return True
+        elif any(d.kind == "boot" and a < d.received_ms <= b + _BOOT_LAG_MS for d in log):
+            return True  # rows stored before the boot counter was kept: its boot event
+    return False
+
+
+def _offline_minutes(u: Unit, c: _Ctx) -> float:
+    return sum(b - a for a, b in _offline_stretches(u, c)) / 60_000
+
+
+def _offline(u: Unit, c: _Ctx) -> _Raw | None:
+    if not u.has_device:
+        return None
+    mine = _offline_stretches(u, c)
+    minutes = _offline_minutes(u, c)
+    median = c.peer_median("offline", u, lambda x: _offline_minutes(x, c),
+                           lambda x: x.has_device)
+    median = 0.0 if median is None else median
+    excess = minutes - median
+    missed = sum(1 for t in u.txns if any(a <= t.completed_ms < b for a, b in mine))
+    need = c.s.offline_excess_min * c.days
+    # Episodes shorter than the heartbeat-gap threshold are network blips, not an unplugging;
+    # and unplugging cuts the power, so the device comes back with its next boot counter,
+    # while a network or broker outage leaves it running (at most "weak" then).
+    long = [(a, b) for a, b in mine if b - a >= c.s.offline_gap_s * 1000]
+    long_episodes = len(long)
+    restarts = sum(1 for a, b in long if _restarted(u, a, b))
+    if excess >= need and restarts >= c.s.offline_min_episodes:
+        strength = STRONG
+    elif excess >= need / 2:
+        strength = WEAK
+    else:
+        strength = NONE
+    open_min = c.open_ms() / 60_000
+    ev = {"minutes": round(minutes, 1), "episodes": len(mine), "long_episodes": long_episodes,
+          "restarted_episodes": restarts, "peer_median_minutes": round(median, 1),
+          "open_minutes": round(open_min), "transactions_while_offline": missed,
+          "longest_minutes": round(max((b - a for a, b in mine), default=0) / 60_000, 1)}
+    zh = (f"评价器在办公时间离线 {minutes:.0f} 分钟、{len(mine)} 次（同厅中位数 {median:.0f} 分钟），"
+          f"其中 {restarts} 次恢复时已重新启动（断电），离线期间办结 {missed} 件无法评价")
+    en = (f"device offline {minutes:.0f} min in {len(mine)} episodes during opening hours (hall "
+          f"median {median:.0f} min), {restarts} of them ending in a restart (power cut); "
+          f"{missed} transactions completed while it was offline")
+    return _Raw(round(minutes, 1), None, True, ev, (zh, en), strength)
+
+

@@ -1,0 +1,176 @@
+"""Negatives, satisfaction and coverage: 差评 that should have been there, satisfaction above
+peers, invitations given selectively."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from collector.detection import stats
+from collector.detection.facts import RatingFact, Unit
+from collector.detection.indicators.base import _Ctx, _judged, _Raw
+from collector.detection.indicators.offline import _offline_stretches
+from collector.detection.indicators.timing import _splits
+
+# -- negatives and satisfaction ------------------------------------------------------------------
+
+
+def _bad(rs: Sequence[RatingFact]) -> int:
+    return sum(1 for r in rs if r.level <= 2)
+
+
+def _missing_negatives(u: Unit, c: _Ctx) -> _Raw | None:
+    rs = _judged(u, c)
+    levels = list(u.history) + [r.level for r in rs]
+    run = 0
+    for level in reversed(levels):  # ratings since the last 差评
+        if level <= 2:
+            break
+        run += 1
+    if len(rs) < c.s.min_ratings:
+        return None
+    peers = c.peer_sums("bad", u, lambda x: (_bad(_judged(x, c)), len(_judged(x, c))))
+    prior = stats.fit_beta_prior_sums(peers, max_strength=c.s.prior_strength_max)
+    # The window's own past (before the current run) sharpens the prior: a window that was always
+    # excellent keeps a low expected 差评 rate; one whose 差评 suddenly stopped does not.
+    before = levels[: len(levels) - run]
+    own = prior.updated(sum(1 for x in before if x <= 2), len(before))
+    p = stats.run_without_event_p(run, own.a, own.b)
+    ev = {"run": run, "ratings": len(rs), "peer_bad_rate": round(prior.mean, 4),
+          "expected_bad_rate": round(own.mean, 4), "history": len(before),
+          "prior_strength": round(prior.strength, 1)}
+    zh = (f"连续 {run} 条评价没有差评；按同厅差评率 {prior.mean:.1%} 及本窗口以往情况，"
+          f"出现这种情况的概率约 {p:.1g}")
+    en = (f"no 差评 in the last {run} ratings; with the hall's 差评 rate {prior.mean:.1%} and this "
+          f"window's own past, the chance of that is about {p:.1g}")
+    # Only a window with a real past of its own can lose its 差评: without one, a long run is
+    # what an excellent window looks like, and the peers alone must not decide.
+    return _Raw(run, p, run >= c.s.min_ratings and len(before) >= c.s.prior_strength_max, ev,
+                (zh, en), events=run)
+
+
+def _satisfied(rs: Sequence[RatingFact]) -> int:
+    return sum(1 for r in rs if r.level >= 4)
+
+
+def _satisfied_count(u: Unit, c: _Ctx) -> tuple[int, int]:
+    rs = _judged(u, c)
+    return c.once("satisfied", u, lambda: _satisfied(rs)), len(rs)
+
+
+def _satisfaction_high(u: Unit, c: _Ctx) -> _Raw | None:
+    rs = _judged(u, c)
+    if len(rs) < c.s.min_ratings:
+        return None
+    z, p0, tau2 = stats.funnel_z_sums(*_satisfied_count(u, c), c.peer_sums(
+        "satisfied", u, lambda x: _satisfied_count(x, c)))
+    if math.isnan(p0):
+        return None
+    share = _satisfied(rs) / len(rs)
+    ev = {"satisfied": round(share, 4), "ratings": len(rs), "peer": round(p0, 4), "z": round(z, 2),
+          "tau": round(math.sqrt(tau2), 4)}
+    zh = f"满意率 {share:.1%} 高于同厅 {p0:.1%}（评价量 {len(rs)}，z={z:.1f}）"
+    en = (f"satisfaction {share:.1%} above the hall's {p0:.1%} for its volume "
+          f"({len(rs)} ratings, z={z:.1f})")
+    return _Raw(round(z, 3), stats.normal_sf(z), True, ev, (zh, en), events=_satisfied(rs))
+
+
+def _coverage_counts(u: Unit, c: _Ctx) -> tuple[int, int]:
+    """(rated, decided) transactions, leaving out those completed while the device was offline
+    (unplugging has its own indicator)."""
+    def find() -> tuple[int, int]:
+        decided = _decided_txns(u, c)
+        return sum(1 for t in decided if t.state == "rated"), len(decided)
+    return c.once("coverage", u, find)
+
+
+def _two_proportion_z(k1: int, n1: int, k2: int, n2: int) -> float:
+    """z of k1/n1 - k2/n2 under a pooled proportion (own now vs own past)."""
+    pooled = (k1 + k2) / (n1 + n2)
+    se = math.sqrt(max(pooled * (1 - pooled), 1e-9) * (1 / n1 + 1 / n2))
+    return (k1 / n1 - k2 / n2) / se
+
+
+def _decided_txns(u: Unit, c: _Ctx) -> list:
+    """Decided (rated or unrated) transactions, leaving out those completed while the device was
+    offline: those citizens could not rate, whatever the staff did."""
+    def find() -> list:
+        offline = _offline_stretches(u, c) if u.has_device else []
+        return [t for t in u.txns if t.state in ("rated", "unrated")
+                and not any(a <= t.completed_ms < b for a, b in offline)]
+    return c.once("decided", u, find)
+
+
+def _selective(u: Unit, c: _Ctx) -> _Raw | None:
+    """Coverage (rated / decided transactions) far below, satisfaction (share 满意 or better)
+    above.
+
+    Against peers (funnel, over-dispersion adjusted) both must be significant: an honest window
+    may have low coverage and happy citizens at once, so this is an intersection-union test (the
+    larger p counts). Against the window's own past (two-proportion z) a coverage drop is a
+    change, and satisfaction above the past at p < q_weak suffices with it. Over the rolling
+    period the change may have begun within it: the last one or two business days are also
+    compared with everything before them (the window's history and the period's earlier days),
+    a change-point test. The clearest reference is reported, with a Bonferroni factor for the
+    number of references tried."""
+    if not c.hall.has_feed:
+        return None
+    rated, decided = _coverage_counts(u, c)
+    rs = _judged(u, c)
+    if decided < c.s.min_ratings or len(rs) < c.s.min_ratings:
+        return None
+    z_cov, cov0, _ = stats.funnel_z_sums(rated, decided, c.peer_sums(
+        "coverage", u, lambda x: _coverage_counts(x, c)))
+    z_sat, sat0, _ = stats.funnel_z_sums(*_satisfied_count(u, c), c.peer_sums(
+        "satisfied", u, lambda x: _satisfied_count(x, c)))
+    if math.isnan(cov0) or math.isnan(sat0):
+        return None
+    cov, sat = rated / decided, _satisfied(rs) / len(rs)
+    p = max(stats.normal_sf(-z_cov), stats.normal_sf(z_sat))
+    ref_cov, ref_sat, own, since, judged = cov0, sat0, False, None, decided
+    # Own-past references: (current rated, decided, satisfied, ratings; past the same; since).
+    past_sat = sum(1 for x in u.history if x >= 4)
+    refs = [(rated, decided, _satisfied(rs), len(rs), u.history_rated, u.history_decided,
+             past_sat, len(u.history), None)]
+    txns = _decided_txns(u, c)
+    for split in _splits(c):
+        now_t = [t for t in txns if t.completed_ms >= split]
+        now_r = [r for r in rs if r.press_ms >= split]
+        old_t = [t for t in txns if t.completed_ms < split]
+        old_r = [r for r in rs if r.press_ms < split]
+        refs.append((sum(1 for t in now_t if t.state == "rated"), len(now_t),
+                     _satisfied(now_r), len(now_r),
+                     u.history_rated + sum(1 for t in old_t if t.state == "rated"),
+                     u.history_decided + len(old_t),
+                     past_sat + _satisfied(old_r), len(u.history) + len(old_r), split))
+    refs = [r for r in refs if min(r[1], r[3], r[5], r[7]) >= c.s.min_ratings]
+    for k1, n1, s1, m1, k2, n2, s2, m2, split in refs:
+        p_cov = stats.normal_sf(-_two_proportion_z(k1, n1, k2, n2))
+        p_sat = stats.normal_sf(_two_proportion_z(s1, m1, s2, m2))
+        p_own = p_cov if p_sat < c.s.q_weak else max(p_cov, p_sat)
+        if p_own < p:
+            p, own, since, judged = p_own, True, split, n1
+            cov, sat, ref_cov, ref_sat = k1 / n1, s1 / m1, k2 / n2, s2 / m2
+    p = min(1.0, (1 + len(refs)) * p)
+    ev = {"coverage": round(cov, 4), "peer_coverage": round(cov0, 4), "z_coverage": round(z_cov, 2),
+          "satisfied": round(sat, 4), "peer_satisfied": round(sat0, 4),
+          "z_satisfied": round(z_sat, 2), "reference": "own_past" if own else "peers",
+          "reference_coverage": round(ref_cov, 4),
+          "reference_satisfied": round(ref_sat, 4), "transactions": decided,
+          "since": None if since is None else str(c.s.local_day(since))}
+    whose_zh, whose_en = ("本窗口以往", "its own past") if own else ("同厅", "the hall's")
+    when_zh = when_en = ""
+    if since is not None:
+        day = c.s.local_day(since).strftime("%m-%d")
+        whose_zh, whose_en = "本窗口此前", "its own earlier days"
+        when_zh, when_en = f"自 {day} 起", f"since {day}, "
+    zh = (f"{when_zh}参评率 {cov:.0%} 远低于{whose_zh} {ref_cov:.0%}，而满意率 {sat:.1%} 高于 {ref_sat:.1%}"
+          "（疑似只邀请满意的群众评价）")
+    en = (f"{when_en}coverage {cov:.0%} far below {whose_en} {ref_cov:.0%} while satisfaction {sat:.1%} is "
+          f"above {ref_sat:.1%} (only satisfied citizens invited?)")
+    # The observations behind it: the transactions left unrated beyond the reference's coverage.
+    shortfall = max(0, round((ref_cov - cov) * judged))
+    return _Raw(round(cov - ref_cov, 4), p, cov <= ref_cov - c.s.coverage_gap and sat > ref_sat,
+                ev, (zh, en), events=shortfall)
+
+

@@ -1,0 +1,376 @@
+"""How soon after the invitation ratings come: fast, machine-regular, shifted against the
+window's own past, and bursts."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Any
+
+from collector.detection import stats
+from collector.detection.facts import RatingFact, Unit
+from collector.detection.indicators.base import _Ctx, _eb_excess_p, _judged, _Raw
+
+# -- timing -------------------------------------------------------------------------------------
+
+
+def _rts(u: Unit, c: _Ctx) -> list[int]:
+    return c.once("rts", u, lambda: sorted(
+        r.rt_ms for r in _judged(u, c) if r.mode == "invited" and r.rt_ms is not None))
+
+
+def _fast(u: Unit, c: _Ctx) -> _Raw | None:
+    rts = _rts(u, c)
+    if not rts:
+        return None
+    limit = c.s.min_human_rt_ms
+    fast = bisect.bisect_left(rts, limit)
+    peers = c.peer_sums("fast", u, lambda x: (bisect.bisect_left(_rts(x, c), limit),
+                                              len(_rts(x, c))))
+    p, peer_share = _eb_excess_p(fast, len(rts), peers, c)
+    ev: dict[str, Any] = {"fast": fast, "invited": len(rts), "limit_ms": limit,
+                          "peer_share": round(peer_share, 4),
+                          "median_fast_ms": rts[fast // 2] if fast else None}
+    guard = fast >= c.s.fast_min
+    events = fast
+    past_zh = past_en = ""
+    refs = _rt_refs(u, c)
+    if not refs:
+        # Against peers alone this cannot tell citizens who wait at the device from a staff
+        # member's hand (under honest drift most false flags were this, on a window's first
+        # day): at most weak then, for the combination; the rhythm, stray presses and, once
+        # the window has a past, this same test judge a new window.
+        guard = False
+    else:
+        # Citizens of one window may simply be quicker than the hall's (they wait at the
+        # device): with a past of its own the window must also be faster than it used to be
+        # (exact: of the fast ratings now and before, how many fall now when both come from one
+        # distribution, hypergeometric), and both must hold (the larger p counts). Bonferroni
+        # over the references tried (the history; over the rolling period, each change-point).
+        best: tuple[float, int, int, int, int, int | None] | None = None
+        for ref in refs:
+            now, past = ref.now, ref.past
+            f_now, f_past = bisect.bisect_left(now, limit), bisect.bisect_left(past, limit)
+            p_past = stats.hypergeom_sf(f_now, len(now) + len(past), f_now + f_past, len(now))
+            if best is None or p_past < best[0]:
+                best = (p_past, f_now, len(now), f_past, len(past), ref.since)
+        assert best is not None
+        p_past, f_now, n_now, f_past, m, since = best
+        p = max(p, min(1.0, p_past * len(refs)))
+        expected = f_past * n_now / m
+        guard = guard and f_now >= 2 * expected
+        events = min(fast, f_now)  # both tests count (the larger p): the smaller count
+        ev.update(past_fast=f_past, past_invited=m, expected_from_past=round(expected, 1),
+                  since=None if since is None else str(c.s.local_day(since)))
+        when_zh, when_en = _since_words(c, since)
+        past_zh = f"；{when_zh}本窗口以往仅 {f_past / m:.1%}"
+        past_en = f"; {when_en}its own past {f_past / m:.1%}"
+    zh = (f"{fast} 条评价在邀请后 {limit / 1000:.1f} 秒内完成（共 {len(rts)} 条，"
+          f"同厅仅 {peer_share:.1%}{past_zh}），快于群众转身看屏按键的时间")
+    en = (f"{fast} of {len(rts)} ratings pressed within {limit / 1000:.1f} s of the invitation "
+          f"(hall {peer_share:.1%}{past_en}): faster than a citizen can turn to the device")
+    return _Raw(fast, p, guard, ev, (zh, en), events=events)
+
+
+def _regular(u: Unit, c: _Ctx) -> _Raw | None:
+    """A sharp peak in the unit's own response times: the densest band of width w holds far
+    more than the 4w of neighbouring times around it would predict. A smooth (human) response
+    time distribution is nearly linear over 5w, so the band should hold about 1/5 of the
+    ratings in [x - 2w, x + 3w); a hand pressing at a practised rhythm puts many more there.
+    Peers' response times are not used: each window's citizens and layout differ."""
+    rts = _rts(u, c)
+    if len(rts) < c.s.regular_min:
+        return None
+    w = c.s.regular_bin_ms
+    best, lo = 0, rts[0]
+    for i, x in enumerate(rts):  # densest band [x, x + w)
+        n = bisect.bisect_left(rts, x + w) - i
+        if n > best:
+            best, lo = n, x
+    local = bisect.bisect_left(rts, lo + 3 * w) - bisect.bisect_left(rts, lo - 2 * w)
+    expected = local / 5
+    # The band was chosen as the densest: correct for the number of bands that could have won.
+    bands = float(len(rts))  # every rating may start the winning band
+    p = min(1.0, stats.binomial_sf(best, local, 0.2) * bands)
+    ev = {"in_band": best, "invited": len(rts), "band_ms": [lo, lo + w],
+          "neighbourhood": local, "expected": round(expected, 1)}
+    past = sorted(u.history_rts)
+    if len(past) >= c.s.min_ratings:
+        # A window whose citizens always answer at one pace has that peak in its own past too:
+        # the band must also be denser now than before (conditional binomial: of the ratings in
+        # the band, now and before, the share of today's is that of its ratings), and both tests
+        # must hold (intersection-union: the larger p counts).
+        before = bisect.bisect_left(past, lo + w) - bisect.bisect_left(past, lo)
+        p_past = stats.binomial_sf(best, best + before, len(rts) / (len(rts) + len(past)))
+        p = max(p, min(1.0, p_past * bands))
+        ev.update(past_in_band=before, past_invited=len(past))
+        expected = max(expected, before * len(rts) / len(past))
+        ev["expected"] = round(expected, 1)
+    zh = (f"{best} 条评价的响应时间都落在 {lo / 1000:.2f}–{(lo + w) / 1000:.2f} 秒之间"
+          f"（共 {len(rts)} 条，按相邻时间段推算约 {expected:.1f} 条），节奏近似机器")
+    en = (f"{best} of {len(rts)} response times fall within {lo / 1000:.2f}-{(lo + w) / 1000:.2f} s"
+          f" (the neighbouring times predict {expected:.1f}): machine-like regularity")
+    return _Raw(best, p, best >= c.s.regular_min and best >= 3 * expected, ev, (zh, en),
+                events=best)
+
+
+# Shares of the window's own past response times below which today's are counted.
+SHIFT_QUANTILES = (0.05, 0.1, 0.25)
+
+
+def _splits(c: _Ctx) -> list[int]:
+    """Change-points tried over the rolling period: the local midnights that begin its last one
+    and last two business days (a manipulation that began within the period is compared with
+    everything before it, not diluted by it)."""
+    if c.period.kind != "rolling":
+        return []
+    return [c.s.midnight_ms(c.period.days[-k]) for k in (1, 2) if k < len(c.period.days)]
+
+
+def _invited(u: Unit, c: _Ctx) -> list[RatingFact]:
+    return c.once("invited", u, lambda: sorted(
+        (r for r in _judged(u, c) if r.mode == "invited" and r.rt_ms is not None),
+        key=lambda r: r.press_ms))
+
+
+@dataclass(frozen=True, slots=True)
+class _RtRef:
+    """One own-past reference for response times: the current invited ratings' response times
+    and levels, and the past ones (levels None where the past's levels are not known), each
+    sorted by response time; `since` is the change-point (None: the whole period against the
+    window's history)."""
+
+    now: list[int]
+    now_levels: list[int]
+    past: list[int]
+    past_levels: list[int | None]
+    since: int | None
+    now_staff: list[str | None] = field(default_factory=list)
+    past_staff: list[str | None] = field(default_factory=list)  # None where not known
+
+
+def _rt_refs(u: Unit, c: _Ctx) -> list[_RtRef]:
+    """The unit's own-past references for response times: the whole period against the
+    window's history, then, over the rolling period, each change-point (`_splits`) against
+    everything before it. Only references with at least `min_ratings` past response times and
+    some current ones."""
+    def build() -> list[_RtRef]:
+        invited = _invited(u, c)
+        m = len(u.history_rts)
+        levels = u.history_rt_levels if len(u.history_rt_levels) == m else [None] * m
+        staff = u.history_rt_staff if len(u.history_rt_staff) == m else [None] * m
+        history = list(zip(u.history_rts, levels, staff, strict=True))
+        triples = [(r.rt_ms, r.level, r.staff_id) for r in invited]
+        cuts = [(triples, history, None)]
+        for split in _splits(c):
+            cuts.append(([(r.rt_ms, r.level, r.staff_id) for r in invited
+                          if r.press_ms >= split],
+                         history + [(r.rt_ms, r.level, r.staff_id) for r in invited
+                                    if r.press_ms < split], split))
+        refs = []
+        for now, past, since in cuts:
+            if not now or len(past) < c.s.min_ratings:
+                continue
+            now = sorted(now, key=lambda x: x[0])  # type: ignore[arg-type, return-value]
+            past = sorted(past, key=lambda x: x[0])  # type: ignore[arg-type, return-value]
+            refs.append(_RtRef([x[0] for x in now], [x[1] for x in now],  # type: ignore[misc]
+                               [x[0] for x in past], [x[1] for x in past], since,
+                               [x[2] for x in now], [x[2] for x in past]))
+        return refs
+    return c.once("rt_refs", u, build)
+
+
+def _since_words(c: _Ctx, since: int | None) -> tuple[str, str]:
+    if since is None:
+        return "", ""
+    day = c.s.local_day(since).strftime("%m-%d")
+    return f"自 {day} 起", f"since {day}, "
+
+
+# Least past response times of one staff member at the window for a stratum of its own.
+STAFF_PAST_MIN = 10
+
+
+def _staff_strata(ref: _RtRef) -> list[tuple[list[int], list[int], list[int], list[int | None]]]:
+    """(now response times, now levels, past response times, past levels), sorted by response
+    time, per staff member with at least STAFF_PAST_MIN past ones at the window; the other
+    current ratings against the rest of the past (the whole past if the rest is too small).
+    A single stratum when who served is not known."""
+    if not ref.past_staff or None in ref.past_staff:
+        return [(ref.now, ref.now_levels, ref.past, ref.past_levels)]
+    counts: dict[str | None, int] = {}
+    for x in ref.past_staff:
+        counts[x] = counts.get(x, 0) + 1
+    own = {x for x in set(ref.now_staff) if x is not None and counts.get(x, 0) >= STAFF_PAST_MIN}
+    strata = []
+    for who in sorted(own):
+        now = [i for i, x in enumerate(ref.now_staff) if x == who]
+        past = [i for i, x in enumerate(ref.past_staff) if x == who]
+        strata.append(([ref.now[i] for i in now], [ref.now_levels[i] for i in now],
+                       [ref.past[i] for i in past], [ref.past_levels[i] for i in past]))
+    rest_now = [i for i, x in enumerate(ref.now_staff) if x not in own]
+    if rest_now:
+        rest_past = [i for i, x in enumerate(ref.past_staff) if x not in own]
+        if len(rest_past) < STAFF_PAST_MIN:
+            rest_past = list(range(len(ref.past)))
+        strata.append(([ref.now[i] for i in rest_now], [ref.now_levels[i] for i in rest_now],
+                       [ref.past[i] for i in rest_past], [ref.past_levels[i] for i in rest_past]))
+    return strata
+
+
+def _shift_at(strata: list[tuple[list[int], list[int], list[int], list[int | None]]],
+              share: float) -> dict:
+    """The response-shift count and level test at one share of the past, summed over the
+    strata (each against its own past; exact laws convolved)."""
+    below = fives = before = fives_before = 0
+    expected = 0.0
+    pmfs, level_pmfs, thresholds = [], [], []
+    levels_known = True
+    for now, now_levels, past, past_levels in strata:
+        n, m = len(now), len(past)
+        k = max(1, round(share * m))
+        threshold = past[k - 1]
+        b = bisect.bisect_left(now, threshold)
+        below += b
+        expected += n * k / (m + 1)
+        thresholds.append(threshold)
+        pmfs.append(stats.below_order_statistic_pmf(n, m, k))
+        # The fast ones are 非常满意 far more often than this window's fast ones were: a hand
+        # already on the device presses 5. The reference is the past's faster half (or its
+        # ratings below the threshold, if more): a window whose quick citizens are also its
+        # happiest is not accused for that, and half the past is enough to tell.
+        bf = max(bisect.bisect_left(past, threshold), len(past) // 2)
+        f_now = sum(1 for x in now_levels[:b] if x == 5)
+        fives += f_now
+        before += bf
+        if None in past_levels[:bf]:
+            levels_known = False
+            continue
+        f_past = sum(1 for x in past_levels[:bf] if x == 5)
+        fives_before += f_past
+        level_pmfs.append(stats.hypergeom_pmf(b + bf, f_now + f_past, b))
+    p_times = stats.convolution_sf(pmfs, below) if len(pmfs) > 1 else \
+        stats.below_order_statistic_sf(below, len(strata[0][0]), len(strata[0][2]),
+                                       max(1, round(share * len(strata[0][2]))))
+    p_level, known_before = 1.0, None
+    if levels_known and below and before:
+        p_level = stats.convolution_sf(level_pmfs, fives)
+        known_before = fives_before
+    # The response times alone, or with the levels (Fisher: under honest operation the level
+    # test, conditional on the response times, is independent of the count). Citizens of one
+    # window may answer faster on some days for honest reasons (who serves, a rush): the guard
+    # (in _response_shift) then asks for the fast ones to be newly 非常满意 too.
+    p = min(p_times, stats.truncated_product_p([p_times, p_level], 1.0))
+    return {"p": p, "p_times": p_times, "p_level": p_level, "below": below, "expected": expected,
+            "fives": fives, "fives_before": known_before, "before": before,
+            "thresholds": thresholds, "levels_known": levels_known}
+
+
+def _response_shift(u: Unit, c: _Ctx) -> _Raw | None:
+    """Ratings arriving faster than this window's citizens ever did: of today's invited ratings,
+    the number faster than the k-th fastest of the window's own past response times (k = 5, 10,
+    25 % of the past), against the exact distribution-free law of that count when now and before
+    come from the same distribution. A hand already on the device (a staff member rating in the
+    citizen's place) answers in about a second whatever the window's citizens do, so it shows as
+    a pile below the window's own fast tail even when it is neither too fast for a human nor
+    machine-regular. Peers are not used: each window's layout and citizens differ; the window's
+    past is the reference (none without one).
+
+    Over the rolling period the change may have begun within it: the last one or two business
+    days are also compared with everything before them (the window's history and the period's
+    earlier days). A staff member presses 5: the levels of the fast ones are compared with those
+    of the faster half of the window's ratings before (hypergeometric) and, independent of the
+    count under honest operation given the response times, joined to it by Fisher's method.
+    Bonferroni over the three shares, the references tried and the two readings (the count
+    alone, the count with the levels)."""
+    refs = _rt_refs(u, c)
+    if not refs:
+        return None
+    def pile(f: dict) -> bool:
+        """Strong evidence needs a pile: at least shift_min below the thresholds and, with the
+        past's levels known, one and a half times what the past predicts with the fast ones
+        newly 非常满意 (level p < q_weak, and a larger share than before); without them
+        (facts that lack them), twice."""
+        if f["below"] < c.s.shift_min:
+            return False
+        if not f["levels_known"]:
+            return f["below"] >= 2 * f["expected"]
+        return (f["p_level"] < c.s.q_weak and f["fives_before"] is not None
+                and f["fives"] / f["below"] > f["fives_before"] / max(f["before"], 1)
+                and f["below"] >= 1.5 * f["expected"])
+
+    found = []
+    for ref in refs:
+        strata = _staff_strata(ref)
+        for share in SHIFT_QUANTILES:
+            f = _shift_at(strata, share)
+            found.append({**f, "ref": ref, "share": share, "pile": pile(f),
+                          "by_staff": bool(ref.past_staff) and None not in ref.past_staff})
+    # The clearest reading that shows a pile, else the clearest reading; its p-value with the
+    # Bonferroni factor of all readings (shares, references, the count alone or with levels).
+    best = min(found, key=lambda f: (not f["pile"], f["p"]))
+    ref, share = best["ref"], best["share"]
+    below, expected, top = best["below"], best["expected"], best["fives"]
+    n, m, since = len(ref.now), len(ref.past), ref.since
+    fives_before, before, p_level = best["fives_before"], best["before"], best["p_level"]
+    p = min(1.0, best["p"] * len(SHIFT_QUANTILES) * len(refs) * 2)
+    guard = best["pile"]
+    threshold = max(best["thresholds"])
+    ev = {"below": below, "invited": n, "threshold_ms": threshold,
+          "thresholds_ms": best["thresholds"], "by_staff": best["by_staff"],
+          "past_share": share, "past_invited": m, "expected": round(expected, 1),
+          "very_satisfied": top, "since": None if since is None else str(c.s.local_day(since)),
+          "p_times": best["p_times"], "p_levels": p_level, "past_fast": before,
+          "past_fast_very_satisfied": fives_before}
+    when_zh, when_en = _since_words(c, since)
+    past_zh, past_en = ("本窗口以往", "this window's own") if since is None else (
+        "本窗口此前", "this window's earlier")
+    if best["by_staff"]:
+        # Each staff member's ratings against the ratings of that staff member's own past
+        # citizens: a day served by a staff member whose citizens answer faster is no shift.
+        past_zh += "同一工作人员当班时"
+        past_en += " (same staff member's)"
+    zh = (f"{when_zh}{below} 条评价（共 {n} 条）在邀请后 {threshold / 1000:.2f} 秒内完成，快于"
+          f"{past_zh}最快的 {share:.0%}（按以往应约 {expected:.1f} 条），其中 {top} 条为“非常满意”"
+          "，疑似非群众本人按键")
+    en = (f"{when_en}{below} of {n} ratings came within {threshold / 1000:.2f} s of the "
+          f"invitation, faster than {past_en} fastest {share:.0%} before (its past predicts "
+          f"{expected:.1f}), {top} of them 非常满意: pressed by someone other than the citizen?")
+    if fives_before is not None and before:
+        zh += f"（此前较快的一半评价中“非常满意”仅占 {fives_before / before:.0%}）"
+        en += f" (before, {fives_before / before:.0%} of its faster half were 非常满意)"
+    return _Raw(below, p, guard, ev, (zh, en), events=below)
+
+
+def _burst(u: Unit, c: _Ctx) -> _Raw | None:
+    rs = sorted(_judged(u, c), key=lambda r: r.press_ms)
+    if len(rs) < 2:
+        return None
+    w = c.s.burst_window_s * 1000
+    presses = [r.press_ms for r in rs]
+    best, at = 0, 0
+    for i, t in enumerate(presses):
+        n = bisect.bisect_right(presses, t + w) - i
+        if n > best:
+            best, at = n, i
+    group = rs[at:at + best]
+    span_s = (group[-1].press_ms - group[0].press_ms) / 1000
+    # The window's own pace outside the burst, over the time it could have had ratings.
+    exposure_s = max(c.open_ms(), 3600_000) / 1000
+    rate = max(len(rs) - best, 1) / exposure_s
+    positions = max(1.0, exposure_s / c.s.burst_window_s)
+    p = min(1.0, positions * stats.poisson_sf(best, rate * c.s.burst_window_s))
+    unmatched = sum(1 for r in group if r.state == "unlinked")
+    closed = sum(1 for r in group if not c.s.is_open(r.press_ms))
+    ev = {"count": best, "span_s": span_s, "start": c.hhmm(group[0].press_ms),
+          "unmatched": unmatched, "outside_hours": closed,
+          "levels": sorted({r.level for r in group})}
+    when_zh = "闭厅后" if closed == best else ""
+    when_en = " outside opening hours" if closed == best else ""
+    zh = (f"{when_zh}{span_s:.0f} 秒内连续 {best} 条评价（{c.hhmm(group[0].press_ms)} 起），"
+          f"其中 {unmatched} 条未匹配办件")
+    en = (f"{best} ratings within {span_s:.0f} s{when_en} (from {c.hhmm(group[0].press_ms)}), "
+          f"{unmatched} of them matched no transaction")
+    return _Raw(best, p, best >= c.s.burst_min, ev, (zh, en), events=best)
+
+
