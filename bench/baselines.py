@@ -5,7 +5,8 @@
 * `count-buffered`: the same with the collector's `BufferedClient` (paho reading the socket in
   large chunks, collector/mqttclient.py): the ceiling for the collector's own MQTT client.
 * `bridge`: a plain MQTT-to-InfluxDB bridge: parse each rating, turn it into a line-protocol point,
-  write in batches. No validation, no signatures, no linking, no durability (acknowledged on receipt).
+  write in batches. No validation, no signatures, no linking, no durability (acknowledged on
+  receipt).
 
 Both use a persistent session (QoS 1) like the collector, so all three drain the same backlog.
 """
@@ -31,7 +32,8 @@ def main() -> int:
     ap.add_argument("mode", choices=["count", "count-buffered", "bridge"])
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--prefix", default="evalterm")
-    ap.add_argument("--expect", type=int, default=0, help="exit after this many messages (0: only subscribe)")
+    ap.add_argument("--expect", type=int, default=0,
+                    help="exit after this many messages (0: only subscribe)")
     ap.add_argument("--influx", default="")
     ap.add_argument("--db", default="bridge")
     args = ap.parse_args()

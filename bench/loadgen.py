@@ -70,7 +70,8 @@ def main() -> int:
     ap.add_argument("--prefix", default="evalterm")
     ap.add_argument("--keys", required=True)
     ap.add_argument("--pairs", type=int, required=True)
-    ap.add_argument("--rate", type=float, default=0, help="pairs per second (0: as fast as possible)")
+    ap.add_argument("--rate", type=float, default=0,
+                    help="pairs per second (0: as fast as possible)")
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--latency-out", help="with --rate: write [rating_id, publish_ms] lines here")
     args = ap.parse_args()
@@ -98,7 +99,7 @@ def main() -> int:
         print(json.dumps({"published": len(msgs), "seconds": dt}))
     else:
         # Paced: sign each rating at its publish time so `ts` is the publish time (latency).
-        out = open(args.latency_out, "w") if args.latency_out else None  # noqa: SIM115
+        out = open(args.latency_out, "w") if args.latency_out else None
         boot = start_ms // 1000 % 2**30 + 1
         t0 = time.perf_counter()
         infos = []

@@ -5,9 +5,10 @@
 Prints a table; docs/performance.md records the figures and how to read them. Nothing here is a
 test: there are no pass/fail limits, only measurements taken in one run on one machine.
 
-1. Backlog drain (throughput). For each consumer (bare subscribers, plain bridge, collector) the same
-   backlog of `--pairs` (transaction event, signed rating) pairs is queued at the broker for the
-   consumer's persistent session; then the consumer starts and the clock runs until it is done
+1. Backlog drain (throughput). For each consumer (bare subscribers, plain bridge, collector)
+   the same backlog of `--pairs` (transaction event, signed rating) pairs is queued at the broker
+   for the consumer's persistent session; then the consumer starts and the clock runs until it is
+   done
    (subscriber: every message received; bridge and collector: every rating queryable in InfluxDB).
    The publisher is not running meanwhile, so only the consumer's work is timed.
 2. Live latency. The collector runs while the load generator publishes at `--rate` pairs per second
@@ -38,7 +39,7 @@ from loadgen import register_devices  # noqa: E402
 
 from collector.config import load_config  # noqa: E402
 from collector.db import connect_drained, drained_path  # noqa: E402
-from collector.influx import influxql, outbox_depth  # noqa: E402
+from collector.influx import WriteFailed, influxql, outbox_depth  # noqa: E402
 from collector.sim.servers import InfluxServer, MosquittoServer  # noqa: E402
 
 PY = sys.executable
@@ -90,7 +91,8 @@ def percentiles(prefix: str, values: list[int]) -> dict[str, float]:
     v = sorted(values)
     nan = float("nan")
     return {f"{prefix}p50_ms": v[len(v) // 2] if v else nan,
-            f"{prefix}p99_ms": v[int(len(v) * 0.99)] if v else nan, f"{prefix}max_ms": v[-1] if v else nan}
+            f"{prefix}p99_ms": v[int(len(v) * 0.99)] if v else nan,
+            f"{prefix}max_ms": v[-1] if v else nan}
 
 
 def wait_until(pred, timeout: float, poll: float = 0.1) -> float:  # type: ignore[no-untyped-def]
@@ -133,7 +135,7 @@ def main() -> int:
         print(f"bench: {args.devices} registered devices, backlog {args.pairs} pairs "
               f"({n_msgs} messages), {os.cpu_count()} cores", flush=True)
 
-        # -- 1a. bare subscribers (plain paho, and paho with the collector's buffered reads) --------
+        # -- 1a. bare subscribers (plain paho, and paho with the collector's buffered reads) ----
         base = [PY, str(ROOT / "bench" / "baselines.py")]
         for mode, name in (("count", "bare paho subscriber"),
                            ("count-buffered", "bare subscriber, buffered reads")):
@@ -147,7 +149,7 @@ def main() -> int:
             results[name] = {"msgs_s": n_msgs / dt, "ratings_s": args.pairs / dt, "seconds": dt}
             print(f"  {name}: {n_msgs / dt:,.0f} msg/s", flush=True)
 
-        # -- 1b. plain bridge -------------------------------------------------------------------------
+        # -- 1b. plain bridge ---------------------------------------------------------------------
         subprocess.run([*base, "bridge", "--port", str(broker.port), "--influx", influx.url],
                        check=True, cwd=ROOT, capture_output=True)
         loadgen(broker.port, keys, args.pairs)
@@ -162,7 +164,7 @@ def main() -> int:
                                                   "ratings_s": args.pairs / dt, "seconds": dt}
         print(f"  plain bridge: {n_msgs / dt:,.0f} msg/s", flush=True)
 
-        # -- 1c. the collector ----------------------------------------------------------------------
+        # -- 1c. the collector --------------------------------------------------------------------
         log = (tmp / "collector.log").open("ab")
         argv = [PY, "-m", "collector.cli", "-c", str(cfg_file), "run"]
         first = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log)
@@ -224,7 +226,7 @@ def main() -> int:
                                                      (busy1[1] - busy0[1]))}
         print(f"  collector: {n_msgs / dt:,.0f} msg/s", flush=True)
 
-        # -- 2. live latency --------------------------------------------------------------------------
+        # -- 2. live latency ----------------------------------------------------------------------
         lat_file = tmp / "latency.txt"
         before = count_ratings(influx.url, "evalterm")
         n_live = int(args.rate * args.seconds)
@@ -236,12 +238,13 @@ def main() -> int:
         since = [time.time_ns()]
 
         def poll_latency() -> None:
-            q = (f'SELECT count("value") FROM "rating" WHERE time >= {since[0] - 1_000_000_000} '
+            start_ns = since[0] - 1_000_000_000
+            q = (f'SELECT count("value") FROM "rating" WHERE time >= {start_ns} '  # noqa: S608 (ints)
                  f"GROUP BY time({BUCKET_MS}ms)")
             while not stop_lat.wait(0.1):
                 try:
                     series = influxql(influx.url, "evalterm", q)
-                except Exception:  # noqa: BLE001 - keep polling
+                except (WriteFailed, ValueError):  # unreachable or refused: poll again
                     continue
                 t_seen = int(time.time() * 1000)
                 for s in series:
@@ -264,8 +267,9 @@ def main() -> int:
         # Where the time goes: publish -> received by the collector (broker, paho, queue) and
         # received -> first seen in InfluxDB (ingest, commit, outbox, drainer, poll).
         received: dict[str, int] = {}
-        for series in influxql(influx.url, "evalterm", 'SELECT "rating_id", "received_ms" FROM "rating" '
-                               f"WHERE time >= {since[0] - 5_000_000_000}"):
+        start_ns = since[0] - 5_000_000_000
+        q = f'SELECT "rating_id", "received_ms" FROM "rating" WHERE time >= {start_ns}'  # noqa: S608
+        for series in influxql(influx.url, "evalterm", q):
             for _t, rid, rms in series["values"]:  # type: ignore[union-attr]
                 received[str(rid)] = int(rms)
         published: dict[int, list[int]] = {}
@@ -319,13 +323,15 @@ def main() -> int:
     print("CPU per message during the drain: " + ", ".join(f"{k} {v:.0f} us" for k, v in
                                                             per_msg.items())
           + f"; total {total:.0f} us, so {os.cpu_count()} cores give this pipeline at most "
-          f"{os.cpu_count() * 1e6 / total:,.0f} msg/s ({os.cpu_count() * 0.5e6 / total:,.0f} ratings/s); "
+          f"{os.cpu_count() * 1e6 / total:,.0f} msg/s "
+          f"({os.cpu_count() * 0.5e6 / total:,.0f} ratings/s); "
           f"the machine was {busy / span:.0%} busy")
     print(f"collector vs the buffered bare subscriber: "
           f"{c['msgs_s'] / results['bare subscriber, buffered reads']['msgs_s']:.2f}")
     print("outbox depth (s: points): " + ", ".join(f"{t:.0f}: {d}" for t, d in depth_series[:30]))
     lat = results["latency"]
-    print(f"live: {lat['rate']:,.0f} ratings/s (+ as many transaction events) for {args.seconds:.0f} s:"
+    print(f"live: {lat['rate']:,.0f} ratings/s (+ as many transaction events) "
+          f"for {args.seconds:.0f} s:"
           f" p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms "
           f"publish -> queryable in InfluxDB ({lat['missing']} not seen); "
           f"peak RSS {lat['rss_mb']:.0f} MB with {args.devices} registered devices")

@@ -65,8 +65,8 @@ OPTIONS: tuple[Option, ...] = (
        "Unacknowledged QoS 1 messages the broker may have in flight to the collector.",
        minimum=1, maximum=65535),
     _o("mqtt", "tls_ca_file", str, "", "CA file; set to connect with TLS."),
-    _o("influx", "version", int, 1, "1 for InfluxDB 1.x (/write), 2 for 2.x/3.x (token, org, bucket).",
-       choices=(1, 2)),
+    _o("influx", "version", int, 1,
+       "1 for InfluxDB 1.x (/write), 2 for 2.x/3.x (token, org, bucket).", choices=(1, 2)),
     _o("influx", "url", str, "http://127.0.0.1:8086", "InfluxDB base URL."),
     _o("influx", "database", str, "evalterm", "1.x: database (created if missing)."),
     _o("influx", "username", str, "", "1.x: user (empty: no authentication)."),
@@ -78,7 +78,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("influx", "flush_interval_ms", int, 200, "Wait this long for more points before writing.",
        minimum=0, maximum=60000),
     _o("influx", "timeout_s", float, 10.0, "HTTP timeout of one write.", minimum=0.5),
-    _o("influx", "retry_max_s", float, 30.0, "Longest back-off between failed writes.", minimum=0.1),
+    _o("influx", "retry_max_s", float, 30.0, "Longest back-off between failed writes.",
+       minimum=0.1),
     _o("linking", "rating_window_s", int, 600,
        "A rating counts for a transaction pressed at most this long after its completion.",
        minimum=10, maximum=7 * 86400),
@@ -314,15 +315,17 @@ def _cross_check(cfg: Config) -> None:
     if not cfg.influx.url.startswith(("http://", "https://")):
         raise ConfigError("[influx] url: must start with http:// or https://")
     if cfg.http.listen:
-        host, sep, port = cfg.http.listen.rpartition(":")
+        _host, sep, port = cfg.http.listen.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError(f"[http] listen: expected host:port, got {cfg.http.listen!r}")
     prefix = cfg.mqtt.topic_prefix
-    if not prefix or any(c in prefix for c in "+#") or prefix.startswith("/") or prefix.endswith("/"):
+    if (not prefix or any(c in prefix for c in "+#") or prefix.startswith("/")
+            or prefix.endswith("/")):
         raise ConfigError("[mqtt] topic_prefix: no wildcards, no leading or trailing '/'")
 
 
-def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Config:
+def load_config(path: str | os.PathLike[str] | None,
+                env: Mapping[str, str] | None = None) -> Config:
     """Read `path` (None: defaults only) and the environment, validate, return a Config."""
     env = os.environ if env is None else env
     file_values: dict[str, Any] = {}

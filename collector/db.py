@@ -15,8 +15,8 @@ import logging
 import sqlite3
 from pathlib import Path
 
-__all__ = ["SCHEMA_VERSION", "connect", "connect_drained", "connect_reader", "drained_path", "drained_up_to",
-           "state_instance"]
+__all__ = ["SCHEMA_VERSION", "connect", "connect_drained", "connect_reader", "drained_path",
+           "drained_up_to", "state_instance"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -253,7 +253,8 @@ def connect_reader(path: str | Path) -> sqlite3.Connection:
     opening it never waits for the ingest worker's write lock. Only the current schema is
     accepted: the collector upgrades an older database (`connect`) before it starts the drainer."""
     conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, isolation_level=None,
-                           timeout=30.0, check_same_thread=False)  # the drainer reads ahead in a thread
+                           # the drainer reads ahead in a thread
+                           timeout=30.0, check_same_thread=False)
     row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     if row is None or int(row[0]) != SCHEMA_VERSION:
         conn.close()

@@ -7,7 +7,7 @@ what to do) and exits with status 2. Anything else is a bug and shows as one, wi
     EvaltermError
      ├── ConfigError         the configuration file or an EVALTERM_* variable  (collector.config)
      ├── RegistryError       the device registry refused a change               (collector.registry)
-     ├── ProvisionError      a board, esptool or mpremote failed               (collector.provision.runner)
+     ├── ProvisionError      a board, esptool or mpremote failed        (collector.provision.runner)
      │    └── ToolTimeout
      ├── UsageError          a command-line option or argument is wrong
      ├── InputFileError      a file the user gave cannot be used (CSV, site file)

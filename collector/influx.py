@@ -30,8 +30,8 @@ from collector.db import drained_up_to, state_instance
 from collector.points import render
 
 __all__ = [
-    "InvalidPoints", "OutboxDrainer", "V1Writer", "V2Writer", "WriteFailed", "influxql", "make_writer",
-    "outbox_depth", "prune_outbox",
+    "InvalidPoints", "OutboxDrainer", "V1Writer", "V2Writer", "WriteFailed", "influxql",
+    "make_writer", "outbox_depth", "prune_outbox",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ class V1Writer:
             self._headers["Authorization"] = f"Basic {token}"
         self._db_ready = False
 
-    def _request(self, method: str, path: str, body: bytes | None = None) -> urllib3.BaseHTTPResponse:
+    def _request(self, method: str, path: str,
+                 body: bytes | None = None) -> urllib3.BaseHTTPResponse:
         try:
             return self._http.request(method, self._base + path, body=body, headers=self._headers)
         except urllib3.exceptions.HTTPError as exc:
@@ -103,7 +104,8 @@ class V1Writer:
 
 
 class V2Writer:
-    def __init__(self, url: str, token: str, org: str, bucket: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, token: str, org: str, bucket: str,
+                 timeout_s: float = 10.0) -> None:
         from influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
 
@@ -129,7 +131,7 @@ class V2Writer:
     def ping(self) -> bool:
         try:
             return bool(self._client.ping())
-        except Exception:  # noqa: BLE001 - any failure means "not reachable"
+        except Exception:
             return False
 
     def close(self) -> None:

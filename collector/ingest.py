@@ -73,7 +73,8 @@ class Outcome:
 
 
 class Ingest:
-    def __init__(self, conn: sqlite3.Connection, cfg: Config, metrics: Metrics | None = None) -> None:
+    def __init__(self, conn: sqlite3.Connection, cfg: Config,
+                 metrics: Metrics | None = None) -> None:
         self._db = conn
         self.cfg = cfg
         self.prefix = cfg.mqtt.topic_prefix
@@ -145,7 +146,8 @@ class Ingest:
                     db.execute("ROLLBACK TO msg")
                     db.execute("RELEASE msg")
                     del self._lines[mark:]
-                    _LOG.exception("processing failed for %s message on %s", item.source, item.topic)
+                    _LOG.exception("processing failed for %s message on %s",
+                                   item.source, item.topic)
                     db.execute(
                         "INSERT INTO dead_letter (source, topic, payload, error, at_ms) "
                         "VALUES (?, ?, ?, ?, ?)",
@@ -226,7 +228,8 @@ class Ingest:
                 f"published as {topic.hall}/{topic.window}",
             )
         if not verify(dev.key, item.topic, item.payload):
-            raise ProtocolError(Rejection.BAD_SIGNATURE, f"signature of {topic.device} does not verify")
+            raise ProtocolError(Rejection.BAD_SIGNATURE,
+                                f"signature of {topic.device} does not verify")
         msg = validate_device_message(topic, msg)
         cur = self._db.execute(
             "INSERT OR IGNORE INTO seen_msg (device, boot, seq) VALUES (?, ?, ?)",
@@ -234,7 +237,8 @@ class Ingest:
         )
         if cur.rowcount == 0:
             raise ProtocolError(
-                Rejection.REPLAY, f"{msg['dev']} boot {msg['boot']} seq {msg['seq']} already processed"
+                Rejection.REPLAY,
+                f"{msg['dev']} boot {msg['boot']} seq {msg['seq']} already processed",
             )
         event_ms = self._event_time(msg, item.received_ms)
         if topic.kind == "rating":
@@ -314,7 +318,8 @@ class Ingest:
                 lines.append(points.window_point(d, feed_id))
                 if d.event.kind in ("window_paused", "window_resumed"):
                     cmd = "pause" if d.event.kind == "window_paused" else "resume"
-                    self._queue_command(d.event.hall, d.event.window, {"cmd": cmd}, now_ms, 3600_000)
+                    self._queue_command(d.event.hall, d.event.window, {"cmd": cmd}, now_ms,
+                                        3600_000)
             elif isinstance(d, Invite):
                 ttl_s = self.cfg.linking.invite_ttl_s
                 fields = {

@@ -190,7 +190,8 @@ class Linker:
         # Ratings that came before this transaction: the one naming it, else an implicit one.
         held = db.execute(
             f"SELECT rating_id, {_RATING_COLS} FROM rating WHERE state='held' AND hall=? "
-            "AND (txn_claimed=? OR (txn_claimed IS NULL AND window=? AND press_ms BETWEEN ? AND ?)) "
+            "AND (txn_claimed=? "
+            "OR (txn_claimed IS NULL AND window=? AND press_ms BETWEEN ? AND ?)) "
             "ORDER BY txn_claimed IS NULL, press_ms",
             (t.hall, t.txn, t.window, t.completed_ms - EARLY_TOLERANCE_MS, deadline),
         ).fetchall()
@@ -207,7 +208,8 @@ class Linker:
         return out
 
     def _txn_state(self, hall: str, txn: str) -> str | None:
-        row = self._db.execute("SELECT state FROM txn WHERE hall=? AND txn=?", (hall, txn)).fetchone()
+        row = self._db.execute("SELECT state FROM txn WHERE hall=? AND txn=?",
+                               (hall, txn)).fetchone()
         return None if row is None else row[0]
 
     def _expire(self, t: TxnIn) -> list[Decision]:

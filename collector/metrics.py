@@ -13,7 +13,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.received = Counter("evalterm_received", "Inbound messages by kind", ["kind"], registry=r)
+        self.received = Counter("evalterm_received", "Inbound messages by kind", ["kind"],
+                                registry=r)
         self.linked = Counter("evalterm_linked", "Ratings linked to a transaction", registry=r)
         self.unlinked = Counter(
             "evalterm_unlinked", "Ratings stored unlinked, by reason", ["reason"], registry=r
@@ -36,7 +37,8 @@ class Metrics:
         self.commands_sent = Counter(
             "evalterm_commands_acked", "Commands acknowledged by the broker", registry=r
         )
-        self.held = Gauge("evalterm_held_ratings", "Ratings waiting for their transaction", registry=r)
+        self.held = Gauge("evalterm_held_ratings", "Ratings waiting for their transaction",
+                          registry=r)
         self.stalls = Counter(
             "evalterm_ingest_stalls", "Ingest batches that could not be committed (retried, "
             "not acknowledged meanwhile), e.g. the state database is full", registry=r,

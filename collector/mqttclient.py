@@ -49,6 +49,7 @@ class BufferedClient(mqtt.Client):
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
         rc = super().loop_read(max_packets)
         # select() cannot see bytes already in our buffer: handle them all before going back.
-        while rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self.buffered():
+        while (rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None
+               and self.buffered()):
             rc = super().loop_read(max_packets)
         return rc

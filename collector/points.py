@@ -163,7 +163,8 @@ def window_point(d: WindowSet, event_id: str) -> str:
     return p.to_line_protocol()
 
 
-def _device_point(measurement: str, hall: str, window: str, msg: dict[str, Any], ms: int) -> PointSpec:
+def _device_point(measurement: str, hall: str, window: str, msg: dict[str, Any],
+                  ms: int) -> PointSpec:
     return (
         PointSpec(measurement)
         .tag("hall", hall).tag("window", window).tag("device", msg["dev"])

@@ -1,8 +1,8 @@
 """Device registry: which device sits at which hall and window, its key, and whether it is active.
 
 Keys are 32 random bytes. They leave this module only through `Device.key` (for signing and
-verification) and `add`'s return value (for provisioning); `Device.__repr__` and every listing show a
-fingerprint instead, so a key cannot end up in a log by accident.
+verification) and `add`'s return value (for provisioning); `Device.__repr__` and every listing show
+a fingerprint instead, so a key cannot end up in a log by accident.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ class Registry:
             self._cache[device] = dev
         return dev
 
-    def add(self, device: str, hall: str, window: str, now_ms: int, key: bytes | None = None) -> Device:
+    def add(self, device: str, hall: str, window: str, now_ms: int,
+            key: bytes | None = None) -> Device:
         for what, value in (("device", device), ("hall", hall), ("window", window)):
             if not ID_PATTERN.match(value):
                 raise RegistryError(f"{what} id {value!r}: use 1-32 of A-Z a-z 0-9 _ -")
@@ -113,7 +114,8 @@ class Registry:
         if dev is None:
             raise RegistryError(f"device {device} is not registered")
         if dev.state != "active":
-            raise RegistryError(f"device {device} is {dev.state}: a revoked identity gets no new key")
+            raise RegistryError(
+                f"device {device} is {dev.state}: a revoked identity gets no new key")
         self._conn.execute("UPDATE device SET key_hex=? WHERE device=? AND state='active'",
                            (key.hex(), device))
         self._forget(device)
@@ -133,7 +135,8 @@ class Registry:
         if cached is not None:
             return cached
         rows = self._conn.execute(
-            "SELECT device FROM device WHERE hall=? AND window=? AND state='active' ORDER BY device",
+            "SELECT device FROM device WHERE hall=? AND window=? AND state='active' "
+            "ORDER BY device",
             (hall, window),
         ).fetchall()
         devices = [d for (name,) in rows if (d := self.get(name)) is not None]

@@ -67,7 +67,8 @@ class _DrainerMetrics(MetricsCollector):
         errors.add_metric(["internal"], st["errors_internal"])
         yield errors
         yield CounterMetricFamily("evalterm_influx_dead_points", "Points InfluxDB refused as "
-                                  "invalid (kept in the influx_dead table)", value=st["dead_points"])
+                                  "invalid (kept in the influx_dead table)",
+                                  value=st["dead_points"])
         yield CounterMetricFamily("evalterm_drainer_restarts", "Drainer process restarts",
                                   value=self._drainer.restarts)
 
@@ -130,7 +131,8 @@ class Collector:
         client.on_publish = self._on_publish
         return client
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any,
+                    props: Any) -> None:
         if reason.is_failure:
             _LOG.error("broker refused the connection: %s", reason)
             return
@@ -154,7 +156,8 @@ class Collector:
         while not self._unacked.acquire(timeout=0.5):
             if self._stop.is_set():
                 return  # not acknowledged: the broker delivers it again to the next run
-        self._queue.put(Inbound("mqtt", msg.topic, bytes(msg.payload), self.clock(), (msg.mid, msg.qos)))
+        self._queue.put(Inbound("mqtt", msg.topic, bytes(msg.payload), self.clock(),
+                                (msg.mid, msg.qos)))
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
         with self._cmd_lock:

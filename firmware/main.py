@@ -8,7 +8,6 @@ import time
 
 import machine
 import network
-
 from etfw import WDT_MS  # the package only (small): etfw.config is loaded before the rest
 
 CONFIG = "config.json"
@@ -70,7 +69,7 @@ def _load_config():
         except config.ConfigError as e:
             return None, str(e), e.link, leds
         except OSError as e:
-            return None, "%s: %s" % (CONFIG, e), None, leds
+            return None, f"{CONFIG}: {e}", None, leds
     finally:
         etfw.unload("config")
 

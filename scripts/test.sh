@@ -9,5 +9,9 @@ if [ -x firmware/check.sh ] || [ -f firmware/check.sh ]; then
     echo "== firmware: mpy-cross and pyright"
     bash firmware/check.sh
 fi
+echo "== ruff"
+.venv/bin/ruff check collector firmware bench tests
+echo "== mypy (core modules: [tool.mypy] files in pyproject.toml)"
+.venv/bin/mypy
 echo "== pytest"
 exec .venv/bin/python -m pytest "$@"

@@ -82,7 +82,7 @@ _REDUCERS = {"last": lambda xs: xs[-1], "sum": sum, "max": max, "min": min,
 def _math(expression: str, env: dict[str, float]) -> float:
     py = re.sub(r"\$(\w+)", lambda m: f"env[{m.group(1)!r}]", expression)
     py = py.replace("&&", " and ").replace("||", " or ")
-    return float(eval(py, {"__builtins__": {}}, {"env": env}))  # noqa: S307  (test-only)
+    return float(eval(py, {"__builtins__": {}}, {"env": env}))
 
 
 def evaluate_rule(cfg: Config, rule: dict[str, Any], now_ms: int) -> dict[tuple, float]:
@@ -108,7 +108,8 @@ def evaluate_rule(cfg: Config, rule: dict[str, Any], now_ms: int) -> dict[tuple,
         elif kind == "threshold":
             ev = model["conditions"][0]["evaluator"]
             limit = ev["params"][0]
-            test = {"gt": lambda x: x > limit, "lt": lambda x: x < limit}[ev["type"]]
+            test = {"gt": lambda x, lim=limit: x > lim,
+                    "lt": lambda x, lim=limit: x < lim}[ev["type"]]
             results[ref] = {k: float(test(v)) for k, v in results[model["expression"]].items()}
         else:
             raise ValueError(f"expression type {kind} not modelled")

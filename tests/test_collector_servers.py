@@ -60,7 +60,8 @@ def ratings(cfg: Config, extra: str = "") -> list[dict[str, Any]]:
     return query(cfg, f'SELECT * FROM "rating" {extra}')
 
 
-def test_end_to_end_invite_rate_link(running: Callable[..., Collector], make_config: Callable[..., Config],
+def test_end_to_end_invite_rate_link(running: Callable[..., Collector],
+                                     make_config: Callable[..., Config],
                                      publisher: Publisher) -> None:
     cfg = make_config()
     dev = register(cfg, "kp1")
@@ -71,7 +72,8 @@ def test_end_to_end_invite_rate_link(running: Callable[..., Collector], make_con
 
     invite = wait_for(lambda: [m for m in publisher.received if m.topic == dev.topic("cmd")],
                       what="invite on the device topic")[0]
-    assert verify(dev.key, invite.topic, invite.payload), "invite must be signed with the device key"
+    assert verify(dev.key, invite.topic, invite.payload), (
+        "invite must be signed with the device key")
     cmd = json.loads(invite.payload)
     assert (cmd["cmd"], cmd["txn"], cmd["staff"]["name"], cmd["staff"]["badge"]) == (
         "invite", "BJ-0001", "张伟", "010233")
@@ -140,7 +142,8 @@ def test_each_rejection_reason_is_counted_and_the_collector_keeps_serving(
     # Still serving: a good rating after all that is stored.
     publisher.publish(*dev.rating(5, None))
     wait_for(lambda: len(ratings(cfg)) == 2, what="good rating after the bad ones")
-    rej = wait_for(lambda: (rows := query(cfg, 'SELECT sum("n") FROM "rejection" GROUP BY "reason"'))
+    q = 'SELECT sum("n") FROM "rejection" GROUP BY "reason"'
+    rej = wait_for(lambda: (rows := query(cfg, q))
                    and sum(r["sum"] for r in rows) == len(bad) and rows,
                    what="rejection points")
     assert {r["reason"] for r in rej} == {b[0] for b in bad}
@@ -279,7 +282,7 @@ def test_invalid_points_are_kept_not_dropped(make_config: Callable[..., Config])
     conn: sqlite3.Connection = connect(cfg.state_db, check_same_thread=False)
     drained = connect_drained(drained_path(cfg.state_db))
     good = [f"m,t=a v={i}i {1_700_000_000_000_000_000 + i}" for i in range(7)]
-    lines = good[:3] + ["m,t=a v=1i,v=\"x\" 1"] + good[3:]  # one point with a conflicting type
+    lines = [*good[:3], "m,t=a v=1i,v=\"x\" 1", *good[3:]]  # one point with a conflicting type
     conn.executemany("INSERT INTO influx_outbox (line) VALUES (?)", [(x,) for x in lines])
     writer = V1Writer(cfg.influx.url, cfg.influx.database)
     drainer = OutboxDrainer(conn, drained, writer, batch_size=100)

@@ -56,7 +56,8 @@ def test_missing_file() -> None:
 
 
 def test_secrets_redacted_and_not_in_errors() -> None:
-    cfg = load_config(None, env={"EVALTERM_MQTT__PASSWORD": "hunter2", "EVALTERM_HTTP__FEED_TOKEN": ""})
+    cfg = load_config(None, env={"EVALTERM_MQTT__PASSWORD": "hunter2",
+                                 "EVALTERM_HTTP__FEED_TOKEN": ""})
     red = cfg.redacted()
     assert red["mqtt"]["password"] == "***" and red["http"]["feed_token"] == ""
     assert "hunter2" not in repr(red)

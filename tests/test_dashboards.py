@@ -98,7 +98,8 @@ def test_datasource_for_influxdb_2_and_3() -> None:
     from collector.config import load_config
     from collector.grafana.export import datasource
 
-    cfg = load_config(None, env={}).with_overrides(influx__version=2, influx__bucket="halls", influx__org="o", influx__token="t")
+    cfg = load_config(None, env={}).with_overrides(influx__version=2, influx__bucket="halls",
+                                                   influx__org="o", influx__token="t")
     ds = datasource(cfg)
     assert ds["jsonData"]["version"] == "InfluxQL" and ds["jsonData"]["dbName"] == "halls"
     assert ds["secureJsonData"]["httpHeaderValue1"] == "Token ${EVALTERM_INFLUX_TOKEN}"
@@ -166,7 +167,7 @@ def test_deploy_pushes_everything_in_order(grafana: tuple[str, type[_Grafana]],
     saved = [b["dashboard"]["uid"] for m, p, b, _ in handler.calls if p == "/api/dashboards/db"]
     assert sorted(saved) == sorted(d["uid"] for lang in ("zh", "en")
                                    for d in dashboards(lang).values())
-    for m, p, b, _ in handler.calls:
+    for _m, p, b, _ in handler.calls:
         if p == "/api/dashboards/db":
             assert b["overwrite"] and b["folderUid"] in ("evalterm", "evalterm-en")
     group = next(b for m, p, b, _ in handler.calls

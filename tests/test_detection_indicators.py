@@ -777,8 +777,8 @@ def _early_hall(at: str) -> tuple[HallFacts, Period]:
     exc = replace(exc, ratings=(replace(first, rt_ms=600,
                                         press_ms=first.txn_completed_ms + 2600),
                                 *exc.ratings[1:]))
-    exc = replace(exc, device_log=tuple(sorted(exc.device_log + (DeviceRecord(
-        hm("09:05"), hm("09:05"), "key_uninvited", {"key": 5, "state": "idle"}, "d-exc"),),
+    exc = replace(exc, device_log=tuple(sorted((*exc.device_log, DeviceRecord(
+        hm("09:05"), hm("09:05"), "key_uninvited", {"key": 5, "state": "idle"}, "d-exc")),
         key=lambda d: d.received_ms)))
     fake = [RatingFact(hm(x), 5, None, "standalone", None, "unlinked", "no_transaction", "t-s",
                        None, "d-t") for x in ("09:15", "09:30", "09:45")]

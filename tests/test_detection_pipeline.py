@@ -50,7 +50,8 @@ def test_fill_in_is_flagged_and_honest_windows_are_not(tmp_path):
     assert any(v.staff is not None for v in verdicts)
     # Every device event and status keeps its message's boot counter (key_counters uses it).
     assert hall.conn.execute("SELECT count(*), count(boot) FROM device_log").fetchone()[1] > 0
-    assert hall.conn.execute("SELECT count(*) FROM device_log WHERE boot IS NULL").fetchone() == (0,)
+    nulls = hall.conn.execute("SELECT count(*) FROM device_log WHERE boot IS NULL").fetchone()
+    assert nulls == (0,)
 
 
 def test_integrity_points_are_queued_and_a_rerun_overwrites_them(tmp_path):
@@ -90,7 +91,8 @@ def test_integrity_points_answer_influxql(tmp_path, make_config):
                          'GROUP BY "window", "period"')
     assert {r["window"] for r in flagged} == {cheat}
     assert all(r["severity"] >= 2 and "burst" in r["strong"] for r in flagged)
-    assert any("秒内连续" in r["reasons_zh"] and "ratings within" in r["reasons_en"] for r in flagged)
+    assert any("秒内连续" in r["reasons_zh"] and "ratings within" in r["reasons_en"]
+               for r in flagged)
     burst = query(cfg, 'SELECT last("value") AS v, last("strength") AS s, last("events") AS e '
                        'FROM "integrity" WHERE "indicator" = \'burst\' AND "staff" = \'*\' '
                        'AND "period" = \'day\' GROUP BY "window"')

@@ -122,7 +122,7 @@ def test_arbitrary_topics(topic: str) -> None:
         assert isinstance(where, DeviceTopic | tuple)
 
 
-# -- the whole pipeline: reordered, replayed, forged and garbage messages ---------------------------
+# -- the whole pipeline: reordered, replayed, forged and garbage messages -------------------------
 
 
 @pytest.fixture

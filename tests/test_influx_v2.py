@@ -1,7 +1,7 @@
 """The InfluxDB 2.x/3.x writer (influxdb-client).
 
-No InfluxDB 2.x or 3.x server can be installed on the build machines (Debian ships only 1.x), so this
-test checks the HTTP calls the writer makes against a local recording server instead: the path,
+No InfluxDB 2.x or 3.x server can be installed on the build machines (Debian ships only 1.x), so
+this test checks the HTTP calls the writer makes against a local recording server instead: the path,
 the organisation, bucket and precision, the token header and the body. The 1.x path is tested
 against the real server in test_collector_servers.py.
 """

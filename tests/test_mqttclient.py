@@ -37,7 +37,8 @@ class CountingClient(BufferedClient):
 def _payload(i: int) -> bytes:
     size = SIZES[i % len(SIZES)]
     head = f"{i:06d}|".encode()
-    return (head + bytes((i + k) % 251 for k in range(max(0, size - len(head)))))[:max(size, len(head))]
+    body = head + bytes((i + k) % 251 for k in range(max(0, size - len(head))))
+    return body[:max(size, len(head))]
 
 
 def _subscriber(broker: MosquittoServer, qos: int) -> tuple[CountingClient, list[mqtt.MQTTMessage]]:

@@ -252,7 +252,7 @@ def test_provision_refusals(tmp_path: Path, setup: str, kwargs: dict[str, Any],
 def test_a_board_that_is_another_device_needs_force(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     rig.p.provision(PORT, "h1", "w3", SITE)
-    with pytest.raises(ProvisionError, match="already kp-123456 .*add --force"):
+    with pytest.raises(ProvisionError, match=r"already kp-123456 .*add --force"):
         rig.p.provision(PORT, "h1", "w4", SITE, device="kp-new")
 
 

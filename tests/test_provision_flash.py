@@ -62,14 +62,14 @@ def test_flash_erases_writes_at_the_chips_offset_and_verifies(tmp_path: Path, ch
 def test_wrong_chip_image_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     esp = FakeEsp32(chip="ESP32")
     tool, _ = rig(tmp_path, esp)
-    with pytest.raises(ProvisionError, match="is an ESP32 .* built for ESP32-S3"):
+    with pytest.raises(ProvisionError, match=r"is an ESP32 .* built for ESP32-S3"):
         flash_plan(tool, "/dev/ttyUSB0", image(tmp_path, "ESP32-S3"))
     assert [short(c) for c in tool.runner.calls] == ["esptool auto --after no-reset flash-id"]
 
 
 def test_image_for_a_larger_flash_is_refused(tmp_path: Path) -> None:
     tool, _ = rig(tmp_path, FakeEsp32(flash_size="4MB"))
-    with pytest.raises(ProvisionError, match="expects 8MB of flash but the board .* has 4MB"):
+    with pytest.raises(ProvisionError, match=r"expects 8MB of flash but the board .* has 4MB"):
         flash_plan(tool, "/dev/ttyUSB0", image(tmp_path, size_nibble=3))
 
 

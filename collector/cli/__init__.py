@@ -27,7 +27,8 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     from collector.cli import broker, detect, device, grafana, report, service, sim, txn
 
-    p = argparse.ArgumentParser(prog="evalterm", description="evalterm: rating terminals, collector")
+    p = argparse.ArgumentParser(prog="evalterm",
+                                description="evalterm: rating terminals, collector")
     p.add_argument("-c", "--config", help="TOML config file (default: built-in defaults + "
                    "EVALTERM_* environment variables)")
     sub = p.add_subparsers(dest="command", required=True)

@@ -14,7 +14,8 @@ def config_markdown() -> str:
     lines = [
         "# Collector configuration",
         "",
-        "Generated from `collector/config.py` by `python -m collector.cli.docgen`; a test fails when it",
+        "Generated from `collector/config.py` by `python -m collector.cli.docgen`; "
+        "a test fails when it",
         "is out of date. The collector reads a TOML file (`evalterm -c FILE`) and then environment",
         "variables `EVALTERM_<SECTION>__<KEY>` (e.g. `EVALTERM_INFLUX__TOKEN`), which override the",
         "file; use them for secrets. `evalterm config check` validates and shows the result with",

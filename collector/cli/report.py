@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from collector.cli.common import load
 from collector.config import Config
+from collector.errors import UsageError
 
 __all__ = ['add_parsers', 'report']
+
+# An InfluxQL duration literal (1h, 7d, 1h30m): the only text of the user's put into the queries.
+_DURATION = re.compile(r"(?:[0-9]+(?:ns|u|µ|ms|s|m|h|d|w))+")
 
 
 def report(cfg: Config, since: str = "1d") -> str:
     from collector.influx import influxql
 
+    if not _DURATION.fullmatch(since):
+        raise UsageError(f"--since {since!r}: expected an InfluxQL duration such as 1h, 1d, 7d")
     i = cfg.influx
     db = i.database if i.version == 1 else i.bucket
     where = f"WHERE time > now() - {since}"

@@ -132,7 +132,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             runner.join(args.every)
             time.sleep(1)  # let the last batch reach InfluxDB
             print(f"\n--- {datetime.now():%H:%M:%S}  transactions {hall.completed}, "
-                  f"ratings pressed {hall.ratings_sent()}, outbox {collector.health()['outbox_depth']}")
+                  f"ratings pressed {hall.ratings_sent()}, "
+                  f"outbox {collector.health()['outbox_depth']}")
             print(report(cfg, "1d"))
             flags = flagged_windows(cfg)
             print("flagged (integrity_verdict): " + ("; ".join(flags) if flags else "none yet"))

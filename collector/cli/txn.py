@@ -27,7 +27,8 @@ def _csv_time(value: str, column: str, line: int) -> int:
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"line {line}: {column} {value!r} is neither epoch ms nor ISO 8601") from None
+        raise ValueError(
+            f"line {line}: {column} {value!r} is neither epoch ms nor ISO 8601") from None
     if dt.tzinfo is None:
         raise ValueError(f"line {line}: {column} {value!r} has no UTC offset (e.g. +08:00)")
     return int(dt.timestamp() * 1000)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta, timezone
+from itertools import pairwise
 from typing import Any
 
 from collector.config import Config, ConfigError, load_config
@@ -144,7 +145,7 @@ def parse_opening_hours(text: str) -> tuple[tuple[int, int], ...]:
             raise ConfigError(f"[detection] opening_hours: {part.strip()!r} is not a valid range")
         out.append((a, b))
     out.sort()
-    for (_, b), (a, _) in zip(out, out[1:], strict=False):
+    for (_, b), (a, _) in pairwise(out):
         if a < b:
             raise ConfigError("[detection] opening_hours: ranges overlap")
     return tuple(out)

@@ -8,6 +8,7 @@ Alert queries use `$timeFilter` over each rule's relative time range, like the p
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 from grafana_foundation_sdk.builders import alerting as al
@@ -31,7 +32,8 @@ CONFIG = {
     # Device offline: its last status message is `offline`, for this long.
     "offline_for": "5m",
     "offline_range_s": 7 * 86_400,  # how far back a device's last status is looked up
-    # Surge of bad ratings at a window: in the last 15 minutes, at least 4 ratings, half or more 1-2.
+    # Surge of bad ratings at a window: in the last 15 minutes, at least 4 ratings, half or more
+    # 1-2.
     "surge_range_s": 15 * 60,
     "surge_min_ratings": 4,
     "surge_bad_share": 0.5,
@@ -97,10 +99,12 @@ def _rule(t: T, uid: str, title: str, summary: str, description: str, kind: str,
 def window_flagged(t: T) -> al.Rule:
     q = ('SELECT max("flagged") FROM "integrity_verdict" WHERE $timeFilter AND "staff" = \'*\' '
          'GROUP BY "hall", "window"')
-    return _rule(t, "evalterm-window-flagged", t("窗口评价疑似造假", "Window flagged by the detector"),
+    return _rule(t, "evalterm-window-flagged",
+                 t("窗口评价疑似造假", "Window flagged by the detector"),
                  t("{{ $labels.hall }} {{ $labels.window }} 窗口被检测器标记",
                    "{{ $labels.hall }} {{ $labels.window }} is flagged"),
-                 t("打开“评价真实性”看板查看理由与证据", "See the Integrity dashboard for the reasons"),
+                 t("打开“评价真实性”看板查看理由与证据",
+                   "See the Integrity dashboard for the reasons"),
                  "flagged",
                  [_q("A", q, CONFIG["flagged_range_s"]), _reduce("B", "A", "max"),
                   _threshold("C", "B", "gt", 0)], "C", "0s")
@@ -111,7 +115,8 @@ def device_offline(t: T) -> al.Rule:
          'GROUP BY "hall", "window", "device"')
     return _rule(t, "evalterm-device-offline", t("评价器离线", "Device offline"),
                  t("{{ $labels.hall }} {{ $labels.window }} 的评价器 {{ $labels.device }} 离线",
-                   "Device {{ $labels.device }} at {{ $labels.hall }} {{ $labels.window }} offline"),
+                   "Device {{ $labels.device }} at {{ $labels.hall }} {{ $labels.window }} "
+                   "offline"),
                  t("营业时间内评价器离线：请检查电源与网络；离线期间群众无法评价",
                    "A device is offline during opening hours: check power and network"),
                  "device_offline",
@@ -141,13 +146,15 @@ def outbox_growing(t: T) -> al.Rule:
     depth = 'SELECT last("outbox") FROM "telemetry" WHERE $timeFilter ' \
             'GROUP BY "hall", "window", "device"'
     g, d = CONFIG["outbox_growth"], CONFIG["outbox_depth"]
-    return _rule(t, "evalterm-outbox-growing", t("设备待发队列积压", "Device outbox backlog growing"),
+    return _rule(t, "evalterm-outbox-growing",
+                 t("设备待发队列积压", "Device outbox backlog growing"),
                  t("{{ $labels.window }} 的评价器 {{ $labels.device }} 待发消息持续增加",
                    "Device {{ $labels.device }} at {{ $labels.window }}: outbox growing"),
                  t(f"30 分钟内待发消息增加至少 {g} 条且积压 {d} 条以上：设备连不上采集器",
                    f"Outbox grew by {g}+ in 30 minutes and holds {d}+: the device cannot deliver"),
                  "outbox_growing",
-                 [_q("A", growth, CONFIG["outbox_range_s"]), _q("B", depth, CONFIG["outbox_range_s"]),
+                 [_q("A", growth, CONFIG["outbox_range_s"]),
+                  _q("B", depth, CONFIG["outbox_range_s"]),
                   _reduce("C", "A", "last"), _reduce("D", "B", "last"),
                   _math("E", f"($C >= {g}) && ($D >= {d})"),
                   _threshold("F", "E", "gt", 0)], "F", "0s")
@@ -183,8 +190,7 @@ def contact_points() -> dict[str, Any]:
 def mute_timings() -> dict[str, Any]:
     """Outside opening hours (weekends, nights, lunch) device-offline alerts are muted."""
     open_ = CONFIG["open_times"]
-    closed_times = [("00:00", open_[0][0])] + [(a[1], b[0]) for a, b in zip(open_, open_[1:],
-                                                                             strict=False)]
+    closed_times = [("00:00", open_[0][0]), *((a[1], b[0]) for a, b in pairwise(open_))]
     closed_times.append((open_[-1][1], "24:00"))
     loc = CONFIG["timezone"]
     return {"apiVersion": 1, "muteTimes": [{"orgId": 1, "name": CLOSED, "time_intervals": [
@@ -200,7 +206,8 @@ def policy_tree() -> dict[str, Any]:
         "group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h",
         "routes": [
             {"receiver": RECEIVER, "object_matchers": [["evalterm", "=", "device_offline"]],
-             "mute_time_intervals": [CLOSED], "group_by": ["alertname", "hall", "window", "device"]},
+             "mute_time_intervals": [CLOSED],
+             "group_by": ["alertname", "hall", "window", "device"]},
             {"receiver": RECEIVER, "object_matchers": [["evalterm", "=~", "flagged|bad_surge"]],
              "repeat_interval": "12h"},
             {"receiver": RECEIVER, "object_matchers": [["evalterm", "=", "outbox_growing"]]},

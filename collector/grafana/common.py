@@ -21,20 +21,35 @@ from grafana_foundation_sdk.models import dashboard as dm
 from collector.errors import UsageError
 
 __all__ = [
-    "DS", "DS_UID", "GRAFANA_VERSION", "LEVELS", "REASONS", "TAGS", "Influx", "InfluxQuery", "T",
-    "base_dashboard", "level_mappings", "reason_mappings", "rating_where", "to_dict", "txn_where",
-    "device_where", "variables",
+    "DS",
+    "DS_UID",
+    "GRAFANA_VERSION",
+    "LEVELS",
+    "REASONS",
+    "TAGS",
+    "Influx",
+    "InfluxQuery",
+    "T",
+    "base_dashboard",
+    "device_where",
+    "level_mappings",
+    "rating_where",
+    "reason_mappings",
+    "to_dict",
+    "txn_where",
+    "variables",
 ]
 
 GRAFANA_VERSION = "11.6"           # the SDK's target; schemaVersion comes with it
-DS_UID = "evalterm-influxdb"       # the provisioned datasource (dashboards/provisioning/datasources)
+DS_UID = "evalterm-influxdb"       # the provisioned datasource (provisioning/datasources)
 DS = dm.DataSourceRef(type_val="influxdb", uid=DS_UID)
 TAGS = ["evalterm", "generated"]
 FOLDER_UID = "evalterm"
 
 # Level and reason texts (docs/protocol.md §4.1).
-LEVELS = {5: ("非常满意", "very satisfied"), 4: ("满意", "satisfied"), 3: ("基本满意", "fairly satisfied"),
-          2: ("不满意", "dissatisfied"), 1: ("非常不满意", "very dissatisfied")}
+LEVELS = {5: ("非常满意", "very satisfied"), 4: ("满意", "satisfied"),
+          3: ("基本满意", "fairly satisfied"), 2: ("不满意", "dissatisfied"),
+          1: ("非常不满意", "very dissatisfied")}
 LEVEL_COLORS = {5: "dark-green", 4: "green", 3: "yellow", 2: "orange", 1: "red"}
 REASONS = {"attitude": ("服务态度", "attitude"), "efficiency": ("办事效率", "efficiency"),
            "notice": ("一次性告知不到位", "not told everything at once"),

@@ -1,4 +1,5 @@
-"""Window and staff detail (窗口与人员): levels over time, bad ratings with reasons, timing, gaps."""
+"""Window and staff detail (窗口与人员): levels over time, bad ratings with reasons, timing,
+gaps."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def _pct(name: str, decimals: int = 1) -> list[dm.DynamicConfigValue]:
 
 def levels_over_time(t: T) -> timeseries.Panel:
     p = (timeseries.Panel().title(t("评价等级分布随时间变化", "Levels over time"))
-         .description(t("每个时间段各等级的评价条数（堆叠）", "Ratings per level and interval, stacked"))
+         .description(t("每个时间段各等级的评价条数（堆叠）",
+                        "Ratings per level and interval, stacked"))
          .datasource(DS)
          .with_target(Influx(f'SELECT count("value") FROM "rating" {rating_where()} '
                              'GROUP BY time($__interval), "level" fill(0)', alias="$tag_level"))
@@ -60,7 +62,8 @@ def staff_table(t: T) -> table.Panel:
               "coverage": t("参评率", "coverage")}
     return (table.Panel().title(t("工作人员满意度", "Satisfaction per staff member"))
             .description(t("每位工作人员（按办件关联）的评价与参评情况",
-                           "Ratings and coverage per staff member (linked through the transaction)"))
+                           "Ratings and coverage per staff member "
+                           "(linked through the transaction)"))
             .datasource(DS)
             .with_target(Influx(f'SELECT count("value") AS "n", mean("satisfied") AS "sat", '
                                 f'sum("bad") AS "bad", {INDEX} AS "idx" FROM "rating" '

@@ -108,7 +108,8 @@ def _telemetry(title: str, description: str, field: str, unit: str) -> timeserie
 
 def rssi(t: T) -> timeseries.Panel:
     return _telemetry(t("信号强度 RSSI", "RSSI"),
-                      t("Wi-Fi 信号强度（dBm），低于 -80 易掉线", "Wi-Fi signal; below -80 dBm drops"),
+                      t("Wi-Fi 信号强度（dBm），低于 -80 易掉线",
+                        "Wi-Fi signal; below -80 dBm drops"),
                       "rssi", "dBm")
 
 

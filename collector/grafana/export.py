@@ -2,14 +2,15 @@
 
 Layout (drop `provisioning/` into Grafana's `/etc/grafana/provisioning/`):
 
-    provisioning/datasources/evalterm-influxdb.yaml      the InfluxQL datasource (uid evalterm-influxdb)
-    provisioning/dashboards/evalterm.yaml                 dashboard providers, one folder per language
-    provisioning/dashboards/evalterm/<name>.json          Chinese dashboards (folder 评价器)
-    provisioning/dashboards/evalterm-en/<name>.json       English dashboards (folder "evalterm (English)")
-    provisioning/alerting/evalterm-rules.yaml             alert rules
-    provisioning/alerting/evalterm-contact-points.yaml    contact point template (e-mail)
-    provisioning/alerting/evalterm-policies.yaml          notification policy tree
-    provisioning/alerting/evalterm-mute-timings.yaml      outside opening hours
+    provisioning/
+        datasources/evalterm-influxdb.yaml      the InfluxQL datasource (uid evalterm-influxdb)
+        dashboards/evalterm.yaml                dashboard providers, one folder per language
+        dashboards/evalterm/<name>.json         Chinese dashboards (folder 评价器)
+        dashboards/evalterm-en/<name>.json      English dashboards (folder "evalterm (English)")
+        alerting/evalterm-rules.yaml            alert rules
+        alerting/evalterm-contact-points.yaml   contact point template (e-mail)
+        alerting/evalterm-policies.yaml         notification policy tree
+        alerting/evalterm-mute-timings.yaml     outside opening hours
 
 YAML files are written as JSON (a subset of YAML), sorted and indented, so no YAML library is
 needed and diffs stay stable.
@@ -53,8 +54,9 @@ def datasource(cfg: Config | None = None) -> dict[str, Any]:
     from collector.config import load_config
 
     i = (cfg or load_config(None, env={})).influx
-    ds: dict[str, Any] = {"orgId": 1, "name": "evalterm InfluxDB", "uid": DS_UID, "type": "influxdb",
-                          "access": "proxy", "url": i.url, "isDefault": False, "editable": False}
+    ds: dict[str, Any] = {"orgId": 1, "name": "evalterm InfluxDB", "uid": DS_UID,
+                          "type": "influxdb", "access": "proxy", "url": i.url,
+                          "isDefault": False, "editable": False}
     if i.version == 1:
         ds["jsonData"] = {"dbName": i.database, "httpMode": "POST", "timeInterval": "10s"}
         ds["database"] = i.database

@@ -177,9 +177,12 @@ def funnel(t: T) -> xychart.Panel:
     limit = [dm.DynamicConfigValue(id_val="custom.show", value="lines"),
              dm.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash",
                                                                      "dash": [10, 10]})]
-    return (xychart.Panel().title(t("漏斗图：满意率与评价量", "Funnel plot: satisfaction vs volume"))
-            .description(t("每个点是一个窗口；虚线为按对照满意率 $target 计算的 95% 与 99.8% 控制限，"
-                           "评价量越大越窄。控制限外的窗口值得关注（检测器另以同厅数据并考虑过度离散）",
+    return (xychart.Panel()
+            .title(t("漏斗图：满意率与评价量", "Funnel plot: satisfaction vs volume"))
+            .description(t("每个点是一个窗口；虚线为按对照满意率 $target 计算的 "
+                           "95% 与 99.8% 控制限，"
+                           "评价量越大越窄。控制限外的窗口值得关注"
+                           "（检测器另以同厅数据并考虑过度离散）",
                            "Each point is a window; dashed lines are 95% and 99.8% control limits "
                            "around $target, narrowing with volume"))
             .datasource(DS).with_target(Influx(q, table=True))

@@ -115,7 +115,8 @@ def trend(t: T) -> timeseries.Panel:
 
 def bad_trend(t: T) -> timeseries.Panel:
     return (timeseries.Panel().title(t("评价量与差评趋势", "Ratings and bad ratings"))
-            .description(t("每个时间段的评价条数与差评条数", "Ratings and bad ratings per interval"))
+            .description(t("每个时间段的评价条数与差评条数",
+                           "Ratings and bad ratings per interval"))
             .datasource(DS)
             .with_target(Influx(f'SELECT count("value") FROM "rating" {rating_where()} '
                                 'GROUP BY time($__interval) fill(0)', alias=t("评价", "ratings")))
@@ -124,7 +125,8 @@ def bad_trend(t: T) -> timeseries.Panel:
                                 alias=t("差评", "bad")))
             .draw_style(cm.GraphDrawStyle.BARS).fill_opacity(60).unit("none").decimals(0)
             .override_by_name(t("差评", "bad"), [
-                dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": "red"})])
+                dm.DynamicConfigValue(id_val="color",
+                                      value={"mode": "fixed", "fixedColor": "red"})])
             .height(9).span(8))
 
 

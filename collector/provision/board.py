@@ -33,7 +33,8 @@ __all__ = ["BoardState", "MpRemote"]
 _MARK = "EVALTERM-PROBE "
 
 # Runs on the board (MicroPython); also runs under the unix port in the tests. Paths are
-# relative: the board's working directory is its filesystem root "/".
+# relative: the board's working directory is its filesystem root "/". A %-template: the script is
+# full of braces, which str.format would need doubled.
 PROBE = """\
 import os, sys, json, hashlib, binascii
 def _h(p):
@@ -85,7 +86,7 @@ print('%s' + json.dumps({'mpy': getattr(sys.implementation, '_mpy', 0),
     'version': '.'.join(str(v) for v in sys.implementation.version[:3]),
     'machine': getattr(sys.implementation, '_machine', sys.platform),
     'uid': uid, 'free': free, 'files': files, 'config': ident}))
-""" % _MARK
+""" % _MARK  # noqa: UP031
 
 PARK = """\
 import os

@@ -1,7 +1,7 @@
 """A simulated hall in simulated time, with manipulation profiles, driving the real pipeline.
 
-Unlike collector/sim/realtime.py (real time, over a real broker), `VirtualHall` runs business days in
-seconds: an event queue in simulated milliseconds, devices that build real signed messages
+Unlike collector/sim/realtime.py (real time, over a real broker), `VirtualHall` runs business days
+in seconds: an event queue in simulated milliseconds, devices that build real signed messages
 (`build_signed`) and follow the firmware's terminal rules (docs/protocol.md, firmware/etfw/
 terminal.py), a business system that publishes transactions and staff events, and delivery into
 `Ingest.process_batch(items, now_ms)`. Invitations come back from the collector's `cmd_outbox`,
@@ -14,8 +14,8 @@ from `PROFILES`, active from a given day on, with its own parameters drawn from 
 The profiles are defined once, here, for both simulators: their parameter draws
 (`draw_profile_params`), what a citizen and the staff press after an invitation
 (`citizen_presses`), a profile's day besides invitations (`profile_episodes`) and the device's
-terminal rules with what a manipulation changes in it (`collector.sim.device.SimTerminal`). collector/sim/realtime.py runs
-the same definitions in real time over the broker.
+terminal rules with what a manipulation changes in it (`collector.sim.device.SimTerminal`).
+collector/sim/realtime.py runs the same definitions in real time over the broker.
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ class Device:
         try:
             rssi = self._wlan.status("rssi")
         except Exception:  # not associated, or no radio (simulator)
-            pass
+            rssi = None
         return {
             "fw": FW_VERSION, "rssi": rssi, "heap_free": self._heap_free(),
             "outbox": len(self.outbox), "discards": self.discards,

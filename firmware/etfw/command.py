@@ -55,7 +55,7 @@ def check(msgs, topic: bytes, payload: bytes) -> dict:
     try:
         c = json.loads(payload)
     except ValueError:
-        raise CommandError("malformed")
+        raise CommandError("malformed") from None
     if not isinstance(c, dict) or c.get("v") != 1 or c.get("kind") != "cmd":
         raise CommandError("malformed")
     name = c.get("cmd")

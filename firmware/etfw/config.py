@@ -139,7 +139,7 @@ def _broker(b, d: dict, errs: list) -> dict:
         errs.append("broker.timeout_s: 1-30 s")
     for k in ("user", "password"):
         if broker[k] is not None and not isinstance(broker[k], str):
-            errs.append("broker.%s: string or null" % k)
+            errs.append(f"broker.{k}: string or null")
     p = broker["topic_prefix"]
     if not isinstance(p, str) or not p or "+" in p or "#" in p:
         errs.append("broker.topic_prefix: non-empty, no wildcards")
@@ -159,7 +159,7 @@ def _board(board, errs: list) -> dict:
         if board in PROFILES:
             board = PROFILES[board]
         else:
-            errs.append("board: unknown profile %s" % board)
+            errs.append(f"board: unknown profile {board}")
             board = {}
     if not isinstance(board, dict):
         errs.append("board: profile name or object")
@@ -191,7 +191,7 @@ def _board(board, errs: list) -> dict:
             errs.append("board.buzzer: GPIO number or null")
     for i, pin in enumerate(used):
         if pin in used[i + 1:]:
-            errs.append("board: GPIO %d used twice" % pin)
+            errs.append(f"board: GPIO {pin:d} used twice")
             break
     return board
 
@@ -201,7 +201,7 @@ def parse(text) -> Config:
     try:
         raw = json.loads(text)
     except ValueError:
-        raise ConfigError("config: not valid JSON")
+        raise ConfigError("config: not valid JSON") from None
     if not isinstance(raw, dict):
         raise ConfigError("config: not a JSON object")
     errs = []
@@ -211,7 +211,7 @@ def parse(text) -> Config:
     for k in ("device", "hall", "window"):
         d[k] = raw.get(k)
         if not _is_id(d[k]):
-            errs.append("%s: 1-32 of A-Z a-z 0-9 _ -" % k)
+            errs.append(f"{k}: 1-32 of A-Z a-z 0-9 _ -")
     key = raw.get("key")
     if isinstance(key, str) and len(key) == 64 and all(c in _HEX for c in key):
         d["key_bytes"] = bytes(int(key[i:i + 2], 16) for i in range(0, 64, 2))
@@ -237,13 +237,13 @@ def parse(text) -> Config:
         errs.append("standalone: true or false")
     rk = d["reason_keys"]
     if not (isinstance(rk, list) and len(rk) == 5 and all(r in REASONS for r in rk)):
-        errs.append("reason_keys: 5 of %s" % ", ".join(REASONS))
+        errs.append("reason_keys: 5 of {}".format(", ".join(REASONS)))
     for k, lo, hi in (("min_interval_ms", 0, 600000), ("reason_ms", 3000, 120000),
                       ("thanks_ms", 500, 30000), ("debounce_ms", 5, 200),
                       ("stuck_ms", 2000, 600000), ("heartbeat_s", 10, 3600),
                       ("outbox_records", 4, 2000), ("outbox_bytes", 4096, 1048576)):
         if not _is_int(d[k], lo, hi):
-            errs.append("%s: integer %d-%d" % (k, lo, hi))
+            errs.append(f"{k}: integer {lo:d}-{hi:d}")
     if d["ntp"] is not None and not isinstance(d["ntp"], str):
         errs.append("ntp: host name or null")
     if errs:

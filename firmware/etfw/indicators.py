@@ -89,13 +89,13 @@ class Indicators:
             staff = ""
             if info:
                 s = info.get("staff") or {}
-                staff = "%s %s %s" % (s.get("name", ""), t(_STAFF), s.get("badge", ""))
+                staff = "{} {} {}".format(s.get("name", ""), t(_STAFF), s.get("badge", ""))
             self._text(t(_INVITED), staff)
             self.beep(now, 60)
         elif state == "reason":
             self._set(state, 0x1F, _AMBER, 500)
             self._text(t(_REASON), " ".join(
-                "%d %s" % (i + 1, t(_REASON1 + REASONS.index(r)))
+                f"{i + 1:d} {t(_REASON1 + REASONS.index(r))}"
                 for i, r in enumerate(info or ())))
         elif state == "thanks":
             level = info or 0

@@ -16,7 +16,7 @@ class CommandError(ValueError):
 class Messages:
     def __init__(self, prefix: str, hall: str, window: str, dev: str, key: bytes,
                  boot: int, clock, size: int = 1024) -> None:
-        base = "%s/dev/%s/%s/%s/" % (prefix, hall, window, dev)
+        base = f"{prefix}/dev/{hall}/{window}/{dev}/"
         self.t_rating = (base + "rating").encode()
         self.t_event = (base + "event").encode()
         self.t_status = (base + "status").encode()

@@ -61,7 +61,7 @@ def tmpdir():
     n = len(DIRS)
     while True:
         n += 1
-        path = "%s/etfw-%d" % (_env("FW_TMP") or "/tmp", n)
+        path = f"{_env('FW_TMP') or '/tmp'}/etfw-{n:d}"
         try:
             os.mkdir(path)
         except OSError:  # left over from an earlier run (FW_TMP unset): the next number

@@ -46,7 +46,7 @@ def main(names):
         imported = max(imported, gc.mem_alloc())
         sample()
         for attr in sorted(dir(mod)):
-            if not attr.startswith("test_") or only and attr != only:
+            if not attr.startswith("test_") or (only and attr != only):
                 continue
             fn = getattr(mod, attr)
             # Every test starts on a collected heap, as every boot starts on an empty one;
@@ -59,7 +59,7 @@ def main(names):
                 passed += 1
             except Exception as e:
                 failed += 1
-                print("FAIL %s.%s: %s %s" % (name, attr, type(e).__name__, e))
+                print(f"FAIL {name}.{attr}: {type(e).__name__} {e}")
                 sys.print_exception(e)
             fn = None
             sample()
@@ -68,11 +68,11 @@ def main(names):
         gc.collect()
     fwfakes.cleanup()
     gc.collect()
-    print("heap_size_bytes: %d" % (gc.mem_alloc() + gc.mem_free()))
-    print("heap_imported_bytes: %d" % imported)
-    print("heap_peak_live_bytes: %d" % fwfakes.HEAP[0])
-    print("heap_samples: %d" % fwfakes.HEAP[1])
+    print(f"heap_size_bytes: {gc.mem_alloc() + gc.mem_free():d}")
+    print(f"heap_imported_bytes: {imported:d}")
+    print(f"heap_peak_live_bytes: {fwfakes.HEAP[0]:d}")
+    print(f"heap_samples: {fwfakes.HEAP[1]:d}")
     for k in sorted(fwfakes.FIGURES):
-        print("%s: %d" % (k, fwfakes.FIGURES[k]))
-    print("%d passed, %d failed" % (passed, failed))
+        print(f"{k}: {fwfakes.FIGURES[k]:d}")
+    print(f"{passed:d} passed, {failed:d} failed")
     return failed

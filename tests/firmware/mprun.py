@@ -13,7 +13,8 @@ import os
 import sys
 
 _here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
-for _p in reversed((os.getenv("MPY_TEST_PATH") or (_here + ":" + _here + "/../../firmware")).split(":")):
+_path = os.getenv("MPY_TEST_PATH") or (_here + ":" + _here + "/../../firmware")
+for _p in reversed(_path.split(":")):
     sys.path.insert(0, _p)
 
 from fwrun import main  # noqa: E402

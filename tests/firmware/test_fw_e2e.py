@@ -50,7 +50,7 @@ UMQTT_SHA256 = "b6a2520239e3992c63a7de9370ee9b3d9d27819a90359c521f1c0f7ccab8d12f
 def ensure_umqtt() -> pathlib.Path:
     target = MPY_LIB / "umqtt" / "simple.py"
     if not target.exists():
-        data = urllib.request.urlopen(UMQTT_URL, timeout=60).read()  # noqa: S310
+        data = urllib.request.urlopen(UMQTT_URL, timeout=60).read()
         assert hashlib.sha256(data).hexdigest() == UMQTT_SHA256, "umqtt.simple sdist changed"
         tmp = MPY_LIB / "umqtt.tar.gz"
         MPY_LIB.mkdir(parents=True, exist_ok=True)
@@ -200,7 +200,8 @@ def test_umqtt_simple_imports_on_the_unix_port() -> None:
     assert r.stdout.strip() == "MQTTClient", r.stdout + r.stderr
 
 
-def test_invited_rating_reaches_influxdb(make_config: Callable[..., Config], broker: MosquittoServer,
+def test_invited_rating_reaches_influxdb(make_config: Callable[..., Config],
+                                         broker: MosquittoServer,
                                          collector_for: Callable[[Config], Collector],
                                          publisher: Publisher, sims: Callable[[dict], Sim]) -> None:
     cfg = make_config()

@@ -15,7 +15,7 @@ def _link(broker, wlan=None, rand=None):
 
     def status(state):
         n[0] += 1
-        return ('{"state":"%s","n":%d}' % (state, n[0])).encode()
+        return ('{"state":"' + state + '","n":' + str(n[0]) + '}').encode()
 
     return Link(BROKER, {"ssid": "s", "password": "p"}, "d", (b"p/status", b"p/cmd"),
                 wlan or FakeWLAN(), broker.factory, status, rand or (lambda k: k - 1))

@@ -17,7 +17,7 @@ def _msgs(ts=None):
 
 def _invite(m, cseq, ts=1764201590000, ttl=120, **over):
     f = [("v", 1), ("kind", "cmd"), ("cmd", "invite"), ("cseq", cseq), ("ts", ts),
-         ("txn", "T-%d" % cseq), ("staff", {"name": "张伟", "badge": "010233"}),
+         ("txn", f"T-{cseq:d}"), ("staff", {"name": "张伟", "badge": "010233"}),
          ("service", "居民身份证换领"), ("ttl", ttl)]
     f = [(k, over.get(k, v)) for k, v in f]
     return cmd_payload(m.signer, m.t_cmd, f)

@@ -43,7 +43,7 @@ def test_fifo_and_ack_then_delete():
     for i in range(3):
         ob.put(T, _payload(i))
     assert len(ob) == 3
-    rid, topic, p = ob.peek()
+    rid, _topic, p = ob.peek()
     assert p == _payload(0)
     ob.ack(rid + 1)  # not the head: ignored
     assert len(ob) == 3
@@ -228,7 +228,7 @@ def test_power_cut_at_any_moment():
 
 
 def test_unfinished_compaction_is_discarded():
-    fs, ob = _build(n_acked=1, n_pending=3)
+    fs, _ob = _build(n_acked=1, n_pending=3)
     fs.files["ob.tmp"] = bytearray(b"\xe5R garbage")
     got = _drain(Outbox(fs, "ob", 16, 16384))
     assert got == [_payload(i) for i in (1, 2, 3)] and "ob.tmp" not in fs.files
@@ -311,7 +311,7 @@ def test_replacement_survives_reboot_and_the_held_one_does_not():
 
 def test_held_rating_is_sent_once_after_a_reboot():
     fs, ob, _ = _held_setup()
-    ob = None  # power cut while the reason prompt is up
+    del ob  # power cut while the reason prompt is up
     ob2 = Outbox(fs, "ob", 16, 16384)
     assert not ob2.held and ob2.recovered == 4
     got = _drain_all(ob2)

