@@ -1,26 +1,51 @@
 """Collector configuration: a TOML file, then EVALTERM_<SECTION>__<KEY> environment overrides.
 
-Every option, its type, default and meaning is declared once in `OPTIONS`; `docs/config.md` and
-`evalterm config check` are derived from it. Validation happens up front so a bad config stops the
-service at start-up with a message naming the option, never later in the middle of the night.
+Every option is declared once, as a field of its section's dataclass below (type, default, help,
+limits); `OPTIONS`, `docs/config.md`, `sample_config()` and `evalterm config check` are derived
+from those fields, and a type checker follows `cfg.section.key` like any attribute. Validation
+happens up front and reports every problem at once (`ConfigError.problems`), so a bad config stops
+the service at start-up with a message naming each option, never later in the middle of the night.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from collector.errors import EvaltermError
 
-__all__ = ["OPTIONS", "Config", "ConfigError", "Option", "load_config"]
+__all__ = [
+    "OPTIONS",
+    "SECTIONS",
+    "CollectorConfig",
+    "Config",
+    "ConfigError",
+    "DetectionConfig",
+    "HttpConfig",
+    "InfluxConfig",
+    "LinkingConfig",
+    "MqttConfig",
+    "Option",
+    "check_data_dir",
+    "config_warnings",
+    "load_config",
+    "parse_config",
+    "sample_config",
+]
 
 
 class ConfigError(EvaltermError, ValueError):
-    """A configuration problem; the message names the option and what is wrong."""
+    """One or more configuration problems; each names the option, the value and what is expected.
+
+    `problems` lists them all (one line each); `str(exc)` joins them with newlines."""
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        self.problems: list[str] = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 @dataclass(frozen=True)
@@ -36,172 +61,244 @@ class Option:
     maximum: float | None = None
 
 
-def _o(section: str, key: str, typ: type, default: Any, help: str, **kw: Any) -> Option:
-    return Option(section, key, typ, default, help, **kw)
+def _opt(default: Any, *, help: str, secret: bool = False, choices: tuple[Any, ...] | None = None,
+         minimum: float | None = None, maximum: float | None = None) -> Any:
+    """A section field: its default, and what `Option` says about it (kept in the metadata)."""
+    return field(default=default, metadata={"help": help, "secret": secret, "choices": choices,
+                                            "minimum": minimum, "maximum": maximum})
 
 
-OPTIONS: tuple[Option, ...] = (
-    _o("collector", "data_dir", str, "./run/data", "Folder of the state database (state.db)."),
-    _o("collector", "log_level", str, "INFO", "Logging level.",
-       choices=("DEBUG", "INFO", "WARNING", "ERROR")),
-    _o("collector", "max_db_mb", int, 2048,
-       "Largest size of the state database. When the outbox has filled it (InfluxDB away for very "
-       "long), the collector stops acknowledging messages, so the broker keeps them, until it "
-       "drains; nothing is dropped. 0: no limit.", minimum=0),
-    _o("collector", "batch_max", int, 500, "Most inbound messages committed in one transaction.",
-       minimum=1, maximum=10000),
-    _o("mqtt", "host", str, "127.0.0.1", "Broker host."),
-    _o("mqtt", "port", int, 1883, "Broker port.", minimum=1, maximum=65535),
-    _o("mqtt", "client_id", str, "evalterm-collector",
-       "Fixed client id; the persistent session belongs to it."),
-    _o("mqtt", "username", str, "", "Broker user of the collector (empty: anonymous)."),
-    _o("mqtt", "password", str, "", "Broker password of the collector.", secret=True),
-    _o("mqtt", "topic_prefix", str, "evalterm", "Topic prefix (docs/protocol.md §2)."),
-    _o("mqtt", "keepalive_s", int, 30, "MQTT keep-alive.", minimum=5, maximum=3600),
-    _o("mqtt", "session_expiry_s", int, 7 * 86400,
-       "How long the broker keeps the collector's session and queued messages while it is away.",
-       minimum=60),
-    _o("mqtt", "receive_maximum", int, 1000,
-       "Unacknowledged QoS 1 messages the broker may have in flight to the collector.",
-       minimum=1, maximum=65535),
-    _o("mqtt", "tls_ca_file", str, "", "CA file; set to connect with TLS."),
-    _o("influx", "version", int, 1,
-       "1 for InfluxDB 1.x (/write), 2 for 2.x/3.x (token, org, bucket).", choices=(1, 2)),
-    _o("influx", "url", str, "http://127.0.0.1:8086", "InfluxDB base URL."),
-    _o("influx", "database", str, "evalterm", "1.x: database (created if missing)."),
-    _o("influx", "username", str, "", "1.x: user (empty: no authentication)."),
-    _o("influx", "password", str, "", "1.x: password.", secret=True),
-    _o("influx", "token", str, "", "2.x/3.x: API token.", secret=True),
-    _o("influx", "org", str, "", "2.x/3.x: organisation."),
-    _o("influx", "bucket", str, "evalterm", "2.x/3.x: bucket."),
-    _o("influx", "batch_size", int, 5000, "Most points in one write.", minimum=1, maximum=50000),
-    _o("influx", "flush_interval_ms", int, 200, "Wait this long for more points before writing.",
-       minimum=0, maximum=60000),
-    _o("influx", "timeout_s", float, 10.0, "HTTP timeout of one write.", minimum=0.5),
-    _o("influx", "retry_max_s", float, 30.0, "Longest back-off between failed writes.",
-       minimum=0.1),
-    _o("linking", "rating_window_s", int, 600,
-       "A rating counts for a transaction pressed at most this long after its completion.",
-       minimum=10, maximum=7 * 86400),
-    _o("linking", "grace_s", int, 30,
-       "A rating whose transaction is not yet known is held this long before it is judged.",
-       minimum=0, maximum=3600),
-    _o("linking", "invite_ttl_s", int, 120, "How long a device shows an invitation.",
-       minimum=5, maximum=3600),
-    _o("linking", "unrated_default_level", str, "none",
-       "Level given to a transaction whose rating window expired: none, or 1..5 (local policy).",
-       choices=("none", "1", "2", "3", "4", "5")),
-    _o("linking", "max_clock_skew_s", int, 300,
-       "Device time more than this ahead of the collector is not trusted.", minimum=0),
-    _o("linking", "max_delivery_delay_s", int, 7 * 86400,
-       "Device time more than this behind the collector is not trusted (outbox after an outage).",
-       minimum=0),
-    _o("http", "listen", str, "127.0.0.1:8480",
-       "host:port of /healthz, /metrics and the feed webhook; empty disables it."),
-    _o("http", "feed_token", str, "", "Bearer token the business system sends to the webhook "
-       "(required for the webhook; empty disables the webhook).", secret=True),
-    # Integrity detection (docs/detection.md explains each statistic and threshold).
-    _o("detection", "enabled", bool, True, "Run the integrity detector in the collector service."),
-    _o("detection", "interval_s", int, 300, "How often the service recomputes today's indicators.",
-       minimum=1, maximum=86400),
-    _o("detection", "opening_hours", str, "08:30-12:00,13:30-17:30",
-       "Local opening hours of the hall: comma-separated HH:MM-HH:MM ranges."),
-    _o("detection", "business_days", str, "1-5",
-       "ISO weekdays the hall is open (1 = Monday), e.g. 1-5 or 1-6 or 1,2,3,4,5."),
-    _o("detection", "utc_offset", str, "+08:00", "Local time of the hall as an offset from UTC."),
-    _o("detection", "lookback_days", int, 5,
-       "Statistical indicators pool the last N business days (today included).",
-       minimum=1, maximum=60),
-    _o("detection", "history_days", int, 20,
-       "Days of the window's own history used as its baseline (missing negatives).",
-       minimum=0, maximum=365),
-    _o("detection", "min_ratings", int, 20,
-       "Statistical indicators need at least this many ratings in the period.", minimum=1),
-    _o("detection", "q_strong", float, 0.001,
-       "Benjamini-Hochberg q below which an indicator is strong evidence.", minimum=1e-9,
-       maximum=0.5),
-    _o("detection", "q_weak", float, 0.05,
-       "q below which an indicator is reported as a weak signal (never flags).", minimum=1e-9,
-       maximum=0.5),
-    _o("detection", "combine_min_count", int, 2,
-       "Least observations (too-fast ratings, presses outside an invitation, unmatched "
-       "ratings, ...) a weak signal must rest on to join the combination of weak signals of "
-       "independent kinds: the p-value of a single event is only the assumed base rate.",
-       minimum=1),
-    _o("detection", "rate_floor", float, 0.005,
-       "Least per-rating rate assumed for rare honest events (unmatched, fast, out of service, "
-       "uninvited), so a spotless hall does not make one accident look significant.",
-       minimum=0.0, maximum=0.5),
-    _o("detection", "prior_strength_max", float, 100.0,
-       "Empirical-Bayes priors from peers count as at most this many ratings.", minimum=1.0),
-    _o("detection", "unmatched_min", int, 3,
-       "Least unmatched (or excess) ratings in a day for strong evidence.", minimum=1),
-    _o("detection", "out_of_service_min", int, 2,
-       "Least ratings while paused/signed off/closed in a day for strong evidence.", minimum=1),
-    _o("detection", "uninvited_min", int, 5,
-       "Least key presses outside an invitation in a day for strong evidence.", minimum=1),
-    _o("detection", "counter_tolerance", int, 2,
-       "Key presses that may go unexplained in a period (a press and its rating on either side "
-       "of a heartbeat).", minimum=0),
-    _o("detection", "negative_key_tolerance", int, 1,
-       "Key presses, one of them on a 差评 key (1-2), that may go unexplained between two "
-       "heartbeats with a restart of the device between them (or messages still in its outbox "
-       "at the later one), once a 差评 awaiting its reason and the losses the device reports are "
-       "accounted for; more is strong evidence of suppressed 差评. Between two heartbeats of one "
-       "boot the accounting is exact: one such press is.", minimum=0),
-    _o("detection", "min_human_rt_ms", int, 800,
-       "An invited rating faster than this after the invitation is too fast for a citizen.",
-       minimum=0),
-    _o("detection", "fast_min", int, 3, "Least too-fast ratings in a day for strong evidence.",
-       minimum=1),
-    _o("detection", "regular_bin_ms", int, 250,
-       "Width of the response-time band scanned for machine-like regularity.", minimum=10),
-    _o("detection", "regular_min", int, 6,
-       "Least ratings in one such band for strong evidence.", minimum=2),
-    _o("detection", "shift_min", int, 5,
-       "Least ratings faster than the window's own past fastest share (response_shift) for "
-       "strong evidence.", minimum=1),
-    _o("detection", "burst_window_s", int, 60, "Length of the window that defines a burst.",
-       minimum=1),
-    _o("detection", "burst_min", int, 5, "Least ratings within burst_window_s that make a burst.",
-       minimum=2),
-    _o("detection", "offline_gap_s", int, 600,
-       "A gap in heartbeats longer than this counts as offline (set >= 3 x device heartbeat_s).",
-       minimum=30),
-    _o("detection", "offline_excess_min", int, 30,
-       "Minutes offline per opening day beyond the hall median for strong evidence.",
-       minimum=1),
-    _o("detection", "offline_min_episodes", int, 2,
-       "Separate offline episodes, each ending with the device restarted (unplugged), needed "
-       "for strong evidence (one long outage is a fault; a network outage leaves the device "
-       "running).",
-       minimum=1),
-    _o("detection", "coverage_gap", float, 0.15,
-       "Selective invitation: coverage at least this far below the peer coverage.",
-       minimum=0.0, maximum=1.0),
-    _o("detection", "language", str, "zh", "Language of the primary reason text.",
-       choices=("zh", "en")),
+@dataclass(frozen=True)
+class CollectorConfig:
+    """The [collector] section."""
+
+    data_dir: str = _opt("./run/data",
+        help="Folder of the state database (state.db).")
+    log_level: str = _opt("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="Logging level.")
+    max_db_mb: int = _opt(2048, minimum=0,
+        help="Largest size of the state database. When the outbox has filled it (InfluxDB away for"
+             " very long), the collector stops acknowledging messages, so the broker keeps them, "
+             "until it drains; nothing is dropped. 0: no limit.")
+    batch_max: int = _opt(500, minimum=1, maximum=10000,
+        help="Most inbound messages committed in one transaction.")
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """The [mqtt] section."""
+
+    host: str = _opt("127.0.0.1",
+        help="Broker host.")
+    port: int = _opt(1883, minimum=1, maximum=65535,
+        help="Broker port.")
+    client_id: str = _opt("evalterm-collector",
+        help="Fixed client id; the persistent session belongs to it.")
+    username: str = _opt("",
+        help="Broker user of the collector (empty: anonymous).")
+    password: str = _opt("", secret=True,
+        help="Broker password of the collector.")
+    topic_prefix: str = _opt("evalterm",
+        help="Topic prefix (docs/protocol.md §2).")
+    keepalive_s: int = _opt(30, minimum=5, maximum=3600,
+        help="MQTT keep-alive.")
+    session_expiry_s: int = _opt(7 * 86400, minimum=60,
+        help="How long the broker keeps the collector's session and queued messages while it is "
+             "away.")
+    receive_maximum: int = _opt(1000, minimum=1, maximum=65535,
+        help="Unacknowledged QoS 1 messages the broker may have in flight to the collector.")
+    tls_ca_file: str = _opt("",
+        help="CA file; set to connect with TLS.")
+
+
+@dataclass(frozen=True)
+class InfluxConfig:
+    """The [influx] section."""
+
+    version: int = _opt(1, choices=(1, 2),
+        help="1 for InfluxDB 1.x (/write), 2 for 2.x/3.x (token, org, bucket).")
+    url: str = _opt("http://127.0.0.1:8086",
+        help="InfluxDB base URL.")
+    database: str = _opt("evalterm",
+        help="1.x: database (created if missing).")
+    username: str = _opt("",
+        help="1.x: user (empty: no authentication).")
+    password: str = _opt("", secret=True,
+        help="1.x: password.")
+    token: str = _opt("", secret=True,
+        help="2.x/3.x: API token.")
+    org: str = _opt("",
+        help="2.x/3.x: organisation.")
+    bucket: str = _opt("evalterm",
+        help="2.x/3.x: bucket.")
+    batch_size: int = _opt(5000, minimum=1, maximum=50000,
+        help="Most points in one write.")
+    flush_interval_ms: int = _opt(200, minimum=0, maximum=60000,
+        help="Wait this long for more points before writing.")
+    timeout_s: float = _opt(10.0, minimum=0.5,
+        help="HTTP timeout of one write.")
+    retry_max_s: float = _opt(30.0, minimum=0.1,
+        help="Longest back-off between failed writes.")
+
+
+@dataclass(frozen=True)
+class LinkingConfig:
+    """The [linking] section."""
+
+    rating_window_s: int = _opt(600, minimum=10, maximum=7 * 86400,
+        help="A rating counts for a transaction pressed at most this long after its completion.")
+    grace_s: int = _opt(30, minimum=0, maximum=3600,
+        help="A rating whose transaction is not yet known is held this long before it is judged.")
+    invite_ttl_s: int = _opt(120, minimum=5, maximum=3600,
+        help="How long a device shows an invitation.")
+    unrated_default_level: str = _opt("none", choices=("none", "1", "2", "3", "4", "5"),
+        help="Level given to a transaction whose rating window expired: none, or 1..5 (local "
+             "policy).")
+    max_clock_skew_s: int = _opt(300, minimum=0,
+        help="Device time more than this ahead of the collector is not trusted.")
+    max_delivery_delay_s: int = _opt(7 * 86400, minimum=0,
+        help="Device time more than this behind the collector is not trusted (outbox after an "
+             "outage).")
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The [http] section."""
+
+    listen: str = _opt("127.0.0.1:8480",
+        help="host:port of /healthz, /metrics and the feed webhook; empty disables it.")
+    feed_token: str = _opt("", secret=True,
+        help="Bearer token the business system sends to the webhook (required for the webhook; "
+             "empty disables the webhook).")
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """The [detection] section: integrity detection (docs/detection.md explains each statistic
+    and threshold)."""
+
+    enabled: bool = _opt(True,
+        help="Run the integrity detector in the collector service.")
+    interval_s: int = _opt(300, minimum=1, maximum=86400,
+        help="How often the service recomputes today's indicators.")
+    opening_hours: str = _opt("08:30-12:00,13:30-17:30",
+        help="Local opening hours of the hall: comma-separated HH:MM-HH:MM ranges.")
+    business_days: str = _opt("1-5",
+        help="ISO weekdays the hall is open (1 = Monday), e.g. 1-5 or 1-6 or 1,2,3,4,5.")
+    utc_offset: str = _opt("+08:00",
+        help="Local time of the hall as an offset from UTC.")
+    lookback_days: int = _opt(5, minimum=1, maximum=60,
+        help="Statistical indicators pool the last N business days (today included).")
+    history_days: int = _opt(20, minimum=0, maximum=365,
+        help="Days of the window's own history used as its baseline (missing negatives).")
+    min_ratings: int = _opt(20, minimum=1,
+        help="Statistical indicators need at least this many ratings in the period.")
+    q_strong: float = _opt(0.001, minimum=1e-9, maximum=0.5,
+        help="Benjamini-Hochberg q below which an indicator is strong evidence.")
+    q_weak: float = _opt(0.05, minimum=1e-9, maximum=0.5,
+        help="q below which an indicator is reported as a weak signal (never flags).")
+    combine_min_count: int = _opt(2, minimum=1,
+        help="Least observations (too-fast ratings, presses outside an invitation, unmatched "
+             "ratings, ...) a weak signal must rest on to join the combination of weak signals of "
+             "independent kinds: the p-value of a single event is only the assumed base rate.")
+    rate_floor: float = _opt(0.005, minimum=0.0, maximum=0.5,
+        help="Least per-rating rate assumed for rare honest events (unmatched, fast, out of "
+             "service, uninvited), so a spotless hall does not make one accident look significant.")
+    prior_strength_max: float = _opt(100.0, minimum=1.0,
+        help="Empirical-Bayes priors from peers count as at most this many ratings.")
+    unmatched_min: int = _opt(3, minimum=1,
+        help="Least unmatched (or excess) ratings in a day for strong evidence.")
+    out_of_service_min: int = _opt(2, minimum=1,
+        help="Least ratings while paused/signed off/closed in a day for strong evidence.")
+    uninvited_min: int = _opt(5, minimum=1,
+        help="Least key presses outside an invitation in a day for strong evidence.")
+    counter_tolerance: int = _opt(2, minimum=0,
+        help="Key presses that may go unexplained in a period (a press and its rating on either "
+             "side of a heartbeat).")
+    negative_key_tolerance: int = _opt(1, minimum=0,
+        help="Key presses, one of them on a 差评 key (1-2), that may go unexplained between two "
+             "heartbeats with a restart of the device between them (or messages still in its "
+             "outbox at the later one), once a 差评 awaiting its reason and the losses the device "
+             "reports are accounted for; more is strong evidence of suppressed 差评. Between two "
+             "heartbeats of one boot the accounting is exact: one such press is.")
+    min_human_rt_ms: int = _opt(800, minimum=0,
+        help="An invited rating faster than this after the invitation is too fast for a citizen.")
+    fast_min: int = _opt(3, minimum=1,
+        help="Least too-fast ratings in a day for strong evidence.")
+    regular_bin_ms: int = _opt(250, minimum=10,
+        help="Width of the response-time band scanned for machine-like regularity.")
+    regular_min: int = _opt(6, minimum=2,
+        help="Least ratings in one such band for strong evidence.")
+    shift_min: int = _opt(5, minimum=1,
+        help="Least ratings faster than the window's own past fastest share (response_shift) for "
+             "strong evidence.")
+    burst_window_s: int = _opt(60, minimum=1,
+        help="Length of the window that defines a burst.")
+    burst_min: int = _opt(5, minimum=2,
+        help="Least ratings within burst_window_s that make a burst.")
+    offline_gap_s: int = _opt(600, minimum=30,
+        help="A gap in heartbeats longer than this counts as offline (set >= 3 x device "
+             "heartbeat_s).")
+    offline_excess_min: int = _opt(30, minimum=1,
+        help="Minutes offline per opening day beyond the hall median for strong evidence.")
+    offline_min_episodes: int = _opt(2, minimum=1,
+        help="Separate offline episodes, each ending with the device restarted (unplugged), needed"
+             " for strong evidence (one long outage is a fault; a network outage leaves the device"
+             " running).")
+    coverage_gap: float = _opt(0.15, minimum=0.0, maximum=1.0,
+        help="Selective invitation: coverage at least this far below the peer coverage.")
+    language: str = _opt("zh", choices=("zh", "en"),
+        help="Language of the primary reason text.")
+
+
+# The sections in file order: (name in the file and in `cfg.<name>`, dataclass).
+SECTIONS: tuple[tuple[str, type], ...] = (
+    ("collector", CollectorConfig),
+    ("mqtt", MqttConfig),
+    ("influx", InfluxConfig),
+    ("linking", LinkingConfig),
+    ("http", HttpConfig),
+    ("detection", DetectionConfig),
 )
 
+
+def _options() -> tuple[Option, ...]:
+    out: list[Option] = []
+    for section, cls in SECTIONS:
+        hints = get_type_hints(cls)
+        for f in fields(cls):
+            assert f.default is not MISSING, f"{cls.__name__}.{f.name} needs a default"
+            m = f.metadata
+            out.append(Option(section, f.name, hints[f.name], f.default, m["help"], m["secret"],
+                              m["choices"], m["minimum"], m["maximum"]))
+    return tuple(out)
+
+
+OPTIONS: tuple[Option, ...] = _options()
 _BY_NAME = {(o.section, o.key): o for o in OPTIONS}
 SECRET_KEYS = frozenset(f"{o.section}.{o.key}" for o in OPTIONS if o.secret)
 
 
+@dataclass(frozen=True)
 class Config:
-    """Validated options, read as `cfg.section.key` (e.g. `cfg.mqtt.port`)."""
+    """Validated options, read as `cfg.section.key` (e.g. `cfg.mqtt.port`). Built by
+    `load_config`/`parse_config`, which validate; constructing it directly validates nothing."""
 
-    def __init__(self, values: Mapping[tuple[str, str], Any], source: str) -> None:
-        self._values = dict(values)
-        self.source = source
-        for section in {s for s, _ in values}:
-            ns = type(section, (), {})()
-            for (s, k), v in values.items():
-                if s == section:
-                    setattr(ns, k, v)
-            setattr(self, section, ns)
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    influx: InfluxConfig = field(default_factory=InfluxConfig)
+    linking: LinkingConfig = field(default_factory=LinkingConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    source: str = "defaults"
+
+    @property
+    def _values(self) -> dict[tuple[str, str], Any]:
+        """Every option's value by (section, key), in `OPTIONS` order."""
+        return {(o.section, o.key): self.get(o.section, o.key) for o in OPTIONS}
 
     def get(self, section: str, key: str) -> Any:
-        return self._values[(section, key)]
+        return getattr(getattr(self, section), key)
 
     def with_overrides(self, **overrides: Any) -> Config:
         """A copy with `section__key=value` overrides (validated like the file)."""
@@ -209,7 +306,7 @@ class Config:
         for (s, k), v in self._values.items():
             raw.setdefault(s, {})[k] = v
         for name, v in overrides.items():
-            s, k = name.split("__", 1)
+            s, _, k = name.partition("__")
             raw.setdefault(s, {})[k] = v
         return _build(raw, {}, self.source)
 
@@ -248,7 +345,10 @@ class Config:
 
 
 def _coerce(opt: Option, value: Any, where: str) -> Any:
+    """`value` as the option's type, within its limits; ConfigError naming option, value and
+    what is expected (a secret's value is never shown)."""
     name = f"[{opt.section}] {opt.key}"
+    shown = "" if opt.secret else f" = {value!r}"
     try:
         if opt.type is bool:
             if isinstance(value, str):
@@ -271,12 +371,13 @@ def _coerce(opt: Option, value: Any, where: str) -> Any:
             if not isinstance(value, str):
                 raise ValueError
     except (ValueError, TypeError):
+        if opt.secret:
+            raise ConfigError(f"{name} ({where}): expected {opt.type.__name__}") from None
         raise ConfigError(
-            f"{name} ({where}): expected {opt.type.__name__}, got {value!r}"
-            if not opt.secret else f"{name} ({where}): expected {opt.type.__name__}"
-        ) from None
+            f"{name} ({where}): expected {opt.type.__name__}, got {value!r}") from None
     if opt.choices is not None and value not in opt.choices:
-        raise ConfigError(f"{name} ({where}): must be one of {', '.join(map(str, opt.choices))}")
+        raise ConfigError(f"{name}{shown} ({where}): must be one of "
+                          f"{', '.join(map(str, opt.choices))}")
     if opt.minimum is not None and value < opt.minimum:
         raise ConfigError(f"{name} ({where}): must be at least {opt.minimum}, got {value}")
     if opt.maximum is not None and value > opt.maximum:
@@ -286,42 +387,127 @@ def _coerce(opt: Option, value: Any, where: str) -> Any:
 
 def _build(file_values: Mapping[str, Any], env: Mapping[str, str], source: str) -> Config:
     values: dict[tuple[str, str], Any] = {(o.section, o.key): o.default for o in OPTIONS}
+    problems: list[str] = []
     for section, table in file_values.items():
         if not isinstance(table, dict):
-            raise ConfigError(f"[{section}] ({source}): expected a table")
+            problems.append(f"[{section}] ({source}): expected a table")
+            continue
         for key, v in table.items():
             opt = _BY_NAME.get((section, key))
             if opt is None:
-                raise ConfigError(f"[{section}] {key} ({source}): unknown option")
-            values[(section, key)] = _coerce(opt, v, source)
+                problems.append(f"[{section}] {key} ({source}): unknown option")
+                continue
+            try:
+                values[(section, key)] = _coerce(opt, v, source)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
     for name, v in env.items():
         if not name.startswith("EVALTERM_") or "__" not in name:
             continue
         section, key = name[len("EVALTERM_"):].lower().split("__", 1)
         opt = _BY_NAME.get((section, key))
         if opt is None:
-            raise ConfigError(f"{name}: unknown option [{section}] {key}")
-        values[(section, key)] = _coerce(opt, v, f"environment {name}")
-    cfg = Config(values, source)
-    _cross_check(cfg)
+            problems.append(f"{name}: unknown option [{section}] {key}")
+            continue
+        try:
+            values[(section, key)] = _coerce(opt, v, f"environment {name}")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    kwargs: dict[str, Any] = {"source": source}
+    for section, cls in SECTIONS:
+        kwargs[section] = cls(**{k: v for (s, k), v in values.items() if s == section})
+    cfg = Config(**kwargs)
+    problems += _cross_check(cfg)
+    if problems:
+        raise ConfigError(problems)
     return cfg
 
 
-def _cross_check(cfg: Config) -> None:
+def _cross_check(cfg: Config) -> list[str]:
+    """Problems no single option's type and limits can see: formats, and options together."""
+    from urllib.parse import urlsplit
+
+    # The detection settings parse these three; imported here, where they are needed, because
+    # collector.detection.settings builds on this module.
+    from collector.detection.settings import parse_offset, parse_opening_hours, parse_weekdays
+
+    out: list[str] = []
     if not cfg.mqtt.client_id:
-        raise ConfigError("[mqtt] client_id: a persistent session requires a fixed client id")
+        out.append("[mqtt] client_id: a persistent session requires a fixed client id")
     if cfg.influx.version == 2 and not (cfg.influx.token and cfg.influx.org and cfg.influx.bucket):
-        raise ConfigError("[influx] version = 2 requires token, org and bucket")
-    if not cfg.influx.url.startswith(("http://", "https://")):
-        raise ConfigError("[influx] url: must start with http:// or https://")
+        out.append("[influx] version = 2 requires token, org and bucket")
+    url = urlsplit(cfg.influx.url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        out.append(f"[influx] url = {cfg.influx.url!r}: must be http:// or https:// and a host")
+    else:
+        try:
+            url.port  # noqa: B018  raises ValueError for a port out of range or not a number
+        except ValueError:
+            out.append(f"[influx] url = {cfg.influx.url!r}: the port must be 1-65535")
     if cfg.http.listen:
         _host, sep, port = cfg.http.listen.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ConfigError(f"[http] listen: expected host:port, got {cfg.http.listen!r}")
+            out.append(f"[http] listen: expected host:port, got {cfg.http.listen!r}")
     prefix = cfg.mqtt.topic_prefix
     if (not prefix or any(c in prefix for c in "+#") or prefix.startswith("/")
             or prefix.endswith("/")):
-        raise ConfigError("[mqtt] topic_prefix: no wildcards, no leading or trailing '/'")
+        out.append(f"[mqtt] topic_prefix = {prefix!r}: no wildcards, no leading or trailing '/'")
+    if not cfg.mqtt.host.strip():
+        out.append("[mqtt] host = '': expected the broker's host name or address")
+    if cfg.mqtt.tls_ca_file and not Path(cfg.mqtt.tls_ca_file).is_file():
+        out.append(f"[mqtt] tls_ca_file = {cfg.mqtt.tls_ca_file!r}: no such file")
+    for key, parse in (("opening_hours", parse_opening_hours), ("business_days", parse_weekdays),
+                       ("utc_offset", parse_offset)):
+        try:
+            parse(getattr(cfg.detection, key))
+        except ConfigError as exc:
+            out.extend(exc.problems)
+    if cfg.detection.q_weak < cfg.detection.q_strong:
+        out.append(f"[detection] q_weak = {cfg.detection.q_weak}: must be at least q_strong "
+                   f"({cfg.detection.q_strong})")
+    return out
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """Settings that work but are probably not what was meant (shown by `config check`)."""
+    out: list[str] = []
+    if cfg.mqtt.username and not cfg.mqtt.password:
+        out.append("[mqtt] username is set but password is empty: the broker will likely refuse "
+                   "the collector (set EVALTERM_MQTT__PASSWORD)")
+    if cfg.influx.version == 1 and cfg.influx.username and not cfg.influx.password:
+        out.append("[influx] username is set but password is empty (set EVALTERM_INFLUX__PASSWORD)")
+    if cfg.mqtt.password and not cfg.mqtt.username:
+        out.append("[mqtt] password is set but username is empty: the password is not used")
+    return out
+
+
+def check_data_dir(cfg: Config) -> list[str]:
+    """Problems with `[collector] data_dir` for a service that is to run with it: it must be (or
+    become) a folder this process can write in. Creates the folder, as the service would."""
+    d = Path(cfg.collector.data_dir)
+    where = f"[collector] data_dir = {cfg.collector.data_dir!r}"
+    if not d.is_absolute():
+        hint = f" (relative: {d.resolve()}; an absolute path is safer for a service)"
+    else:
+        hint = ""
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return [f"{where}: cannot create the folder ({exc.strerror}){hint}"]
+    if not d.is_dir():
+        return [f"{where}: not a folder{hint}"]
+    if not os.access(d, os.W_OK | os.X_OK):
+        return [f"{where}: this user ({os.getuid()}) cannot write in it{hint}"]
+    return []
+
+
+def parse_config(text: str, source: str) -> Config:
+    """A Config from TOML text alone (no environment), validated like a file."""
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return _build(values, {}, source)
 
 
 def load_config(path: str | os.PathLike[str] | None,
@@ -336,6 +522,8 @@ def load_config(path: str | os.PathLike[str] | None,
             file_values = tomllib.loads(p.read_text("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {p} not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {p}: cannot be read ({exc})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {p}: not valid TOML: {exc}") from None
         source = str(p)

@@ -14,10 +14,9 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import tomllib
 from typing import Any
 
-from collector.config import Config, _build
+from collector.config import Config, parse_config
 from collector.db import connect_drained, connect_reader, drained_path
 from collector.influx import OutboxDrainer, make_writer, outbox_depth, prune_outbox
 
@@ -27,7 +26,7 @@ _LOG = logging.getLogger(__name__)
 
 
 def main() -> int:
-    cfg = _build(tomllib.loads(sys.stdin.read()), {}, "collector (stdin)")
+    cfg = parse_config(sys.stdin.read(), "collector (stdin)")
     logging.basicConfig(level=cfg.collector.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[drainer]: %(message)s")
     stop = threading.Event()
