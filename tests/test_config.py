@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from collector.cli.docgen import config_markdown
-from collector.config import ConfigError, load_config, sample_config
+from collector.config import (
+    ConfigError,
+    check_data_dir,
+    config_warnings,
+    load_config,
+    sample_config,
+)
 
 
 def test_defaults_are_valid() -> None:
@@ -69,3 +78,102 @@ def test_sample_config_loads_and_docs_are_current(tmp_path: Path) -> None:
     assert load_config(f, env={})._values == load_config(None, env={})._values
     doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert doc.read_text("utf-8") == config_markdown(), "run: python -m collector.cli.docgen"
+
+
+# -- every option of every section is validated, and all problems are listed at once -------------
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("detection", "opening_hours", "garbage", "is not HH:MM-HH:MM"),
+        ("detection", "opening_hours", "12:00-08:00", "is not a valid range"),
+        ("detection", "opening_hours", "08:00-12:00,11:00-13:00", "ranges overlap"),
+        ("detection", "utc_offset", "CST", "expected +HH:MM, got 'CST'"),
+        ("detection", "business_days", "1-8", "outside 1-7"),
+        ("detection", "business_days", "mon", "is not a weekday or range"),
+        ("detection", "q_weak", 0.0001, "must be at least q_strong"),
+        ("detection", "language", "fr", "must be one of zh, en"),
+        ("mqtt", "port", 70000, "must be at most 65535"),
+        ("mqtt", "host", " ", "broker's host name"),
+        ("mqtt", "tls_ca_file", "/nonexistent/ca.pem", "no such file"),
+        ("influx", "url", "ftp://db:8086", "must be http:// or https://"),
+        ("influx", "url", "http://", "must be http:// or https:// and a host"),
+        ("influx", "url", "http://db:99999", "the port must be 1-65535"),
+        ("http", "listen", "127.0.0.1:99999", "expected host:port"),
+        ("collector", "log_level", "LOUD", "must be one of DEBUG"),
+        ("collector", "batch_max", 0, "must be at least 1"),
+        ("linking", "invite_ttl_s", "soon", "expected int, got 'soon'"),
+    ],
+)
+def test_each_option_is_validated(section: str, key: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, env={}).with_overrides(**{f"{section}__{key}": value})
+    assert len(err.value.problems) == 1, err.value.problems
+    assert f"[{section}] {key}" in err.value.problems[0] and message in err.value.problems[0]
+
+
+def test_all_problems_are_listed_at_once(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[detection]\nopening_hours = "garbage"\nutc_offset = "CST"\n'
+                 'business_days = "1-8"\n[mqtt]\nport = 0\nprot = 1\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(f, env={"EVALTERM_INFLUX__URL": "nowhere"})
+    found = err.value.problems
+    for expected in ("opening_hours", "utc_offset", "business_days", "[mqtt] port", "prot",
+                     "[influx] url"):
+        assert sum(expected in p for p in found) == 1, (expected, found)
+    assert len(found) == 6 and str(err.value).count("\n") == 5
+
+
+def test_secret_values_are_never_shown_in_problems(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[mqtt]\npassword = ["hunter2"]\nkeepalive_s = "hunter3"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(f, env={})
+    assert len(err.value.problems) == 2 and "[mqtt] password" in str(err.value)
+    assert "hunter2" not in str(err.value) and "hunter3" in str(err.value)  # only secrets hidden
+
+
+@pytest.mark.parametrize(
+    ("overrides", "warned"),
+    [
+        ({"mqtt__username": "collector"}, "[mqtt] username is set but password is empty"),
+        ({"mqtt__password": "pw"}, "[mqtt] password is set but username is empty"),
+        ({"influx__username": "u"}, "[influx] username is set but password is empty"),
+        ({"mqtt__username": "collector", "mqtt__password": "pw"}, None),
+    ],
+)
+def test_warnings(overrides: dict[str, str], warned: str | None) -> None:
+    got = config_warnings(load_config(None, env={}).with_overrides(**overrides))
+    if warned is None:
+        assert got == []
+    else:
+        assert len(got) == 1 and warned in got[0]
+
+
+def test_data_dir_must_be_usable(tmp_path: Path) -> None:
+    ok = load_config(None, env={}).with_overrides(collector__data_dir=str(tmp_path / "d"))
+    assert check_data_dir(ok) == [] and (tmp_path / "d").is_dir()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    bad = ok.with_overrides(collector__data_dir=str(blocker / "d"))
+    problems = check_data_dir(bad)
+    assert len(problems) == 1 and "[collector] data_dir" in problems[0]
+
+
+def test_config_check_command_lists_every_problem_and_fails(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[detection]\nopening_hours = "garbage"\nutc_offset = "CST"\n'
+                 f'[collector]\ndata_dir = "{tmp_path / "data"}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVALTERM_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "-c", str(f), "config", "check"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(x.startswith("evalterm: error: [detection] ") for x in lines)
+    f.write_text(f'[mqtt]\nusername = "c"\n[collector]\ndata_dir = "{tmp_path / "data"}"\n')
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "-c", str(f), "config", "check"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and "config OK" in r.stdout, r.stderr
+    assert "warning: [mqtt] username is set but password is empty" in r.stderr

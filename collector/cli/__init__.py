@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except EvaltermError as exc:
-        print(f"evalterm: error: {exc}", file=sys.stderr)
+        # A ConfigError may list several problems: one line each.
+        for line in str(exc).splitlines() or [""]:
+            print(f"evalterm: error: {line}", file=sys.stderr)
         return 2
     except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         print(f"evalterm: error: {exc.strerror}: {exc.filename}", file=sys.stderr)

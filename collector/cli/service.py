@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any
 
 from collector.cli.common import load, setup_logging
-from collector.config import sample_config
+from collector.config import ConfigError, check_data_dir, config_warnings, sample_config
 
 __all__ = ['add_parsers']
 
@@ -17,12 +18,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     from collector.service import Collector
 
     cfg = load(args)
+    # The service does not start with a folder it cannot use (config check says the same).
+    problems = check_data_dir(cfg)
+    if problems:
+        raise ConfigError(problems)
     setup_logging(cfg.collector.log_level)
+    for warning in config_warnings(cfg):
+        logging.getLogger("collector.config").warning("%s", warning)
     Collector(cfg).run_forever()
     return 0
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    cfg = load(args)
+    """Every problem of the configuration, one line each (exit 2), or the effective values.
+    Warnings (e.g. a user name without a password) are printed and do not fail the check."""
+    cfg = load(args)  # raises ConfigError listing every invalid option
+    problems = check_data_dir(cfg)
+    if problems:
+        raise ConfigError(problems)
+    for warning in config_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"config OK ({cfg.source})")
     for section, values in cfg.redacted().items():
         print(f"[{section}]")
