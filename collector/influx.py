@@ -119,8 +119,10 @@ class V2Writer:
         from influxdb_client.rest import ApiException
 
         try:
+            # WritePrecision.NS is the plain string "ns", which write() takes although its
+            # annotation names the WritePrecision class.
             self._api.write(bucket=self._bucket, org=self._org, record="\n".join(lines),
-                            write_precision=WritePrecision.NS)
+                            write_precision=WritePrecision.NS)  # type: ignore[arg-type]
         except ApiException as exc:
             if exc.status == 400:
                 raise InvalidPoints(str(exc.body)[:300]) from None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 __all__ = [
     "Decision",
@@ -153,7 +154,7 @@ _RATING_COLS = (
 )
 
 
-def _txn_from_row(row: tuple) -> TxnIn:
+def _txn_from_row(row: tuple[Any, ...]) -> TxnIn:
     return TxnIn(*row[:11])
 
 
@@ -380,4 +381,5 @@ class Linker:
             "SELECT min(x) FROM (SELECT min(hold_until_ms) AS x FROM rating WHERE state='held' "
             "UNION ALL SELECT min(deadline_ms) FROM txn WHERE state='awaiting')"
         ).fetchone()
-        return row[0]
+        due: int | None = row[0]
+        return due

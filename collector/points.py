@@ -74,7 +74,8 @@ def render(spec: str) -> str:
         p.tag(k, v)
     for k, v in fields.items():
         p.field(k, v)
-    return p.time(ts, _NS).to_line_protocol()
+    line: str = p.time(ts, _NS).to_line_protocol()
+    return line
 
 
 def _ts(ms: int, discriminator: int) -> int:

@@ -7,10 +7,12 @@ a fingerprint instead, so a key cannot end up in a log by accident.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import secrets
 import sqlite3
 from dataclasses import dataclass, field
+from typing import Any
 
 from collector.errors import EvaltermError
 from collector.protocol import ID_PATTERN
@@ -41,6 +43,11 @@ class Device:
         return fingerprint(self.key)
 
 
+def _device(row: tuple[Any, ...]) -> Device:
+    """A Device from a (device, hall, window, state, created_ms, key_hex) row."""
+    return Device(row[0], row[1], row[2], row[3], row[4], key=bytes.fromhex(row[5]))
+
+
 class Registry:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -63,7 +70,7 @@ class Registry:
             "SELECT device, hall, window, state, created_ms, key_hex FROM device WHERE device=?",
             (device,),
         ).fetchone()
-        dev = None if row is None else Device(*row[:5], key=bytes.fromhex(row[5]))
+        dev = None if row is None else _device(row)
         # Unknown devices are not cached: a newly registered one must work at once.
         if dev is not None:
             self._cache[device] = dev
@@ -128,9 +135,9 @@ class Registry:
             "SELECT device, hall, window, state, created_ms, key_hex FROM device "
             "ORDER BY hall, window, device"
         ).fetchall()
-        return [Device(*r[:5], key=bytes.fromhex(r[5])) for r in rows]
+        return [_device(r) for r in rows]
 
-    def active_at(self, hall: str, window: str) -> list[Device]:
+    def active_at(self, hall: str, window: str) -> builtins.list[Device]:
         cached = self._at.get((hall, window))
         if cached is not None:
             return cached
