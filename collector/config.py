@@ -446,7 +446,7 @@ def _cross_check(cfg: Config) -> list[str]:
             out.append(f"[influx] url = {cfg.influx.url!r}: the port must be 1-65535")
     if cfg.http.listen:
         _host, sep, port = cfg.http.listen.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
             out.append(f"[http] listen: expected host:port, got {cfg.http.listen!r}")
     prefix = cfg.mqtt.topic_prefix
     if (not prefix or any(c in prefix for c in "+#") or prefix.startswith("/")
