@@ -6,7 +6,6 @@ windows' honest behaviour and the manipulation profiles)."""
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import random
 import sqlite3
@@ -17,7 +16,7 @@ from typing import Any
 from collector.config import Config
 from collector.db import connect
 from collector.ingest import Inbound, Ingest
-from collector.protocol import feed_topic
+from collector.protocol import feed_message, feed_topic
 from collector.registry import Registry
 from collector.sim.device import SimTerminal
 from collector.sim.profiles import FW, WILL_DELAY_MS, WindowPlan, citizen_presses, profile_episodes
@@ -163,10 +162,8 @@ class VirtualHall:
     # -- the business system --
     def _feed(self, window: str, kind: str, **fields: Any) -> None:
         self._serial += 1
-        msg = {"v": 1, "kind": kind, "id": f"ev-{self._serial}", "window": window,
-               "ts": self.now, **fields}
-        self.deliver(self.now + self.rng.randint(10, 200), feed_topic(self.prefix, self.hall),
-                     json.dumps(msg, ensure_ascii=False).encode())
+        msg = feed_message(kind, id=f"ev-{self._serial}", window=window, ts=self.now, **fields)
+        self.deliver(self.now + self.rng.randint(10, 200), feed_topic(self.prefix, self.hall), msg)
 
     def _signon(self, window: str, who: tuple[str, str, str]) -> None:
         self.staff_on[window] = who
