@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 import urllib3
 
 from collector.config import Config
-from collector.db import drained_up_to, state_instance
+from collector.db import drained_up_to, state_instance, transaction
 from collector.points import render
 
 __all__ = [
@@ -230,18 +230,12 @@ class OutboxDrainer:
             raise
         self.points_written += len(batch)
         self._done = batch[-1][0]
-        self._drained.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._drained):
             self._drained.execute(
                 "INSERT OR REPLACE INTO drained (one, instance, outbox_id) VALUES (1, ?, ?)",
                 (self._instance, self._done),
             )
             self._save_status()
-            self._drained.execute("COMMIT")
-        except BaseException:
-            if self._drained.in_transaction:
-                self._drained.execute("ROLLBACK")
-            raise
         _LOG.debug("wrote %d points up to outbox id %d in %.0f ms", len(batch), self._done,
                    (time.monotonic() - started) * 1000)
         return len(batch)

@@ -17,6 +17,7 @@ from typing import Any
 
 from collector import points
 from collector.config import Config
+from collector.db import transaction
 from collector.linking import (
     Decision,
     Invite,
@@ -120,8 +121,7 @@ class Ingest:
         db = self._db
         outcomes: list[Outcome] = []
         self._lines = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             for item in items:
                 mark = len(self._lines)
                 if careful:
@@ -156,28 +156,16 @@ class Ingest:
             ticked = self.linker.tick(now_ms)
             self._apply(ticked, now_ms, "")
             self._flush_lines()
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:  # SQLite may already have rolled back (e.g. SQLITE_FULL)
-                db.execute("ROLLBACK")
-            raise
         self._count(outcomes, ticked)
         return outcomes
 
     def tick(self, now_ms: int) -> list[Decision]:
         """Time passes with no message: expire and judge what is due."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
         self._lines = []
-        try:
+        with transaction(self._db):
             decisions = self.linker.tick(now_ms)
             self._apply(decisions, now_ms, "")
             self._flush_lines()
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
         self._count([], decisions)
         return decisions
 

@@ -231,8 +231,9 @@ class Collector:
         acknowledgements. Each run rewrites the day's points, so the runs after closing leave
         the day's final values."""
         from collector.detection import run_detection
+        from collector.detection.run import connect_detector
 
-        conn = connect(self.cfg.state_db)
+        conn = connect_detector(self.cfg)
         try:
             while not self._stop.is_set():
                 started = self.clock()
