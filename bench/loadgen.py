@@ -17,6 +17,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from collector.clock import now_ms
 from collector.db import connect
 from collector.protocol import device_topic, feed_message, feed_topic, rating_message
 
@@ -26,7 +27,7 @@ def register_devices(state_db: str | Path, n: int, keys_file: Path) -> list[list
     detector compares each window with the others of its hall); write their keys to keys_file
     for `build` and return them as [device, window, key_hex, hall] rows."""
     conn = connect(state_db)
-    now = int(time.time() * 1000)
+    now = now_ms()
     devices = []
     conn.execute("BEGIN")
     for i in range(n):
@@ -75,7 +76,7 @@ def main() -> int:
     ap.add_argument("--latency-out", help="with --rate: write [rating_id, publish_ms] lines here")
     args = ap.parse_args()
 
-    start_ms = int(time.time() * 1000)
+    start_ms = now_ms()
     with open(args.keys) as f:
         devices = json.load(f)
     clients = []
@@ -108,7 +109,7 @@ def main() -> int:
                 time.sleep(min(0.002, due - now))
             dev, window, key_hex, hall = devices[i % len(devices)]
             ftopic = feed_topic(args.prefix, hall)
-            ms = int(time.time() * 1000)
+            ms = now_ms()
             txn = f"L{start_ms}-{i:07d}"
             cl = clients[i % len(clients)]
             infos.append(cl.publish(ftopic, feed_message(

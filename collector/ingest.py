@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from collector import points
+from collector import outbox, points
 from collector.config import Config
 from collector.db import transaction
 from collector.linking import (
@@ -303,8 +303,7 @@ class Ingest:
 
     def _flush_lines(self) -> None:
         if self._lines:
-            self._db.executemany("INSERT INTO influx_outbox (line, spec) VALUES (?, 1)",
-                                 [(x,) for x in self._lines])
+            outbox.add_points(self._db, self._lines)
             self._lines = []
 
     def _queue_command(self, hall: str, window: str, build: Callable[..., bytes], now_ms: int,
@@ -317,11 +316,8 @@ class Ingest:
                 (dev.device,),
             ).fetchone()
             topic = device_topic(self.prefix, hall, window, dev.device, "cmd")
-            self._db.execute(
-                "INSERT INTO cmd_outbox (topic, payload, expires_ms) VALUES (?, ?, ?)",
-                (topic, build(dev.key, topic, cseq=row[0]),
-                 now_ms + ttl_ms),
-            )
+            outbox.add_command(self._db, topic, build(dev.key, topic, cseq=row[0]),
+                               now_ms + ttl_ms)
 
     def _record_rejection(self, item: Inbound, exc: ProtocolError) -> None:
         self._serial += 1

@@ -20,6 +20,7 @@ from collector.detection.indicators import Indicator, compute_indicators
 from collector.detection.points import indicator_point, verdict_point
 from collector.detection.settings import DAY_MS, DetectionSettings, Period
 from collector.detection.verdict import Combined, Verdict, combine, judge
+from collector.outbox import add_lines
 
 __all__ = ["connect_detector", "detect_hall", "restrict", "run_detection"]
 
@@ -121,7 +122,7 @@ def run_detection(conn: sqlite3.Connection, cfg: Config | DetectionSettings, now
                 lines += [indicator_point(v, i, midnight, now_ms) for i in range(len(v.indicators))]
     if write_points and lines:
         with transaction(conn):
-            conn.executemany("INSERT INTO influx_outbox (line) VALUES (?)", [(x,) for x in lines])
+            add_lines(conn, lines)
     flagged = [v for v in verdicts if v.flagged and v.staff is None]
     if flagged:
         _LOG.info("integrity: %d window verdict(s) flagged: %s", len(flagged),

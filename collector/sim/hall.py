@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
+from collector import outbox
 from collector.config import Config
 from collector.db import connect
 from collector.ingest import Inbound, Ingest
@@ -131,10 +132,10 @@ class VirtualHall:
         outcomes = self.ingest.process_batch([Inbound("mqtt", topic, payload, self.now)], self.now)
         if outcomes[0].status != "accepted":
             self.rejected += 1
-        rows = self.conn.execute("SELECT id, topic, payload FROM cmd_outbox ORDER BY id").fetchall()
+        rows = outbox.commands_after(self.conn, 0)
         if rows:
-            self.conn.executemany("DELETE FROM cmd_outbox WHERE id=?", [(r[0],) for r in rows])
-            for _, ctopic, cpayload in rows:
+            outbox.delete_commands(self.conn, [r[0] for r in rows])
+            for _, ctopic, cpayload, _expires in rows:
                 window = ctopic.split("/")[-3]
                 self.at(self.now + self.rng.randint(30, 300), self._command, window, ctopic,
                         bytes(cpayload))
