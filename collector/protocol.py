@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 import fastjsonschema
 
+from collector.reasons import REASON_TAGS
+
 __all__ = [
     "DEVICE_BUILDERS",
     "DEVICE_KINDS",
@@ -73,8 +75,7 @@ FEED_KINDS = (
     "window_resumed",
 )
 
-# Reason tags a citizen may choose after a 1-2 rating ("none": the prompt timed out).
-REASON_TAGS = ("attitude", "efficiency", "notice", "wait", "facility", "other", "none")
+# Reason tags a citizen may choose after a 1-2 rating: collector/reasons.py.
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
