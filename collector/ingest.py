@@ -74,13 +74,15 @@ class Outcome:
 
 
 class Ingest:
-    def __init__(self, conn: sqlite3.Connection, cfg: Config, metrics: Metrics | None = None) -> None:
+    def __init__(self, conn: sqlite3.Connection, cfg: Config, metrics: Metrics | None = None, *,
+                 linker: Linker | None = None) -> None:
+        """`linker`: the linking engine on `conn` (default: one configured from `cfg`)."""
         self._db = conn
         self.cfg = cfg
         self.prefix = cfg.mqtt.topic_prefix
         self.metrics = metrics or Metrics()
         self.registry = Registry(conn)
-        self.linker = Linker(
+        self.linker = linker or Linker(
             conn,
             rating_window_ms=cfg.linking.rating_window_s * 1000,
             grace_ms=cfg.linking.grace_s * 1000,
