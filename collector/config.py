@@ -315,7 +315,7 @@ def _cross_check(cfg: Config) -> None:
         raise ConfigError("[influx] url: must start with http:// or https://")
     if cfg.http.listen:
         host, sep, port = cfg.http.listen.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
             raise ConfigError(f"[http] listen: expected host:port, got {cfg.http.listen!r}")
     prefix = cfg.mqtt.topic_prefix
     if not prefix or any(c in prefix for c in "+#") or prefix.startswith("/") or prefix.endswith("/"):

@@ -77,7 +77,7 @@ FEED_KINDS = (
 
 # Reason tags a citizen may choose after a 1-2 rating: collector/reasons.py.
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")  # use with fullmatch ($ passes a final "\n")
 
 _SIG_HEAD = b',"sig":"'
 _SIG_HEX_LEN = 64
@@ -136,9 +136,9 @@ def parse_topic(prefix: str, topic: str) -> DeviceTopic | tuple[str, str]:
     rest = parts[plen:]
     if len(rest) == 5 and rest[0] == "dev" and rest[4] in DEVICE_KINDS:
         hall, window, device = rest[1:4]
-        if all(ID_PATTERN.match(x) for x in (hall, window, device)):
+        if all(ID_PATTERN.fullmatch(x) for x in (hall, window, device)):
             return DeviceTopic(hall, window, device, rest[4])
-    elif len(rest) == 2 and rest[0] == "feed" and ID_PATTERN.match(rest[1]):
+    elif len(rest) == 2 and rest[0] == "feed" and ID_PATTERN.fullmatch(rest[1]):
         return ("feed", rest[1])
     raise ProtocolError(Rejection.BAD_TOPIC, "topic does not match the evalterm layout")
 
@@ -230,6 +230,12 @@ def _parse_json_object(payload: bytes, limit: int) -> dict[str, Any]:
         raise ProtocolError(Rejection.MALFORMED, f"not a JSON document: {str(exc)[:80]}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(Rejection.MALFORMED, "JSON document is not an object")
+    if b"\\u" in payload:  # only an escape can make a lone surrogate (UTF-8 cannot carry one)
+        try:
+            compact_json(obj).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(Rejection.MALFORMED, "a string holds a lone surrogate escape "
+                                "(\\ud800-\\udfff)") from None
     v = obj.get("v")
     if type(v) is not int or v != PROTOCOL_VERSION:
         shown = v if isinstance(v, int | str) and len(str(v)) < 12 else type(v).__name__

@@ -22,7 +22,7 @@ CSV_COLUMNS = ("id", "window", "txn", "staff_id", "staff_name", "staff_badge", "
 
 def _csv_time(value: str, column: str, line: int) -> int:
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not "１２３" or "١٢٣" (int() takes them)
         return int(value)
     try:
         dt = datetime.fromisoformat(value)
