@@ -214,6 +214,21 @@ def _reject_float(text: str) -> Any:
     raise _FloatSeen(text[:20])
 
 
+_INT64 = 2**63
+
+
+class _HugeInt(Exception):
+    pass
+
+
+def _int64(text: str) -> int:
+    # InfluxDB stores 64-bit integers: a larger one would make a point it refuses.
+    value = int(text)
+    if not -_INT64 <= value < _INT64:
+        raise _HugeInt(text[:24])
+    return value
+
+
 def _parse_json_object(payload: bytes, limit: int) -> dict[str, Any]:
     if len(payload) > limit:
         raise ProtocolError(Rejection.OVERSIZED, f"{len(payload)} bytes, limit {limit}")
@@ -223,7 +238,10 @@ def _parse_json_object(payload: bytes, limit: int) -> dict[str, Any]:
             object_pairs_hook=_no_duplicate_keys,
             parse_constant=_reject_constant,
             parse_float=_reject_float,
+            parse_int=_int64,
         )
+    except _HugeInt as exc:
+        raise ProtocolError(Rejection.MALFORMED, f"integer beyond 64 bits: {exc}...") from None
     except _FloatSeen as exc:
         raise ProtocolError(Rejection.INVALID, f"numbers must be integers, got {exc}") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
