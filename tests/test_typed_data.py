@@ -103,3 +103,19 @@ def test_times_beyond_influxdb_are_refused_and_the_last_one_is_stored(rig: Rig) 
     assert rig.drain() == 0
     rows = query(rig.cfg, 'SELECT "txn" FROM "transaction"')
     assert [r["txn"] for r in rows] == ["T-last"]
+
+
+def test_storage_doc_lists_every_device_event_field_with_its_type() -> None:
+    import re
+    from pathlib import Path
+
+    from collector.points import EVENT_FIELDS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "storage.md").read_text("utf-8")
+    row = next(x for x in doc.splitlines() if x.startswith("| `device_event` |"))
+    ints, strs = (set(re.findall(r"`(d_\w+)`", cell)) for cell in row.split("|")[2:4])
+    declared: dict[str, set[str]] = {"string": set(), "integer": set()}
+    for fields in EVENT_FIELDS.values():
+        for name, kind in fields.items():
+            declared["string" if kind == "string" else "integer"].add(f"d_{name}")
+    assert (ints, strs) == (declared["integer"], declared["string"])
