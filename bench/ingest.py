@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from loadgen import build, register_devices  # noqa: E402
 
+from collector.clock import now_ms  # noqa: E402
 from collector.config import load_config  # noqa: E402
 from collector.db import connect  # noqa: E402
 from collector.ingest import Inbound, Ingest  # noqa: E402
@@ -43,7 +44,7 @@ def main() -> int:
     devices = register_devices(cfg.state_db, args.devices, keys_file)
     keys = {dev: bytes.fromhex(key_hex) for dev, _w, key_hex, _h in devices}
     conn = connect(cfg.state_db)
-    now = int(time.time() * 1000)
+    now = now_ms()
     msgs = build("evalterm", str(keys_file), args.pairs, now)
     items = [Inbound("mqtt", t, p, now + i // 2) for i, (t, p) in enumerate(msgs)]
 

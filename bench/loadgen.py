@@ -17,8 +17,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from collector.clock import now_ms
 from collector.db import connect
-from collector.protocol import build_signed, device_topic, feed_topic
+from collector.protocol import device_topic, feed_message, feed_topic, rating_message
 
 
 def register_devices(state_db: str | Path, n: int, keys_file: Path) -> list[list[str]]:
@@ -26,7 +27,7 @@ def register_devices(state_db: str | Path, n: int, keys_file: Path) -> list[list
     detector compares each window with the others of its hall); write their keys to keys_file
     for `build` and return them as [device, window, key_hex, hall] rows."""
     conn = connect(state_db)
-    now = int(time.time() * 1000)
+    now = now_ms()
     devices = []
     conn.execute("BEGIN")
     for i in range(n):
@@ -50,17 +51,17 @@ def build(prefix: str, keys_file: str, n: int, start_ms: int) -> list[tuple[str,
         dev, window, key_hex, hall = devices[i % len(devices)]
         ftopic = feed_topic(prefix, hall)
         txn = f"B{start_ms}-{i:07d}"
-        msgs.append((ftopic, json.dumps({
-            "v": 1, "kind": "txn_completed", "id": f"e{start_ms}-{i}", "window": window,
-            "ts": start_ms, "txn": txn, "staff": {"id": f"s-{window}", "name": "张伟"},
-            "service": {"code": "sfz", "name": "居民身份证换领"}, "started": start_ms - 60_000,
-            "completed": start_ms, "outcome": "completed"}, ensure_ascii=False).encode()))
+        msgs.append((ftopic, feed_message(
+            "txn_completed", id=f"e{start_ms}-{i}", window=window, ts=start_ms, txn=txn,
+            staff={"id": f"s-{window}", "name": "张伟"},
+            service={"code": "sfz", "name": "居民身份证换领"}, started=start_ms - 60_000,
+            completed=start_ms, outcome="completed")))
         topic = device_topic(prefix, hall, window, dev, "rating")
         level = 1 + (i * 7) % 5
-        msgs.append((topic, build_signed(bytes.fromhex(key_hex), topic, {
-            "v": 1, "kind": "rating", "dev": dev, "boot": start_ms // 1000 % 2**30 + 1, "seq": i,
-            "ts": None, "up": i, "level": level, "txn": txn,
-            "reason": "wait" if level <= 2 else None, "rt": 2500, "mode": "invited"})))
+        msgs.append((topic, rating_message(
+            bytes.fromhex(key_hex), topic, dev=dev, boot=start_ms // 1000 % 2**30 + 1, seq=i,
+            ts=None, up=i, level=level, txn=txn, reason="wait" if level <= 2 else None, rt=2500,
+            mode="invited")))
     return msgs
 
 
@@ -76,7 +77,7 @@ def main() -> int:
     ap.add_argument("--latency-out", help="with --rate: write [rating_id, publish_ms] lines here")
     args = ap.parse_args()
 
-    start_ms = int(time.time() * 1000)
+    start_ms = now_ms()
     with open(args.keys) as f:
         devices = json.load(f)
     clients = []
@@ -109,17 +110,17 @@ def main() -> int:
                 time.sleep(min(0.002, due - now))
             dev, window, key_hex, hall = devices[i % len(devices)]
             ftopic = feed_topic(args.prefix, hall)
-            ms = int(time.time() * 1000)
+            ms = now_ms()
             txn = f"L{start_ms}-{i:07d}"
             cl = clients[i % len(clients)]
-            infos.append(cl.publish(ftopic, json.dumps({
-                "v": 1, "kind": "txn_completed", "id": f"l{start_ms}-{i}", "window": window,
-                "ts": ms, "txn": txn, "staff": {"id": f"s-{window}"}, "service": {"code": "sfz"},
-                "started": ms - 60_000, "completed": ms, "outcome": "completed"}), qos=1))
+            infos.append(cl.publish(ftopic, feed_message(
+                "txn_completed", id=f"l{start_ms}-{i}", window=window, ts=ms, txn=txn,
+                staff={"id": f"s-{window}"}, service={"code": "sfz"}, started=ms - 60_000,
+                completed=ms, outcome="completed"), qos=1))
             topic = device_topic(args.prefix, hall, window, dev, "rating")
-            infos.append(cl.publish(topic, build_signed(bytes.fromhex(key_hex), topic, {
-                "v": 1, "kind": "rating", "dev": dev, "boot": boot, "seq": i, "ts": ms, "up": i,
-                "level": 5, "txn": txn, "reason": None, "rt": 2000, "mode": "invited"}), qos=1))
+            infos.append(cl.publish(topic, rating_message(
+                bytes.fromhex(key_hex), topic, dev=dev, boot=boot, seq=i, ts=ms, up=i, level=5,
+                txn=txn, reason=None, rt=2000, mode="invited"), qos=1))
             if out:
                 out.write(f"{dev}:{boot}:{i} {ms}\n")
         for info in infos:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["SCHEMA_VERSION", "connect", "connect_drained", "connect_reader", "drained_path",
-           "drained_up_to", "state_instance"]
+           "drained_up_to", "state_instance", "transaction"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -166,6 +168,23 @@ CREATE TABLE IF NOT EXISTS influx_dead (
 """
 
 
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` if the block raises.
+
+    The ROLLBACK only runs while a transaction is open: on some errors (SQLITE_FULL, I/O) SQLite
+    has rolled back already, and a ROLLBACK then would raise "no transaction is active" and hide
+    the error that matters. Every transaction block of the collector goes through here."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _open(path: str | Path, check_same_thread: bool) -> sqlite3.Connection:
     if str(path) != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -228,8 +247,7 @@ def _schema_version(conn: sqlite3.Connection) -> int | None:
 def _migrate(conn: sqlite3.Connection, path: str | Path, announce: bool) -> None:
     """Upgrade an older state database in place, in one transaction: all steps or none.
     `announce`: log it (not for a database made just now)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         # Read again under the write lock: another process may have upgraded it meanwhile.
         found = _schema_version(conn)
         assert found is not None
@@ -239,11 +257,6 @@ def _migrate(conn: sqlite3.Connection, path: str | Path, announce: bool) -> None
                     conn.execute(sql)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                          (str(SCHEMA_VERSION),))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL, ...)
-            conn.execute("ROLLBACK")
-        raise
     if found < SCHEMA_VERSION and announce:
         _LOG.info("state database %s migrated from schema %d to %d", path, found, SCHEMA_VERSION)
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from collector.config import Config, parse_config
 from collector.db import connect_drained, connect_reader, drained_path
-from collector.influx import OutboxDrainer, make_writer, outbox_depth, prune_outbox
+from collector.influx import OutboxDrainer, make_writer
+from collector.outbox import points_depth, prune_points
 
 __all__ = ["DrainerProcess", "main"]
 
@@ -120,12 +121,12 @@ class DrainerProcess:
         return st
 
     def depth(self) -> int:
-        return outbox_depth(self._db, self._drained)
+        return points_depth(self._db, self._drained)
 
     def prune(self, state: sqlite3.Connection) -> int:
         """Delete what InfluxDB confirmed from the outbox, on the caller's (the ingest worker's)
         connection: the drainer itself never writes the state database."""
-        return prune_outbox(state, self._drained)
+        return prune_points(state, self._drained)
 
 
 if __name__ == "__main__":

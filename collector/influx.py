@@ -25,9 +25,12 @@ from urllib.parse import urlencode
 
 import urllib3
 
+from collector.clock import now_ms
 from collector.config import Config
-from collector.db import drained_up_to, state_instance
-from collector.points import render
+from collector.db import drained_up_to, state_instance, transaction
+from collector.outbox import points_depth as outbox_depth
+from collector.outbox import prune_points as prune_outbox
+from collector.outbox import read_points
 
 __all__ = [
     "InvalidPoints", "OutboxDrainer", "V1Writer", "V2Writer", "WriteFailed", "influxql",
@@ -234,29 +237,19 @@ class OutboxDrainer:
             raise
         self.points_written += len(batch)
         self._done = batch[-1][0]
-        self._drained.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._drained):
             self._drained.execute(
                 "INSERT OR REPLACE INTO drained (one, instance, outbox_id) VALUES (1, ?, ?)",
                 (self._instance, self._done),
             )
             self._save_status()
-            self._drained.execute("COMMIT")
-        except BaseException:
-            if self._drained.in_transaction:
-                self._drained.execute("ROLLBACK")
-            raise
         _LOG.debug("wrote %d points up to outbox id %d in %.0f ms", len(batch), self._done,
                    (time.monotonic() - started) * 1000)
         return len(batch)
 
     def _load(self, after: int) -> list[tuple[int, str]]:
         """The next batch after outbox id `after`, rendered to line protocol."""
-        rows = self._db.execute(
-            "SELECT id, line, spec FROM influx_outbox WHERE id > ? ORDER BY id LIMIT ?",
-            (after, self._batch),
-        ).fetchall()
-        return [(i, render(line) if spec else line) for i, line, spec in rows]
+        return read_points(self._db, after, self._batch)
 
     def _take_ahead(self) -> list[tuple[int, str]]:
         ahead, self._ahead = self._ahead, None
@@ -271,7 +264,7 @@ class OutboxDrainer:
             "INSERT OR REPLACE INTO drainer_status (one, pid, healthy, last_error, updated_ms, "
             "points_written, errors_unavailable, errors_internal, dead_points) "
             "VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (os.getpid(), int(self.healthy), self.last_error, int(time.time() * 1000),
+            (os.getpid(), int(self.healthy), self.last_error, now_ms(),
              self.points_written, self.errors["unavailable"], self.errors["internal"],
              self.dead_points),
         )
@@ -291,25 +284,10 @@ class OutboxDrainer:
         _LOG.error("InfluxDB refused point %d as invalid; kept in influx_dead: %s", row[0], error)
         self._drained.execute(
             "INSERT OR REPLACE INTO influx_dead (id, line, error, at_ms) VALUES (?, ?, ?, ?)",
-            (row[0], row[1], error, int(time.time() * 1000)),
+            (row[0], row[1], error, now_ms()),
         )
         self.dead_points += 1
         self.points_written -= 1
-
-
-def outbox_depth(state: sqlite3.Connection, drained: sqlite3.Connection) -> int:
-    """Points in the outbox that InfluxDB has not confirmed yet."""
-    row = state.execute("SELECT count(*) FROM influx_outbox WHERE id > ?",
-                        (drained_up_to(state, drained),)).fetchone()
-    return int(row[0])
-
-
-def prune_outbox(state: sqlite3.Connection, drained: sqlite3.Connection) -> int:
-    """Delete the outbox rows InfluxDB has confirmed (the collector's side of the drainer)."""
-    up_to = drained_up_to(state, drained)
-    if not up_to:
-        return 0
-    return state.execute("DELETE FROM influx_outbox WHERE id <= ?", (up_to,)).rowcount
 
 
 def influxql(url: str, database: str, q: str, *, username: str = "", password: str = "",

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from collector import points
+from collector import outbox, points
 from collector.config import Config
+from collector.db import transaction
 from collector.linking import (
     Decision,
     Invite,
@@ -32,14 +34,13 @@ from collector.protocol import (
     DeviceTopic,
     ProtocolError,
     Rejection,
-    build_signed,
+    command_message,
     compact_json,
     decode_feed_message,
     device_topic,
-    parse_device_payload,
+    invitation_message,
+    open_device_message,
     parse_topic,
-    validate_device_message,
-    verify,
 )
 from collector.registry import Registry
 
@@ -73,14 +74,15 @@ class Outcome:
 
 
 class Ingest:
-    def __init__(self, conn: sqlite3.Connection, cfg: Config,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(self, conn: sqlite3.Connection, cfg: Config, metrics: Metrics | None = None, *,
+                 linker: Linker | None = None) -> None:
+        """`linker`: the linking engine on `conn` (default: one configured from `cfg`)."""
         self._db = conn
         self.cfg = cfg
         self.prefix = cfg.mqtt.topic_prefix
         self.metrics = metrics or Metrics()
         self.registry = Registry(conn)
-        self.linker = Linker(
+        self.linker = linker or Linker(
             conn,
             rating_window_ms=cfg.linking.rating_window_s * 1000,
             grace_ms=cfg.linking.grace_s * 1000,
@@ -121,8 +123,7 @@ class Ingest:
         db = self._db
         outcomes: list[Outcome] = []
         self._lines = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             for item in items:
                 mark = len(self._lines)
                 if careful:
@@ -158,28 +159,16 @@ class Ingest:
             ticked = self.linker.tick(now_ms)
             self._apply(ticked, now_ms, "")
             self._flush_lines()
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:  # SQLite may already have rolled back (e.g. SQLITE_FULL)
-                db.execute("ROLLBACK")
-            raise
         self._count(outcomes, ticked)
         return outcomes
 
     def tick(self, now_ms: int) -> list[Decision]:
         """Time passes with no message: expire and judge what is due."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
         self._lines = []
-        try:
+        with transaction(self._db):
             decisions = self.linker.tick(now_ms)
             self._apply(decisions, now_ms, "")
             self._flush_lines()
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
         self._count([], decisions)
         return decisions
 
@@ -210,27 +199,12 @@ class Ingest:
         where = parse_topic(self.prefix, item.topic)
         if isinstance(where, DeviceTopic):
             self.metrics.received.labels(where.kind).inc()
-            return self._device_message(where, item)
+            return self._device_message(item)
         self.metrics.received.labels("feed").inc()
         return self._feed_message(where[1], item)
 
-    def _device_message(self, topic: DeviceTopic, item: Inbound) -> Outcome:
-        msg = parse_device_payload(item.payload)
-        dev = self.registry.get(topic.device)
-        if dev is None:
-            raise ProtocolError(Rejection.UNKNOWN_DEVICE, f"device {topic.device} not registered")
-        if dev.state != "active":
-            raise ProtocolError(Rejection.REVOKED_DEVICE, f"device {topic.device} is revoked")
-        if (dev.hall, dev.window) != (topic.hall, topic.window):
-            raise ProtocolError(
-                Rejection.WRONG_WINDOW,
-                f"device {topic.device} is registered at {dev.hall}/{dev.window}, "
-                f"published as {topic.hall}/{topic.window}",
-            )
-        if not verify(dev.key, item.topic, item.payload):
-            raise ProtocolError(Rejection.BAD_SIGNATURE,
-                                f"signature of {topic.device} does not verify")
-        msg = validate_device_message(topic, msg)
+    def _device_message(self, item: Inbound) -> Outcome:
+        topic, msg = open_device_message(self.prefix, item.topic, item.payload, self.registry.get)
         cur = self._db.execute(
             "INSERT OR IGNORE INTO seen_msg (device, boot, seq) VALUES (?, ?, ?)",
             (msg["dev"], msg["boot"], msg["seq"]),
@@ -318,16 +292,14 @@ class Ingest:
                 lines.append(points.window_point(d, feed_id))
                 if d.event.kind in ("window_paused", "window_resumed"):
                     cmd = "pause" if d.event.kind == "window_paused" else "resume"
-                    self._queue_command(d.event.hall, d.event.window, {"cmd": cmd}, now_ms,
-                                        3600_000)
+                    self._queue_command(d.event.hall, d.event.window,
+                                        partial(command_message, cmd=cmd, ts=now_ms),
+                                        now_ms, 3600_000)
             elif isinstance(d, Invite):
                 ttl_s = self.cfg.linking.invite_ttl_s
-                fields = {
-                    "cmd": "invite", "txn": d.txn,
-                    "staff": {"name": d.staff_name, "badge": d.staff_badge},
-                    "service": d.service_name, "ttl": ttl_s,
-                }
-                self._queue_command(d.hall, d.window, fields, now_ms, ttl_s * 1000)
+                invite = partial(invitation_message, ts=now_ms, txn=d.txn, staff_name=d.staff_name,
+                                 staff_badge=d.staff_badge, service=d.service_name, ttl=ttl_s)
+                self._queue_command(d.hall, d.window, invite, now_ms, ttl_s * 1000)
         self._queue_points(lines)
 
     def _queue_points(self, lines: list[str]) -> None:
@@ -335,12 +307,12 @@ class Ingest:
 
     def _flush_lines(self) -> None:
         if self._lines:
-            self._db.executemany("INSERT INTO influx_outbox (line, spec) VALUES (?, 1)",
-                                 [(x,) for x in self._lines])
+            outbox.add_points(self._db, self._lines)
             self._lines = []
 
-    def _queue_command(self, hall: str, window: str, fields: dict[str, Any], now_ms: int,
+    def _queue_command(self, hall: str, window: str, build: Callable[..., bytes], now_ms: int,
                        ttl_ms: int) -> None:
+        """One command per active device of the window: `build(key, topic, cseq=...)` signs it."""
         for dev in self.registry.active_at(hall, window):
             row = self._db.execute(
                 "INSERT INTO cmd_seq (device, cseq) VALUES (?, 1) "
@@ -348,12 +320,8 @@ class Ingest:
                 (dev.device,),
             ).fetchone()
             topic = device_topic(self.prefix, hall, window, dev.device, "cmd")
-            body = {"v": 1, "kind": "cmd", "cmd": fields["cmd"], "cseq": row[0], "ts": now_ms}
-            body.update((k, v) for k, v in fields.items() if k != "cmd")
-            self._db.execute(
-                "INSERT INTO cmd_outbox (topic, payload, expires_ms) VALUES (?, ?, ?)",
-                (topic, build_signed(dev.key, topic, body), now_ms + ttl_ms),
-            )
+            outbox.add_command(self._db, topic, build(dev.key, topic, cseq=row[0]),
+                               now_ms + ttl_ms)
 
     def _record_rejection(self, item: Inbound, exc: ProtocolError) -> None:
         self._serial += 1

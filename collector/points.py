@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from importlib import resources
 from typing import Any
 
 from influxdb_client import Point, WritePrecision
@@ -18,6 +19,7 @@ from collector.linking import RatingJudged, TxnRecorded, WindowSet
 from collector.protocol import compact_json
 
 __all__ = [
+    "EVENT_FIELDS",
     "PointSpec",
     "device_event_point",
     "rating_point",
@@ -87,6 +89,39 @@ def _stable(text: str) -> int:
     return zlib.crc32(text.encode())
 
 
+def _per_message(boot: int, seq: int) -> int:
+    """The sub-millisecond offset of a device message's points: distinct for the same seq in
+    different boots (and for different seqs of one boot) unless they differ by a multiple of
+    1000, so two messages of one device stamped with the same millisecond do not overwrite each
+    other in InfluxDB."""
+    return boot % 1000 * 1000 + seq % 1000
+
+
+def _event_fields() -> dict[str, dict[str, str]]:
+    """Per event type, the `data` members a point records and their JSON type (from the
+    schema, schemas/v1/event.json): InfluxDB fixes a field's type per shard, so only declared,
+    schema-checked members become fields, and a device cannot change a field's type."""
+    schema = json.loads(resources.files("collector").joinpath("schemas/v1/event.json")
+                        .read_text("utf-8"))
+    out: dict[str, dict[str, str]] = {}
+    for rule in schema["allOf"]:
+        cond = rule["if"]["properties"]["type"]
+        types = [cond["const"]] if "const" in cond else cond["enum"]
+        props = rule["then"]["properties"]["data"]["properties"]
+        fields = {}
+        for name, spec in props.items():
+            kinds = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
+            scalar = [k for k in kinds if k in ("integer", "string", "boolean")]
+            if scalar:
+                fields[name] = scalar[0]
+        for t in types:
+            out[t] = fields
+    return out
+
+
+EVENT_FIELDS = _event_fields()
+
+
 def rating_point(d: RatingJudged) -> str:
     r = d.rating
     p = (
@@ -102,7 +137,7 @@ def rating_point(d: RatingJudged) -> str:
         .field("boot", r.boot).field("seq", r.seq)
         .field("received_ms", r.received_ms)
         .field("paused", int(d.paused))
-        .time(_ts(r.press_ms, r.seq), _NS)
+        .time(_ts(r.press_ms, _per_message(r.boot, r.seq)), _NS)
     )
     if r.txn is not None:
         p.field("txn_claimed", r.txn)
@@ -170,7 +205,7 @@ def _device_point(measurement: str, hall: str, window: str, msg: dict[str, Any],
         PointSpec(measurement)
         .tag("hall", hall).tag("window", window).tag("device", msg["dev"])
         .field("boot", msg["boot"]).field("seq", msg["seq"]).field("up_ms", msg["up"])
-        .time(_ts(ms, msg["seq"]), _NS)
+        .time(_ts(ms, _per_message(msg["boot"], msg["seq"])), _NS)
     )
 
 
@@ -191,11 +226,15 @@ def telemetry_point(hall: str, window: str, msg: dict[str, Any], ms: int) -> str
 def device_event_point(hall: str, window: str, msg: dict[str, Any], ms: int) -> str:
     p = _device_point("device_event", hall, window, msg, ms).tag("type", msg["type"])
     p.field("n", 1)
-    for name, value in msg["data"].items():
-        if isinstance(value, bool):
-            value = int(value)
-        if isinstance(value, int | float | str):
-            p.field(f"d_{name}"[:40], value)
+    data = msg["data"]
+    for name, kind in EVENT_FIELDS.get(msg["type"], {}).items():
+        value = data.get(name)
+        if value is None:
+            continue
+        if kind == "string":
+            p.field(f"d_{name}", str(value))
+        elif not isinstance(value, list | dict):
+            p.field(f"d_{name}", int(value))  # integers, and booleans as 0/1
     return p.to_line_protocol()
 
 

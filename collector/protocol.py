@@ -15,15 +15,19 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import fastjsonschema
 
+from collector.reasons import REASON_TAGS
+
 __all__ = [
+    "DEVICE_BUILDERS",
     "DEVICE_KINDS",
     "FEED_KINDS",
     "MAX_DEVICE_PAYLOAD",
@@ -32,17 +36,26 @@ __all__ = [
     "REASON_TAGS",
     "SIG_SUFFIX_LEN",
     "DeviceTopic",
+    "KnownDevice",
     "ProtocolError",
     "Rejection",
     "build_signed",
+    "command_message",
     "compact_json",
     "decode_feed_message",
     "device_topic",
+    "event_message",
+    "feed_message",
     "feed_topic",
+    "heartbeat_message",
+    "invitation_message",
+    "open_device_message",
     "parse_device_payload",
     "parse_topic",
+    "rating_message",
     "sign",
     "signed_bytes",
+    "status_message",
     "validate_device_message",
     "verify",
 ]
@@ -62,10 +75,9 @@ FEED_KINDS = (
     "window_resumed",
 )
 
-# Reason tags a citizen may choose after a 1-2 rating ("none": the prompt timed out).
-REASON_TAGS = ("attitude", "efficiency", "notice", "wait", "facility", "other", "none")
+# Reason tags a citizen may choose after a 1-2 rating: collector/reasons.py.
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")  # use with fullmatch ($ passes a final "\n")
 
 _SIG_HEAD = b',"sig":"'
 _SIG_HEX_LEN = 64
@@ -124,9 +136,9 @@ def parse_topic(prefix: str, topic: str) -> DeviceTopic | tuple[str, str]:
     rest = parts[plen:]
     if len(rest) == 5 and rest[0] == "dev" and rest[4] in DEVICE_KINDS:
         hall, window, device = rest[1:4]
-        if all(ID_PATTERN.match(x) for x in (hall, window, device)):
+        if all(ID_PATTERN.fullmatch(x) for x in (hall, window, device)):
             return DeviceTopic(hall, window, device, rest[4])
-    elif len(rest) == 2 and rest[0] == "feed" and ID_PATTERN.match(rest[1]):
+    elif len(rest) == 2 and rest[0] == "feed" and ID_PATTERN.fullmatch(rest[1]):
         return ("feed", rest[1])
     raise ProtocolError(Rejection.BAD_TOPIC, "topic does not match the evalterm layout")
 
@@ -202,6 +214,21 @@ def _reject_float(text: str) -> Any:
     raise _FloatSeen(text[:20])
 
 
+_INT64 = 2**63
+
+
+class _HugeInt(Exception):
+    pass
+
+
+def _int64(text: str) -> int:
+    # InfluxDB stores 64-bit integers: a larger one would make a point it refuses.
+    value = int(text)
+    if not -_INT64 <= value < _INT64:
+        raise _HugeInt(text[:24])
+    return value
+
+
 def _parse_json_object(payload: bytes, limit: int) -> dict[str, Any]:
     if len(payload) > limit:
         raise ProtocolError(Rejection.OVERSIZED, f"{len(payload)} bytes, limit {limit}")
@@ -211,13 +238,22 @@ def _parse_json_object(payload: bytes, limit: int) -> dict[str, Any]:
             object_pairs_hook=_no_duplicate_keys,
             parse_constant=_reject_constant,
             parse_float=_reject_float,
+            parse_int=_int64,
         )
+    except _HugeInt as exc:
+        raise ProtocolError(Rejection.MALFORMED, f"integer beyond 64 bits: {exc}...") from None
     except _FloatSeen as exc:
         raise ProtocolError(Rejection.INVALID, f"numbers must be integers, got {exc}") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(Rejection.MALFORMED, f"not a JSON document: {str(exc)[:80]}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(Rejection.MALFORMED, "JSON document is not an object")
+    if b"\\u" in payload:  # only an escape can make a lone surrogate (UTF-8 cannot carry one)
+        try:
+            compact_json(obj).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(Rejection.MALFORMED, "a string holds a lone surrogate escape "
+                                "(\\ud800-\\udfff)") from None
     v = obj.get("v")
     if type(v) is not int or v != PROTOCOL_VERSION:
         shown = v if isinstance(v, int | str) and len(str(v)) < 12 else type(v).__name__
@@ -260,9 +296,133 @@ def validate_device_message(topic: DeviceTopic, obj: dict[str, Any]) -> dict[str
     return obj
 
 
+class KnownDevice(Protocol):
+    """What `open_device_message` needs to know of a registered device (registry.Device)."""
+
+    @property
+    def hall(self) -> str: ...
+    @property
+    def window(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def key(self) -> bytes: ...
+
+
+def open_device_message(prefix: str, topic: str, payload: bytes,
+                        lookup: Callable[[str], KnownDevice | None]
+                        ) -> tuple[DeviceTopic, dict[str, Any]]:
+    """Every check an inbound device message must pass, in the order of docs/protocol.md §7:
+    size, topic, JSON, version, registry (known, active, at its place), signature, schema and
+    identity. Returns the parsed topic and the verified message; raises ProtocolError.
+
+    `lookup` maps a device id to its registry entry (None: not registered). The order keeps an
+    unauthenticated message to one bounded JSON parse and one registry look-up."""
+    if len(payload) > MAX_DEVICE_PAYLOAD:
+        raise ProtocolError(Rejection.OVERSIZED,
+                            f"{len(payload)} bytes, limit {MAX_DEVICE_PAYLOAD}")
+    where = parse_topic(prefix, topic)
+    if not isinstance(where, DeviceTopic):
+        raise ProtocolError(Rejection.BAD_TOPIC, "not a device topic")
+    msg = parse_device_payload(payload)
+    dev = lookup(where.device)
+    if dev is None:
+        raise ProtocolError(Rejection.UNKNOWN_DEVICE, f"device {where.device} not registered")
+    if dev.state != "active":
+        raise ProtocolError(Rejection.REVOKED_DEVICE, f"device {where.device} is revoked")
+    if (dev.hall, dev.window) != (where.hall, where.window):
+        raise ProtocolError(
+            Rejection.WRONG_WINDOW,
+            f"device {where.device} is registered at {dev.hall}/{dev.window}, "
+            f"published as {where.hall}/{where.window}",
+        )
+    if not verify(dev.key, topic, payload):
+        raise ProtocolError(Rejection.BAD_SIGNATURE, f"signature of {where.device} does not verify")
+    return where, validate_device_message(where, msg)
+
+
 def decode_feed_message(payload: bytes) -> dict[str, Any]:
     obj = _parse_json_object(payload, MAX_FEED_PAYLOAD)
     _validate("feed", obj)
     if obj["kind"] == "txn_completed" and obj["completed"] < obj["started"]:
         raise ProtocolError(Rejection.INVALID, "completed before started")
     return obj
+
+
+# --- builders ---------------------------------------------------------------------------------
+# The one place outbound and test messages are put together, member order as in docs/protocol.md
+# (the order is part of what a signature covers). They build what they are given: a caller may
+# build an invalid message on purpose (tests), and the collector validates what it receives.
+
+
+def _device_body(kind: str, dev: str, boot: int, seq: int, ts: int | None,
+                 up: int) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "kind": kind, "dev": dev, "boot": boot, "seq": seq, "ts": ts,
+            "up": up}
+
+
+def rating_message(key: bytes, topic: str, *, dev: str, boot: int, seq: int, ts: int | None,
+                   up: int, level: int, txn: str | None, reason: str | None, rt: int | None,
+                   mode: str, **extra: Any) -> bytes:
+    """A signed `rating` (§4.1)."""
+    body = _device_body("rating", dev, boot, seq, ts, up)
+    body.update(level=level, txn=txn, reason=reason, rt=rt, mode=mode, **extra)
+    return build_signed(key, topic, body)
+
+
+def event_message(key: bytes, topic: str, *, dev: str, boot: int, seq: int, ts: int | None,
+                  up: int, type: str, data: dict[str, Any], **extra: Any) -> bytes:
+    """A signed `event` of any type (§4.2); heartbeats: `heartbeat_message`."""
+    body = _device_body("event", dev, boot, seq, ts, up)
+    body.update(type=type, data=data, **extra)
+    return build_signed(key, topic, body)
+
+
+def heartbeat_message(key: bytes, topic: str, *, dev: str, boot: int, seq: int, ts: int | None,
+                      up: int, fw: str, rssi: int | None, heap_free: int, outbox: int,
+                      discards: int, reconnects: int, keys: list[int], uninvited: int,
+                      state: str, **data: Any) -> bytes:
+    """A signed heartbeat event; `data` adds members to its `data` object."""
+    fields = {"fw": fw, "rssi": rssi, "heap_free": heap_free, "outbox": outbox,
+              "discards": discards, "reconnects": reconnects, "keys": list(keys),
+              "uninvited": uninvited, "state": state, **data}
+    return event_message(key, topic, dev=dev, boot=boot, seq=seq, ts=ts, up=up, type="heartbeat",
+                         data=fields)
+
+
+def status_message(key: bytes, topic: str, *, dev: str, boot: int, seq: int, ts: int | None,
+                   up: int, state: str, fw: str) -> bytes:
+    """A signed `status` (§4.3: online, or the offline will)."""
+    body = _device_body("status", dev, boot, seq, ts, up)
+    body.update(state=state, fw=fw)
+    return build_signed(key, topic, body)
+
+
+DEVICE_BUILDERS: dict[str, Callable[..., bytes]] = {
+    "rating": rating_message, "event": event_message, "status": status_message,
+}
+"""The builder of each device message kind: `DEVICE_BUILDERS[kind](key, topic, dev=..., ...)`."""
+
+
+def command_message(key: bytes, topic: str, *, cmd: str, cseq: int, ts: int,
+                    **fields: Any) -> bytes:
+    """A signed command to a device (§5): `cmd` with its own members (`text` for display)."""
+    body: dict[str, Any] = {"v": PROTOCOL_VERSION, "kind": COMMAND_KIND, "cmd": cmd, "cseq": cseq,
+                            "ts": ts}
+    body.update(fields)
+    return build_signed(key, topic, body)
+
+
+def invitation_message(key: bytes, topic: str, *, cseq: int, ts: int, txn: str, staff_name: str,
+                       staff_badge: str, service: str, ttl: int) -> bytes:
+    """A signed invitation to rate transaction `txn` for `ttl` seconds."""
+    return command_message(key, topic, cmd="invite", cseq=cseq, ts=ts, txn=txn,
+                           staff={"name": staff_name, "badge": staff_badge}, service=service,
+                           ttl=ttl)
+
+
+def feed_message(kind: str, *, id: str, window: str, ts: int, **fields: Any) -> bytes:
+    """A business-system feed message (§6, unsigned: the feed user's broker credentials or the
+    webhook token authenticate it)."""
+    msg = {"v": PROTOCOL_VERSION, "kind": kind, "id": id, "window": window, "ts": ts, **fields}
+    return json.dumps(msg, ensure_ascii=False).encode()

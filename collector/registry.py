@@ -79,7 +79,7 @@ class Registry:
     def add(self, device: str, hall: str, window: str, now_ms: int,
             key: bytes | None = None) -> Device:
         for what, value in (("device", device), ("hall", hall), ("window", window)):
-            if not ID_PATTERN.match(value):
+            if not ID_PATTERN.fullmatch(value):
                 raise RegistryError(f"{what} id {value!r}: use 1-32 of A-Z a-z 0-9 _ -")
         if key is None:
             key = secrets.token_bytes(32)

@@ -31,6 +31,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector as MetricsCollector
 
+from collector import outbox
+from collector.clock import now_ms
 from collector.config import Config
 from collector.db import connect
 from collector.drainer import DrainerProcess
@@ -40,13 +42,9 @@ from collector.metrics import Metrics
 from collector.mqttclient import BufferedClient
 from collector.protocol import feed_topic
 
-__all__ = ["Collector", "now_ms"]
+__all__ = ["Collector"]
 
 _LOG = logging.getLogger(__name__)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class _DrainerMetrics(MetricsCollector):
@@ -101,6 +99,7 @@ class Collector:
         self._inflight_cmds: dict[int, int] = {}  # paho mid -> cmd_outbox id
         self._last_published_cmd = 0  # paho holds what it was given and resends until the PUBACK
         self._cmd_lock = threading.Lock()
+        self._acked_cmds: queue.SimpleQueue[int] = queue.SimpleQueue()  # from paho's thread
         self._worker = threading.Thread(target=self._work, name="ingest", daemon=True)
         self._http: ThreadingHTTPServer | None = None
         self.last_batch_ms = 0
@@ -163,8 +162,9 @@ class Collector:
         with self._cmd_lock:
             row = self._inflight_cmds.pop(mid, None)
         if row is not None:
-            # The ingest worker deletes it; this thread must not touch its connection.
-            self._queue.put(Inbound("cmd-acked", "", b"", 0, row))
+            # The ingest worker deletes it; this thread must not touch its connection. Not
+            # through the message queue: an acknowledgement is not an inbound message.
+            self._acked_cmds.put(row)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -234,8 +234,9 @@ class Collector:
         acknowledgements. Each run rewrites the day's points, so the runs after closing leave
         the day's final values."""
         from collector.detection import run_detection
+        from collector.detection.run import connect_detector
 
-        conn = connect(self.cfg.state_db)
+        conn = connect_detector(self.cfg)
         try:
             while not self._stop.is_set():
                 started = self.clock()
@@ -257,6 +258,7 @@ class Collector:
             if due is not None and due <= self.clock():
                 self._run(self.ingest.tick, self.clock())
                 self._run(self._publish_commands)
+            self._forget_acked_commands()
             return
         if first is None:
             self._stop.set()
@@ -294,13 +296,20 @@ class Collector:
                     _LOG.exception("pruning the outbox failed")
                 delay = min(delay * 2, 10)
 
-    def _process(self, batch: list[Inbound]) -> None:
-        acked_cmds = [i.token for i in batch if i.source == "cmd-acked"]
-        items = [i for i in batch if i.source != "cmd-acked"]
-        if acked_cmds:
-            self._run(self._db.executemany, "DELETE FROM cmd_outbox WHERE id=?",
-                      [(r,) for r in acked_cmds])
-            self.metrics.commands_sent.inc(len(acked_cmds))
+    def _forget_acked_commands(self) -> None:
+        """Delete the commands the broker acknowledged since the last call (worker thread)."""
+        acked: list[int] = []
+        while True:
+            try:
+                acked.append(self._acked_cmds.get_nowait())
+            except queue.Empty:
+                break
+        if acked:
+            self._run(outbox.delete_commands, self._db, acked)
+            self.metrics.commands_sent.inc(len(acked))
+
+    def _process(self, items: list[Inbound]) -> None:
+        self._forget_acked_commands()
         if items:
             started = time.monotonic()
             outcomes = self._run(self.ingest.process_batch, items, self.clock())
@@ -319,14 +328,11 @@ class Collector:
 
     def _publish_commands(self) -> None:
         now = self.clock()
-        rows = self._db.execute(
-            "SELECT id, topic, payload, expires_ms FROM cmd_outbox WHERE id > ? ORDER BY id",
-            (self._last_published_cmd,),
-        )
         expired = []
-        for row_id, topic, payload, expires in rows.fetchall():
+        for row_id, topic, payload, expires in outbox.commands_after(self._db,
+                                                                     self._last_published_cmd):
             if expires <= now:
-                expired.append((row_id,))
+                expired.append(row_id)
                 self._last_published_cmd = row_id
                 continue
             info = self._client.publish(topic, payload, qos=1)
@@ -337,7 +343,7 @@ class Collector:
             with self._cmd_lock:
                 self._inflight_cmds[info.mid] = row_id
         if expired:
-            self._db.executemany("DELETE FROM cmd_outbox WHERE id=?", expired)
+            outbox.delete_commands(self._db, expired)
 
     # -- HTTP --------------------------------------------------------------------------------------
 

@@ -11,20 +11,26 @@ import paho.mqtt.client as mqtt
 
 from collector.config import Config
 from collector.influx import influxql
-from collector.protocol import build_signed, device_topic, feed_topic
+from collector.protocol import (
+    device_topic,
+    event_message,
+    feed_message,
+    feed_topic,
+    heartbeat_message,
+    rating_message,
+    status_message,
+)
 
 T0 = 1_764_201_600_000  # 2025-11-27 00:00 UTC, a fixed clock for deterministic tests
 
 
 def txn_msg(txn: str, window: str = "w1", completed: int = T0, staff: str = "s1",
             service: str = "sfz", event_id: str | None = None) -> dict[str, Any]:
-    return {
-        "v": 1, "kind": "txn_completed", "id": event_id or f"ev-{txn}", "window": window,
-        "ts": completed, "txn": txn,
-        "staff": {"id": staff, "name": "张伟", "badge": "010233"},
-        "service": {"code": service, "name": "居民身份证换领"},
-        "started": completed - 300_000, "completed": completed, "outcome": "completed",
-    }
+    return json.loads(feed_message(
+        "txn_completed", id=event_id or f"ev-{txn}", window=window, ts=completed, txn=txn,
+        staff={"id": staff, "name": "张伟", "badge": "010233"},
+        service={"code": service, "name": "居民身份证换领"},
+        started=completed - 300_000, completed=completed, outcome="completed"))
 
 
 def feed_bytes(msg: dict[str, Any]) -> bytes:
@@ -47,35 +53,35 @@ class Dev:
     def topic(self, kind: str) -> str:
         return device_topic(self.prefix, self.hall, self.window, self.device, kind)
 
-    def envelope(self, kind: str, ts: int | None = None) -> dict[str, Any]:
+    def envelope(self, ts: int | None = None) -> dict[str, Any]:
+        """The next message's common members (dev, boot, seq, ts, up) as builder arguments."""
         self.seq += 1
-        return {"v": 1, "kind": kind, "dev": self.device, "boot": self.boot, "seq": self.seq,
-                "ts": ts, "up": 1000 + self.seq}
+        return {"dev": self.device, "boot": self.boot, "seq": self.seq, "ts": ts,
+                "up": 1000 + self.seq}
 
     def rating(self, level: int, txn: str | None = None, ts: int | None = None,
                reason: str | None = None, **extra: Any) -> tuple[str, bytes]:
-        body = self.envelope("rating", ts)
         if level <= 2 and reason is None:
             reason = "wait"
-        body.update(level=level, txn=txn, reason=reason, rt=3000 if txn else None,
-                    mode="invited" if txn else "standalone")
-        body.update(extra)
+        fields: dict[str, Any] = {"level": level, "txn": txn, "reason": reason,
+                                  "rt": 3000 if txn else None,
+                                  "mode": "invited" if txn else "standalone", **extra}
         topic = self.topic("rating")
-        return topic, build_signed(self.key, topic, body)
+        return topic, rating_message(self.key, topic, **self.envelope(ts), **fields)
 
     def heartbeat(self, keys: list[int], ts: int | None = None) -> tuple[str, bytes]:
-        body = self.envelope("event", ts)
-        body.update(type="heartbeat", data={
-            "fw": "1.0.0", "rssi": -60, "heap_free": 50000, "outbox": 0, "discards": 0,
-            "reconnects": 0, "keys": keys, "uninvited": 0, "state": "idle"})
         topic = self.topic("event")
-        return topic, build_signed(self.key, topic, body)
+        return topic, heartbeat_message(
+            self.key, topic, **self.envelope(ts), fw="1.0.0", rssi=-60, heap_free=50000,
+            outbox=0, discards=0, reconnects=0, keys=keys, uninvited=0, state="idle")
+
+    def event(self, type_: str, data: dict[str, Any], ts: int | None = None) -> tuple[str, bytes]:
+        topic = self.topic("event")
+        return topic, event_message(self.key, topic, **self.envelope(ts), type=type_, data=data)
 
     def status(self, state: str) -> tuple[str, bytes]:
-        body = self.envelope("status")
-        body.update(state=state, fw="1.0.0")
         topic = self.topic("status")
-        return topic, build_signed(self.key, topic, body)
+        return topic, status_message(self.key, topic, **self.envelope(), state=state, fw="1.0.0")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1,

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from helpers import Dev, Publisher, feed, feed_bytes, query, txn_msg, wait_for
 
+from collector.clock import now_ms
 from collector.config import Config
 from collector.db import connect
 from collector.protocol import build_signed, verify
@@ -22,9 +23,6 @@ from collector.sim.servers import InfluxServer
 
 pytestmark = pytest.mark.servers
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def register(cfg: Config, device: str, hall: str = "h1", window: str = "w1") -> Dev:

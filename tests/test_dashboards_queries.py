@@ -31,7 +31,7 @@ from collector.db import connect
 from collector.detection.run import run_detection
 from collector.grafana import alerts
 from collector.grafana.export import dashboards
-from collector.protocol import build_signed
+from collector.protocol import rating_message
 from collector.registry import Registry
 from collector.service import Collector
 from collector.sim.servers import InfluxServer, MosquittoServer
@@ -59,10 +59,7 @@ class Hall:
 
 
 def _event(dev: Dev, kind: str, data: dict[str, Any], ts: int) -> tuple[str, bytes]:
-    body = dev.envelope("event", ts)
-    body.update(type=kind, data=data)
-    topic = dev.topic("event")
-    return topic, build_signed(dev.key, topic, body)
+    return dev.event(kind, data, ts)
 
 
 def _heartbeat(dev: Dev, ts: int, outbox: int, rssi: int, reconnects: int = 0) -> tuple[str, bytes]:
@@ -115,9 +112,8 @@ def _traffic(pub: Publisher, hall: Hall) -> None:
     pub.publish(*hall.devs["w5"].rating(4, None, ts=n0 - 90 * MIN))
     # A message signed with another device's key: refused (bad_signature).
     topic, _ = hall.devs["w1"].rating(4, None)
-    body = hall.devs["w1"].envelope("rating", n0)
-    body.update(level=4, txn=None, reason=None, rt=None, mode="standalone")
-    pub.publish(topic, build_signed(hall.devs["w2"].key, topic, body))
+    pub.publish(topic, rating_message(hall.devs["w2"].key, topic, **hall.devs["w1"].envelope(n0),
+                                      level=4, txn=None, reason=None, rt=None, mode="standalone"))
     time.sleep(0.05)
     pub.publish(*hall.devs["w5"].status("offline"))
 

@@ -3,6 +3,7 @@
 import importlib.metadata
 import pathlib
 
+import pytest
 import urllib3
 
 
@@ -16,7 +17,12 @@ def test_urllib3_is_urllib3_not_the_fork_grafana_client_brings() -> None:
 
 
 def test_grafana_client_works_beside_it() -> None:
-    import niquests  # noqa: F401  (imports urllib3_future under its own name)
+    import niquests  # (imports urllib3_future under its own name)
     from grafana_client import GrafanaApi
 
-    assert GrafanaApi.from_url("http://127.0.0.1:1", credential="x") is not None
+    api = GrafanaApi.from_url("http://127.0.0.1:1", credential="x")
+    assert api.client.url == "http://127.0.0.1:1/api"
+    # A real request through niquests (urllib3_future): nothing listens on port 1, so it must
+    # fail as a connection error, not with an import or attribute error of a clobbered urllib3.
+    with pytest.raises(niquests.exceptions.ConnectionError):
+        api.health.check()

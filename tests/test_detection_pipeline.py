@@ -4,12 +4,14 @@ its integrity points: queued in the outbox, idempotent, and queryable with Influ
 from __future__ import annotations
 
 import random
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from collector.config import Config, load_config
 from collector.detection import run_detection
+from collector.detection.run import connect_detector
 from collector.influx import make_writer
 from collector.sim.hall import VirtualHall
 from collector.sim.profiles import draw_hall
@@ -106,3 +108,24 @@ def test_integrity_points_answer_influxql(tmp_path, make_config):
     # Deterministic indicators have no p-value, so no events field.
     assert query(cfg, 'SELECT count("events") FROM "integrity" '
                       'WHERE "indicator" = \'key_counters\'') == []
+
+
+def test_a_full_database_reports_full_not_a_failed_rollback(tmp_path):
+    """On SQLITE_FULL SQLite has rolled the transaction back itself: the detector must let that
+    error through (an unguarded ROLLBACK raised "no transaction is active" instead)."""
+    hall, _, close = _simulated(tmp_path)
+    conn = hall.conn
+    conn.execute("VACUUM")  # no free pages left to fill
+    used = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count={used}")
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        run_detection(conn, hall.cfg, close)
+    assert not conn.in_transaction
+
+
+def test_the_detector_connection_keeps_max_db_mb(tmp_path):
+    cfg = load_config(None, env={}).with_overrides(collector__data_dir=str(tmp_path / "s"),
+                                                    collector__max_db_mb=3)
+    conn = connect_detector(cfg)
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    assert conn.execute("PRAGMA max_page_count").fetchone()[0] == 3 * 2**20 // page

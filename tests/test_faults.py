@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from helpers import Dev, Publisher, feed, feed_bytes, query, txn_msg, wait_for
 
+from collector.clock import now_ms
 from collector.config import Config
 from collector.db import connect
 from collector.registry import Registry
@@ -28,9 +29,6 @@ from collector.sim.servers import InfluxServer, MosquittoServer
 pytestmark = pytest.mark.servers
 OUTAGE_S = float(os.environ.get("EVALTERM_OUTAGE_S", "65"))
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def register_many(cfg: Config, n: int, prefix_window: str = "w") -> list[Dev]:

@@ -21,14 +21,19 @@ from hypothesis import strategies as st
 from collector.config import load_config
 from collector.db import connect
 from collector.ingest import Inbound, Ingest
+from collector.points import EVENT_FIELDS, device_event_point, render
 from collector.protocol import (
     DeviceTopic,
+    KnownDevice,
     ProtocolError,
     Rejection,
     build_signed,
+    command_message,
     decode_feed_message,
     device_topic,
+    event_message,
     feed_topic,
+    open_device_message,
     parse_device_payload,
     parse_topic,
     validate_device_message,
@@ -86,7 +91,7 @@ def test_arbitrary_json_is_refused_or_valid(value: Any) -> None:
 rating_fields = st.fixed_dictionaries({
     "v": st.just(1), "kind": st.just("rating"), "dev": st.just("kp1"),
     "boot": st.integers(1, 2**31 - 1), "seq": st.integers(0, 2**31 - 1),
-    "ts": st.none() | st.integers(0, 9_999_999_999_999), "up": st.integers(0, 2**31),
+    "ts": st.none() | st.integers(0, 9_223_372_036_853), "up": st.integers(0, 2**31),
     "level": st.integers(1, 5), "txn": st.none() | st.text(min_size=1, max_size=64),
     "rt": st.none() | st.integers(0, 600_000), "mode": st.sampled_from(["invited", "standalone"]),
 }).map(lambda m: {**m, "reason": "wait" if m["level"] <= 2 else None})
@@ -184,3 +189,109 @@ def test_pipeline_under_reordering_replay_and_forgery(
     stored = conn.execute("SELECT count(*) FROM rating").fetchone()[0]
     assert stored == len(seen_good)
     assert conn.execute("SELECT count(*) FROM dead_letter").fetchone()[0] == 0
+
+
+# -- every message kind: events of each type with arbitrary data, commands, text edges -----------
+
+TRIED: dict[str, int] = {}
+"""Inputs tried per property of this section, printed at the end of the module's run."""
+
+EVENT_TOPIC = device_topic("evalterm", "h1", "w1", "kp1", "event")
+
+
+class _Kp1:
+    hall, window, state, key = "h1", "w1", "active", KEY
+
+
+def _lookup(device: str) -> KnownDevice | None:
+    return _Kp1() if device == "kp1" else None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_tried() -> Iterator[None]:
+    yield
+    print(f"\nfuzz inputs tried (new message kinds): {TRIED} = {sum(TRIED.values())}")
+
+
+def _count(name: str) -> None:
+    TRIED[name] = TRIED.get(name, 0) + 1
+
+
+scalars = (st.none() | st.booleans() | st.integers(-(2**65), 2**65) | st.text(max_size=12)
+           | st.sampled_from(["5", "x\\", "\ud800", "１２", "1e3"]))
+data_objects = st.dictionaries(
+    st.sampled_from(sorted({k for f in EVENT_FIELDS.values() for k in f} | {"keys", "zz\\"}))
+    | st.text(max_size=6), scalars | st.lists(st.integers(0, 9), max_size=6), max_size=16)
+
+
+@FUZZ
+@given(st.sampled_from(sorted(EVENT_FIELDS)), data_objects, st.integers(1, 2**31 - 1),
+       st.integers(0, 2**31 - 1))
+def test_events_of_every_type_never_poison_a_field_type(kind: str, data: dict[str, Any],
+                                                         boot: int, seq: int) -> None:
+    """Any data object of any event type: refused with a reason, or accepted and turned into a
+    point whose fields have exactly the declared types (so InfluxDB can never see a conflict)."""
+    _count("event")
+    try:
+        payload = event_message(KEY, EVENT_TOPIC, dev="kp1", boot=boot, seq=seq, ts=T0, up=1,
+                                type=kind, data=data)
+    except UnicodeEncodeError:  # a raw lone surrogate is not UTF-8: no device can send it
+        return
+    try:
+        _, msg = open_device_message("evalterm", EVENT_TOPIC, payload, _lookup)
+    except ProtocolError as exc:
+        assert exc.reason.value in REASONS and exc.detail
+        return
+    line = render(device_event_point("h1", "w1", msg, T0))
+    declared = EVENT_FIELDS[kind]
+    for name, jtype in declared.items():
+        value = msg["data"].get(name)
+        if value is None or isinstance(value, list):
+            assert f"d_{name}=" not in line
+        elif jtype == "string":
+            assert f'd_{name}="' in line
+        else:
+            assert f"d_{name}={int(value)}i" in line, line
+    for name in set(msg["data"]) - set(declared):  # undeclared members never become fields
+        assert f",d_{name}=" not in line and f" d_{name}=" not in line, line
+
+
+@FUZZ
+@given(st.sampled_from(["invite", "cancel", "pause", "resume", "display"]),
+       st.dictionaries(st.sampled_from(["txn", "staff", "service", "ttl", "text", "x"]),
+                       json_values, max_size=5),
+       st.integers(0, 2**31 - 1))
+def test_commands_verify_and_any_mutation_fails(cmd: str, fields: dict[str, Any],
+                                                cseq: int) -> None:
+    """The command builder's output verifies with the device key; any one changed byte does not
+    (what the keypad relies on, etfw/command.py)."""
+    _count("cmd")
+    topic = device_topic("evalterm", "h1", "w1", "kp1", "cmd")
+    try:
+        payload = command_message(KEY, topic, cmd=cmd, cseq=cseq, ts=T0, **fields)
+    except ValueError:  # NaN or Infinity in json_values: not JSON at all
+        return
+    assert verify(KEY, topic, payload)
+    assert not verify(bytes(32), topic, payload)
+    body = payload[:-2]
+    for i in range(0, len(body), max(1, len(body) // 8)):
+        tampered = bytearray(payload)
+        tampered[i] ^= 0x01
+        assert not verify(KEY, topic, bytes(tampered))
+
+
+@FUZZ
+@given(st.lists(st.characters(codec="utf-8") | st.sampled_from(
+    ["\\ud800", "\\udfff", "\\ud83d\\ude00", "\\u0000", "\\", '"']), max_size=30).map("".join))
+def test_string_escapes_never_escape_the_protocol(text: str) -> None:
+    """Any string content (lone-surrogate escapes included) in a feed message: decoded or refused
+    with a reason, never an exception of another kind."""
+    _count("feed_text")
+    raw = ('{"v":1,"kind":"window_paused","id":"e1","window":"w1","ts":1,"reason":"'
+           + text + '"}').encode("utf-8", "surrogatepass")
+    try:
+        msg = decode_feed_message(raw)
+    except ProtocolError as exc:
+        assert exc.reason.value in REASONS
+    else:
+        msg["reason"].encode("utf-8")  # what went in is storable text

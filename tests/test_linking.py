@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from helpers import T0
 
-from collector.db import connect
+from collector.db import connect, transaction
 from collector.linking import (
     Invite,
     Linker,
@@ -53,17 +54,15 @@ def judged(decisions: list[object]) -> list[RatingJudged]:
     return [d for d in decisions if isinstance(d, RatingJudged)]
 
 
-def step(linker: Linker, db: sqlite3.Connection, fn: str, *args: object) -> list[object]:
+def step(db: sqlite3.Connection, call: Callable[..., list[Any]], *args: object) -> list[object]:
     """Run one engine call inside a transaction, as the pipeline does."""
-    db.execute("BEGIN IMMEDIATE")
-    out = getattr(linker, fn)(*args)
-    db.execute("COMMIT")
-    return out
+    with transaction(db):
+        return list(call(*args))
 
 
 def test_completed_transaction_awaits_and_invites(db: sqlite3.Connection) -> None:
     lk = make_linker(db)
-    out = step(lk, db, "txn_completed", txn("T1"), T0 + 1000)
+    out = step(db, lk.txn_completed, txn("T1"), T0 + 1000)
     assert TxnRecorded(txn("T1"), "awaiting", None, False, None) in out
     assert [d for d in out if isinstance(d, Invite)] == [
         Invite("h1", "w1", "T1", "张伟", "0102", "身份证", T0)]
@@ -71,16 +70,16 @@ def test_completed_transaction_awaits_and_invites(db: sqlite3.Connection) -> Non
 
 def test_backfilled_old_transaction_is_not_invited(db: sqlite3.Connection) -> None:
     lk = make_linker(db)
-    out = step(lk, db, "txn_completed", txn("T1"), T0 + 5 * MIN)
+    out = step(db, lk.txn_completed, txn("T1"), T0 + 5 * MIN)
     assert not [d for d in out if isinstance(d, Invite)]
-    out = step(lk, db, "txn_completed", txn("T2"), T0 + 20 * MIN)
+    out = step(db, lk.txn_completed, txn("T2"), T0 + 20 * MIN)
     assert [d.state for d in out if isinstance(d, TxnRecorded)] == ["awaiting", "unrated"]
 
 
 def test_explicit_link(db: sqlite3.Connection) -> None:
     lk = make_linker(db)
-    step(lk, db, "txn_completed", txn("T1"), T0)
-    out = step(lk, db, "rating", rating(5, "T1", T0 + 20_000), T0 + 20_000)
+    step(db, lk.txn_completed, txn("T1"), T0)
+    out = step(db, lk.rating, rating(5, "T1", T0 + 20_000), T0 + 20_000)
     [j] = judged(out)
     assert j.linked and j.txn == "T1" and j.staff_id == "s1" and j.service_code == "sfz"
     assert [d.state for d in out if isinstance(d, TxnRecorded)] == ["rated"]
@@ -96,17 +95,17 @@ def test_explicit_link(db: sqlite3.Connection) -> None:
 def test_explicit_unlinked(db: sqlite3.Connection, rating_window: str, rating_txn: str,
                            press_after: int, reason: Unlinked) -> None:
     lk = make_linker(db)
-    step(lk, db, "txn_completed", txn("T1"), T0)
-    [j] = judged(step(lk, db, "rating", rating(4, rating_txn, T0 + press_after, rating_window),
+    step(db, lk.txn_completed, txn("T1"), T0)
+    [j] = judged(step(db, lk.rating, rating(4, rating_txn, T0 + press_after, rating_window),
                       T0 + press_after))
     assert not j.linked and j.reason is reason
 
 
 def test_one_rating_per_transaction(db: sqlite3.Connection) -> None:
     lk = make_linker(db)
-    step(lk, db, "txn_completed", txn("T1"), T0)
-    assert judged(step(lk, db, "rating", rating(5, "T1", T0 + 5000), T0 + 5000))[0].linked
-    [second] = judged(step(lk, db, "rating", rating(1, "T1", T0 + 9000), T0 + 9000))
+    step(db, lk.txn_completed, txn("T1"), T0)
+    assert judged(step(db, lk.rating, rating(5, "T1", T0 + 5000), T0 + 5000))[0].linked
+    [second] = judged(step(db, lk.rating, rating(1, "T1", T0 + 9000), T0 + 9000))
     assert not second.linked and second.reason is Unlinked.ALREADY_RATED
     level = db.execute("SELECT level FROM txn WHERE txn='T1'").fetchone()[0]
     assert level == 5  # the first rating stands
@@ -114,18 +113,18 @@ def test_one_rating_per_transaction(db: sqlite3.Connection) -> None:
 
 def test_duplicate_transaction_event_changes_nothing(db: sqlite3.Connection) -> None:
     lk = make_linker(db)
-    step(lk, db, "txn_completed", txn("T1"), T0)
-    step(lk, db, "rating", rating(5, "T1", T0 + 5000), T0 + 5000)
-    assert step(lk, db, "txn_completed", txn("T1"), T0 + 6000) == []
+    step(db, lk.txn_completed, txn("T1"), T0)
+    step(db, lk.rating, rating(5, "T1", T0 + 5000), T0 + 5000)
+    assert step(db, lk.txn_completed, txn("T1"), T0 + 6000) == []
     assert db.execute("SELECT state FROM txn").fetchall() == [("rated",)]
 
 
 def test_out_of_order_rating_is_held_then_linked(db: sqlite3.Connection) -> None:
     lk = make_linker(db)
-    out = step(lk, db, "rating", rating(4, "T1", T0 + 3000), T0 + 3000)
+    out = step(db, lk.rating, rating(4, "T1", T0 + 3000), T0 + 3000)
     assert out == []  # held, not judged
     assert lk.next_due_ms() == T0 + 3000 + 30_000
-    out = step(lk, db, "txn_completed", txn("T1"), T0 + 10_000)
+    out = step(db, lk.txn_completed, txn("T1"), T0 + 10_000)
     [j] = judged(out)
     assert j.linked and j.txn == "T1"
     assert not [d for d in out if isinstance(d, Invite)]  # already rated: no invitation
@@ -133,40 +132,40 @@ def test_out_of_order_rating_is_held_then_linked(db: sqlite3.Connection) -> None
 
 def test_held_rating_unlinked_after_grace(db: sqlite3.Connection) -> None:
     lk = make_linker(db)
-    step(lk, db, "rating", rating(4, "T9", T0), T0)
-    assert step(lk, db, "tick", T0 + 29_999) == []
-    [j] = judged(step(lk, db, "tick", T0 + 30_000))
+    step(db, lk.rating, rating(4, "T9", T0), T0)
+    assert step(db, lk.tick, T0 + 29_999) == []
+    [j] = judged(step(db, lk.tick, T0 + 30_000))
     assert not j.linked and j.reason is Unlinked.UNKNOWN
 
 
 def test_implicit_links_most_recent_unrated(db: sqlite3.Connection) -> None:
     lk = make_linker(db)
-    step(lk, db, "txn_completed", txn("T1", completed=T0), T0)
-    step(lk, db, "txn_completed", txn("T2", completed=T0 + MIN), T0 + MIN)
-    step(lk, db, "txn_completed", txn("T3", window="w2", completed=T0 + 2 * MIN), T0 + 2 * MIN)
-    [a] = judged(step(lk, db, "rating", rating(5, None, T0 + 3 * MIN), T0 + 3 * MIN))
+    step(db, lk.txn_completed, txn("T1", completed=T0), T0)
+    step(db, lk.txn_completed, txn("T2", completed=T0 + MIN), T0 + MIN)
+    step(db, lk.txn_completed, txn("T3", window="w2", completed=T0 + 2 * MIN), T0 + 2 * MIN)
+    [a] = judged(step(db, lk.rating, rating(5, None, T0 + 3 * MIN), T0 + 3 * MIN))
     assert a.linked and a.txn == "T2"
-    [b] = judged(step(lk, db, "rating", rating(3, None, T0 + 4 * MIN), T0 + 4 * MIN))
+    [b] = judged(step(db, lk.rating, rating(3, None, T0 + 4 * MIN), T0 + 4 * MIN))
     assert b.linked and b.txn == "T1"
-    c = judged(step(lk, db, "rating", rating(2, None, T0 + 5 * MIN), T0 + 5 * MIN))
+    c = judged(step(db, lk.rating, rating(2, None, T0 + 5 * MIN), T0 + 5 * MIN))
     assert c == []  # nothing left at w1: held for grace
-    [c2] = judged(step(lk, db, "tick", T0 + 6 * MIN))
+    [c2] = judged(step(db, lk.tick, T0 + 6 * MIN))
     assert not c2.linked and c2.reason is Unlinked.NO_TRANSACTION
 
 
 def test_implicit_held_rating_links_when_transaction_arrives(db: sqlite3.Connection) -> None:
     lk = make_linker(db)
-    assert step(lk, db, "rating", rating(5, None, T0 + 1000), T0 + 1000) == []
-    [j] = judged(step(lk, db, "txn_completed", txn("T1", completed=T0), T0 + 5000))
+    assert step(db, lk.rating, rating(5, None, T0 + 1000), T0 + 1000) == []
+    [j] = judged(step(db, lk.txn_completed, txn("T1", completed=T0), T0 + 5000))
     assert j.linked and j.txn == "T1"
 
 
 @pytest.mark.parametrize("policy", [None, 3, 4])
 def test_expiry_records_unrated_with_policy(db: sqlite3.Connection, policy: int | None) -> None:
     lk = make_linker(db, unrated_default=policy)
-    step(lk, db, "txn_completed", txn("T1"), T0)
-    assert step(lk, db, "tick", T0 + 10 * MIN - 1) == []
-    [rec] = step(lk, db, "tick", T0 + 10 * MIN)
+    step(db, lk.txn_completed, txn("T1"), T0)
+    assert step(db, lk.tick, T0 + 10 * MIN - 1) == []
+    [rec] = step(db, lk.tick, T0 + 10 * MIN)
     assert isinstance(rec, TxnRecorded)
     assert (rec.state, rec.level, rec.defaulted) == ("unrated", policy, policy is not None)
 
@@ -174,9 +173,9 @@ def test_expiry_records_unrated_with_policy(db: sqlite3.Connection, policy: int 
 def test_late_delivered_rating_pressed_in_time_still_links(db: sqlite3.Connection) -> None:
     """A device outbox drained after an outage: pressed in the window, received after expiry."""
     lk = make_linker(db, unrated_default=4)
-    step(lk, db, "txn_completed", txn("T1"), T0)
-    step(lk, db, "tick", T0 + 11 * MIN)
-    [j] = judged(step(lk, db, "rating", rating(1, "T1", T0 + MIN, received=T0 + 60 * MIN),
+    step(db, lk.txn_completed, txn("T1"), T0)
+    step(db, lk.tick, T0 + 11 * MIN)
+    [j] = judged(step(db, lk.rating, rating(1, "T1", T0 + MIN, received=T0 + 60 * MIN),
                       T0 + 60 * MIN))
     assert j.linked
     assert db.execute("SELECT state, level FROM txn").fetchone() == ("rated", 1)
@@ -184,18 +183,18 @@ def test_late_delivered_rating_pressed_in_time_still_links(db: sqlite3.Connectio
 
 def test_window_context_is_recorded(db: sqlite3.Connection) -> None:
     lk = make_linker(db)
-    [j] = judged(step(lk, db, "rating", rating(5, None, T0), T0)) or [None]
+    [j] = judged(step(db, lk.rating, rating(5, None, T0), T0)) or [None]
     assert j is None  # held
-    step(lk, db, "window_event", WindowEvent("h1", "w1", "staff_signon", T0, "s1", "张伟", "01"))
-    step(lk, db, "window_event", WindowEvent("h1", "w1", "window_paused", T0 + 1, reason="午休"))
+    step(db, lk.window_event, WindowEvent("h1", "w1", "staff_signon", T0, "s1", "张伟", "01"))
+    step(db, lk.window_event, WindowEvent("h1", "w1", "window_paused", T0 + 1, reason="午休"))
     lk2 = make_linker(db, )
     lk2.grace_ms = 0
-    [k] = judged(step(lk2, db, "rating", rating(5, None, T0 + 2), T0 + 2))
+    [k] = judged(step(db, lk2.rating, rating(5, None, T0 + 2), T0 + 2))
     assert k.paused and k.signed_on is True and k.staff_id == "s1"
-    step(lk, db, "window_event", WindowEvent("h1", "w1", "staff_signoff", T0 + 3, "s2"))
+    step(db, lk.window_event, WindowEvent("h1", "w1", "staff_signoff", T0 + 3, "s2"))
     assert db.execute("SELECT staff_id FROM window_state").fetchone() == ("s1",)  # not s2's to end
-    step(lk, db, "window_event", WindowEvent("h1", "w1", "staff_signoff", T0 + 4, "s1"))
-    [m] = judged(step(lk2, db, "rating", rating(5, None, T0 + 5), T0 + 5))
+    step(db, lk.window_event, WindowEvent("h1", "w1", "staff_signoff", T0 + 4, "s1"))
+    [m] = judged(step(db, lk2.rating, rating(5, None, T0 + 5), T0 + 5))
     assert m.signed_on is False and m.staff_id is None
 
 
@@ -203,13 +202,13 @@ def test_state_survives_reopen(tmp_path: object) -> None:
     path = f"{tmp_path}/state.db"
     conn = connect(path)
     lk = make_linker(conn)
-    step(lk, conn, "txn_completed", txn("T1"), T0)
-    step(lk, conn, "rating", rating(4, "T2", T0 + 1000), T0 + 1000)  # held
+    step(conn, lk.txn_completed, txn("T1"), T0)
+    step(conn, lk.rating, rating(4, "T2", T0 + 1000), T0 + 1000)  # held
     conn.close()
     conn = connect(path)
     lk = make_linker(conn)
     assert lk.next_due_ms() == T0 + 1000 + 30_000
-    [j] = judged(step(lk, conn, "txn_completed", txn("T2"), T0 + 2000))
+    [j] = judged(step(conn, lk.txn_completed, txn("T2"), T0 + 2000))
     assert j.linked and j.txn == "T2"
     conn.close()
 
@@ -222,14 +221,18 @@ def test_deterministic_replay_gives_identical_decisions(tmp_path: object) -> Non
         global _SEQ
         _SEQ = iter(range(1, 10**6))
         for i in range(20):
-            out += step(lk, conn, "txn_completed", txn(f"T{i}", f"w{i % 3}", T0 + i * 20_000),
+            out += step(conn, lk.txn_completed, txn(f"T{i}", f"w{i % 3}", T0 + i * 20_000),
                         T0 + i * 20_000)
             if i % 4:
-                out += step(lk, conn, "rating", rating(1 + i % 5, None if i % 2 else f"T{i}",
+                out += step(conn, lk.rating, rating(1 + i % 5, None if i % 2 else f"T{i}",
                                                        T0 + i * 20_000 + 5000, f"w{i % 3}"),
                             T0 + i * 20_000 + 5000)
-        out += step(lk, conn, "tick", T0 + 3_600_000)
+        out += step(conn, lk.tick, T0 + 3_600_000)
         conn.close()
         return out
 
-    assert run(f"{tmp_path}/a.db") == run(f"{tmp_path}/b.db")
+    first = run(f"{tmp_path}/a.db")
+    # Not two empty runs: all 15 ratings are judged (linked) and the unrated transactions are there.
+    assert len(judged(first)) == 15 and all(j.linked for j in judged(first))
+    assert any(isinstance(d, TxnRecorded) and d.state == "unrated" for d in first)
+    assert first == run(f"{tmp_path}/b.db")

@@ -26,8 +26,7 @@ class BuggyLinker(Linker):
 def test_unexpected_error_dead_letters_only_that_message(tmp_path: Path) -> None:
     cfg = load_config(None, env={}).with_overrides(linking__grace_s=0)
     conn = connect(tmp_path / "state.db")
-    ingest = Ingest(conn, cfg)
-    ingest.linker = BuggyLinker(conn, rating_window_ms=600_000, grace_ms=0)
+    ingest = Ingest(conn, cfg, linker=BuggyLinker(conn, rating_window_ms=600_000, grace_ms=0))
     conn.execute("BEGIN")
     key = ingest.registry.add("kp1", "h1", "w1", T0).key
     conn.execute("COMMIT")

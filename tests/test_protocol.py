@@ -12,14 +12,24 @@ import pytest
 from helpers import T0, feed_bytes, txn_msg
 
 from collector.protocol import (
+    DEVICE_BUILDERS,
     DeviceTopic,
     ProtocolError,
     Rejection,
     build_signed,
+    command_message,
     decode_feed_message,
+    device_topic,
+    event_message,
+    feed_message,
+    heartbeat_message,
+    invitation_message,
+    open_device_message,
     parse_device_payload,
     parse_topic,
+    rating_message,
     signed_bytes,
+    status_message,
     validate_device_message,
     verify,
 )
@@ -192,3 +202,75 @@ def test_feed_schema() -> None:
     with pytest.raises(ProtocolError) as err:
         decode_feed_message(b" " * 4097)
     assert err.value.reason is Rejection.OVERSIZED
+
+
+def _rebuilt(payload: bytes, topic: str) -> bytes:
+    """The doc vector's message rebuilt with its kind's builder from its members."""
+    f = json.loads(payload)
+    del f["sig"], f["v"]
+    kind = f.pop("kind")
+    if kind == "cmd":
+        if f["cmd"] == "invite":
+            staff = f.pop("staff")
+            del f["cmd"]
+            return invitation_message(KEY, topic, staff_name=staff["name"],
+                                      staff_badge=staff["badge"], **f)
+        return command_message(KEY, topic, **f)
+    return DEVICE_BUILDERS[kind](KEY, topic, **f)
+
+
+@pytest.mark.parametrize("vector", doc_vectors(), ids=lambda v: v["topic"].rsplit("/", 1)[1])
+def test_builders_reproduce_the_doc_vectors(vector: dict[str, str]) -> None:
+    assert _rebuilt(vector["payload"].encode(), vector["topic"]) == vector["payload"].encode()
+
+
+def test_builders_build_valid_messages_of_every_kind() -> None:
+    prefix, env = "evalterm", {"dev": "kp1", "boot": 3, "seq": 9, "ts": T0, "up": 5}
+    t = {k: device_topic(prefix, "h1", "w1", "kp1", k) for k in ("rating", "event", "status")}
+    built = [
+        (t["rating"], rating_message(KEY, t["rating"], **env, level=2, txn=None, reason="wait",
+                                     rt=None, mode="standalone")),
+        (t["event"], heartbeat_message(KEY, t["event"], **env, fw="1.0.0", rssi=None,
+                                       heap_free=1, outbox=0, discards=0, reconnects=0,
+                                       keys=[0, 1, 2, 3, 4], uninvited=0, state="idle")),
+        (t["event"], event_message(KEY, t["event"], **env, type="key_stuck",
+                                   data={"key": 3, "held_ms": 12_000})),
+        (t["status"], status_message(KEY, t["status"], **env, state="online", fw="1.0.0")),
+    ]
+    dev = _Known()
+    for topic, payload in built:
+        where, msg = open_device_message(prefix, topic, payload, {"kp1": dev}.get)
+        assert (where.kind, msg["seq"]) == (topic.rsplit("/", 1)[1], 9)
+    feed = feed_message("window_paused", id="e1", window="w1", ts=T0)
+    assert decode_feed_message(feed)["id"] == "e1"
+
+
+class _Known:
+    hall, window, state, key = "h1", "w1", "active", KEY
+
+
+def test_open_device_message_checks_in_the_documented_order() -> None:
+    """Each case breaks two rules; the one earlier in docs/protocol.md §7 is reported."""
+    prefix = "evalterm"
+    topic = device_topic(prefix, "h1", "w1", "kp1", "rating")
+    env = {"dev": "kp1", "boot": 1, "seq": 1, "ts": None, "up": 1}
+    good = {"level": 5, "txn": None, "reason": None, "rt": None, "mode": "standalone"}
+    revoked, elsewhere = _Known(), _Known()
+    revoked.state, elsewhere.window = "revoked", "w9"
+    invalid = rating_message(KEY, topic, **env, **{**good, "level": 9})
+    forged_invalid = rating_message(bytes(32), topic, **env, **{**good, "level": 9})
+    cases = [
+        (b"{" + b" " * 2000 + b"}", "bad/topic", {}, Rejection.OVERSIZED),
+        (invalid, "evalterm/dev/h1/w1/kp1/nope", {"kp1": _Known()}, Rejection.BAD_TOPIC),
+        (b"{]", topic, {}, Rejection.MALFORMED),
+        (invalid.replace(b'"v":1', b'"v":2'), topic, {}, Rejection.UNKNOWN_VERSION),
+        (forged_invalid, topic, {}, Rejection.UNKNOWN_DEVICE),
+        (forged_invalid, topic, {"kp1": revoked}, Rejection.REVOKED_DEVICE),
+        (forged_invalid, topic, {"kp1": elsewhere}, Rejection.WRONG_WINDOW),
+        (forged_invalid, topic, {"kp1": _Known()}, Rejection.BAD_SIGNATURE),
+        (invalid, topic, {"kp1": _Known()}, Rejection.INVALID),
+    ]
+    for payload, where, known, reason in cases:
+        with pytest.raises(ProtocolError) as err:
+            open_device_message(prefix, where, payload, known.get)
+        assert err.value.reason is reason, (reason, err.value)

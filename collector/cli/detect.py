@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from datetime import datetime
 from typing import Any
 
+from collector.clock import now_ms
 from collector.errors import UsageError
 
 __all__ = ["add_parsers"]
@@ -22,7 +22,7 @@ __all__ = ["add_parsers"]
 
 def _at_ms(text: str | None) -> int:
     if not text:
-        return time.time_ns() // 1_000_000
+        return now_ms()
     dt = datetime.fromisoformat(text)
     if dt.tzinfo is None:
         raise UsageError(f"--at {text!r}: give a UTC offset, e.g. 2026-03-02T17:45:00+08:00")

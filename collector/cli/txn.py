@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 from collector.cli.common import load, now_ms, setup_logging
 from collector.db import connect
 from collector.errors import InputFileError
+from collector.protocol import feed_message
 
 __all__ = ['add_parsers', 'csv_to_feed']
 
@@ -22,7 +22,7 @@ CSV_COLUMNS = ("id", "window", "txn", "staff_id", "staff_name", "staff_badge", "
 
 def _csv_time(value: str, column: str, line: int) -> int:
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not "１２３" or "١٢٣" (int() takes them)
         return int(value)
     try:
         dt = datetime.fromisoformat(value)
@@ -48,15 +48,12 @@ def csv_to_feed(path: Path) -> list[tuple[int, bytes | str]]:
             except ValueError as exc:
                 out.append((n, str(exc)))
                 continue
-            msg = {
-                "v": 1, "kind": "txn_completed", "id": row["id"], "window": row["window"],
-                "ts": completed, "txn": row["txn"],
-                "staff": {"id": row["staff_id"], "name": row["staff_name"],
-                          "badge": row["staff_badge"]},
-                "service": {"code": row["service_code"], "name": row["service_name"]},
-                "started": started, "completed": completed, "outcome": row["outcome"],
-            }
-            out.append((n, json.dumps(msg, ensure_ascii=False).encode()))
+            out.append((n, feed_message(
+                "txn_completed", id=row["id"], window=row["window"], ts=completed, txn=row["txn"],
+                staff={"id": row["staff_id"], "name": row["staff_name"],
+                       "badge": row["staff_badge"]},
+                service={"code": row["service_code"], "name": row["service_name"]},
+                started=started, completed=completed, outcome=row["outcome"])))
     return out
 
 def cmd_txn_import(args: argparse.Namespace) -> int:

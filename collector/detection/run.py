@@ -13,14 +13,16 @@ import sqlite3
 from dataclasses import replace
 
 from collector.config import Config
+from collector.db import connect, transaction
 from collector.detection import stats
 from collector.detection.facts import HallFacts, Unit, halls, load_hall_facts
 from collector.detection.indicators import Indicator, compute_indicators
 from collector.detection.points import indicator_point, verdict_point
 from collector.detection.settings import DAY_MS, DetectionSettings, Period
 from collector.detection.verdict import Combined, Verdict, combine, judge
+from collector.outbox import add_lines
 
-__all__ = ["detect_hall", "restrict", "run_detection"]
+__all__ = ["connect_detector", "detect_hall", "restrict", "run_detection"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -89,6 +91,13 @@ def _combined(found: dict[str, list[Indicator]], settings: DetectionSettings
     return out
 
 
+def connect_detector(cfg: Config) -> sqlite3.Connection:
+    """The detector's own connection to the state database, bounded by `[collector] max_db_mb`
+    like the ingest worker's (SQLite applies `max_page_count` per connection: a connection
+    opened without it could grow the file past the bound)."""
+    return connect(cfg.state_db, max_mb=cfg.collector.max_db_mb)
+
+
 def run_detection(conn: sqlite3.Connection, cfg: Config | DetectionSettings, now_ms: int, *,
                   write_points: bool = True, per_staff: bool = True) -> list[Verdict]:
     """Judge every hall at `now_ms`; queue the integrity points unless `write_points` is False.
@@ -112,13 +121,8 @@ def run_detection(conn: sqlite3.Connection, cfg: Config | DetectionSettings, now
                 lines.append(verdict_point(v, midnight, now_ms, settings.language))
                 lines += [indicator_point(v, i, midnight, now_ms) for i in range(len(v.indicators))]
     if write_points and lines:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany("INSERT INTO influx_outbox (line) VALUES (?)", [(x,) for x in lines])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        with transaction(conn):
+            add_lines(conn, lines)
     flagged = [v for v in verdicts if v.flagged and v.staff is None]
     if flagged:
         _LOG.info("integrity: %d window verdict(s) flagged: %s", len(flagged),

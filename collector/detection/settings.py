@@ -17,8 +17,8 @@ from collector.config import Config, ConfigError, load_config
 
 __all__ = ["DetectionSettings", "Period"]
 
-_RANGE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
-_OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
+_RANGE = re.compile(r"\s*([0-9]{1,2}):([0-9]{2})\s*-\s*([0-9]{1,2}):([0-9]{2})\s*")
+_OFFSET = re.compile(r"([+-])([0-9]{2}):([0-9]{2})")
 DAY_MS = 86_400_000
 
 
@@ -136,7 +136,7 @@ class DetectionSettings:
 def parse_opening_hours(text: str) -> tuple[tuple[int, int], ...]:
     out = []
     for part in text.split(","):
-        m = _RANGE.match(part)
+        m = _RANGE.fullmatch(part)
         if not m:
             raise ConfigError(f"[detection] opening_hours: {part.strip()!r} is not HH:MM-HH:MM")
         h1, m1, h2, m2 = map(int, m.groups())
@@ -169,7 +169,7 @@ def parse_weekdays(text: str) -> frozenset[int]:
 
 
 def parse_offset(text: str) -> int:
-    m = _OFFSET.match(text.strip())
+    m = _OFFSET.fullmatch(text.strip())
     if not m:
         raise ConfigError(f"[detection] utc_offset: expected +HH:MM, got {text!r}")
     sign = -1 if m.group(1) == "-" else 1

@@ -19,6 +19,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as dm
 
 from collector.errors import UsageError
+from collector.reasons import REASON_LABELS
 
 __all__ = [
     "DS",
@@ -51,10 +52,7 @@ LEVELS = {5: ("非常满意", "very satisfied"), 4: ("满意", "satisfied"),
           3: ("基本满意", "fairly satisfied"), 2: ("不满意", "dissatisfied"),
           1: ("非常不满意", "very dissatisfied")}
 LEVEL_COLORS = {5: "dark-green", 4: "green", 3: "yellow", 2: "orange", 1: "red"}
-REASONS = {"attitude": ("服务态度", "attitude"), "efficiency": ("办事效率", "efficiency"),
-           "notice": ("一次性告知不到位", "not told everything at once"),
-           "wait": ("等候时间长", "long wait"), "facility": ("环境设施", "facilities"),
-           "other": ("其他", "other"), "none": ("未选择", "not chosen")}
+REASONS = REASON_LABELS
 
 
 class T:

@@ -7,7 +7,7 @@ import json
 import random
 from typing import Any
 
-from collector.protocol import build_signed, device_topic, verify
+from collector.protocol import DEVICE_BUILDERS, device_topic, verify
 from collector.sim.profiles import (
     FW,
     MIN_INTERVAL_MS,
@@ -69,10 +69,9 @@ class SimTerminal:
 
     def _signed(self, kind: str, fields: dict[str, Any], t: int) -> bytes:
         self.seq += 1
-        body = {"v": 1, "kind": kind, "dev": self.plan.device, "boot": self.boot, "seq": self.seq,
-                "ts": t, "up": max(0, t - self.boot_at)}
-        body.update(fields)
-        return build_signed(self.key, self.topic(kind), body)
+        return DEVICE_BUILDERS[kind](self.key, self.topic(kind), dev=self.plan.device,
+                                     boot=self.boot, seq=self.seq, ts=t,
+                                     up=max(0, t - self.boot_at), **fields)
 
     def _emit(self, kind: str, fields: dict[str, Any], t: int) -> None:
         if not self.powered:

@@ -24,6 +24,7 @@ from pathlib import Path
 from collector.config import load_config
 from collector.detection.run import run_detection
 from collector.detection.settings import DetectionSettings
+from collector.outbox import discard_points
 from collector.sim.hall import VirtualHall
 from collector.sim.profiles import PROFILES, draw_hall
 
@@ -94,7 +95,7 @@ def run_once(seed: int, days: int = 5, start_day: int = 3, profiles: Iterable[st
                 verdicts = run_detection(hall.conn, settings, now, write_points=False,
                                          per_staff=False)
                 # The integrity points are what production writes; here they only pile up.
-                hall.conn.execute("DELETE FROM influx_outbox")
+                discard_points(hall.conn)
                 for v in verdicts:
                     if v.staff is not None or not v.flagged:
                         continue
@@ -114,7 +115,7 @@ def run_once(seed: int, days: int = 5, start_day: int = 3, profiles: Iterable[st
             last_check = hall.local_ms(local_days[index], "19:00")
             hall.run_until(last_check, check, every_min * 60_000, first)
             hall.run_until(day_end - 1)
-            hall.conn.execute("DELETE FROM influx_outbox")
+            discard_points(hall.conn)
         for (window, day), counts in hall.truth.items():
             outcomes[window].truth[day] = dict(counts)
         hall.close()

@@ -6,7 +6,6 @@ windows' honest behaviour and the manipulation profiles)."""
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import random
 import sqlite3
@@ -14,10 +13,11 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
+from collector import outbox
 from collector.config import Config
 from collector.db import connect
 from collector.ingest import Inbound, Ingest
-from collector.protocol import feed_topic
+from collector.protocol import feed_message, feed_topic
 from collector.registry import Registry
 from collector.sim.device import SimTerminal
 from collector.sim.profiles import FW, WILL_DELAY_MS, WindowPlan, citizen_presses, profile_episodes
@@ -132,10 +132,10 @@ class VirtualHall:
         outcomes = self.ingest.process_batch([Inbound("mqtt", topic, payload, self.now)], self.now)
         if outcomes[0].status != "accepted":
             self.rejected += 1
-        rows = self.conn.execute("SELECT id, topic, payload FROM cmd_outbox ORDER BY id").fetchall()
+        rows = outbox.commands_after(self.conn, 0)
         if rows:
-            self.conn.executemany("DELETE FROM cmd_outbox WHERE id=?", [(r[0],) for r in rows])
-            for _, ctopic, cpayload in rows:
+            outbox.delete_commands(self.conn, [r[0] for r in rows])
+            for _, ctopic, cpayload, _expires in rows:
                 window = ctopic.split("/")[-3]
                 self.at(self.now + self.rng.randint(30, 300), self._command, window, ctopic,
                         bytes(cpayload))
@@ -163,10 +163,8 @@ class VirtualHall:
     # -- the business system --
     def _feed(self, window: str, kind: str, **fields: Any) -> None:
         self._serial += 1
-        msg = {"v": 1, "kind": kind, "id": f"ev-{self._serial}", "window": window,
-               "ts": self.now, **fields}
-        self.deliver(self.now + self.rng.randint(10, 200), feed_topic(self.prefix, self.hall),
-                     json.dumps(msg, ensure_ascii=False).encode())
+        msg = feed_message(kind, id=f"ev-{self._serial}", window=window, ts=self.now, **fields)
+        self.deliver(self.now + self.rng.randint(10, 200), feed_topic(self.prefix, self.hall), msg)
 
     def _signon(self, window: str, who: tuple[str, str, str]) -> None:
         self.staff_on[window] = who

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from collector.reasons import DEFAULT_REASON_KEYS
+
 __all__ = [
     "PROFILES",
     "TXN_PER_HOUR",
@@ -48,11 +50,10 @@ PROFILES = (
     "suppressed_negatives",  # tampered firmware drops 1-2 ratings (keys still count)
 )
 FW = "sim-profile-1.0"
-REASON_KEYS = ("attitude", "efficiency", "notice", "wait", "other")  # firmware default order
+REASON_KEYS = DEFAULT_REASON_KEYS  # the firmware's default order
 WILL_DELAY_MS = 45_000  # broker publishes the last will after 1.5 x keepalive (30 s)
 MIN_INTERVAL_MS = 5_000  # firmware stand-alone repeat filter
 REASON_TIMEOUT_MS = 20_000
-
 
 @dataclass
 class WindowPlan:
@@ -76,14 +77,11 @@ class WindowPlan:
     def active(self, day_index: int) -> bool:
         return self.profile != "honest" and day_index >= self.start_day
 
-
 # A window's volume, transactions an hour (log-uniform between the two).
 TXN_PER_HOUR = (2.0, 14.0)
 
-
 def _loguniform(rng: random.Random, lo: float, hi: float) -> float:
     return math.exp(rng.uniform(math.log(lo), math.log(hi)))
-
 
 def draw_window(rng: random.Random, hall: str, index: int, *, excellent: bool = False,
                 profile: str = "honest", start_day: int = 0) -> WindowPlan:
@@ -113,7 +111,6 @@ def draw_window(rng: random.Random, hall: str, index: int, *, excellent: bool = 
     plan.params.update(draw_profile_params(rng, profile))
     return plan
 
-
 def draw_profile_params(rng: random.Random, profile: str) -> dict[str, Any]:
     """The manipulation's own parameters, drawn from wide ranges (never shown to the detector).
     The one definition both simulators use (this module's `VirtualHall`, in simulated time, and
@@ -140,9 +137,7 @@ def draw_profile_params(rng: random.Random, profile: str) -> dict[str, Any]:
         raise ValueError(f"unknown profile {profile!r}")
     return p
 
-
 Note = Callable[[str, int], None]  # (what the manipulation did, how many times): ground truth
-
 
 def citizen_presses(rng: random.Random, plan: WindowPlan, active: bool, level: int, rate: bool,
                     rt: Callable[[], int], note: Note) -> list[tuple[int, int]]:
@@ -179,15 +174,12 @@ def citizen_presses(rng: random.Random, plan: WindowPlan, active: bool, level: i
         out.append((t + rng.randint(1000, 4000), rng.randint(1, 5)))
     return out
 
-
 Action = tuple[int, str, int]  # (ms, "press" | "standalone" | "pause" | "power", key or 0/1)
-
 
 def _standalone(times: list[int], key: int = 5) -> list[Action]:
     """Stand-alone mode switched on around a run of presses (the device rates each one)."""
     return ([(times[0] - 1000, "standalone", 1)] + [(t, "press", key) for t in times]
             + [(times[-1] + 1000, "standalone", 0)])
-
 
 def profile_episodes(rng: random.Random, plan: WindowPlan, shifts: list[tuple[int, int]],
                      note: Note, minute_ms: int = 60_000) -> list[Action]:
@@ -235,7 +227,6 @@ def profile_episodes(rng: random.Random, plan: WindowPlan, shifts: list[tuple[in
                         5 if rng.random() < 0.85 else 4))
     return out
 
-
 def draw_hall(rng: random.Random, hall: str, n_windows: int, profiles: list[str],
               start_day: int) -> list[WindowPlan]:
     """`n_windows` windows: the given manipulated profiles, 1-3 honest excellent ones, the rest
@@ -246,5 +237,4 @@ def draw_hall(rng: random.Random, hall: str, n_windows: int, profiles: list[str]
     rng.shuffle(kinds)
     return [draw_window(rng, hall, i + 1, excellent=exc, profile=prof, start_day=start_day)
             for i, (prof, exc) in enumerate(kinds)]
-
 

@@ -32,8 +32,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from collector.clock import now_ms
 from collector.errors import UsageError
-from collector.protocol import feed_topic
+from collector.protocol import feed_message, feed_topic
 from collector.sim.device import SimTerminal
 from collector.sim.profiles import (
     FW,
@@ -128,10 +129,6 @@ def default_hall(hall: str = "hall01", windows: int = 6, rate_per_min: float = 6
     return spec
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class SimDevice(SimTerminal):
     """A device over the real broker. Thread-safe: presses come from timers, commands from
     paho's thread, ticks and heartbeats from the hall's loop."""
@@ -157,7 +154,7 @@ class SimDevice(SimTerminal):
         if self.username:
             client.username_pw_set(self.username, self.password)
         # The last will is this boot's offline status, signed now (as the firmware does).
-        will = self._signed("status", {"state": "offline", "fw": FW}, _now_ms())
+        will = self._signed("status", {"state": "offline", "fw": FW}, now_ms())
         client.will_set(self.topic("status"), will, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -192,7 +189,7 @@ class SimDevice(SimTerminal):
         with self.lock:
             self.connected = True
             client.publish(self.topic("status"), self._signed(
-                "status", {"state": "online", "fw": FW}, _now_ms()), qos=1, retain=True)
+                "status", {"state": "online", "fw": FW}, now_ms()), qos=1, retain=True)
             for topic, payload in self.outbox:  # flash outbox: original stamps
                 self._send(topic, payload, 0)
             self.outbox.clear()
@@ -206,7 +203,7 @@ class SimDevice(SimTerminal):
             self.acked += 1
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        now = _now_ms()
+        now = now_ms()
         with self.lock:
             txn = self.command(bytes(msg.payload), msg.topic, now)
             if txn is not None:
@@ -224,15 +221,15 @@ class SimDevice(SimTerminal):
 
     def press_now(self, key: int) -> None:
         with self.lock:
-            self.press(key, _now_ms())
+            self.press(key, now_ms())
 
     def tick_now(self) -> None:
         with self.lock:
-            self.tick(_now_ms())
+            self.tick(now_ms())
 
     def heartbeat_now(self) -> None:
         with self.lock:
-            self.heartbeat(_now_ms())
+            self.heartbeat(now_ms())
 
     def set_standalone(self, on: bool) -> None:
         with self.lock:
@@ -258,7 +255,7 @@ class SimDevice(SimTerminal):
         with self.lock:
             if self.powered:
                 return
-            self._power_up(_now_ms())
+            self._power_up(now_ms())
             self.client = self._new_client()
         self.start()
 
@@ -302,23 +299,22 @@ class SimHall:
     def _feed(self, msg: dict[str, Any]) -> None:
         with self._feed_lock:
             self._serial += 1
-            msg = {"v": 1, "id": f"sim-{_now_ms()}-{self._serial}", **msg}
-            self.feed.publish(feed_topic(self.prefix, self.spec.hall),
-                              json.dumps(msg, ensure_ascii=False), qos=1)
+            payload = feed_message(id=f"sim-{now_ms()}-{self._serial}", **msg)
+            self.feed.publish(feed_topic(self.prefix, self.spec.hall), payload, qos=1)
 
     def start(self) -> None:
         self.feed.connect(self.host, self.port, keepalive=30)
         self.feed.loop_start()
         for d in self.devices:
             d.start()
-        now = _now_ms()
+        now = now_ms()
         for w in self.spec.windows:
             sid, name, badge = w.staff[0]
             self._feed({"kind": "staff_signon", "window": w.window, "ts": now,
                         "staff": {"id": sid, "name": name, "badge": badge}})
 
     def complete_transaction(self, w: WindowSpec) -> str:
-        now = _now_ms()
+        now = now_ms()
         self.completed += 1
         txn = f"{self.spec.hall.upper()}-{time.strftime('%Y%m%d')}-{self.completed:06d}"
         sid, name, badge = w.staff[0]
@@ -343,7 +339,7 @@ class SimHall:
             level = rng.choices((1, 2, 3, 4, 5), weights=plan.levels)[0]
             rate = rng.random() < plan.coverage
             presses = citizen_presses(rng, plan, True, level, rate, rt, dev.note)
-        late = _now_ms() - shown
+        late = now_ms() - shown
         for after, key in presses:
             dev.press_at(max(0, after - late), key)
 
@@ -368,7 +364,7 @@ class SimHall:
         elif action == "pause":
             (self.paused.add if arg else self.paused.discard)(d.plan.window)
             self._feed({"kind": "window_paused" if arg else "window_resumed",
-                        "window": d.plan.window, "ts": _now_ms(),
+                        "window": d.plan.window, "ts": now_ms(),
                         **({"reason": "休息"} if arg else {})})
         elif arg:
             d.plug_in()
@@ -385,9 +381,9 @@ class SimHall:
         while not self._stop.is_set() and time.monotonic() - start < duration_s:
             now = time.monotonic()
             if now >= next_cycle:
-                self._plan_cycle(_now_ms())
+                self._plan_cycle(now_ms())
                 next_cycle = now + self.cycle_s
-            while self._actions and self._actions[0][0] <= _now_ms():
+            while self._actions and self._actions[0][0] <= now_ms():
                 _, _, d, action, arg = heapq.heappop(self._actions)
                 self._do(d, action, arg)
             for d in self.devices:

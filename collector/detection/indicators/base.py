@@ -11,6 +11,7 @@ from typing import Any
 from collector.detection import stats
 from collector.detection.facts import HallFacts, RatingFact, Unit
 from collector.detection.settings import DetectionSettings, Period
+from collector.reasons import DEFAULT_REASON_KEYS
 
 __all__ = ["CLOCK_TOLERANCE_MS", "NONE", "STRONG", "WEAK", "Indicator"]
 
@@ -18,7 +19,7 @@ NONE, WEAK, STRONG = "none", "weak", "strong"
 # A press may precede the business system's completion stamp by this much (clocks differ).
 CLOCK_TOLERANCE_MS = 60_000
 # Reason-tag presses that may land on keys 1-2 (default firmware reason_keys order).
-_REASONS_ON_BAD_KEYS = frozenset({"attitude", "efficiency"})
+_REASONS_ON_BAD_KEYS = frozenset(DEFAULT_REASON_KEYS[:2])
 
 
 @dataclass(frozen=True, slots=True)
