@@ -53,7 +53,9 @@ OPTIONS: tuple[Option, ...] = (
     _o("mqtt", "host", str, "127.0.0.1", "Broker host."),
     _o("mqtt", "port", int, 1883, "Broker port.", minimum=1, maximum=65535),
     _o("mqtt", "client_id", str, "evalterm-collector",
-       "Fixed client id; the persistent session belongs to it."),
+       "Fixed client id; the persistent session belongs to it. With a username it is the "
+       "username (the rendered broker binds client ids to user names); another value is "
+       "refused."),
     _o("mqtt", "username", str, "", "Broker user of the collector (empty: anonymous)."),
     _o("mqtt", "password", str, "", "Broker password of the collector.", secret=True),
     _o("mqtt", "topic_prefix", str, "evalterm", "Topic prefix (docs/protocol.md §2)."),
@@ -301,9 +303,25 @@ def _build(file_values: Mapping[str, Any], env: Mapping[str, str], source: str) 
         if opt is None:
             raise ConfigError(f"{name}: unknown option [{section}] {key}")
         values[(section, key)] = _coerce(opt, v, f"environment {name}")
+    _bind_client_id(values)
     cfg = Config(values, source)
     _cross_check(cfg)
     return cfg
+
+
+def _bind_client_id(values: dict[tuple[str, str], Any]) -> None:
+    """The broker binds every client id to its user name (`use_username_as_clientid`, so that
+    nobody can take over the collector's session with other credentials): with a user name, the
+    collector's client id, and so its persistent session, is that name."""
+    user, cid = values[("mqtt", "username")], values[("mqtt", "client_id")]
+    if not user or cid == user:
+        return
+    if cid == _BY_NAME[("mqtt", "client_id")].default:
+        values[("mqtt", "client_id")] = user
+        return
+    raise ConfigError(f"[mqtt] client_id {cid!r} differs from [mqtt] username {user!r}: the "
+                      "broker uses the user name as the client id (docs/security.md); remove "
+                      "client_id or set it to the user name")
 
 
 def _cross_check(cfg: Config) -> None:
