@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from collector.db import connect
-from collector.devservers import MosquittoServer, free_port
+from collector.sim.servers import MosquittoServer, free_port
 from collector.protocol import MAX_FEED_PAYLOAD
 from collector.provision import pki
 from collector.provision.broker import Listeners, max_packet_size, render_broker
@@ -80,7 +80,7 @@ class Client:
     def __init__(self, port: int, user: str | None, password: str | None, *,
                  client_id: str = "", host: str = "127.0.0.1", v5: bool = True,
                  ca: Path | None = None, cert: tuple[Path, Path] | None = None,
-                 clean: bool = True, expiry: int = 0) -> None:
+                 clean: bool = True, expiry: int = 0, wait: float = 10) -> None:
         kw: dict[str, Any] = {} if v5 else {"clean_session": clean}
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                              protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, **kw)
@@ -111,7 +111,7 @@ class Client:
         else:
             self.c.connect(host, port)
         self.c.loop_start()
-        wait_for(lambda: self.connack is not None, 10, what="CONNACK")
+        wait_for(lambda: self.connack is not None, wait, what="CONNACK")
 
     def _on_connect(self, _c: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         self.connack = reason
@@ -203,6 +203,18 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
+def _refused(stack: dict[str, Any], user: str, **kw: Any) -> bool:
+    """True if the connection fails: in the TLS handshake, by a TLS alert after it (TLS 1.3
+    checks the client's certificate after the client's side of the handshake), or at CONNECT."""
+    try:
+        c = stack["client"](user, wait=3, **kw)
+    except (ssl.SSLError, OSError):
+        return True
+    except AssertionError:  # no CONNACK: the broker closed the connection
+        return True
+    return not c.accepted
+
+
 def _dev(stack: dict[str, Any], name: str) -> Dev:
     d = stack["devs"][name]
     return Dev(P, d.device, d.key, hall=d.hall, window=d.window)
@@ -290,16 +302,18 @@ def test_a_device_cannot_publish_on_another_devices_topics_over_tls(
 def test_messages_over_the_size_limit_are_refused(stack: dict[str, Any]) -> None:
     stack["start"]()
     collector = _collector(stack)
-    a = stack["client"]("kp-a", tls=True)
+    # MQTT 3.1.1, as the firmware speaks: over the payload limit, the broker completes the QoS
+    # flow (PUBACK) and drops the message. (Over MQTT 5 it answers with a failure reason code
+    # that paho 2.2 cannot parse.)
+    a = stack["client"]("kp-a", tls=True, v5=False)
     topic = _dev(stack, "kp-a").topic("rating")
-    # Over the payload limit: refused in the PUBACK (MQTT 5: 131 implementation specific).
-    assert a.publish(topic, b"x" * (MAX_FEED_PAYLOAD + 1)).value >= 128
+    a.publish(topic, b"x" * (MAX_FEED_PAYLOAD + 1))
     # Over the packet limit (16 MiB): the sender is disconnected.
     big = stack["client"]("kp-b", tls=True)
     big.c.publish(_dev(stack, "kp-b").topic("rating"), b"y" * (16 << 20), qos=1)
     wait_for(lambda: big.disconnects >= 1, 30, what="the 16 MiB sender disconnected")
     own_topic, own = _dev(stack, "kp-a").rating(3)
-    assert a.publish(own_topic, own).value < 128
+    a.publish(own_topic, own)
     wait_for(lambda: collector.messages, 10, what="the normal rating")
     time.sleep(0.2)
     assert collector.messages == [(own_topic, own)]
@@ -358,10 +372,10 @@ def test_mutual_tls_takes_the_identity_from_the_certificate_and_honours_the_crl(
     wait_for(lambda: (own_topic, own) in collector.messages, 10, what="kp-a's rating")
     assert collector.disconnects == 0
     # Without a certificate, with the right password: refused on the hall listener.
-    with pytest.raises((ssl.SSLError, OSError)):
-        stack["client"]("kp-a", tls=True).c.loop_stop()
+    assert _refused(stack, "kp-a", tls=True)
     # Revoked: refused after the broker restarts with the new CRL.
     pki.revoke(stack["pki"], "kp-a")
     stack["start"](mtls=True)
-    with pytest.raises((ssl.SSLError, OSError)):
-        stack["client"]("kp-a", tls=True, cert=cert_a)
+    assert _refused(stack, "kp-a", tls=True, cert=cert_a)
+    cert_b = pki.issue_client(stack["pki"], "kp-b")  # not revoked: still admitted
+    assert stack["client"]("kp-b", tls=True, cert=cert_b).accepted
