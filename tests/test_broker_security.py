@@ -5,7 +5,6 @@ hall). The attacker holds one keypad's credentials (docs/security.md)."""
 
 from __future__ import annotations
 
-import getpass
 import shutil
 import socket
 import ssl
@@ -18,18 +17,18 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import DebianLikeMosquitto, Dev, wait_for
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from collector.db import connect
-from collector.sim.servers import MosquittoServer, free_port
 from collector.protocol import MAX_FEED_PAYLOAD
 from collector.provision import pki
 from collector.provision.broker import Listeners, max_packet_size, render_broker
 from collector.provision.devconfig import mqtt_password
 from collector.provision.runner import ToolRunner
 from collector.registry import Registry
-from helpers import Dev, wait_for
+from collector.sim.servers import free_port
 
 P = "evalterm"
 COLLECTOR = ("evalterm-collector", "collector-secret-0123")
@@ -48,30 +47,6 @@ def _other_address() -> str | None:
         if "inet" in parts:
             return parts[parts.index("inet") + 1].split("/")[0]
     return None
-
-
-class DebianLikeMosquitto(MosquittoServer):
-    """Mosquitto with a main config shaped like Debian's /etc/mosquitto/mosquitto.conf, which
-    includes conf.d/, where the rendered evalterm.conf is linked. No listener of its own."""
-
-    def __init__(self, root: Path, rendered: Path, local_port: int) -> None:
-        super().__init__(root, port=local_port)
-        self.rendered = rendered
-
-    def write_conf(self) -> None:
-        (self.root / "data").mkdir(exist_ok=True)
-        confd = self.root / "conf.d"
-        confd.mkdir(exist_ok=True)
-        link = confd / "evalterm.conf"
-        link.unlink(missing_ok=True)
-        link.symlink_to(self.rendered)
-        self.conf.write_text(
-            f"pid_file {self.root}/mosquitto.pid\n"
-            "persistence true\n"
-            f"persistence_location {self.root}/data/\n"
-            "log_dest stdout\n"
-            f"user {getpass.getuser()}\n"
-            f"include_dir {confd}\n")
 
 
 class Client:

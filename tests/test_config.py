@@ -56,7 +56,8 @@ def test_missing_file() -> None:
 
 
 def test_secrets_redacted_and_not_in_errors() -> None:
-    cfg = load_config(None, env={"EVALTERM_MQTT__PASSWORD": "hunter2", "EVALTERM_HTTP__FEED_TOKEN": ""})
+    cfg = load_config(None, env={"EVALTERM_MQTT__PASSWORD": "hunter2",
+                                 "EVALTERM_HTTP__FEED_TOKEN": ""})
     red = cfg.redacted()
     assert red["mqtt"]["password"] == "***" and red["http"]["feed_token"] == ""
     assert "hunter2" not in repr(red)
@@ -68,3 +69,16 @@ def test_sample_config_loads_and_docs_are_current(tmp_path: Path) -> None:
     assert load_config(f, env={})._values == load_config(None, env={})._values
     doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert doc.read_text("utf-8") == config_markdown(), "run: python -m collector.cli.docgen"
+
+
+def test_the_collectors_client_id_is_its_broker_user_name() -> None:
+    # The rendered broker replaces every client id by the user name (docs/security.md): the
+    # collector's persistent session is under its user name, so the config says so.
+    cfg = load_config(None, env={"EVALTERM_MQTT__USERNAME": "evalterm-collector2"})
+    assert cfg.mqtt.client_id == "evalterm-collector2"
+    assert cfg.with_overrides(mqtt__port=1884).mqtt.client_id == "evalterm-collector2"
+    same = {"EVALTERM_MQTT__USERNAME": "c1", "EVALTERM_MQTT__CLIENT_ID": "c1"}
+    assert load_config(None, env=same).mqtt.client_id == "c1"
+    with pytest.raises(ConfigError, match="differs from \\[mqtt\\] username"):
+        load_config(None, env={"EVALTERM_MQTT__USERNAME": "c1", "EVALTERM_MQTT__CLIENT_ID": "x"})
+    assert load_config(None, env={}).mqtt.client_id == "evalterm-collector"  # anonymous
