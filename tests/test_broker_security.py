@@ -11,16 +11,17 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from helpers import DebianLikeMosquitto, Dev, wait_for
+from helpers import DebianLikeMosquitto, Dev, feed, feed_bytes, query, txn_msg, wait_for
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from collector.config import Config
 from collector.db import connect
 from collector.protocol import MAX_FEED_PAYLOAD
 from collector.provision import pki
@@ -28,6 +29,7 @@ from collector.provision.broker import Listeners, max_packet_size, render_broker
 from collector.provision.devconfig import mqtt_password
 from collector.provision.runner import ToolRunner
 from collector.registry import Registry
+from collector.service import Collector
 from collector.sim.servers import free_port
 
 P = "evalterm"
@@ -354,3 +356,117 @@ def test_mutual_tls_takes_the_identity_from_the_certificate_and_honours_the_crl(
     assert _refused(stack, "kp-a", tls=True, cert=cert_a)
     cert_b = pki.issue_client(stack["pki"], "kp-b")  # not revoked: still admitted
     assert stack["client"]("kp-b", tls=True, cert=cert_b).accepted
+
+
+@pytest.mark.servers
+def test_during_takeover_attempts_every_rating_is_stored_once_and_no_window_is_flagged(
+        make_config: Callable[..., Config], tmp_path: Path) -> None:
+    """The framing attack of issue 14, with the real collector: while kp-a's holder keeps
+    connecting with the collector's and with kp-b's client id, kp-b's citizens press 差评 and
+    kp-c's press 5; every rating is stored exactly once, and the detector, which compares the
+    heartbeats' key counters with what was published, flags nobody."""
+    cfg = make_config(mqtt__username=COLLECTOR[0], mqtt__password=COLLECTOR[1],
+                      mqtt__client_id=COLLECTOR[0], linking__grace_s=1,
+                      detection__interval_s=1, detection__opening_hours="00:00-24:00",
+                      detection__business_days="1-7",
+                      # The test's citizens are a loop: 8 ratings in seconds, each 3 s after
+                      # its transaction. Bursts and regular timing would flag that, rightly;
+                      # they are not what the takeover attacks.
+                      detection__burst_min=1000, detection__regular_min=1000)
+    conn = connect(cfg.state_db)
+    reg = Registry(conn)
+    now = int(time.time() * 1000)
+    regs = {name: reg.add(name, "h1", window, now) for name, window in
+            (("kp-a", "w1"), ("kp-b", "w2"), ("kp-c", "w3"))}
+    registered = reg.list()
+    conn.close()
+    prefix = cfg.mqtt.topic_prefix
+    pki_dir = tmp_path / "pki"
+    pki.init_ca(pki_dir)
+    pki.issue_server(pki_dir, HOSTS)
+    lst = Listeners(local_port=free_port(), hall_port=free_port(), pki_dir=pki_dir)
+    files = render_broker(ToolRunner(), tmp_path / "broker", prefix, registered, *COLLECTOR,
+                          listeners=lst)
+    server = DebianLikeMosquitto(tmp_path / "mosq", files.conf, lst.local_port).start()
+    clients: list[Client] = []
+    collector = Collector(cfg.with_overrides(mqtt__port=lst.local_port))
+    stop = threading.Event()
+    try:
+        collector.start()
+        wait_for(lambda: collector.health()["mqtt_connected"], what="collector connected")
+        time.sleep(0.3)
+        devs = {n: Dev(prefix, n, r.key, hall="h1", window=r.window) for n, r in regs.items()}
+        for n in ("kp-b", "kp-c"):
+            clients.append(Client(lst.hall_port, n, mqtt_password(regs[n].key), client_id=n,
+                                  v5=False, ca=pki_dir / "ca.crt"))
+        b, c = clients
+        pw_a = mqtt_password(regs["kp-a"].key)
+        attempts = [0]
+
+        def attack() -> None:
+            while not stop.is_set():
+                for victim in (COLLECTOR[0], "kp-b"):
+                    try:
+                        x = Client(lst.hall_port, "kp-a", pw_a, client_id=victim, v5=False,
+                                   ca=pki_dir / "ca.crt", wait=5)
+                        x.close()
+                        attempts[0] += 1
+                    except (OSError, AssertionError):
+                        pass
+        b.publish(*devs["kp-b"].heartbeat([0] * 5, ts=int(time.time() * 1000)))
+        c.publish(*devs["kp-c"].heartbeat([0] * 5, ts=int(time.time() * 1000)))
+        attacker = threading.Thread(target=attack, daemon=True)
+        attacker.start()
+        n = 8
+        feed_user = Client(lst.local_port, "feed-h1", _service_password(files.service_users,
+                                                                         "feed-h1"))
+        clients.append(feed_user)
+        for i in range(n):
+            t = int(time.time() * 1000)
+            for window in ("w2", "w3"):
+                feed_user.publish(feed(prefix), feed_bytes(txn_msg(f"T-{window}-{i}", window,
+                                                                   completed=t)))
+            b.publish(*devs["kp-b"].rating(1, f"T-w2-{i}", ts=t + 500, reason="none"))
+            c.publish(*devs["kp-c"].rating(5, f"T-w3-{i}", ts=t + 500))
+            time.sleep(0.15)
+        stop.set()
+        attacker.join(20)
+        assert attempts[0] >= 4
+        last = int(time.time() * 1000)
+        b.publish(*devs["kp-b"].heartbeat([n, 0, 0, 0, 0], ts=last))
+        c.publish(*devs["kp-c"].heartbeat([0, 0, 0, 0, n], ts=last))
+
+        def stored() -> list[dict[str, Any]]:
+            rows = query(cfg, 'SELECT * FROM "rating"')
+            return rows if len(rows) >= 2 * n and all(r.get("rating_id") for r in rows) else []
+        rows = wait_for(stored, 60, what=f"{2 * n} ratings stored")
+        time.sleep(1)
+        rows = query(cfg, 'SELECT * FROM "rating"')
+        assert len(rows) == len({r["rating_id"] for r in rows}) == 2 * n
+        assert sorted(int(r["level"]) for r in rows) == [1] * n + [5] * n
+        # The collector and kp-b were never kicked off.
+        assert b.connects == 1 and b.disconnects == 0
+        assert "already connected" not in server.log.read_text()
+
+        def fresh() -> list[dict[str, Any]]:
+            got = query(cfg, 'SELECT * FROM "integrity_verdict"')
+            mine = [r for r in got if r["window"] in ("w2", "w3") and r["computed_ms"] > last
+                    and r["period"] == "day"]
+            return mine if {r["window"] for r in mine} == {"w2", "w3"} else []
+        verdicts = wait_for(fresh, 60, what="verdicts computed after the last heartbeat")
+        assert all(r["flagged"] == 0 for r in verdicts), [r.get("reasons_en") for r in verdicts]
+        assert not any("差评" in (r.get("reasons_en") or "") for r in verdicts)
+    finally:
+        stop.set()
+        for cl in clients:
+            cl.close()
+        collector.stop()
+        server.stop()
+
+
+def _service_password(path: Path, user: str) -> str:
+    for line in path.read_text().splitlines():
+        name, _, password = line.partition(":")
+        if name == user:
+            return password
+    raise AssertionError(f"no {user} in {path}")
