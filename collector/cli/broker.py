@@ -13,7 +13,12 @@ __all__ = ['add_parsers']
 
 def cmd_broker_render(args: argparse.Namespace) -> int:
     from collector.db import connect
-    from collector.provision.broker import Listeners, reload_broker, render_broker
+    from collector.provision.broker import (
+        MONITOR_USER,
+        Listeners,
+        reload_broker,
+        render_broker,
+    )
     from collector.registry import Registry
 
     cfg = load(args)
@@ -29,8 +34,10 @@ def cmd_broker_render(args: argparse.Namespace) -> int:
         print(f"wrote {files.passwd}, {files.acl}, {files.conf}: {active} active devices, "
               f"{len(files.users) - active} service users")
         for user in files.new_service_users:
-            print(f"new user {user}: its password is in {files.service_users}; give it to the "
-                  "hall's business system")
+            whom = ("the technicians' monitoring (read-only)" if user == MONITOR_USER
+                    else "the hall's business system")
+            print(f"new user {user}: its password is in {files.service_users}; give it to "
+                  f"{whom}")
     if args.reload_pid:
         reload_broker(runner, args.reload_pid)
         if not args.dry_run:

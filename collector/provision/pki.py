@@ -236,9 +236,8 @@ def _old_ca(files: PkiFiles) -> tuple[x509.Certificate, PrivateKey] | None:
 
 
 def _record(files: PkiFiles, cert: x509.Certificate, kind: str) -> None:
-    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
     with files.serials.open("a") as f:
-        f.write(f"{cert.serial_number:x} {kind} {cn} {_fp(cert)}\n")
+        f.write(f"{cert.serial_number:x} {kind} {_cn(cert)} {_fp(cert)}\n")
 
 
 def _fp(cert: x509.Certificate) -> str:
@@ -307,7 +306,8 @@ def issue_server(root: Path, names: Sequence[str], *, group: str | None = None,
 
 
 def _cn(cert: x509.Certificate) -> str:
-    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    value = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def issue_client(root: Path, name: str, *, key_type: str = "ec",
