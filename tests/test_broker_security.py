@@ -358,6 +358,25 @@ def test_mutual_tls_takes_the_identity_from_the_certificate_and_honours_the_crl(
     assert stack["client"]("kp-b", tls=True, cert=cert_b).accepted
 
 
+
+def test_the_monitor_user_reads_device_status_only(stack: dict[str, Any]) -> None:
+    stack["start"]()
+    password = _service_password(stack["tmp"] / "broker" / "service-users", "monitor")
+    monitor = stack["client"]("monitor", password)
+    monitor.subscribe(f"{P}/#", "$SYS/broker/uptime")
+    a = stack["client"]("kp-a", tls=True)
+    dev = _dev(stack, "kp-a")
+    for topic, payload in (dev.rating(5), dev.heartbeat([0] * 5), dev.status("online")):
+        assert a.publish(topic, payload).value < 128
+    wait_for(lambda: any(t.endswith("/status") for t, _ in monitor.messages), 10,
+             what="the status at the monitor")
+    wait_for(lambda: any(t.startswith("$SYS/") for t, _ in monitor.messages), 15,
+             what="$SYS at the monitor")
+    time.sleep(0.3)
+    assert {t.rsplit("/", 1)[1] for t, _ in monitor.messages if t.startswith(P)} == {"status"}
+    assert monitor.publish(dev.topic("status"), b"{}").value == 135  # read-only
+
+
 @pytest.mark.servers
 def test_during_takeover_attempts_every_rating_is_stored_once_and_no_window_is_flagged(
         make_config: Callable[..., Config], tmp_path: Path) -> None:
