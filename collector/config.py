@@ -93,7 +93,9 @@ class MqttConfig:
     port: int = _opt(1883, minimum=1, maximum=65535,
         help="Broker port.")
     client_id: str = _opt("evalterm-collector",
-        help="Fixed client id; the persistent session belongs to it.")
+        help="Fixed client id; the persistent session belongs to it. With a username it is the "
+             "username (the rendered broker binds client ids to user names); another value is "
+             "refused.")
     username: str = _opt("",
         help="Broker user of the collector (empty: anonymous).")
     password: str = _opt("", secret=True,
@@ -413,6 +415,7 @@ def _build(file_values: Mapping[str, Any], env: Mapping[str, str], source: str) 
             values[(section, key)] = _coerce(opt, v, f"environment {name}")
         except ConfigError as exc:
             problems.extend(exc.problems)
+    problems += _bind_client_id(values)
     kwargs: dict[str, Any] = {"source": source}
     for section, cls in SECTIONS:
         kwargs[section] = cls(**{k: v for (s, k), v in values.items() if s == section})
@@ -421,6 +424,21 @@ def _build(file_values: Mapping[str, Any], env: Mapping[str, str], source: str) 
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def _bind_client_id(values: dict[tuple[str, str], Any]) -> list[str]:
+    """The broker binds every client id to its user name (`use_username_as_clientid`, so that
+    nobody can take over the collector's session with other credentials): with a user name, the
+    collector's client id, and so its persistent session, is that name."""
+    user, cid = values[("mqtt", "username")], values[("mqtt", "client_id")]
+    if not user or cid == user:
+        return []
+    if cid == _BY_NAME[("mqtt", "client_id")].default:
+        values[("mqtt", "client_id")] = user
+        return []
+    return [f"[mqtt] client_id {cid!r} differs from [mqtt] username {user!r}: the broker uses "
+            "the user name as the client id (docs/security.md); remove client_id or set it to "
+            "the user name"]
 
 
 def _cross_check(cfg: Config) -> list[str]:

@@ -9,6 +9,9 @@ need_pkgs=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
 command -v mosquitto_passwd >/dev/null 2>&1 || need_pkgs+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || need_pkgs+=(influxdb)
+# tests/test_pki.py checks the certificates with openssl verify; the broker tests use iproute2 (ip).
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 # Node.js runs the 32-bit MicroPython (WebAssembly port) of tests/firmware/test_micropython_wasm.py.
 command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)

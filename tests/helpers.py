@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -20,6 +22,7 @@ from collector.protocol import (
     rating_message,
     status_message,
 )
+from collector.sim.servers import MosquittoServer
 
 T0 = 1_764_201_600_000  # 2025-11-27 00:00 UTC, a fixed clock for deterministic tests
 
@@ -139,3 +142,27 @@ class Publisher:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class DebianLikeMosquitto(MosquittoServer):
+    """Mosquitto with a main config shaped like Debian's /etc/mosquitto/mosquitto.conf, which
+    includes conf.d/, where the rendered evalterm.conf is linked. No listener of its own."""
+
+    def __init__(self, root: Path, rendered: Path, local_port: int) -> None:
+        super().__init__(root, port=local_port)
+        self.rendered = rendered
+
+    def write_conf(self) -> None:
+        (self.root / "data").mkdir(exist_ok=True)
+        confd = self.root / "conf.d"
+        confd.mkdir(exist_ok=True)
+        link = confd / "evalterm.conf"
+        link.unlink(missing_ok=True)
+        link.symlink_to(self.rendered)
+        self.conf.write_text(
+            f"pid_file {self.root}/mosquitto.pid\n"
+            "persistence true\n"
+            f"persistence_location {self.root}/data/\n"
+            "log_dest stdout\n"
+            f"user {getpass.getuser()}\n"
+            f"include_dir {confd}\n")

@@ -13,14 +13,15 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from helpers import Dev, wait_for
+from helpers import DebianLikeMosquitto, Dev, wait_for
 
 from collector.db import connect
-from collector.provision.broker import render_broker
+from collector.provision import pki
+from collector.provision.broker import Listeners, render_broker
 from collector.provision.devconfig import mqtt_password
 from collector.provision.runner import ToolRunner
 from collector.registry import Registry
-from collector.sim.servers import MosquittoServer
+from collector.sim.servers import free_port
 
 P = "evalterm"
 COLLECTOR = ("collector", "collector-secret-0123")
@@ -83,9 +84,12 @@ def hall(tmp_path: Path) -> Iterator[dict[str, Any]]:
     reg.revoke("kp-r", 2)
     out = tmp_path / "broker"
     runner = ToolRunner()
-    files = render_broker(runner, out, P, reg.list(), *COLLECTOR, halls=["h2"])
+    pki.init_ca(tmp_path / "pki")
+    pki.issue_server(tmp_path / "pki", ["localhost", "127.0.0.1"])
+    lst = Listeners(local_port=free_port(), hall_port=free_port(), pki_dir=tmp_path / "pki")
+    files = render_broker(runner, out, P, reg.list(), *COLLECTOR, halls=["h2"], listeners=lst)
     assert runner.calls == [("mosquitto_passwd", "-U", str(out / "passwd.tmp"))]
-    server = MosquittoServer(tmp_path / "mosq", extra_conf=files.conf.read_text()).start()
+    server = DebianLikeMosquitto(tmp_path / "mosq", files.conf, lst.local_port).start()
     clients: list[Client] = []
 
     def client(user: str | None, password: str | None = None, **kw: Any) -> Client:
@@ -96,7 +100,7 @@ def hall(tmp_path: Path) -> Iterator[dict[str, Any]]:
         return c
 
     yield {"reg": reg, "devs": devs, "server": server, "client": client, "out": out,
-           "files": files, "tmp": tmp_path}
+           "files": files, "tmp": tmp_path, "listeners": lst}
     for c in clients:
         c.close()
     server.stop()
@@ -110,7 +114,7 @@ def _dev(hall: dict[str, Any], name: str) -> Dev:
 def test_rendered_files_list_active_devices_only(hall: dict[str, Any]) -> None:
     passwd = (hall["out"] / "passwd").read_text()
     users = sorted(line.split(":")[0] for line in passwd.splitlines())
-    assert users == ["collector", "feed-h1", "feed-h2", "kp-a", "kp-b"]
+    assert users == ["collector", "feed-h1", "feed-h2", "kp-a", "kp-b", "monitor"]
     assert "$7$" in passwd and mqtt_password(hall["devs"]["kp-a"].key) not in passwd  # hashed
     acl = (hall["out"] / "acl").read_text()
     assert "user kp-r" not in acl and "kp-r" not in acl
@@ -219,7 +223,7 @@ def test_business_system_writes_only_its_halls_feed(hall: dict[str, Any]) -> Non
 def test_rendering_again_keeps_the_feed_passwords(hall: dict[str, Any]) -> None:
     before = (hall["out"] / "service-users").read_text()
     files = render_broker(ToolRunner(), hall["out"], P, hall["reg"].list(), *COLLECTOR,
-                          halls=["h2"])
+                          halls=["h2"], listeners=hall["listeners"])
     assert files.new_service_users == []
     assert (hall["out"] / "service-users").read_text() == before
 
@@ -235,7 +239,8 @@ def test_reload_keeps_sessions_admits_new_and_drops_revoked(hall: dict[str, Any]
     assert cfail.connack.is_failure  # not in the broker's files yet
 
     reg.revoke("kp-a", 4)
-    render_broker(ToolRunner(), hall["out"], P, reg.list(), *COLLECTOR, halls=["h2"])
+    render_broker(ToolRunner(), hall["out"], P, reg.list(), *COLLECTOR, halls=["h2"],
+                  listeners=hall["listeners"])
     os.kill(hall["server"].proc.pid, signal.SIGHUP)
 
     # The revoked device's open connection is closed by the reload...

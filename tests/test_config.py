@@ -177,3 +177,14 @@ def test_config_check_command_lists_every_problem_and_fails(tmp_path: Path) -> N
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0 and "config OK" in r.stdout, r.stderr
     assert "warning: [mqtt] username is set but password is empty" in r.stderr
+def test_the_collectors_client_id_is_its_broker_user_name() -> None:
+    # The rendered broker replaces every client id by the user name (docs/security.md): the
+    # collector's persistent session is under its user name, so the config says so.
+    cfg = load_config(None, env={"EVALTERM_MQTT__USERNAME": "evalterm-collector2"})
+    assert cfg.mqtt.client_id == "evalterm-collector2"
+    assert cfg.with_overrides(mqtt__port=1884).mqtt.client_id == "evalterm-collector2"
+    same = {"EVALTERM_MQTT__USERNAME": "c1", "EVALTERM_MQTT__CLIENT_ID": "c1"}
+    assert load_config(None, env=same).mqtt.client_id == "c1"
+    with pytest.raises(ConfigError, match="differs from \\[mqtt\\] username"):
+        load_config(None, env={"EVALTERM_MQTT__USERNAME": "c1", "EVALTERM_MQTT__CLIENT_ID": "x"})
+    assert load_config(None, env={}).mqtt.client_id == "evalterm-collector"  # anonymous

@@ -7,6 +7,13 @@ from pathlib import Path
 import pytest
 
 from collector.cli import main
+from collector.provision import pki
+
+
+def _pki(tmp: Path) -> str:
+    pki.init_ca(tmp / "pki")
+    pki.issue_server(tmp / "pki", ["broker.hall01.example"])
+    return str(tmp / "pki")
 
 
 def _config(tmp: Path, user: str = "collector", password: str = "pw-0123456789") -> str:
@@ -27,12 +34,20 @@ def test_broker_render_dry_run_then_real(tmp_path: Path, capsys: pytest.CaptureF
     printed = capsys.readouterr().out
     assert "would write" in printed and "topic write evalterm/dev/h1/w1/kp-1/rating" in printed
     assert not out.exists()
-    assert main(["-c", cfg, "broker", "render", "--out", str(out)]) == 0
+    assert main(["-c", cfg, "broker", "render", "--out", str(out)]) == 2
+    assert "run `evalterm pki init" in capsys.readouterr().err  # no TLS files yet
+    assert main(["-c", cfg, "broker", "render", "--out", str(out), "--pki", _pki(tmp_path),
+                 "--hall-listen", "10.20.0.2:8884"]) == 0
     printed = capsys.readouterr().out
-    assert "1 active devices, 2 service users" in printed
+    assert "1 active devices, 3 service users" in printed
     assert "new user feed-h1" in printed
     assert sorted(p.name for p in out.iterdir()) == ["acl", "evalterm.conf", "passwd",
                                                      "service-users"]
+    conf = (out / "evalterm.conf").read_text()
+    assert "listener 1883 127.0.0.1\n" in conf and "listener 8884 10.20.0.2\n" in conf
+    assert main(["-c", cfg, "broker", "render", "--out", str(out), "--pki", _pki(tmp_path / "x"),
+                 "--hall-listen", "everywhere"]) == 2
+    assert "--hall-listen 'everywhere': give ADDRESS:PORT" in capsys.readouterr().err
 
 
 def test_broker_render_needs_the_collectors_user(tmp_path: Path,
@@ -46,7 +61,7 @@ def test_reload_of_a_process_that_does_not_exist(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _config(tmp_path)
     rc = main(["-c", cfg, "broker", "render", "--out", str(tmp_path / "b"),
-               "--reload-pid", "999999999"])
+               "--pki", _pki(tmp_path), "--reload-pid", "999999999"])
     assert rc == 2 and "no process 999999999" in capsys.readouterr().err
 
 
