@@ -84,7 +84,7 @@ def run_once(seed: int, days: int = 5, start_day: int = 3, profiles: Iterable[st
                          for p in plans}
         for index in range(days):
             hall.schedule_day(index)
-            day_start, day_end = hall.day_bounds(index)
+            _, day_end = hall.day_bounds(index)
             first = hall.local_ms(local_days[index], "08:30")
             checks = 0
 
@@ -159,8 +159,9 @@ def format_report(outcomes: list[WindowOutcome], within_days: int = 2,
     for o in outcomes:
         if o.profile != "honest":
             by_profile.setdefault(o.profile, []).append(o)
-    lines.append(f"{'profile':<22}{'windows':>8}{'detected':>10}{'<=' + str(within_days) + 'd':>9}"
-                 f"{'median h':>10}{'max h':>8}{'acted':>7}{'<=' + str(within_days) + 'd|acted':>12}"
+    lines.append(f"{'profile':<22}{'windows':>8}{'detected':>10}"
+                 f"{'<=' + str(within_days) + 'd':>9}{'median h':>10}{'max h':>8}{'acted':>7}"
+                 f"{'<=' + str(within_days) + 'd|acted':>12}"
                  "   first reason (example)")
     for profile in sorted(by_profile):
         group = by_profile[profile]

@@ -30,9 +30,9 @@ class _Device(SimTerminal):
     broker's last will after 1.5 x keepalive."""
 
     def __init__(self, hall: VirtualHall, plan: WindowPlan, key: bytes) -> None:
-        super().__init__(plan, key)
+        self.rng = hall.rng
+        super().__init__(plan, key, hall.prefix, hall.hall)
         self.h = hall
-        self.prefix, self.hall, self.rng = hall.prefix, hall.hall, hall.rng
         self.will: bytes | None = None
 
     def note(self, what: str, n: int = 1) -> None:
@@ -201,10 +201,21 @@ class VirtualHall:
         dev = self.devices[window]
         txn = dev.command(payload, topic, self.now)
         if txn is not None:
+            self._ticks(dev, self.cfg.linking.invite_ttl_s)
             self._citizen(dev, self.now)
 
     def _press(self, dev: _Device, key: int) -> None:
         dev.press(key, self.now)
+        self._ticks(dev)
+
+    def _ticks(self, dev: _Device, ttl_s: int = 0) -> None:
+        """The firmware's loop ticks its terminal every few ms; here, at the times it may
+        change by itself (an invitation expiring, a reason prompt timing out, thanks ending)."""
+        for t in dev.deadlines(self.now, ttl_s):
+            self.at(t, self._tick, dev)
+
+    def _tick(self, dev: _Device) -> None:
+        dev.tick(self.now)
 
     def _drift_of(self, plan: WindowPlan) -> tuple[float, float, float, float]:
         """(response time factor, coverage change, 差评 factor, 非常满意 factor) of the staff

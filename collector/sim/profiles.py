@@ -1,21 +1,15 @@
-"""A simulated hall in simulated time, with manipulation profiles, driving the real pipeline.
+"""Windows and manipulations for both simulators: who the citizens are, what staff do.
 
-Unlike collector/sim/realtime.py (real time, over a real broker), `VirtualHall` runs business days in
-seconds: an event queue in simulated milliseconds, devices that build real signed messages
-(`build_signed`) and follow the firmware's terminal rules (docs/protocol.md, firmware/etfw/
-terminal.py), a business system that publishes transactions and staff events, and delivery into
-`Ingest.process_batch(items, now_ms)`. Invitations come back from the collector's `cmd_outbox`,
-signed, exactly as a device would receive them.
+The windows' honest behaviour is drawn from wide ranges (volume, true quality, coverage, response
+times, stray presses, pauses, network blips, and the honest variations of `HONEST_TRAITS`), and
+optionally one manipulation from `PROFILES` (today's profiles and the red team's families,
+`FAMILIES`, each with a dose), active from a given day on, with its own parameters drawn too.
 
-Every window has an honest behaviour drawn from wide ranges (volume, true quality, coverage,
-reaction times, stray presses, pauses, network blips), and optionally one manipulation profile
-from `PROFILES`, active from a given day on, with its own parameters drawn from ranges too.
-
-The profiles are defined once, here, for both simulators: their parameter draws
-(`draw_profile_params`), what a citizen and the staff press after an invitation
-(`citizen_presses`), a profile's day besides invitations (`profile_episodes`) and the device's
-terminal rules with what a manipulation changes in it (`collector.sim.device.SimTerminal`). collector/sim/realtime.py runs
-the same definitions in real time over the broker.
+Defined once, here: the parameter draws (`draw_profile_params`), what a citizen and the staff
+press after an invitation (`citizen_presses`) and a profile's day besides invitations
+(`profile_episodes`). The device is the firmware's own terminal (collector/sim/device.py); the
+simulated-time hall (collector/sim/hall.py) and the real-time one (collector/sim/realtime.py)
+run the same definitions.
 """
 
 from __future__ import annotations

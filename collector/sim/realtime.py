@@ -1,21 +1,21 @@
 """A simulated service hall that speaks the real protocol over the real broker, in real time.
 
-Both sides of a hall: the business system (staff sign on, transactions complete and are published on
-the feed topic, windows pause) and one evaluation device per window: a paho client with its own key
-and last will, running the firmware's terminal rules (`collector.sim.device.SimTerminal`: key counters,
-the 差评 held for its reason tag, stray presses reported, heartbeats). Citizens answer invitations
-the way they do in `detect evaluate` (`collector.sim.profiles.citizen_presses`): after a human delay, not
-always, with a level drawn from the window's true satisfaction.
+Both sides of a hall: the business system (staff sign on, transactions complete and are published
+on the feed topic, windows pause) and one evaluation device per window: a paho client with its
+own key and last will, running the firmware's own terminal (`collector.sim.device.SimTerminal`
+runs etfw.terminal, etfw.message and etfw.command). Citizens answer invitations the way they do
+in `detect evaluate` (`collector.sim.profiles.citizen_presses`): after a human delay, not always,
+with a level drawn from the window's true satisfaction.
 
-Windows are drawn like the evaluation's (`collector.sim.profiles.draw_window`): very different true quality
-and volume, some of them honest and excellent. A window may carry a manipulation profile
-(`collector.sim.profiles.PROFILES`) with its parameters drawn from the same ranges; what the device does is
-then done through the protocol: a self-rating is a rating published ~0.35-1.5 s after the
-invitation, unplugging drops the connection without a goodbye (the broker publishes the last will)
-and reboots with the next boot counter, a disabled bad-rating key produces and counts nothing,
-suppressed 差评 are counted by the keys and never published, fill-ins and ratings during a pause
-are stand-alone ratings, presses with nothing asked are `key_uninvited` events. The profile's day
-(bursts, unplugging, pauses) is compressed into `cycle_s` seconds of real time.
+Windows are drawn like the evaluation's (`collector.sim.profiles.draw_window`): very different
+true quality and volume, some of them honest and excellent. A window may carry a manipulation
+profile (`collector.sim.profiles.PROFILES`) with its parameters drawn from the same ranges; what
+the device does is then done through the protocol: a self-rating is a rating published ~0.35-1.5 s
+after the invitation, unplugging drops the connection without a goodbye (the broker publishes the
+last will) and reboots with the next boot counter, a disabled bad-rating key produces and counts
+nothing, suppressed 差评 are counted by the keys and never published, fill-ins and ratings during
+a pause are stand-alone ratings, presses with nothing asked are `key_uninvited` events. The
+profile's day (bursts, unplugging, pauses) is compressed into `cycle_s` seconds of real time.
 """
 
 from __future__ import annotations
@@ -138,8 +138,9 @@ class SimDevice(SimTerminal):
 
     def __init__(self, prefix: str, hall: str, spec: WindowSpec, key: bytes, host: str, port: int,
                  rng: random.Random, *, username: str = "", password: str = "") -> None:
-        super().__init__(spec.plan, key)
-        self.prefix, self.hall, self.spec, self.rng = prefix, hall, spec, rng
+        self.rng = rng
+        super().__init__(spec.plan, key, prefix, hall)
+        self.spec = spec
         self.host, self.port, self.username, self.password = host, port, username, password
         self.lock = threading.RLock()
         self.sent: list[dict[str, Any]] = []  # ratings published (for tests and the demo)
@@ -378,7 +379,8 @@ class SimHall:
     def run(self, duration_s: float, heartbeat_s: float = 60.0) -> None:
         """Complete transactions at each window's rate until `duration_s` passes or `stop()`."""
         start = time.monotonic()
-        nxt = {w.window: start + self.rng.expovariate(w.rate_per_min / 60) for w in self.spec.windows}
+        nxt = {w.window: start + self.rng.expovariate(w.rate_per_min / 60)
+               for w in self.spec.windows}
         next_hb = start
         next_cycle = start
         while not self._stop.is_set() and time.monotonic() - start < duration_s:
