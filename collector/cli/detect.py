@@ -96,7 +96,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from collector.sim.evaluate import main_evaluate
 
     print(main_evaluate(args.runs, args.days, args.start_day, args.per_run, args.workers,
-                        args.seed, args.every, args.profile, args.honest_drift))
+                        args.seed, args.every, args.profile, args.honest_drift,
+                        args.honest_variation))
     return 0
 
 
@@ -142,5 +143,9 @@ def add_parsers(sub: Any) -> None:
     ev.add_argument("--honest-drift", action="store_true",
                     help="honest windows vary by staff member and by day (response times, "
                          "coverage, satisfaction): a harder test of false flags")
+    ev.add_argument("--honest-variation", action="store_true",
+                    help="honest windows get the honest traits (bad and rush days, tiny volume, "
+                         "new staff, lunch rotations, Wi-Fi drops, lingering citizens, far "
+                         "keypads, batch closes; collector.sim.profiles.HONEST_TRAITS)")
     ev.set_defaults(func=cmd_evaluate)
 

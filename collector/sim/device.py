@@ -261,6 +261,8 @@ class SimTerminal:
             return
         self.tick(t)
         counted, given = self.tamper.apply(key, self.rng)
+        if (counted, given) != (key, key):
+            self.note("tampered_press")
         if counted is not None:
             self.keys[counted - 1] += 1
         if given is None:
@@ -286,6 +288,6 @@ def device_tamper(plan: WindowPlan, profile: str) -> Tamper:
     if profile == "tampering":
         keys = set(p["keys"])
         if p["mode"] == "dead":
-            return Tamper(dead=keys, seen=p["seen"], share=p["share"])
-        return Tamper(remap={k: p["to"] for k in keys}, seen=p["seen"], share=p["share"])
+            return Tamper(dead=keys, seen=p["seen"], share=p["dose"])
+        return Tamper(remap={k: p["to"] for k in keys}, seen=p["seen"], share=p["dose"])
     return Tamper()

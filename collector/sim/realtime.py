@@ -148,6 +148,7 @@ class SimDevice(SimTerminal):
         self.invites = 0
         self.truth: dict[str, int] = {}  # what the profile did (ground truth)
         self.on_invite: Any = None  # callback(device, shown_ms)
+        self.tokens: list[int] = []  # drip: fake ratings due
         self.connected = False
         self._timers: list[threading.Timer] = []
         self.client = self._new_client()
@@ -254,6 +255,24 @@ class SimDevice(SimTerminal):
         if sock is not None:
             sock.close()
 
+    def network(self, up: bool) -> None:
+        """Wi-Fi lost (the connection drops without a goodbye) or back; powered throughout."""
+        with self.lock:
+            if not self.powered or up == (self.client is not None and self.connected):
+                return
+            if up:
+                self.client = self._new_client()
+            else:
+                self.connected = False
+                client = self.client
+        if up:
+            self.start()
+            return
+        client.loop_stop()
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
+
     def plug_in(self) -> None:
         """Power back: the next boot counter, a boot event, a new connection."""
         with self.lock:
@@ -338,15 +357,21 @@ class SimHall:
         def rt() -> int:
             if self.delay_s:
                 return int(rng.uniform(*self.delay_s) * 1000)
-            return max(450, int(plan.rt_median_ms * math.exp(rng.gauss(0, plan.rt_sigma))))
+            return int(350 + max(100.0, plan.rt_median_ms - 350)
+                       * math.exp(rng.gauss(0, plan.rt_sigma)))  # as collector/sim/hall.py
 
         with dev.lock:
             level = rng.choices((1, 2, 3, 4, 5), weights=plan.levels)[0]
             rate = rng.random() < plan.coverage
-            presses = citizen_presses(rng, plan, True, level, rate, rt, dev.note)
+            acts = citizen_presses(rng, plan, True, level, rate, rt, dev.note, tokens=dev.tokens)
         late = _now_ms() - shown
-        for after, key in presses:
-            dev.press_at(max(0, after - late), key)
+        for after, action, arg in acts:
+            if action == "press":
+                dev.press_at(max(0, after - late), arg)
+            else:
+                with self._feed_lock:
+                    self._serial += 1
+                    heapq.heappush(self._actions, (shown + after, self._serial, dev, action, arg))
 
     def _plan_cycle(self, start_ms: int) -> None:
         """The profiles' episodes of one compressed business day from `start_ms`."""
@@ -366,6 +391,10 @@ class SimHall:
             d.press_now(arg)
         elif action == "standalone":
             d.set_standalone(bool(arg))
+        elif action == "token":
+            d.tokens.append(_now_ms())
+        elif action == "network":
+            d.network(bool(arg))
         elif action == "pause":
             (self.paused.add if arg else self.paused.discard)(d.plan.window)
             self._feed({"kind": "window_paused" if arg else "window_resumed",
