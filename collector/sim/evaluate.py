@@ -25,7 +25,7 @@ from collector.config import load_config
 from collector.detection.run import run_detection
 from collector.detection.settings import DetectionSettings
 from collector.sim.hall import VirtualHall
-from collector.sim.profiles import PROFILES, draw_hall, family_dose
+from collector.sim.profiles import PROFILES, draw_hall, family_dose, family_variant
 
 __all__ = ["WindowOutcome", "evaluate", "format_report", "run_once"]
 
@@ -50,6 +50,7 @@ class WindowOutcome:
     truth: dict[int, dict[str, int]] = field(default_factory=dict)
     dose: float | None = None  # the family's dose (None for the other profiles)
     traits: list[str] = field(default_factory=list)  # honest variations of the window
+    variant: str = ""  # the family's variant (profiles.family_variant)
 
     def acted(self, within_days: int) -> bool:
         """Whether the profile did anything within its first `within_days` days (a window
@@ -86,6 +87,7 @@ def run_once(seed: int, days: int = 5, start_day: int = 3, profiles: Iterable[st
         hall = VirtualHall(cfg, plans, seed=rng.randrange(2**31), honest_drift=honest_drift)
         outcomes = {p.window: WindowOutcome(seed, p.window, p.profile, p.excellent,
                                             p.start_day, days, dose=family_dose(p),
+                                            variant=family_variant(p),
                                             traits=sorted(p.traits)) for p in plans}
         local_days = [hall.business_day(i) for i in range(days)]
         profile_start = {p.window: hall.local_ms(local_days[min(start_day, days - 1)], "08:30")

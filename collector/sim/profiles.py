@@ -34,6 +34,7 @@ __all__ = [
     "draw_traits",
     "draw_window",
     "family_dose",
+    "family_variant",
     "profile_episodes",
 ]
 
@@ -193,6 +194,18 @@ def draw_traits(rng: random.Random, plan: WindowPlan, days: int) -> dict[str, An
         plan.levels = (0.0005, 0.0005, 0.002, 0.007, 0.99)
         t["excellent99"] = True
     return t
+
+
+def family_variant(plan: WindowPlan) -> str:
+    """The variant of the window's family that the frontier shows apart ("" if none)."""
+    p = plan.params
+    if plan.profile == "tampering":
+        return f"{p['mode']}, {'seen' if p['seen'] else 'not seen'} by the firmware"
+    if plan.profile == "interruption":
+        return f"{p['mode']} cut"
+    if plan.profile == "selection":
+        return f"by {p['by']}"
+    return ""
 
 
 def family_dose(plan: WindowPlan) -> float | None:
