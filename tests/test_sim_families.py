@@ -195,3 +195,24 @@ def test_response_times_have_no_spike_at_a_floor(tmp_path: Path) -> None:
     for r in rts:
         bands[r // 10] = bands.get(r // 10, 0) + 1
     assert max(bands.values()) < 150
+
+
+def test_frontier_counts_each_dose_and_draws_a_png(tmp_path: Path) -> None:
+    from collector.errors import UsageError
+    from collector.sim.frontier import format_frontier, frontier, plot_frontier
+
+    points, outcomes = frontier(["fill_in"], runs=1, days=3, start_day=1, per_run=2,
+                                windows=(4, 4), every_min=120, workers=1, seed=3,
+                                doses={"fill_in": (0.2, 1.0)})
+    assert [(p.family, p.dose, p.windows) for p in points] == [("fill_in", 0.2, 2),
+                                                              ("fill_in", 1.0, 2)]
+    assert all(p.day1 <= p.day2 <= p.windows for p in points)
+    assert sum(o.profile == "honest" for o in outcomes) == 4
+    text = format_frontier(points, outcomes)
+    assert "fill_in" in text and "honest window-days falsely flagged" in text
+    files = plot_frontier(points, outcomes, tmp_path / "img")
+    assert [f.name for f in files] == ["frontier_fill_in.png"]
+    assert files[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for bad in ({"families": ["nope"]}, {"days": 2, "start_day": 1}, {"workers": 3}):
+        with pytest.raises(UsageError):
+            frontier(**bad)  # type: ignore[arg-type]
