@@ -74,6 +74,16 @@ def test_the_device_runs_the_firmwares_terminal(tmp_path: Path) -> None:
     assert hall.rejected == 0  # every message the firmware's code signed was accepted
 
 
+def test_the_profiles_timing_is_the_firmwares_default_config() -> None:
+    from etfw.config import DEFAULTS
+
+    from collector.sim import profiles
+
+    assert profiles.MIN_INTERVAL_MS == DEFAULTS["min_interval_ms"]
+    assert profiles.REASON_TIMEOUT_MS == DEFAULTS["reason_ms"]
+    assert list(profiles.REASON_KEYS) == DEFAULTS["reason_keys"]
+
+
 def test_every_family_has_a_dose_grid_within_its_range() -> None:
     for fam in FAMILIES.values():
         assert fam.grid and all(fam.lo <= d <= fam.hi for d in fam.grid)

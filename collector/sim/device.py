@@ -25,21 +25,25 @@ from pathlib import Path
 from typing import Any
 
 from collector.protocol import device_topic
-from collector.sim.profiles import FW, MIN_INTERVAL_MS, REASON_KEYS, REASON_TIMEOUT_MS, WindowPlan
+from collector.sim.profiles import FW, WindowPlan
 
 try:  # the firmware package, installed with the collector or run from the repository
     from etfw import command as fw_command
+    from etfw import config as fw_config
     from etfw import message as fw_message
     from etfw import terminal as fw_terminal
 except ImportError:  # a checkout: firmware/ beside collector/, as the firmware tests use it
     sys.path.append(str(Path(__file__).resolve().parents[2] / "firmware"))
     from etfw import command as fw_command
+    from etfw import config as fw_config
     from etfw import message as fw_message
     from etfw import terminal as fw_terminal
 
 __all__ = ["THANKS_MS", "SimTerminal", "Tamper", "device_tamper"]
 
-THANKS_MS = 3000  # etfw.config's default thanks screen
+# The terminal's settings: the firmware's defaults (etfw/config.py), as a device ships.
+_FW = fw_config.DEFAULTS
+THANKS_MS = int(_FW["thanks_ms"])
 
 
 class _Clock:
@@ -127,8 +131,9 @@ class SimTerminal:
         p = self.plan
         self.msgs = fw_message.Messages(self.prefix, self.hall, p.window, p.device, self.key,
                                         self.boot, self.clock)
-        self.term = fw_terminal.Terminal(self, _Screen(), self._standalone, MIN_INTERVAL_MS,
-                                         REASON_TIMEOUT_MS, THANKS_MS, REASON_KEYS)
+        self.term = fw_terminal.Terminal(self, _Screen(), self._standalone,
+                                         _FW["min_interval_ms"], _FW["reason_ms"],
+                                         _FW["thanks_ms"], _FW["reason_keys"])
         self.term.start(t)
         self._held, self._dropping = None, False
 
@@ -274,7 +279,7 @@ class SimTerminal:
     def deadlines(self, t: int, ttl_s: int = 0) -> list[int]:
         """When the terminal may next need a tick after an input at `t` (the firmware's loop
         ticks it every few ms; the simulated-time hall only at these times)."""
-        out = [t + THANKS_MS, t + REASON_TIMEOUT_MS]
+        out = [t + THANKS_MS, t + int(_FW["reason_ms"])]
         if ttl_s:
             out.append(t + ttl_s * 1000)
         return out
