@@ -180,10 +180,12 @@ def plot_frontier(points: list[FrontierPoint], outcomes: list[WindowOutcome],
         for v in variants if len(variants) > 1 else []:
             ys = [p.variants[v][1] / p.variants[v][0] if v in p.variants else math.nan
                   for p in pts]
-            ax.plot(x, ys, ":", marker=".", label=f"2 days: {v}")
+            n = sum(p.variants[v][0] for p in pts if v in p.variants)
+            ax.plot(x, ys, ":", marker=".", label=f"2 days: {v} ({n} windows in all)")
         ax.axhline(0.95, color="grey", lw=0.8, ls="--", label="target 95 %")
         ax.set_ylim(-0.03, 1.03)
-        ax.set_xlabel(FAMILIES[fam].dose)
+        # The plots' font has no CJK glyphs: the labels are in English.
+        ax.set_xlabel(FAMILIES[fam].dose.replace("差评", "bad rating"))
         ax.set_ylabel("windows flagged")
         ax.set_title(f"{fam}: {sum(p.windows for p in pts)} windows; honest false flags "
                      f"{f}/{t} window-days", fontsize=9)
