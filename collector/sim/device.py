@@ -28,16 +28,16 @@ from collector.protocol import device_topic
 from collector.sim.profiles import FW, WindowPlan
 
 try:  # the firmware package, installed with the collector or run from the repository
-    from etfw import command as fw_command
-    from etfw import config as fw_config
-    from etfw import message as fw_message
-    from etfw import terminal as fw_terminal
+    from etfw import command as fw_command  # type: ignore[import-not-found, unused-ignore]
+    from etfw import config as fw_config  # type: ignore[import-not-found, unused-ignore]
+    from etfw import message as fw_message  # type: ignore[import-not-found, unused-ignore]
+    from etfw import terminal as fw_terminal  # type: ignore[import-not-found, unused-ignore]
 except ImportError:  # a checkout: firmware/ beside collector/, as the firmware tests use it
     sys.path.append(str(Path(__file__).resolve().parents[2] / "firmware"))
-    from etfw import command as fw_command
-    from etfw import config as fw_config
-    from etfw import message as fw_message
-    from etfw import terminal as fw_terminal
+    from etfw import command as fw_command  # type: ignore[import-not-found, unused-ignore]
+    from etfw import config as fw_config  # type: ignore[import-not-found, unused-ignore]
+    from etfw import message as fw_message  # type: ignore[import-not-found, unused-ignore]
+    from etfw import terminal as fw_terminal  # type: ignore[import-not-found, unused-ignore]
 
 __all__ = ["THANKS_MS", "SimTerminal", "Tamper", "device_tamper"]
 

@@ -193,7 +193,7 @@ def format_report(outcomes: list[WindowOutcome], within_days: int = 2,
         )
     # Honest window-days: honest windows, and manipulated ones before their profile started.
     honest_days = flagged = exc_days = exc_flagged = 0
-    examples = []
+    examples: list[str] = []
     for o in outcomes:
         honest_range = range(o.days) if o.profile == "honest" else range(min(o.start_day, o.days))
         for d in honest_range:
