@@ -46,7 +46,7 @@ def test_default_hall_differs_and_shares_the_profiles_draws() -> None:
     assert max(rates) > 2 * min(rates) and max(bad) > 3 * min(bad)
     assert sum(w.plan.excellent for w in spec.windows) == 2
     for i, profile in enumerate(PROFILES, 1):
-        spec = default_hall("h", 8, profiles={f"w{i:02d}": profile})
+        spec = default_hall("h", max(8, len(PROFILES)), profiles={f"w{i:02d}": profile})
         plan = spec.windows[i - 1].plan
         assert plan.profile == profile and plan.params and not plan.excellent
 
@@ -164,3 +164,68 @@ def test_profiles_reach_the_collector_and_the_detector(make_config: Callable[...
     assert "out_of_service" in strong["w08"], verdicts["w08"].reasons_en
     honest = {w for w in verdicts if w not in PROFILED}
     assert honest and not flagged & honest, {w: verdicts[w].reasons_en for w in flagged & honest}
+
+
+FAMILIES_RT = {"w01": "fill_in", "w02": "interruption", "w03": "tampering"}
+
+
+@pytest.mark.servers
+def test_families_reach_the_collector_in_real_time(make_config: Callable[..., Config],
+                                                   broker: object) -> None:
+    """The red team's families over the real broker: a fill-in within the invitation's
+    lifetime, a network cut after a 差评 (the last will, no restart), a rewired key seen by
+    the firmware (counted as 1-2, published as 5)."""
+    cfg = make_config(linking__rating_window_s=30, linking__invite_ttl_s=20, linking__grace_s=2,
+                      detection__enabled=False)
+    spec = default_hall("hall01", windows=4, rate_per_min=14, seed=3, profiles=FAMILIES_RT)
+    plans = {w.window: w.plan for w in spec.windows}
+    plans["w01"].coverage = 0.0  # every citizen walks away: the staff fill in
+    plans["w01"].params.update(dose=1.0, delay_ms=1500.0, five=1.0)
+    plans["w02"].levels = (0.4, 0.3, 0.1, 0.1, 0.1)
+    plans["w02"].params.update(dose=1.0, mode="network", minutes=0.02, after_ms=1500)
+    plans["w03"].levels = (0.4, 0.3, 0.1, 0.1, 0.1)
+    plans["w03"].params.update(dose=1.0, mode="remap", keys=(1, 2), to=5, seen=True)
+    for w in spec.windows:
+        w.rate_per_min = 20
+    spec.windows[0].rate_per_min = 14
+    hall = SimHall(spec, _sim_keys(cfg, spec), "127.0.0.1",
+                   broker.port, prefix=cfg.mqtt.topic_prefix,  # type: ignore[attr-defined]
+                   seed=5, cycle_s=24)
+    collector = Collector(cfg)
+    collector.start()
+    try:
+        wait_for(lambda: collector.health()["mqtt_connected"])
+        hall.start()
+        hall.run(30, heartbeat_s=3)
+        time.sleep(3.0)  # the network cut's last reconnect and outbox
+        for d in hall.devices:
+            d.heartbeat_now()
+        sent = hall.ratings_sent()
+        state = connect(cfg.state_db)
+        wait_for(lambda: _rows(state, "SELECT count(*) FROM rating")[0][0] >= sent,
+                 what="every published rating in the state database")
+        time.sleep(1.0)
+    finally:
+        hall.stop()
+        collector.stop()
+    truth = hall.truth()
+    dev = {w.window: w.device for w in spec.windows}
+
+    def rows(window: str, sql: str) -> list[tuple]:
+        return _rows(state, sql, dev[window])
+
+    assert truth["w01"].get("filled_in", 0) >= 2
+    staff = rows("w01", "SELECT rt_ms FROM rating WHERE device=? AND mode='invited' "
+                 "AND level=5 AND rt_ms BETWEEN 800 AND 6000")
+    assert len(staff) >= 2
+    assert truth["w02"].get("interrupted", 0) >= 1
+    assert rows("w02", "SELECT count(*) FROM device_log WHERE device=? AND kind='status' "
+                "AND data LIKE '%offline%'")[0][0] >= 1
+    assert rows("w02", "SELECT count(*) FROM device_log WHERE device=? AND kind='boot'")[0][0] == 0
+    assert rows("w02", "SELECT count(*) FROM rating WHERE device=? AND level<=2")[0][0] >= 1
+    assert truth["w03"].get("tampered_press", 0) >= 1
+    keys = json.loads(rows("w03", "SELECT data FROM device_log WHERE device=? AND "
+                           "kind='heartbeat' ORDER BY id DESC LIMIT 1")[0][0])["keys"]
+    assert keys[0] + keys[1] >= 1
+    assert rows("w03", "SELECT count(*) FROM rating WHERE device=? AND level<=2")[0][0] == 0
+    state.close()
