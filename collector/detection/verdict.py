@@ -22,7 +22,8 @@ accidents at a quiet window early in the day would otherwise add up to "strong".
 p-values are adjusted across the hall's units (Benjamini-Hochberg) like an indicator's, and are
 strong evidence below q_strong (`detect_hall`). Satisfaction above peers
 is not in any group (it measures excellence, not manipulation), nor are the burst scan (its
-p-value is approximate for small counts) and the deterministic indicators.
+p-value is approximate for small counts), the state changes after 差评 (a binomial against a
+floored rate: strong on its own or not at all) and the deterministic indicators.
 
 A supporting indicator (satisfaction above peers) never raises a unit above 关注 on its own:
 an honest excellent window is not accused for being excellent.
@@ -44,10 +45,10 @@ FLAG_SEVERITY = 2
 
 # Groups of decisive indicators whose data do not overlap (see the module docstring).
 GROUPS: dict[str, tuple[str, ...]] = {
-    "timing": ("fast_response", "regular_response", "response_shift"),
+    "timing": ("fast_response", "regular_response", "response_shift", "late_response"),
     "keys": ("uninvited_presses",),
-    "levels": ("missing_negatives", "selective_invitation"),
-    "linking": ("unmatched", "out_of_service"),
+    "levels": ("missing_negatives", "selective_invitation", "coverage_up", "duration_selection"),
+    "linking": ("unmatched", "out_of_service", "after_next_start"),
 }
 
 

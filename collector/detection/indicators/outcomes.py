@@ -7,8 +7,8 @@ import math
 from collections.abc import Sequence
 
 from collector.detection import stats
-from collector.detection.facts import RatingFact, Unit
-from collector.detection.indicators.base import _Ctx, _judged, _Raw
+from collector.detection.facts import RatingFact, TxnFact, Unit
+from collector.detection.indicators.base import MAX_ITEMS, _Ctx, _judged, _Raw, item, rating_items
 from collector.detection.indicators.offline import _offline_stretches
 from collector.detection.indicators.timing import _splits
 
@@ -101,6 +101,33 @@ def _decided_txns(u: Unit, c: _Ctx) -> list:
     return c.once("decided", u, find)
 
 
+_CoverageRef = tuple[int, int, int, int, int, int, int, int, "int | None"]
+
+
+def _coverage_refs(u: Unit, c: _Ctx) -> list[_CoverageRef]:
+    """Own-past references for coverage and satisfaction: (current rated, decided, satisfied,
+    ratings; the past's same four; the change-point or None), the whole period against the
+    window's history, then each change-point of the rolling period (`_splits`) against all
+    before it; only those with at least min_ratings in each count."""
+    rated, decided = _coverage_counts(u, c)
+    rs = _judged(u, c)
+    past_sat = sum(1 for x in u.history if x >= 4)
+    refs: list[_CoverageRef] = [(rated, decided, _satisfied(rs), len(rs), u.history_rated,
+                                 u.history_decided, past_sat, len(u.history), None)]
+    txns = _decided_txns(u, c)
+    for split in _splits(c):
+        now_t = [t for t in txns if t.completed_ms >= split]
+        now_r = [r for r in rs if r.press_ms >= split]
+        old_t = [t for t in txns if t.completed_ms < split]
+        old_r = [r for r in rs if r.press_ms < split]
+        refs.append((sum(1 for t in now_t if t.state == "rated"), len(now_t),
+                     _satisfied(now_r), len(now_r),
+                     u.history_rated + sum(1 for t in old_t if t.state == "rated"),
+                     u.history_decided + len(old_t),
+                     past_sat + _satisfied(old_r), len(u.history) + len(old_r), split))
+    return [r for r in refs if min(r[1], r[3], r[5], r[7]) >= c.s.min_ratings]
+
+
 def _selective(u: Unit, c: _Ctx) -> _Raw | None:
     """Coverage (rated / decided transactions) far below, satisfaction (share 满意 or better)
     above.
@@ -128,22 +155,7 @@ def _selective(u: Unit, c: _Ctx) -> _Raw | None:
     cov, sat = rated / decided, _satisfied(rs) / len(rs)
     p = max(stats.normal_sf(-z_cov), stats.normal_sf(z_sat))
     ref_cov, ref_sat, own, since, judged = cov0, sat0, False, None, decided
-    # Own-past references: (current rated, decided, satisfied, ratings; past the same; since).
-    past_sat = sum(1 for x in u.history if x >= 4)
-    refs = [(rated, decided, _satisfied(rs), len(rs), u.history_rated, u.history_decided,
-             past_sat, len(u.history), None)]
-    txns = _decided_txns(u, c)
-    for split in _splits(c):
-        now_t = [t for t in txns if t.completed_ms >= split]
-        now_r = [r for r in rs if r.press_ms >= split]
-        old_t = [t for t in txns if t.completed_ms < split]
-        old_r = [r for r in rs if r.press_ms < split]
-        refs.append((sum(1 for t in now_t if t.state == "rated"), len(now_t),
-                     _satisfied(now_r), len(now_r),
-                     u.history_rated + sum(1 for t in old_t if t.state == "rated"),
-                     u.history_decided + len(old_t),
-                     past_sat + _satisfied(old_r), len(u.history) + len(old_r), split))
-    refs = [r for r in refs if min(r[1], r[3], r[5], r[7]) >= c.s.min_ratings]
+    refs = _coverage_refs(u, c)
     for k1, n1, s1, m1, k2, n2, s2, m2, split in refs:
         p_cov = stats.normal_sf(-_two_proportion_z(k1, n1, k2, n2))
         p_sat = stats.normal_sf(_two_proportion_z(s1, m1, s2, m2))
@@ -170,7 +182,116 @@ def _selective(u: Unit, c: _Ctx) -> _Raw | None:
           f"above {ref_sat:.1%} (only satisfied citizens invited?)")
     # The observations behind it: the transactions left unrated beyond the reference's coverage.
     shortfall = max(0, round((ref_cov - cov) * judged))
+    unrated = [t for t in _decided_txns(u, c) if t.state == "unrated"
+               and (since is None or t.completed_ms >= since)]
     return _Raw(round(cov - ref_cov, 4), p, cov <= ref_cov - c.s.coverage_gap and sat > ref_sat,
-                ev, (zh, en), events=shortfall)
+                ev, (zh, en), events=shortfall, items=txn_items(unrated, "未评价 unrated"))
+
+
+def txn_items(ts: Sequence[TxnFact], note: str = "") -> list[dict]:
+    """Transactions as observations (case number, service start and completion, staff)."""
+    return [item("txn", t.completed_ms, note=note, txn=t.txn or None, started_ms=t.started_ms,
+                 staff=t.staff_id or None, state=t.state) for t in ts[:MAX_ITEMS]]
+
+
+# Least rise in coverage over the window's own past for strong evidence of fill-in.
+COVERAGE_RISE = 0.08
+
+
+def _coverage_up(u: Unit, c: _Ctx) -> _Raw | None:
+    """Coverage (rated / decided) rising above the window's own past while satisfaction rises
+    too: citizens who walked away without rating are being rated in their place. Against the
+    own past only (two-proportion z, one-sided up; an excellent window simply has high
+    coverage, so peers say nothing), both must hold (intersection-union: the larger p), over
+    the references of `_coverage_refs` with a Bonferroni factor."""
+    if not c.hall.has_feed:
+        return None
+    refs = _coverage_refs(u, c)
+    if not refs:
+        return None
+    best = None
+    for k1, n1, s1, m1, k2, n2, s2, m2, split in refs:
+        p_cov = stats.normal_sf(_two_proportion_z(k1, n1, k2, n2))
+        p_sat = stats.normal_sf(_two_proportion_z(s1, m1, s2, m2))
+        p = max(p_cov, p_sat)
+        if best is None or p < best[0]:
+            best = (p, k1 / n1, k2 / n2, s1 / m1, s2 / m2, n1, split)
+    assert best is not None
+    p, cov, ref_cov, sat, ref_sat, n1, since = best
+    p = min(1.0, p * len(refs))
+    surplus = max(0, round((cov - ref_cov) * n1))
+    ev = {"coverage": round(cov, 4), "reference_coverage": round(ref_cov, 4),
+          "satisfied": round(sat, 4), "reference_satisfied": round(ref_sat, 4),
+          "transactions": n1, "surplus": surplus,
+          "since": None if since is None else str(c.s.local_day(since))}
+    when_zh = when_en = ""
+    if since is not None:
+        day = c.s.local_day(since).strftime("%m-%d")
+        when_zh, when_en = f"自 {day} 起", f"since {day}, "
+    zh = (f"{when_zh}参评率 {cov:.0%} 高于本窗口以往 {ref_cov:.0%}，满意率 {sat:.1%} 也高于以往 "
+          f"{ref_sat:.1%}（约多 {surplus} 条评价，疑似替离开的群众补评）")
+    en = (f"{when_en}coverage {cov:.0%} above this window's past {ref_cov:.0%} while satisfaction "
+          f"{sat:.1%} rose above {ref_sat:.1%} (about {surplus} more ratings: citizens who left "
+          "rated in their place?)")
+    late = [r for r in _judged(u, c) if r.state == "linked" and (since is None
+                                                                 or r.press_ms >= since)]
+    late.sort(key=lambda r: -(r.rt_ms or 0))  # the slowest first: the likeliest fill-ins
+    return _Raw(round(cov - ref_cov, 4), p, cov >= ref_cov + COVERAGE_RISE and sat > ref_sat,
+                ev, (zh, en), events=surplus,
+                items=rating_items(late, "参评率上升 coverage rose"))
+
+
+def _durations(u: Unit, c: _Ctx) -> tuple[int, int, int, int, list[TxnFact]]:
+    """(rated, decided) of the window's longer half of services and of its shorter half (split
+    at the median duration), and the longer half's unrated transactions."""
+    def find() -> tuple[int, int, int, int, list[TxnFact]]:
+        ts = sorted((t for t in _decided_txns(u, c) if t.started_ms is not None),
+                    key=lambda t: t.completed_ms - t.started_ms)  # type: ignore[operator]
+        half = len(ts) // 2
+        short, long = ts[:half], ts[len(ts) - half:]
+        return (sum(1 for t in long if t.state == "rated"), len(long),
+                sum(1 for t in short if t.state == "rated"), len(short),
+                [t for t in long if t.state == "unrated"])
+    return c.once("durations", u, find)
+
+
+def _duration_selection(u: Unit, c: _Ctx) -> _Raw | None:
+    """Long (difficult) services rated less often than short ones, beyond the hall's own
+    difference: citizens with long cases are not asked to rate. The window's coverage of its
+    longer half of services against its shorter half, with the peers' pooled difference as
+    the null (one-sided z); strong evidence needs a gap of coverage_gap beyond the peers'."""
+    if not c.hall.has_feed:
+        return None
+    kl, nl, ks, ns, unrated = _durations(u, c)
+    if min(nl, ns) < c.s.min_ratings // 2:
+        return None
+    pk = {"kl": 0, "nl": 0, "ks": 0, "ns": 0}
+    for x in c.units:
+        if x is not u:
+            a, b, d, e, _ = _durations(x, c)
+            pk["kl"] += a
+            pk["nl"] += b
+            pk["ks"] += d
+            pk["ns"] += e
+    peer_gap = 0.0
+    if pk["nl"] and pk["ns"]:
+        peer_gap = max(0.0, pk["ks"] / pk["ns"] - pk["kl"] / pk["nl"])
+    cl, cs = kl / nl, ks / ns
+    pooled = (kl + ks) / (nl + ns)
+    se = math.sqrt(max(pooled * (1 - pooled), 1e-9) * (1 / nl + 1 / ns))
+    z = (cs - cl - peer_gap) / se
+    p = stats.normal_sf(z)
+    missing = max(0, round((cs - peer_gap - cl) * nl))
+    ev = {"long_coverage": round(cl, 4), "short_coverage": round(cs, 4),
+          "peer_gap": round(peer_gap, 4), "long": nl, "short": ns, "z": round(z, 2),
+          "missing": missing}
+    zh = (f"办理时间较长的办件参评率 {cl:.0%}，远低于较短办件的 {cs:.0%}"
+          f"（同厅差距 {peer_gap:.0%}），"
+          f"约 {missing} 位办理复杂业务的群众未被邀请评价")
+    en = (f"coverage of the longer services {cl:.0%} far below the shorter ones' {cs:.0%} (hall "
+          f"gap {peer_gap:.0%}): about {missing} citizens with long cases not asked to rate")
+    return _Raw(round(cs - cl, 4), p, cs - cl - peer_gap >= c.s.coverage_gap and missing >= 5,
+                ev, (zh, en), events=missing,
+                items=txn_items(unrated, "长时间办件未评价 long service unrated"))
 
 
