@@ -111,6 +111,18 @@ class Verdict:
     def reasons(self, language: str = "zh") -> tuple[str, ...]:
         return self.reasons_zh if language == "zh" else self.reasons_en
 
+    def evidence(self) -> list[tuple[str, dict]]:
+        """(indicator, observation) behind the verdict: the items of every indicator its reasons
+        name (strong, weak, or agreeing in the combination), strongest first, each observation
+        once per indicator."""
+        named = set(self.strong) | set(self.weak)
+        if self.combined is not None and self.combined.strong:
+            named |= {i.name for i in self.combined.agreeing}
+        ordered = sorted((i for i in self.indicators if i.name in named and i.items),
+                         key=lambda i: (i.strength != STRONG, not i.decisive,
+                                        i.q if i.q is not None else 0.0))
+        return [(i.name, x) for i in ordered for x in i.items]
+
 
 def judge(hall: str, window: str, staff: str | None, period: str,
           indicators: Sequence[Indicator], combined: Combined | None = None) -> Verdict:

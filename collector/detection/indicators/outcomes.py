@@ -202,8 +202,9 @@ def _coverage_up(u: Unit, c: _Ctx) -> _Raw | None:
     """Coverage (rated / decided) rising above the window's own past while satisfaction rises
     too: citizens who walked away without rating are being rated in their place. Against the
     own past only (two-proportion z, one-sided up; an excellent window simply has high
-    coverage, so peers say nothing), both must hold (intersection-union: the larger p), over
-    the references of `_coverage_refs` with a Bonferroni factor."""
+    coverage, so peers say nothing). As in `_selective`, satisfaction above the past at
+    p < q_weak lets the coverage test speak; otherwise both must hold (intersection-union: the
+    larger p). Over the references of `_coverage_refs`, with a Bonferroni factor."""
     if not c.hall.has_feed:
         return None
     refs = _coverage_refs(u, c)
@@ -213,7 +214,7 @@ def _coverage_up(u: Unit, c: _Ctx) -> _Raw | None:
     for k1, n1, s1, m1, k2, n2, s2, m2, split in refs:
         p_cov = stats.normal_sf(_two_proportion_z(k1, n1, k2, n2))
         p_sat = stats.normal_sf(_two_proportion_z(s1, m1, s2, m2))
-        p = max(p_cov, p_sat)
+        p = p_cov if p_sat < c.s.q_weak else max(p_cov, p_sat)
         if best is None or p < best[0]:
             best = (p, k1 / n1, k2 / n2, s1 / m1, s2 / m2, n1, split)
     assert best is not None

@@ -453,8 +453,8 @@ def _late_response(u: Unit, c: _Ctx) -> _Raw | None:
           f"{best['fives']} 条为“非常满意”，疑似群众离开后由他人补评")
     en = (f"{when_en}{late} of {len(ref.now)} ratings came more than "
           f"{threshold / 1000:.1f} s after the invitation, slower than this window's slowest "
-          f"{share:.0%} before (its past predicts {best['expected']:.1f}), {best['fives']} of them 非常满意: filled in after "
-          "the citizen left?")
+          f"{share:.0%} before (its past predicts {best['expected']:.1f}), {best['fives']} of "
+          "them 非常满意: filled in after the citizen left?")
     slow = sorted((r for r in _invited(u, c) if r.rt_ms is not None and r.rt_ms > threshold
                    and (since is None or r.press_ms >= since)),
                   key=lambda r: -r.rt_ms)  # type: ignore[operator]
