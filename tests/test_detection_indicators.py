@@ -1000,7 +1000,7 @@ def test_wifi_drops_at_random_times_are_no_interruption():
 def _event(u: Unit, kind: str, at: str, **data: object) -> Unit:
     t = hm(at)
     e = DeviceRecord(t, t + 200, kind, dict(data), f"d-{u.window}", 3)
-    return replace(u, device_log=tuple(sorted(u.device_log + (e,), key=lambda d: d.received_ms)))
+    return replace(u, device_log=tuple(sorted((*u.device_log, e), key=lambda d: d.received_ms)))
 
 
 def test_a_failed_key_self_test_is_strong_and_an_opened_enclosure_a_notice():

@@ -99,8 +99,8 @@ def evidence_points(v: Verdict, computed_ms: int) -> list[str]:
             if isinstance(x.get(k), int):
                 p.field(k, int(x[k]))
         for k in _EVIDENCE_STR:
-            if x.get(k) is not None:
-                p.field(k, str(x[k])[:200])
+            if x.get(k) is not None:  # "staff" is a tag already: the one who served is staff_id
+                p.field("staff_id" if k == "staff" else k, str(x[k])[:200])
         ident = x.get("txn") or f"{x.get('device', '')}:{x.get('boot', '')}:{x.get('seq', '')}"
         p.time(_ts(int(x["at_ms"]), v.window, v.staff or "", v.period, name, str(ident),
                    str(x.get("note", ""))), _NS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 
 from collector.detection import stats
@@ -51,7 +52,7 @@ def _find_offline_stretches(u: Unit, c: _Ctx) -> list[tuple[int, int]]:
         if off_at is not None:
             spans.append((off_at, end))
         beats = [d.received_ms for d in log if d.kind == "heartbeat"]
-        for a, b in zip(beats, beats[1:], strict=False):
+        for a, b in itertools.pairwise(beats):
             if b - a > gap:
                 spans.append((a + gap, b))
         if beats and end - beats[-1] > gap:
@@ -124,7 +125,8 @@ def _offline(u: Unit, c: _Ctx) -> _Raw | None:
           "restarted_episodes": restarts, "peer_median_minutes": round(median, 1),
           "open_minutes": round(open_min), "transactions_while_offline": missed,
           "longest_minutes": round(max((b - a for a, b in mine), default=0) / 60_000, 1)}
-    zh = (f"评价器在办公时间离线 {minutes:.0f} 分钟、{len(mine)} 次（同厅中位数 {median:.0f} 分钟），"
+    zh = (f"评价器在办公时间离线 {minutes:.0f} 分钟、{len(mine)} 次"
+          f"（同厅中位数 {median:.0f} 分钟），"
           f"其中 {restarts} 次恢复时已重新启动（断电），离线期间办结 {missed} 件无法评价")
     en = (f"device offline {minutes:.0f} min in {len(mine)} episodes during opening hours (hall "
           f"median {median:.0f} min), {restarts} of them ending in a restart (power cut); "

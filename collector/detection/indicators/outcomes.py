@@ -176,10 +176,10 @@ def _selective(u: Unit, c: _Ctx) -> _Raw | None:
         day = c.s.local_day(since).strftime("%m-%d")
         whose_zh, whose_en = "本窗口此前", "its own earlier days"
         when_zh, when_en = f"自 {day} 起", f"since {day}, "
-    zh = (f"{when_zh}参评率 {cov:.0%} 远低于{whose_zh} {ref_cov:.0%}，而满意率 {sat:.1%} 高于 {ref_sat:.1%}"
-          "（疑似只邀请满意的群众评价）")
-    en = (f"{when_en}coverage {cov:.0%} far below {whose_en} {ref_cov:.0%} while satisfaction {sat:.1%} is "
-          f"above {ref_sat:.1%} (only satisfied citizens invited?)")
+    zh = (f"{when_zh}参评率 {cov:.0%} 远低于{whose_zh} {ref_cov:.0%}，"
+          f"而满意率 {sat:.1%} 高于 {ref_sat:.1%}（疑似只邀请满意的群众评价）")
+    en = (f"{when_en}coverage {cov:.0%} far below {whose_en} {ref_cov:.0%} while satisfaction "
+          f"{sat:.1%} is above {ref_sat:.1%} (only satisfied citizens invited?)")
     # The observations behind it: the transactions left unrated beyond the reference's coverage.
     shortfall = max(0, round((ref_cov - cov) * judged))
     unrated = [t for t in _decided_txns(u, c) if t.state == "unrated"
