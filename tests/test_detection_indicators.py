@@ -919,6 +919,24 @@ def test_ratings_after_the_next_service_began_fire():
     assert indicator(h, "exc", "after_next_start").strength == "none"
 
 
+def test_ratings_after_the_next_ticket_was_called_fire():
+    # No service start times, only the queue system's calls (叫号), 40 s after each completion.
+    t = honest("t", 38, n_txn=60)
+    calls = tuple(WindowRecord(x.completed_ms + 40_000, "queue_called") for x in t.txns)
+    moved = tuple(replace(r, press_ms=r.txn_completed_ms + 90_000)  # type: ignore[operator]
+                  if i % 5 == 0 else r for i, r in enumerate(t.ratings))
+    t = replace(t, ratings=tuple(sorted(moved, key=lambda r: r.press_ms)),
+                window_log=tuple(sorted(t.window_log + calls, key=lambda e: e.at_ms)))
+    ex = excellent()
+    ex = replace(ex, window_log=tuple(sorted(
+        ex.window_log + tuple(WindowRecord(x.completed_ms + 40_000, "queue_called")
+                              for x in ex.txns), key=lambda e: e.at_ms)))
+    h = hall(t, ex)
+    ind = indicator(h, "t", "after_next_start")
+    assert ind.strength == "strong" and ind.evidence["judged"] >= 40
+    assert indicator(h, "exc", "after_next_start").value == 0
+
+
 def test_ratings_within_their_citizens_time_are_not_after_the_next_service():
     h = _timeline_hall(honest("t", 33, n_txn=60), excellent())
     ind = indicator(h, "t", "after_next_start")

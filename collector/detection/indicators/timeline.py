@@ -16,27 +16,35 @@ AFTER_NEXT_MIN = 3
 
 
 def _after_next(u: Unit, c: _Ctx) -> tuple[list[RatingFact], int]:
-    """(ratings pressed more than NEXT_TOLERANCE_MS after the start of the window's next
-    transaction, ratings that could be judged). A rating is judged when it is linked, invited,
-    and the next transaction began after its own was completed (a business system whose
-    services overlap at one window says nothing about who stood there)."""
+    """(ratings pressed more than NEXT_TOLERANCE_MS after the window's next citizen was called
+    or began to be served, ratings that could be judged). A linked, invited rating is judged
+    when the business system says when the next one came: a queue call (叫号, `queue_called`)
+    at or after its transaction's completion, or the next transaction's start when that began
+    after its own was completed (a business system whose services overlap at one window says
+    nothing about who stood there)."""
     def find() -> tuple[list[RatingFact], int]:
         starts = sorted((t.started_ms, t.completed_ms) for t in u.txns
                         if t.started_ms is not None)
         keys = [s for s, _ in starts]
+        calls = sorted(e.at_ms for e in u.window_log if e.kind == "queue_called")
         late, judged = [], 0
         for r in _judged(u, c):
-            if (r.state != "linked" or r.mode != "invited" or r.txn_started_ms is None
-                    or r.txn_completed_ms is None):
+            if r.state != "linked" or r.mode != "invited" or r.txn_completed_ms is None:
                 continue
-            i = bisect.bisect_right(keys, r.txn_started_ms)
-            while i < len(starts) and starts[i][1] == r.txn_completed_ms \
-                    and starts[i][0] == r.txn_started_ms:
-                i += 1  # the rating's own transaction
-            if i >= len(starts) or starts[i][0] < r.txn_completed_ms:
+            nexts = []
+            j = bisect.bisect_left(calls, r.txn_completed_ms)
+            if j < len(calls):
+                nexts.append(calls[j])
+            if r.txn_started_ms is not None:
+                i = bisect.bisect_right(keys, r.txn_started_ms)
+                while i < len(starts) and starts[i] == (r.txn_started_ms, r.txn_completed_ms):
+                    i += 1  # the rating's own transaction
+                if i < len(starts) and starts[i][0] >= r.txn_completed_ms:
+                    nexts.append(starts[i][0])
+            if not nexts:
                 continue
             judged += 1
-            if r.press_ms > starts[i][0] + NEXT_TOLERANCE_MS:
+            if r.press_ms > min(nexts) + NEXT_TOLERANCE_MS:
                 late.append(r)
         return late, judged
     return c.once("after_next", u, find)
@@ -45,7 +53,8 @@ def _after_next(u: Unit, c: _Ctx) -> tuple[list[RatingFact], int]:
 def _after_next_start(u: Unit, c: _Ctx) -> _Raw | None:
     """Ratings pressed after the next citizen's service began at the window, per judged
     rating, against the peers' rate (beta-binomial with an empirical-Bayes prior, at least
-    rate_floor). The citizen being rated had left: whoever pressed, it was not them."""
+    rate_floor). The citizen being rated had left: whoever pressed, it was not them. Strong
+    evidence needs AFTER_NEXT_MIN such ratings and three times the peers' share."""
     if not c.hall.has_feed:
         return None
     late, judged = _after_next(u, c)
