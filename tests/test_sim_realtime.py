@@ -46,7 +46,7 @@ def test_default_hall_differs_and_shares_the_profiles_draws() -> None:
     assert max(rates) > 2 * min(rates) and max(bad) > 3 * min(bad)
     assert sum(w.plan.excellent for w in spec.windows) == 2
     for i, profile in enumerate(PROFILES, 1):
-        spec = default_hall("h", 8, profiles={f"w{i:02d}": profile})
+        spec = default_hall("h", max(8, len(PROFILES)), profiles={f"w{i:02d}": profile})
         plan = spec.windows[i - 1].plan
         assert plan.profile == profile and plan.params and not plan.excellent
 

@@ -96,7 +96,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from collector.sim.evaluate import main_evaluate
 
     print(main_evaluate(args.runs, args.days, args.start_day, args.per_run, args.workers,
-                        args.seed, args.every, args.profile, args.honest_drift))
+                        args.seed, args.every, args.profile, args.honest_drift,
+                        args.honest_variation))
+    return 0
+
+
+def cmd_frontier(args: argparse.Namespace) -> int:
+    from collector.sim.frontier import main_frontier
+
+    print(main_frontier(args.family, args.runs, args.days, args.start_day, args.per_run,
+                        (args.windows_min, args.windows_max), args.every, args.workers,
+                        args.seed, None if args.no_plots else args.plots))
     return 0
 
 
@@ -142,5 +152,30 @@ def add_parsers(sub: Any) -> None:
     ev.add_argument("--honest-drift", action="store_true",
                     help="honest windows vary by staff member and by day (response times, "
                          "coverage, satisfaction): a harder test of false flags")
+    ev.add_argument("--honest-variation", action="store_true",
+                    help="honest windows get the honest traits (bad and rush days, tiny volume, "
+                         "new staff, lunch rotations, Wi-Fi drops, lingering citizens, far "
+                         "keypads, batch closes; collector.sim.profiles.HONEST_TRAITS)")
     ev.set_defaults(func=cmd_evaluate)
+
+    from collector.sim.profiles import FAMILIES
+
+    fr = det_sub.add_parser("frontier", help="detection probability of each manipulation family "
+                            "against its dose, within 1 and 2 business days, and false flags")
+    fr.add_argument("--family", action="append", choices=list(FAMILIES),
+                    help="only these families (repeatable; default all)")
+    fr.add_argument("--runs", type=int, default=2, help="simulated halls per dose (default 2)")
+    fr.add_argument("--per-run", type=int, default=3,
+                    help="manipulated windows per hall (cooperation: one group of 2-3)")
+    fr.add_argument("--windows-min", type=int, default=6, help="fewest windows in a hall")
+    fr.add_argument("--windows-max", type=int, default=8, help="most windows in a hall")
+    fr.add_argument("--days", type=int, default=4, help="business days per hall")
+    fr.add_argument("--start-day", type=int, default=2,
+                    help="first manipulated business day (0-based)")
+    fr.add_argument("--every", type=int, default=60, help="minutes between detector runs")
+    fr.add_argument("--workers", type=int, default=2, help="processes (1 or 2)")
+    fr.add_argument("--seed", type=int, default=1)
+    fr.add_argument("--plots", default="docs/img", help="folder for the PNGs (docs/img)")
+    fr.add_argument("--no-plots", action="store_true", help="print the table only")
+    fr.set_defaults(func=cmd_frontier)
 

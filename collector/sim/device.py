@@ -1,55 +1,153 @@
-"""The simulated keypad: the firmware's terminal rules emitting real signed messages, and what a
-manipulation changes in the device (collector/sim/profiles.py defines the manipulations)."""
+"""The simulated keypad: the firmware's own code (firmware/etfw: `terminal.Terminal`, the rating
+state machine; `message.Messages`, the signed envelope; `command.check`, the command checks) run
+under CPython as the firmware tests run it, inside a simulated board (key counters, the flash
+outbox, power and network), with what a tampered device changes around it.
+
+No rule of the terminal is written here. What the board adds is what etfw/app.py and keys.py add
+around the terminal: a debounced press is counted before the terminal sees it, the count of
+presses outside an invitation and the key counters survive a reboot, a 差评 held for its reason
+is on flash (sent after a power cut), heartbeats go out only while connected, everything else
+waits in the outbox while the network is down.
+
+A manipulation is applied where a tampered device would apply it, never by changing a rule:
+ * input side: a dead key (the press never reaches the terminal; counted or not, depending on
+   whether the firmware still sees the physical key), a key publishing another level (the
+   terminal is given the other key; the counter counts the physical key or, with the keypad
+   rewired, the other one), a pause command that never reaches the terminal;
+ * output side: 差评 the terminal produces (held and published) that never leave the device.
+"""
 
 from __future__ import annotations
 
-import json
 import random
+import sys
+from pathlib import Path
 from typing import Any
 
-from collector.protocol import build_signed, device_topic, verify
-from collector.sim.profiles import (
-    FW,
-    MIN_INTERVAL_MS,
-    REASON_KEYS,
-    REASON_TIMEOUT_MS,
-    WindowPlan,
-)
+from collector.protocol import device_topic
+from collector.sim.profiles import FW, MIN_INTERVAL_MS, REASON_KEYS, REASON_TIMEOUT_MS, WindowPlan
 
-__all__ = ["SimTerminal"]
+try:  # the firmware package, installed with the collector or run from the repository
+    from etfw import command as fw_command
+    from etfw import message as fw_message
+    from etfw import terminal as fw_terminal
+except ImportError:  # a checkout: firmware/ beside collector/, as the firmware tests use it
+    sys.path.append(str(Path(__file__).resolve().parents[2] / "firmware"))
+    from etfw import command as fw_command
+    from etfw import message as fw_message
+    from etfw import terminal as fw_terminal
 
+__all__ = ["THANKS_MS", "SimTerminal", "Tamper", "device_tamper"]
+
+THANKS_MS = 3000  # etfw.config's default thanks screen
+
+
+class _Clock:
+    """The firmware's clock interface (etfw.clock.Clock: up(), ts()) on simulated time: the
+    board sets `now` (epoch ms) before every call into the firmware; NTP is synced."""
+
+    def __init__(self, boot_at: int) -> None:
+        self.boot_at = boot_at
+        self.now = boot_at
+        self.synced = True
+
+    def up(self) -> int:
+        return max(0, self.now - self.boot_at)
+
+    def ts(self) -> int:
+        return self.now
+
+
+class _Screen:
+    """The terminal's ui: nothing is drawn."""
+
+    def show(self, state: str, now: int, info: Any = None) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+class Tamper:
+    """What a tampered keypad does to the keys, before the firmware's terminal sees them.
+
+    `dead`: keys that produce nothing; `remap`: physical key -> the key the terminal is given;
+    `seen`: whether the firmware's key counter still counts the physical key (tampered
+    firmware that ignores or rewrites a press it saw) or not (the keypad itself altered: a cut
+    wire counts nothing, a rewired key counts as the key it now closes); `share`: the share of
+    presses affected (an intermittent fault, a switch the staff flip)."""
+
+    def __init__(self, dead: set[int] | None = None, remap: dict[int, int] | None = None,
+                 seen: bool = False, share: float = 1.0) -> None:
+        self.dead = set(dead or ())
+        self.remap = dict(remap or {})
+        self.seen = seen
+        self.share = share
+
+    def apply(self, key: int, rng: random.Random) -> tuple[int | None, int | None]:
+        """(the key the counter counts or None, the key the terminal gets or None)."""
+        if key not in self.dead and key not in self.remap:
+            return key, key
+        if self.share < 1.0 and rng.random() >= self.share:
+            return key, key
+        if key in self.dead:
+            return (key if self.seen else None), None
+        other = self.remap[key]
+        return (key if self.seen else other), other
 
 
 class SimTerminal:
-    """The firmware's terminal rules (firmware/etfw/terminal.py and app.py: states, key
-    counters, the 差评 held for its reason, stray presses counted and reported, stand-alone
-    mode), emitting real signed messages, and what a manipulation changes in the device (dead
-    keys, dropped 差评, a pause ignored). Shared by the simulated-time device below and by the
-    real-time one (collector/sim/realtime.py); a subclass supplies `rng`, `note` and `_send`, and
-    calls every method with the time in ms."""
+    """A simulated board running the firmware's terminal, emitting the firmware's signed
+    messages. Shared by the simulated-time device (collector/sim/hall.py) and the real-time one
+    (collector/sim/realtime.py); a subclass supplies `rng`, `note` and `_send`, and calls every
+    method with the time in epoch ms."""
 
-    prefix = hall = ""
     rng: random.Random
 
-    def __init__(self, plan: WindowPlan, key: bytes) -> None:
-        self.plan, self.key = plan, key
-        self.boot, self.seq, self.boot_at = 1, 0, 0
-        self.keys = [0, 0, 0, 0, 0]
-        self.uninvited = self.filtered = 0
-        self.state = "idle"          # idle, invited, reason, paused
-        self.invite: tuple[str, int, int] | None = None  # txn, shown_at, expires_at
-        self.pending: tuple[int, str | None, int | None, str] | None = None
-        self.reason_until = 0
-        self.last_accept: int | None = None
-        self.last_uninvited_event: int | None = None
-        self.standalone = False
-        self.dead_keys: set[int] = set()
+    def __init__(self, plan: WindowPlan, key: bytes, prefix: str, hall: str) -> None:
+        self.plan, self.key, self.prefix, self.hall = plan, key, prefix, hall
+        self.boot = 0
+        self.keys = [0, 0, 0, 0, 0]  # physical counters, persisted (etfw/keys.py, app.py)
+        self.uninvited = 0           # presses outside an invitation, persisted (app.py)
+        self.tamper = Tamper()
         self.drop_negatives = 0.0
         self.ignore_pause = False
         self.powered = True
         self.connected = True
         self.outbox: list[tuple[str, bytes]] = []
-        self.last_cseq = 0
+        self._standalone = False
+        self._held: tuple[str, bytes] | None = None
+        self._dropping = False  # the 差评 now held is one the tampered firmware swallows
+        self._boot_firmware(0)
+
+    # -- the firmware's objects, one set per boot (as etfw/app.py builds them) --
+    def _boot_firmware(self, t: int) -> None:
+        self.boot += 1
+        self.clock = _Clock(t)
+        p = self.plan
+        self.msgs = fw_message.Messages(self.prefix, self.hall, p.window, p.device, self.key,
+                                        self.boot, self.clock)
+        self.term = fw_terminal.Terminal(self, _Screen(), self._standalone, MIN_INTERVAL_MS,
+                                         REASON_TIMEOUT_MS, THANKS_MS, REASON_KEYS)
+        self.term.start(t)
+        self._held, self._dropping = None, False
+
+    @property
+    def state(self) -> str:
+        return str(self.term.state)
+
+    @property
+    def filtered(self) -> int:
+        return int(self.term.filtered)
+
+    @property
+    def standalone(self) -> bool:
+        return self._standalone
+
+    @standalone.setter
+    def standalone(self, on: bool) -> None:
+        self._standalone = on
+        self.term.standalone = on  # the device's config switch
 
     def note(self, what: str, n: int = 1) -> None:
         """Ground truth: what the manipulation did (never shown to the detector)."""
@@ -60,141 +158,136 @@ class SimTerminal:
     def apply_profile(self, active: bool) -> None:
         """The device side of the window's profile, on or off."""
         profile = self.plan.profile if active else "honest"
-        self.dead_keys = {1, 2} if profile == "bad_key_disabled" else set()
+        self.tamper = device_tamper(self.plan, profile)
         self.drop_negatives = self.plan.params["drop"] if profile == "suppressed_negatives" else 0.0
         self.ignore_pause = profile == "rating_during_pause"
 
     def topic(self, kind: str) -> str:
         return device_topic(self.prefix, self.hall, self.plan.window, self.plan.device, kind)
 
-    def _signed(self, kind: str, fields: dict[str, Any], t: int) -> bytes:
-        self.seq += 1
-        body = {"v": 1, "kind": kind, "dev": self.plan.device, "boot": self.boot, "seq": self.seq,
-                "ts": t, "up": max(0, t - self.boot_at)}
-        body.update(fields)
-        return build_signed(self.key, self.topic(kind), body)
+    def _at(self, t: int) -> None:
+        self.clock.now = t
 
-    def _emit(self, kind: str, fields: dict[str, Any], t: int) -> None:
+    def _signed(self, kind: str, fields: dict[str, Any], t: int) -> bytes:
+        """A status message (the online status, the last will) of this boot, signed at `t`."""
+        self._at(t)
+        return self.msgs.status(str(fields["state"]), str(fields.get("fw", FW)))
+
+    def _emit_bytes(self, topic: str, payload: bytes) -> None:
         if not self.powered:
             return
-        msg = (self.topic(kind), self._signed(kind, fields, t))
         if self.connected:
-            self._send(*msg, t)
+            self._send(topic, payload, self.clock.now)
         else:
-            self.outbox.append(msg)  # flash outbox: sent after the reconnect, original stamps
+            self.outbox.append((topic, payload))  # flash outbox: sent after the reconnect
+
+    # -- the terminal's sink (etfw/app.py: hold, rating, event) --
+    def hold(self, level: int, txn: Any, rt: Any, mode: str) -> None:
+        self._dropping = bool(self.drop_negatives) and self.rng.random() < self.drop_negatives
+        if self._dropping:
+            return  # tampered firmware: not even the held record is written
+        self._held = (self.topic("rating"), self.msgs.rating(level, txn, "none", rt, mode))
+
+    def rating(self, level: int, txn: Any, reason: Any, rt: Any, mode: str) -> None:
+        if level <= 2:  # the rating takes the held one's place
+            self._held = None
+            if self._dropping:
+                self._dropping = False
+                self.note("negatives_dropped")
+                if reason not in (None, "none"):
+                    self.note("negatives_dropped_with_reason")
+                return
+        self._emit_bytes(self.topic("rating"), self.msgs.rating(level, txn, reason, rt, mode))
+
+    def event(self, etype: str, data: dict[str, Any]) -> None:
+        self._emit_bytes(self.topic("event"), self.msgs.event(etype, data))
 
     # -- power (unplugging) --
     def _keep_held(self) -> None:
-        """A power cut while a 差评 waits for its reason: the firmware has it on flash (an H
-        record, reason "none", signed at the press) and sends it after the reboot."""
-        if self.pending is not None and self.powered:
-            level, txn, rt, mode = self.pending
-            self.pending = None
-            self._rating(level, txn, "none", rt, mode, self.reason_until - REASON_TIMEOUT_MS)
+        """A power cut while a 差评 waits for its reason: the held record is on flash and is
+        sent after the reboot (firmware/etfw/outbox.py)."""
+        if self._held is not None and self.powered:
+            self.outbox.append(self._held)
+            self._held = None
 
     def _power_down(self) -> None:
         self.powered = False
-        self.state, self.invite, self.pending = "idle", None, None
 
     def _power_up(self, t: int) -> None:
         self.powered = True
-        self.boot += 1
-        self.seq, self.boot_at = 0, t
-        self._emit("event", {"type": "boot", "data": {"fw": FW, "reset_cause": "power_on"}}, t)
+        self._boot_firmware(t)
+        self._at(t)
+        self.event("boot", {"fw": FW, "reset_cause": "power_on"})
 
     def heartbeat(self, t: int) -> None:
+        """Sent directly, only while connected (etfw/app.py: link.send, not the outbox)."""
+        if not (self.powered and self.connected):
+            return
+        self._at(t)
         data = {"fw": FW, "rssi": -60, "heap_free": 60000, "outbox": len(self.outbox),
                 "discards": 0, "reconnects": 0, "keys": list(self.keys),
-                "uninvited": self.uninvited, "state": self.state, "filtered": self.filtered}
-        self._emit("event", {"type": "heartbeat", "data": data}, t)
+                "uninvited": self.uninvited, "state": self.term.state,
+                "filtered": self.term.filtered}
+        self._send(self.topic("event"), self.msgs.event("heartbeat", data), t)
 
     # -- commands --
     def command(self, payload: bytes, topic: str, t: int) -> str | None:
-        """A command from the collector; returns the transaction of an invitation shown."""
-        if not (self.powered and self.connected) or not verify(self.key, topic, payload):
+        """A command from the collector, checked by the firmware's own checks and given to its
+        terminal; returns the transaction of an invitation now showing."""
+        if not (self.powered and self.connected):
             return None
-        cmd = json.loads(payload)
-        if cmd["cseq"] <= self.last_cseq:
-            return None
-        self.last_cseq = cmd["cseq"]
         self.tick(t)
-        name = cmd["cmd"]
-        if name == "invite":
-            if self.state == "paused":
-                return None
-            self._flush_pending(t)
-            self.invite = (cmd["txn"], t, t + cmd["ttl"] * 1000)
-            self.state = "invited"
-            return str(cmd["txn"])
-        if name == "pause" and not self.ignore_pause:
-            self._flush_pending(t)
-            self.state, self.invite = "paused", None
-        elif name == "resume" and self.state == "paused":
-            self.state = "idle"
+        try:
+            c = fw_command.check(self.msgs, topic.encode(), payload)
+        except fw_message.CommandError:
+            return None
+        if c["cmd"] == "pause" and self.ignore_pause:
+            return None  # tampered: the pause never reaches the terminal
+        self.term.command(c, t)
+        if c["cmd"] == "invite" and self.term.state == fw_terminal.INVITED:
+            return str(c["txn"])
         return None
 
     # -- keys --
     def tick(self, t: int) -> None:
-        """Time passes: an invitation expires, a reason prompt times out."""
-        if self.state == "invited" and self.invite and t >= self.invite[2]:
-            self._emit("event", {"type": "invite_expired", "data": {"txn": self.invite[0]}},
-                       self.invite[2])
-            self.state, self.invite = "idle", None
-        elif self.state == "reason" and t >= self.reason_until:
-            self._flush_pending(self.reason_until)
-
-    def _rating(self, level: int, txn: str | None, reason: str | None, rt: int | None, mode: str,
-                t: int) -> None:
-        self.last_accept = t
-        if level <= 2 and self.drop_negatives and self.rng.random() < self.drop_negatives:
-            # tampered firmware: the 差评 never leaves the device
-            self.note("negatives_dropped")
-            if reason not in (None, "none"):
-                self.note("negatives_dropped_with_reason")
-            return
-        self._emit("rating", {"level": level, "txn": txn, "reason": reason, "rt": rt,
-                              "mode": mode}, t)
-
-    def _flush_pending(self, t: int) -> None:
-        if self.pending is not None:
-            level, txn, rt, mode = self.pending
-            self.pending = None
-            self._rating(level, txn, "none", rt, mode, t)
-        if self.state == "reason":
-            self.state = "idle"
-
-    def _accept(self, level: int, txn: str | None, rt: int | None, mode: str, t: int) -> None:
-        if level <= 2:
-            self.pending = (level, txn, rt, mode)
-            self.reason_until = t + REASON_TIMEOUT_MS
-            self.state = "reason"
-        else:
-            self._rating(level, txn, None, rt, mode, t)
-            self.state = "idle"
+        """Time passes: an invitation expires, a reason prompt times out, thanks ends."""
+        if self.powered:
+            self._at(t)
+            self.term.tick(t)
 
     def press(self, key: int, t: int) -> None:
-        if not self.powered or key in self.dead_keys:
+        """A physical press of `key` (a citizen's, the staff's, a passer-by's)."""
+        if not self.powered:
             return
         self.tick(t)
-        self.keys[key - 1] += 1
-        if self.state == "invited" and self.invite:
-            txn, shown, _ = self.invite
-            self.invite = None
-            self._accept(key, txn, t - shown, "invited", t)
-        elif self.state == "reason" and self.pending:
-            level, txn, rt, mode = self.pending
-            self.pending = None
-            self.state = "idle"
-            self._rating(level, txn, REASON_KEYS[key - 1], rt, mode, t)
-        elif self.standalone and self.state == "idle":
-            if self.last_accept is not None and t - self.last_accept < MIN_INTERVAL_MS:
-                self.filtered += 1
-                return
-            self._accept(key, None, None, "standalone", t)
-        else:
-            self.uninvited += 1
-            last = self.last_uninvited_event
-            if last is None or t - last >= 1000:
-                self.last_uninvited_event = t
-                self._emit("event", {"type": "key_uninvited",
-                                     "data": {"key": key, "state": self.state}}, t)
+        counted, given = self.tamper.apply(key, self.rng)
+        if (counted, given) != (key, key):
+            self.note("tampered_press")
+        if counted is not None:
+            self.keys[counted - 1] += 1
+        if given is None:
+            return
+        before = self.term.uninvited
+        self.term.press(given, t)
+        self.uninvited += self.term.uninvited - before
+
+    def deadlines(self, t: int, ttl_s: int = 0) -> list[int]:
+        """When the terminal may next need a tick after an input at `t` (the firmware's loop
+        ticks it every few ms; the simulated-time hall only at these times)."""
+        out = [t + THANKS_MS, t + REASON_TIMEOUT_MS]
+        if ttl_s:
+            out.append(t + ttl_s * 1000)
+        return out
+
+
+def device_tamper(plan: WindowPlan, profile: str) -> Tamper:
+    """The keypad tampering of a window's profile (none for the others)."""
+    p = plan.params
+    if profile == "bad_key_disabled":
+        return Tamper(dead={1, 2})
+    if profile == "tampering":
+        keys = set(p["keys"])
+        if p["mode"] == "dead":
+            return Tamper(dead=keys, seen=p["seen"], share=p["dose"])
+        return Tamper(remap={k: p["to"] for k in keys}, seen=p["seen"], share=p["dose"])
+    return Tamper()

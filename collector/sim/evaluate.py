@@ -25,7 +25,7 @@ from collector.config import load_config
 from collector.detection.run import run_detection
 from collector.detection.settings import DetectionSettings
 from collector.sim.hall import VirtualHall
-from collector.sim.profiles import PROFILES, draw_hall
+from collector.sim.profiles import PROFILES, draw_hall, family_dose, family_variant
 
 __all__ = ["WindowOutcome", "evaluate", "format_report", "run_once"]
 
@@ -48,6 +48,9 @@ class WindowOutcome:
     # What the manipulation actually did on each business day (the simulator's ground truth,
     # e.g. {"negatives_dropped": 2}); never shown to the detector.
     truth: dict[int, dict[str, int]] = field(default_factory=dict)
+    dose: float | None = None  # the family's dose (None for the other profiles)
+    traits: list[str] = field(default_factory=list)  # honest variations of the window
+    variant: str = ""  # the family's variant (profiles.family_variant)
 
     def acted(self, within_days: int) -> bool:
         """Whether the profile did anything within its first `within_days` days (a window
@@ -68,23 +71,30 @@ def _business_hours(settings: DetectionSettings, start_ms: int, at_ms: int, days
 
 def run_once(seed: int, days: int = 5, start_day: int = 3, profiles: Iterable[str] = (),
              every_min: int = 30, workdir: str | None = None,
-             honest_drift: bool = False) -> list[WindowOutcome]:
+             honest_drift: bool = False, *, doses: dict[str, float] | None = None,
+             variation: bool = False,
+             windows: tuple[int, int] = (8, 14)) -> list[WindowOutcome]:
+    """One simulated hall; `doses` fixes the families' doses, `variation` turns on the honest
+    traits (profiles.HONEST_TRAITS), `windows` is the range of its number of windows."""
     rng = random.Random(seed)
     profiles = list(profiles)
-    n_windows = rng.randint(8, 14)
-    plans = draw_hall(rng, "vhall", n_windows, profiles, start_day)
+    n_windows = rng.randint(*windows)
+    plans = draw_hall(rng, "vhall", n_windows, profiles, start_day, doses=doses,
+                      variation=variation, days=days)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         cfg = load_config(None, env={}).with_overrides(collector__data_dir=str(Path(tmp)))
         settings = DetectionSettings.from_config(cfg)
         hall = VirtualHall(cfg, plans, seed=rng.randrange(2**31), honest_drift=honest_drift)
         outcomes = {p.window: WindowOutcome(seed, p.window, p.profile, p.excellent,
-                                            p.start_day, days) for p in plans}
+                                            p.start_day, days, dose=family_dose(p),
+                                            variant=family_variant(p),
+                                            traits=sorted(p.traits)) for p in plans}
         local_days = [hall.business_day(i) for i in range(days)]
         profile_start = {p.window: hall.local_ms(local_days[min(start_day, days - 1)], "08:30")
                          for p in plans}
         for index in range(days):
             hall.schedule_day(index)
-            day_start, day_end = hall.day_bounds(index)
+            _, day_end = hall.day_bounds(index)
             first = hall.local_ms(local_days[index], "08:30")
             checks = 0
 
@@ -134,14 +144,14 @@ def _assign(runs: int, per_run: int, chosen: list[str]) -> list[list[str]]:
 def evaluate(runs: int = 24, days: int = 5, start_day: int = 3, per_run: int = 3,
              workers: int = 2, seed: int = 1, every_min: int = 30,
              profiles: list[str] | None = None,
-             honest_drift: bool = False) -> list[WindowOutcome]:
+             honest_drift: bool = False, variation: bool = False) -> list[WindowOutcome]:
     chosen = list(profiles or PROFILES)
     assignments = _assign(runs, min(per_run, len(chosen)), chosen)
     seeds = [seed * 100_003 + i for i in range(runs)]
-    args = [(s, days, start_day, a, every_min, None, honest_drift)
+    args = [(s, days, start_day, a, every_min, None, honest_drift, {"variation": variation})
             for s, a in zip(seeds, assignments, strict=True)]
     if workers <= 1:
-        results = [run_once(*a) for a in args]
+        results = [_run_star(a) for a in args]
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(_run_star, args))
@@ -149,7 +159,8 @@ def evaluate(runs: int = 24, days: int = 5, start_day: int = 3, per_run: int = 3
 
 
 def _run_star(args: tuple) -> list[WindowOutcome]:
-    return run_once(*args)
+    *pos, kw = args
+    return run_once(*pos, **kw)
 
 
 def format_report(outcomes: list[WindowOutcome], within_days: int = 2,
@@ -159,8 +170,9 @@ def format_report(outcomes: list[WindowOutcome], within_days: int = 2,
     for o in outcomes:
         if o.profile != "honest":
             by_profile.setdefault(o.profile, []).append(o)
-    lines.append(f"{'profile':<22}{'windows':>8}{'detected':>10}{'<=' + str(within_days) + 'd':>9}"
-                 f"{'median h':>10}{'max h':>8}{'acted':>7}{'<=' + str(within_days) + 'd|acted':>12}"
+    lines.append(f"{'profile':<22}{'windows':>8}{'detected':>10}"
+                 f"{'<=' + str(within_days) + 'd':>9}{'median h':>10}{'max h':>8}{'acted':>7}"
+                 f"{'<=' + str(within_days) + 'd|acted':>12}"
                  "   first reason (example)")
     for profile in sorted(by_profile):
         group = by_profile[profile]
@@ -211,8 +223,9 @@ def format_report(outcomes: list[WindowOutcome], within_days: int = 2,
 
 
 def main_evaluate(runs: int, days: int, start_day: int, per_run: int, workers: int, seed: int,
-                  every_min: int, profiles: list[str] | None, honest_drift: bool = False) -> str:
+                  every_min: int, profiles: list[str] | None, honest_drift: bool = False,
+                  variation: bool = False) -> str:
     t0 = time.monotonic()
     outcomes = evaluate(runs, days, start_day, per_run, workers, seed, every_min, profiles,
-                        honest_drift)
+                        honest_drift, variation)
     return format_report(outcomes, days - start_day, time.monotonic() - t0)

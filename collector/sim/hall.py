@@ -20,7 +20,14 @@ from collector.ingest import Inbound, Ingest
 from collector.protocol import feed_topic
 from collector.registry import Registry
 from collector.sim.device import SimTerminal
-from collector.sim.profiles import FW, WILL_DELAY_MS, WindowPlan, citizen_presses, profile_episodes
+from collector.sim.profiles import (
+    FW,
+    WILL_DELAY_MS,
+    Action,
+    WindowPlan,
+    citizen_presses,
+    profile_episodes,
+)
 
 __all__ = ["VirtualHall"]
 
@@ -30,9 +37,9 @@ class _Device(SimTerminal):
     broker's last will after 1.5 x keepalive."""
 
     def __init__(self, hall: VirtualHall, plan: WindowPlan, key: bytes) -> None:
-        super().__init__(plan, key)
+        self.rng = hall.rng
+        super().__init__(plan, key, hall.prefix, hall.hall)
         self.h = hall
-        self.prefix, self.hall, self.rng = hall.prefix, hall.hall, hall.rng
         self.will: bytes | None = None
 
     def note(self, what: str, n: int = 1) -> None:
@@ -65,6 +72,15 @@ class _Device(SimTerminal):
         self._power_up(t)
         self.connected = False
         self.connect(t + 3000)
+
+    def network(self, up: bool, t: int) -> None:
+        """Wi-Fi lost or back, the device powered throughout."""
+        if not self.powered:
+            return
+        if up and not self.connected:
+            self.connect(t)
+        elif not up and self.connected:
+            self.disconnect(t)
 
 
 # -- the hall -------------------------------------------------------------------------------------
@@ -112,6 +128,9 @@ class VirtualHall:
         # to act on, e.g. no 差评 to suppress, leaves nothing to detect).
         self.truth: dict[tuple[str, int], dict[str, int]] = {}
         self.paused: dict[str, bool] = {p.window: False for p in plans}
+        self.tokens: dict[str, list[int]] = {p.window: [] for p in plans}  # drip: fakes due
+        self._long: dict[str, bool] = {}  # transaction -> its service took long
+
         tz_min = int(cfg.get("detection", "utc_offset")[1:3]) * 60 + int(
             cfg.get("detection", "utc_offset")[4:6])
         self._tz_ms = (-1 if cfg.get("detection", "utc_offset")[0] == "-" else 1) * tz_min * 60_000
@@ -190,21 +209,35 @@ class VirtualHall:
             return
         self.txn_count += 1
         txn = f"{self.hall.upper()}-{self.txn_count:07d}"
+        # Service durations: log-normal, median 6 minutes; a long case (over 12 minutes, about
+        # a seventh of them) ends in a 差评 three times as often (see _citizen).
+        dur = int(min(3600_000, max(60_000, 360_000 * math.exp(self.rng.gauss(0, 0.65)))))
+        self._long[txn] = dur > 720_000
         self._feed(window, "txn_completed", txn=txn,
                    staff={"id": who[0], "name": who[1], "badge": who[2]},
                    service={"code": "sfz-hl", "name": "居民身份证换领"},
-                   started=self.now - self.rng.randint(120_000, 900_000), completed=self.now,
-                   outcome="completed")
+                   started=self.now - dur, completed=self.now, outcome="completed")
 
     # -- citizens and staff at the device --
     def _command(self, window: str, topic: str, payload: bytes) -> None:
         dev = self.devices[window]
         txn = dev.command(payload, topic, self.now)
         if txn is not None:
-            self._citizen(dev, self.now)
+            self._ticks(dev, self.cfg.linking.invite_ttl_s)
+            self._citizen(dev, self.now, txn)
 
     def _press(self, dev: _Device, key: int) -> None:
         dev.press(key, self.now)
+        self._ticks(dev)
+
+    def _ticks(self, dev: _Device, ttl_s: int = 0) -> None:
+        """The firmware's loop ticks its terminal every few ms; here, at the times it may
+        change by itself (an invitation expiring, a reason prompt timing out, thanks ending)."""
+        for t in dev.deadlines(self.now, ttl_s):
+            self.at(t, self._tick, dev)
+
+    def _tick(self, dev: _Device) -> None:
+        dev.tick(self.now)
 
     def _drift_of(self, plan: WindowPlan) -> tuple[float, float, float, float]:
         """(response time factor, coverage change, 差评 factor, 非常满意 factor) of the staff
@@ -225,23 +258,52 @@ class VirtualHall:
         return out[0], out[1], out[2], out[3]
 
     def _rt(self, plan: WindowPlan) -> int:
+        """A citizen's response time: a shifted log-normal (no spike: a floor of 350 ms, about
+        a choice reaction time among five keys, below which nobody reads and presses), the
+        window's median, the staff member's and the day's drift; lingering citizens and a
+        keypad standing far away (honest traits) take longer."""
+        tr = plan.traits
         factor = self._drift_of(plan)[0]
-        return max(450, int(plan.rt_median_ms * factor
-                            * math.exp(self.rng.gauss(0, plan.rt_sigma))))
+        if "far_device" in tr:
+            factor *= tr["far_device"][0]
+        if tr.get("rush_day") == self.day_index:
+            factor *= 0.8
+        if "new_staff" in tr and self.day_index >= tr["new_staff"] and self._is_new_staff(plan):
+            factor *= tr.setdefault("new_staff_rt", math.exp(self._drift_rng.gauss(0, 0.3)))
+        if "linger" in tr and self.rng.random() < tr["linger"]:
+            return self.rng.randint(15_000, 100_000)
+        floor = 350.0
+        return int(floor + max(100.0, plan.rt_median_ms * factor - floor)
+                   * math.exp(self.rng.gauss(0, plan.rt_sigma)))
 
-    def _citizen(self, dev: _Device, shown: int) -> None:
+    def _is_new_staff(self, plan: WindowPlan) -> bool:
+        who = self.staff_on.get(plan.window)
+        return who is not None and who[0].endswith("n")
+
+    def _citizen(self, dev: _Device, shown: int, txn: str = "") -> None:
         """A citizen is invited to rate (and staff may interfere, by profile)."""
-        plan, rng = dev.plan, self.rng
+        plan, rng, tr = dev.plan, self.rng, dev.plan.traits
         _, d_cov, d_bad, d_top = self._drift_of(plan)
-        weights = plan.levels
-        if self.honest_drift:
-            weights = (weights[0] * d_bad, weights[1] * d_bad, weights[2], weights[3],
-                       weights[4] * d_top)
+        if not self.honest_drift:
+            d_bad = d_top = 1.0
+        long_service = self._long.pop(txn, False)
+        if long_service:
+            d_bad *= 3.0
+        if tr.get("bad_day") == self.day_index:
+            d_bad, d_top = d_bad * 4.0, d_top * 0.8
+        if tr.get("rush_day") == self.day_index:
+            d_cov -= 0.12
+        if "far_device" in tr:
+            d_cov -= tr["far_device"][1]
+        w = plan.levels
+        weights = (w[0] * d_bad, w[1] * d_bad, w[2], w[3], w[4] * d_top)
         level = rng.choices((1, 2, 3, 4, 5), weights=weights)[0]
         rate = rng.random() < min(0.99, max(0.3, plan.coverage + d_cov))
-        for after, key in citizen_presses(rng, plan, plan.active(self.day_index), level, rate,
-                                          lambda: self._rt(plan), dev.note):
-            self.at(shown + after, self._press, dev, key)
+        acts = citizen_presses(rng, plan, plan.active(self.day_index), level, rate,
+                               lambda: self._rt(plan), dev.note, long_service=long_service,
+                               tokens=self.tokens[plan.window],
+                               ttl_ms=self.cfg.linking.invite_ttl_s * 1000)
+        self._schedule_actions(plan, dev, [(shown + t, a, arg) for t, a, arg in acts])
 
     # -- one business day --
     def local_ms(self, day: date, hhmm: str) -> int:
@@ -278,15 +340,24 @@ class VirtualHall:
             while t < sleep:
                 self.at(t + rng.randint(0, 2000), lambda d=dev: d.heartbeat(self.now))
                 t += plan.heartbeat_s * 1000
-            morning, afternoon = plan.staff[0], plan.staff[rng.random() < 0.5]
+            morning, afternoon = self._staff_of_day(plan, index)
+            rate = plan.txn_per_hour * (2.5 if plan.traits.get("rush_day") == index else 1.0)
             for (a, b), who in zip(shifts, (morning, afternoon), strict=True):
                 on_at = a + rng.randint(-120, 300) * 1000
                 self.at(on_at, self._signon, plan.window, who)
                 self.at(b + rng.randint(0, 300) * 1000, self._signoff, plan.window)
-                t = on_at + int(rng.expovariate(plan.txn_per_hour / 3600_000))
+                t = on_at + int(rng.expovariate(rate / 3600_000))
                 while t < b:
                     self.at(t, self._complete, plan.window, index)
-                    t += int(rng.expovariate(plan.txn_per_hour / 3600_000))
+                    t += int(rng.expovariate(rate / 3600_000))
+            # A clerk closing several cases at once (a family, a group): 2-4 transactions
+            # 10-40 s apart, each citizen rating in turn. Honest bursts.
+            for _ in range(_poisson(rng, plan.traits.get("batch_close", 0.0))):
+                a, b = rng.choice(shifts)
+                t = rng.randint(a + 600_000, b - 600_000)
+                for _ in range(rng.randint(2, 4)):
+                    self.at(t, self._complete, plan.window, index)
+                    t += rng.randint(10_000, 40_000)
             # Honest pauses: a break, a colleague's question.
             for _ in range(_poisson(rng, plan.pauses_per_day)):
                 a, b = rng.choice(shifts)
@@ -294,7 +365,8 @@ class VirtualHall:
                 self.at(start, self._pause, plan.window, True)
                 self.at(start + rng.randint(5, 20) * 60_000, self._pause, plan.window, False)
             # Network: short blips, a rare device fault, the hall outage.
-            outages = [(s, s + rng.randint(60, 300) * 1000)
+            longest = 900 if "wifi" in plan.traits else 300
+            outages = [(s, s + rng.randint(60, longest) * 1000)
                        for s in (rng.randint(wake, sleep - 600_000)
                                  for _ in range(_poisson(rng, plan.blips_per_day)))]
             if rng.random() < 0.01:
@@ -312,15 +384,39 @@ class VirtualHall:
             if active:
                 self._schedule_profile(plan, dev, day, shifts)
 
+    def _staff_of_day(self, plan: WindowPlan, index: int) -> tuple[tuple[str, str, str], ...]:
+        """Who serves the morning and the afternoon: the window's two staff members; a new
+        one (honest trait) in B's place from their first day on; a neighbour window's staff
+        member on some afternoons (lunch rotation)."""
+        rng, tr = self.rng, plan.traits
+        staff = list(plan.staff)
+        if "new_staff" in tr and index >= tr["new_staff"]:
+            sid, name, badge = staff[1]
+            staff[1] = (sid[:-1] + "n", name + "新", str(int(badge) + 5))
+        morning, afternoon = staff[0], staff[rng.random() < 0.5]
+        if "lunch_rotation" in tr and rng.random() < tr["lunch_rotation"]:
+            others = [p for p in self.plans if p.window != plan.window]
+            if others:
+                afternoon = rng.choice(others).staff[1]
+        return morning, afternoon
+
     def _schedule_profile(self, plan: WindowPlan, dev: _Device, day: date,
                           shifts: list[tuple[int, int]]) -> None:
-        for t, action, arg in profile_episodes(self.rng, plan, shifts, dev.note):
+        self.tokens[plan.window].clear()
+        self._schedule_actions(plan, dev, profile_episodes(self.rng, plan, shifts, dev.note))
+
+    def _schedule_actions(self, plan: WindowPlan, dev: _Device, actions: list[Action]) -> None:
+        for t, action, arg in actions:
             if action == "press":
                 self.at(t, self._press, dev, arg)
             elif action == "pause":
                 self.at(t, self._pause, plan.window, bool(arg))
             elif action == "standalone":
                 self.at(t, setattr, dev, "standalone", bool(arg))
+            elif action == "token":
+                self.at(t, self.tokens[plan.window].append, t)
+            elif action == "network":
+                self.at(t, lambda d=dev, up=bool(arg): d.network(up, self.now))
             elif arg:
                 self.at(t, lambda d=dev: (not d.powered) and d.power_on(self.now))
             else:

@@ -1,21 +1,15 @@
-"""A simulated hall in simulated time, with manipulation profiles, driving the real pipeline.
+"""Windows and manipulations for both simulators: who the citizens are, what staff do.
 
-Unlike collector/sim/realtime.py (real time, over a real broker), `VirtualHall` runs business days in
-seconds: an event queue in simulated milliseconds, devices that build real signed messages
-(`build_signed`) and follow the firmware's terminal rules (docs/protocol.md, firmware/etfw/
-terminal.py), a business system that publishes transactions and staff events, and delivery into
-`Ingest.process_batch(items, now_ms)`. Invitations come back from the collector's `cmd_outbox`,
-signed, exactly as a device would receive them.
+The windows' honest behaviour is drawn from wide ranges (volume, true quality, coverage, response
+times, stray presses, pauses, network blips, and the honest variations of `HONEST_TRAITS`), and
+optionally one manipulation from `PROFILES` (today's profiles and the red team's families,
+`FAMILIES`, each with a dose), active from a given day on, with its own parameters drawn too.
 
-Every window has an honest behaviour drawn from wide ranges (volume, true quality, coverage,
-reaction times, stray presses, pauses, network blips), and optionally one manipulation profile
-from `PROFILES`, active from a given day on, with its own parameters drawn from ranges too.
-
-The profiles are defined once, here, for both simulators: their parameter draws
-(`draw_profile_params`), what a citizen and the staff press after an invitation
-(`citizen_presses`), a profile's day besides invitations (`profile_episodes`) and the device's
-terminal rules with what a manipulation changes in it (`collector.sim.device.SimTerminal`). collector/sim/realtime.py runs
-the same definitions in real time over the broker.
+Defined once, here: the parameter draws (`draw_profile_params`), what a citizen and the staff
+press after an invitation (`citizen_presses`) and a profile's day besides invitations
+(`profile_episodes`). The device is the firmware's own terminal (collector/sim/device.py); the
+simulated-time hall (collector/sim/hall.py) and the real-time one (collector/sim/realtime.py)
+run the same definitions.
 """
 
 from __future__ import annotations
@@ -27,13 +21,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "FAMILIES",
+    "HONEST_TRAITS",
     "PROFILES",
     "TXN_PER_HOUR",
+    "Action",
+    "Family",
     "WindowPlan",
     "citizen_presses",
     "draw_hall",
     "draw_profile_params",
+    "draw_traits",
     "draw_window",
+    "family_dose",
+    "family_variant",
     "profile_episodes",
 ]
 
@@ -46,7 +47,55 @@ PROFILES = (
     "rating_during_pause",   # window shown 暂停服务 while ratings are pressed
     "uninvited_pressing",    # staff keep pressing 5 with no invitation showing
     "suppressed_negatives",  # tampered firmware drops 1-2 ratings (keys still count)
+    # The red team's families (issue 15), each with a dose (FAMILIES):
+    "fill_in",               # staff rate the invitations their citizens walked away from
+    "drip",                  # k fake ratings a day through ordinary invitations, spread
+    "cooperation",           # staff of 2-3 windows rate each other's unrated citizens
+    "interruption",          # power or network cut after a 差评
+    "selection",             # citizens not asked, by service duration or by how it went
+    "tampering",             # a dead key, or a key publishing another level
 )
+
+
+@dataclass(frozen=True)
+class Family:
+    """A manipulation family: what its dose is, the range a random draw takes it from, and the
+    doses `detect frontier` measures."""
+
+    dose: str
+    lo: float
+    hi: float
+    grid: tuple[float, ...]
+    unit: str = ""
+
+
+FAMILIES: dict[str, Family] = {
+    "fill_in": Family("share of unrated invitations filled in", 0.1, 1.0,
+                      (0.1, 0.2, 0.4, 0.7, 1.0)),
+    "drip": Family("fake ratings a day", 1, 8, (1, 2, 4, 8)),
+    "cooperation": Family("share of the partners' unrated invitations filled in", 0.1, 1.0,
+                          (0.1, 0.2, 0.5, 1.0)),
+    "interruption": Family("probability of a cut after a 差评", 0.2, 1.0, (0.25, 0.5, 1.0)),
+    "selection": Family("share of the targeted citizens not asked", 0.3, 1.0,
+                        (0.3, 0.5, 0.8, 1.0)),
+    "tampering": Family("share of the tampered key's presses affected", 0.25, 1.0,
+                        (0.25, 0.5, 1.0)),
+}
+
+# Honest variation (issue 15): each honest window has each trait with this probability
+# (`draw_window(..., variation=True)`; VirtualHall applies them).
+HONEST_TRAITS: dict[str, float] = {
+    "bad_day": 0.15,         # one business day with 4x the 差评 and fewer 非常满意
+    "rush_day": 0.15,        # one business day with 2.5x the volume, lower coverage, faster
+    "tiny": 0.08,            # about 3 transactions a day
+    "new_staff": 0.1,        # a new staff member from some day on, with citizens of their own
+    "lunch_rotation": 0.15,  # a neighbour window's staff member covers some afternoons
+    "wifi": 0.1,             # many Wi-Fi drops (1-15 minutes) without a power loss
+    "linger": 0.2,           # 5-25 % of citizens rate 15-100 s after the invitation
+    "far_device": 0.1,       # the keypad stands far from the citizen: slow, less coverage
+    "batch_close": 0.25,     # the clerk closes 2-4 cases at once (families, groups)
+}
+
 FW = "sim-profile-1.0"
 REASON_KEYS = ("attitude", "efficiency", "notice", "wait", "other")  # firmware default order
 WILL_DELAY_MS = 45_000  # broker publishes the last will after 1.5 x keepalive (30 s)
@@ -72,6 +121,7 @@ class WindowPlan:
     profile: str = "honest"
     start_day: int = 0       # index of the first business day the profile is active
     params: dict[str, Any] = field(default_factory=dict)
+    traits: dict[str, Any] = field(default_factory=dict)  # honest variation (HONEST_TRAITS)
 
     def active(self, day_index: int) -> bool:
         return self.profile != "honest" and day_index >= self.start_day
@@ -86,8 +136,10 @@ def _loguniform(rng: random.Random, lo: float, hi: float) -> float:
 
 
 def draw_window(rng: random.Random, hall: str, index: int, *, excellent: bool = False,
-                profile: str = "honest", start_day: int = 0) -> WindowPlan:
-    """An honest window drawn from wide ranges, then the profile's own parameters."""
+                profile: str = "honest", start_day: int = 0, dose: float | None = None,
+                variation: bool = False, days: int = 5) -> WindowPlan:
+    """An honest window drawn from wide ranges, then the profile's own parameters (`dose`: the
+    family's dose, else drawn), then, with `variation`, its honest traits (HONEST_TRAITS)."""
     w = f"w{index:02d}"
     staff = [(f"s{index:02d}{x}", f"员工{index}{x}", f"{100000 + index * 10 + j}")
              for j, x in enumerate("ab")]
@@ -110,11 +162,60 @@ def draw_window(rng: random.Random, hall: str, index: int, *, excellent: bool = 
         blips_per_day=rng.uniform(0.0, 1.5), heartbeat_s=rng.randint(120, 200),
         excellent=excellent, profile=profile, start_day=start_day,
     )
-    plan.params.update(draw_profile_params(rng, profile))
+    plan.params.update(draw_profile_params(rng, profile, dose))
+    if variation:
+        plan.traits = draw_traits(rng, plan, days)
     return plan
 
 
-def draw_profile_params(rng: random.Random, profile: str) -> dict[str, Any]:
+def draw_traits(rng: random.Random, plan: WindowPlan, days: int) -> dict[str, Any]:
+    """The honest variations of one window (every window may have them, manipulated or not)."""
+    t: dict[str, Any] = {}
+    for name, chance in HONEST_TRAITS.items():
+        if rng.random() >= chance:
+            continue
+        if name in ("bad_day", "rush_day", "new_staff"):
+            t[name] = rng.randrange(max(1, days))
+        elif name == "lunch_rotation":
+            t[name] = rng.uniform(0.3, 1.0)  # share of afternoons covered by the neighbour
+        elif name == "linger":
+            t[name] = rng.uniform(0.05, 0.25)
+        elif name == "far_device":
+            t[name] = (rng.uniform(1.6, 3.0), rng.uniform(0.1, 0.25))  # rt factor, coverage
+        elif name == "batch_close":
+            t[name] = rng.uniform(0.5, 2.5)  # batches a day
+        else:
+            t[name] = True
+    if "tiny" in t:
+        plan.txn_per_hour = 3 / 7.5
+    if "wifi" in t:
+        plan.blips_per_day = rng.uniform(3, 8)
+    if plan.excellent and rng.random() < 0.4:  # 99 % 非常满意
+        plan.levels = (0.0005, 0.0005, 0.002, 0.007, 0.99)
+        t["excellent99"] = True
+    return t
+
+
+def family_variant(plan: WindowPlan) -> str:
+    """The variant of the window's family that the frontier shows apart ("" if none)."""
+    p = plan.params
+    if plan.profile == "tampering":
+        return f"{p['mode']}, {'seen' if p['seen'] else 'not seen'} by the firmware"
+    if plan.profile == "interruption":
+        return f"{p['mode']} cut"
+    if plan.profile == "selection":
+        return f"by {p['by']}"
+    return ""
+
+
+def family_dose(plan: WindowPlan) -> float | None:
+    """The dose of the window's family (None for the other profiles)."""
+    v = plan.params.get("dose")
+    return float(v) if v is not None else None
+
+
+def draw_profile_params(rng: random.Random, profile: str,
+                        dose: float | None = None) -> dict[str, Any]:
     """The manipulation's own parameters, drawn from wide ranges (never shown to the detector).
     The one definition both simulators use (this module's `VirtualHall`, in simulated time, and
     collector/sim/realtime.py, in real time over the broker)."""
@@ -136,51 +237,116 @@ def draw_profile_params(rng: random.Random, profile: str) -> dict[str, Any]:
         p.update(per_day=(rng.randint(6, 10), rng.randint(12, 25)))
     elif profile == "suppressed_negatives":
         p.update(drop=rng.uniform(0.7, 1.0))
+    elif profile in FAMILIES:
+        fam = FAMILIES[profile]
+        d = dose if dose is not None else rng.uniform(fam.lo, fam.hi)
+        p["dose"] = round(d) if profile == "drip" else d
+        p.update(_family_params(rng, profile))
     elif profile != "honest":
         raise ValueError(f"unknown profile {profile!r}")
     return p
 
 
+def _family_params(rng: random.Random, profile: str) -> dict[str, Any]:
+    """A family's parameters besides its dose, drawn over the whole space the family covers."""
+    if profile == "fill_in":
+        # The staff member's habit: a typical delay from 1 s to the invitation's lifetime (the
+        # upper end is capped by the actual ttl), jittered per press; the level mix.
+        return {"delay_ms": _loguniform(rng, 1000, 120_000), "five": rng.uniform(0.5, 1.0)}
+    if profile == "drip":
+        return {"delay_ms": _loguniform(rng, 1500, 30_000), "five": rng.uniform(0.6, 1.0)}
+    if profile == "cooperation":
+        return {"delay_ms": _loguniform(rng, 8000, 90_000), "five": rng.uniform(0.6, 1.0)}
+    if profile == "interruption":
+        return {"mode": rng.choice(("power", "network")), "minutes": rng.uniform(1, 15),
+                "after_ms": rng.randint(1500, 15_000)}
+    if profile == "selection":
+        return {"by": rng.choice(("duration", "outcome"))}
+    if profile == "tampering":
+        mode = rng.choice(("dead", "remap"))
+        keys = rng.choice(((1,), (2,), (1, 2)))
+        return {"mode": mode, "keys": keys, "to": rng.choice((3, 4, 5)),
+                "seen": rng.random() < 0.5}
+    return {}
+
+
 Note = Callable[[str, int], None]  # (what the manipulation did, how many times): ground truth
 
 
+Action = tuple[int, str, int]  # (ms, "press" | "standalone" | "pause" | "power" | "network" |
+#                                 "token", key or 0/1)
+
+
+def _staff_level(rng: random.Random, p: dict[str, Any]) -> int:
+    return 5 if rng.random() < p.get("five", 1.0) else 4
+
+
+def _staff_delay(rng: random.Random, p: dict[str, Any], ttl_ms: int) -> int:
+    """A staff member's delay after the invitation showed: their habit, jittered, always
+    within the invitation's lifetime."""
+    d = p["delay_ms"] * math.exp(rng.gauss(0, 0.3))
+    return int(min(max(800.0, d), ttl_ms - 500))
+
+
 def citizen_presses(rng: random.Random, plan: WindowPlan, active: bool, level: int, rate: bool,
-                    rt: Callable[[], int], note: Note) -> list[tuple[int, int]]:
-    """The key presses that follow one invitation, as (ms after it showed, key): the citizen's
-    (`level`, if they `rate`; `rt()` draws their response time) and, by profile, the staff's.
-    Presses on a dead key or while nothing is asked are still presses: the device decides."""
+                    rt: Callable[[], int], note: Note, *, long_service: bool = False,
+                    tokens: list[int] | None = None, ttl_ms: int = 120_000) -> list[Action]:
+    """What follows one invitation, as (ms after it showed, action, arg): the citizen's presses
+    (`level`, if they `rate`; `rt()` draws their response time) and, by profile, the staff's
+    presses or power and network cuts. `long_service`: the citizen's case took long;
+    `tokens`: the drip's fake ratings still due today (one is taken when used). Presses on a
+    dead key or while nothing is asked are still presses: the device decides."""
     p = plan.params
-    if active and plan.profile == "self_rating" and rng.random() < p["share"]:
+    prof = plan.profile if active else "honest"
+    if prof == "self_rating" and rng.random() < p["share"]:
         staff_at = max(150, int(rng.gauss(p["mu_ms"], p["sd_ms"])))
         note("staff_rated", 1)
-        out = [(staff_at, 5 if rng.random() < p["five"] else 4)]
+        out: list[Action] = [(staff_at, "press", 5 if rng.random() < p["five"] else 4)]
         if rate and rng.random() < 0.3:  # the citizen tries anyway: a press with no invitation
-            out.append((staff_at + rt(), level))
+            out.append((staff_at + rt(), "press", level))
         return out
-    if active and plan.profile == "selective_invitation":
+    if prof == "selective_invitation":
         keep = p["happy"] if level >= 4 else 1 - p["dissuade"]
         if rate and rng.random() >= keep:
             note("not_invited" if level >= 4 else "unhappy_not_invited", 1)
             return []
+    if prof == "selection" and rate:
+        target = long_service if p["by"] == "duration" else level <= 3
+        if target and rng.random() < p["dose"]:
+            note("not_asked" if level >= 3 else "unhappy_not_asked", 1)
+            return []
     if not rate:
+        if prof in ("fill_in", "cooperation") and rng.random() < p["dose"]:
+            note("filled_in" if prof == "fill_in" else "cooperated", 1)
+            return [(_staff_delay(rng, p, ttl_ms), "press", _staff_level(rng, p))]
+        if prof == "drip" and tokens:
+            tokens.pop(0)
+            note("dripped", 1)
+            return [(_staff_delay(rng, p, ttl_ms), "press", _staff_level(rng, p))]
         return []
     t = rt()
-    if active and plan.profile == "bad_key_disabled" and level <= 2:
+    if prof == "bad_key_disabled" and level <= 2:
         note("negatives_lost", 1)
-        out = [(t, level)]  # dead key: nothing happens
+        out = [(t, "press", level)]  # dead key: nothing happens
         if rng.random() < p["press_three"]:
-            out.append((t + rng.randint(1500, 5000), 3))
+            out.append((t + rng.randint(1500, 5000), "press", 3))
         return out
-    out = [(t, level)]
+    out = [(t, "press", level)]
+    if prof == "interruption" and level <= 2 and rng.random() < p["dose"]:
+        cut = t + p["after_ms"] + rng.randint(0, 3000)
+        note("interrupted", 1)
+        out.append((cut, p["mode"], 0))
+        out.append((cut + int(p["minutes"] * 60_000 * math.exp(rng.gauss(0, 0.3))),
+                    p["mode"], 1))
     if level <= 2 and rng.random() < 0.8:
         t += rng.randint(2000, 9000)
-        out.append((t, rng.randint(1, 5)))  # the reason tag
+        out.append((t, "press", rng.randint(1, 5)))  # the reason tag
     if rng.random() < plan.stray_press:
-        out.append((t + rng.randint(1000, 4000), rng.randint(1, 5)))
+        out.append((t + rng.randint(1000, 4000), "press", rng.randint(1, 5)))
     return out
 
 
-Action = tuple[int, str, int]  # (ms, "press" | "standalone" | "pause" | "power", key or 0/1)
+
 
 
 def _standalone(times: list[int], key: int = 5) -> list[Action]:
@@ -227,6 +393,12 @@ def profile_episodes(rng: random.Random, plan: WindowPlan, shifts: list[tuple[in
             out += _standalone(times)
             out.append((times[-1] + max(MIN_INTERVAL_MS, rng.randint(60, 300) * second),
                         "pause", 0))
+    elif plan.profile == "drip":
+        # k fake ratings a day, spread over the opening hours: from each of these times on,
+        # the next invitation a citizen leaves unrated is rated by the staff.
+        for _ in range(int(p["dose"])):
+            a, b = rng.choice(shifts)
+            out.append((rng.randint(a, b - 10 * minute_ms), "token", 1))
     elif plan.profile == "uninvited_pressing":
         n = rng.randint(*p["per_day"])
         note("uninvited_presses", n)
@@ -237,14 +409,21 @@ def profile_episodes(rng: random.Random, plan: WindowPlan, shifts: list[tuple[in
 
 
 def draw_hall(rng: random.Random, hall: str, n_windows: int, profiles: list[str],
-              start_day: int) -> list[WindowPlan]:
+              start_day: int, *, doses: dict[str, float] | None = None,
+              variation: bool = False, days: int = 5) -> list[WindowPlan]:
     """`n_windows` windows: the given manipulated profiles, 1-3 honest excellent ones, the rest
-    ordinary honest windows of very different quality and volume (positions shuffled)."""
-    n_excellent = min(rng.randint(1, 3), n_windows - len(profiles))
-    kinds = ([("honest", True)] * n_excellent + [(p, False) for p in profiles]
-             + [("honest", False)] * (n_windows - n_excellent - len(profiles)))
+    ordinary honest windows of very different quality and volume (positions shuffled). A
+    `cooperation` entry is a group of 2-3 windows (the group counts as one entry per window it
+    holds); `doses` fixes a family's dose; `variation` draws the honest traits."""
+    expanded: list[str] = []
+    for prof in profiles:
+        expanded += [prof] * (rng.randint(2, 3) if prof == "cooperation" else 1)
+    n_windows = max(n_windows, len(expanded))
+    n_excellent = min(rng.randint(1, 3), n_windows - len(expanded))
+    kinds = ([("honest", True)] * n_excellent + [(p, False) for p in expanded]
+             + [("honest", False)] * (n_windows - n_excellent - len(expanded)))
     rng.shuffle(kinds)
-    return [draw_window(rng, hall, i + 1, excellent=exc, profile=prof, start_day=start_day)
+    doses = doses or {}
+    return [draw_window(rng, hall, i + 1, excellent=exc, profile=prof, start_day=start_day,
+                        dose=doses.get(prof), variation=variation, days=days)
             for i, (prof, exc) in enumerate(kinds)]
-
-

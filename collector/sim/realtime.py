@@ -1,21 +1,21 @@
 """A simulated service hall that speaks the real protocol over the real broker, in real time.
 
-Both sides of a hall: the business system (staff sign on, transactions complete and are published on
-the feed topic, windows pause) and one evaluation device per window: a paho client with its own key
-and last will, running the firmware's terminal rules (`collector.sim.device.SimTerminal`: key counters,
-the 差评 held for its reason tag, stray presses reported, heartbeats). Citizens answer invitations
-the way they do in `detect evaluate` (`collector.sim.profiles.citizen_presses`): after a human delay, not
-always, with a level drawn from the window's true satisfaction.
+Both sides of a hall: the business system (staff sign on, transactions complete and are published
+on the feed topic, windows pause) and one evaluation device per window: a paho client with its
+own key and last will, running the firmware's own terminal (`collector.sim.device.SimTerminal`
+runs etfw.terminal, etfw.message and etfw.command). Citizens answer invitations the way they do
+in `detect evaluate` (`collector.sim.profiles.citizen_presses`): after a human delay, not always,
+with a level drawn from the window's true satisfaction.
 
-Windows are drawn like the evaluation's (`collector.sim.profiles.draw_window`): very different true quality
-and volume, some of them honest and excellent. A window may carry a manipulation profile
-(`collector.sim.profiles.PROFILES`) with its parameters drawn from the same ranges; what the device does is
-then done through the protocol: a self-rating is a rating published ~0.35-1.5 s after the
-invitation, unplugging drops the connection without a goodbye (the broker publishes the last will)
-and reboots with the next boot counter, a disabled bad-rating key produces and counts nothing,
-suppressed 差评 are counted by the keys and never published, fill-ins and ratings during a pause
-are stand-alone ratings, presses with nothing asked are `key_uninvited` events. The profile's day
-(bursts, unplugging, pauses) is compressed into `cycle_s` seconds of real time.
+Windows are drawn like the evaluation's (`collector.sim.profiles.draw_window`): very different
+true quality and volume, some of them honest and excellent. A window may carry a manipulation
+profile (`collector.sim.profiles.PROFILES`) with its parameters drawn from the same ranges; what
+the device does is then done through the protocol: a self-rating is a rating published ~0.35-1.5 s
+after the invitation, unplugging drops the connection without a goodbye (the broker publishes the
+last will) and reboots with the next boot counter, a disabled bad-rating key produces and counts
+nothing, suppressed 差评 are counted by the keys and never published, fill-ins and ratings during
+a pause are stand-alone ratings, presses with nothing asked are `key_uninvited` events. The
+profile's day (bursts, unplugging, pauses) is compressed into `cycle_s` seconds of real time.
 """
 
 from __future__ import annotations
@@ -138,8 +138,9 @@ class SimDevice(SimTerminal):
 
     def __init__(self, prefix: str, hall: str, spec: WindowSpec, key: bytes, host: str, port: int,
                  rng: random.Random, *, username: str = "", password: str = "") -> None:
-        super().__init__(spec.plan, key)
-        self.prefix, self.hall, self.spec, self.rng = prefix, hall, spec, rng
+        self.rng = rng
+        super().__init__(spec.plan, key, prefix, hall)
+        self.spec = spec
         self.host, self.port, self.username, self.password = host, port, username, password
         self.lock = threading.RLock()
         self.sent: list[dict[str, Any]] = []  # ratings published (for tests and the demo)
@@ -147,6 +148,7 @@ class SimDevice(SimTerminal):
         self.invites = 0
         self.truth: dict[str, int] = {}  # what the profile did (ground truth)
         self.on_invite: Any = None  # callback(device, shown_ms)
+        self.tokens: list[int] = []  # drip: fake ratings due
         self.connected = False
         self._timers: list[threading.Timer] = []
         self.client = self._new_client()
@@ -253,6 +255,24 @@ class SimDevice(SimTerminal):
         if sock is not None:
             sock.close()
 
+    def network(self, up: bool) -> None:
+        """Wi-Fi lost (the connection drops without a goodbye) or back; powered throughout."""
+        with self.lock:
+            if not self.powered or up == (self.client is not None and self.connected):
+                return
+            if up:
+                self.client = self._new_client()
+            else:
+                self.connected = False
+                client = self.client
+        if up:
+            self.start()
+            return
+        client.loop_stop()
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
+
     def plug_in(self) -> None:
         """Power back: the next boot counter, a boot event, a new connection."""
         with self.lock:
@@ -337,15 +357,21 @@ class SimHall:
         def rt() -> int:
             if self.delay_s:
                 return int(rng.uniform(*self.delay_s) * 1000)
-            return max(450, int(plan.rt_median_ms * math.exp(rng.gauss(0, plan.rt_sigma))))
+            return int(350 + max(100.0, plan.rt_median_ms - 350)
+                       * math.exp(rng.gauss(0, plan.rt_sigma)))  # as collector/sim/hall.py
 
         with dev.lock:
             level = rng.choices((1, 2, 3, 4, 5), weights=plan.levels)[0]
             rate = rng.random() < plan.coverage
-            presses = citizen_presses(rng, plan, True, level, rate, rt, dev.note)
+            acts = citizen_presses(rng, plan, True, level, rate, rt, dev.note, tokens=dev.tokens)
         late = _now_ms() - shown
-        for after, key in presses:
-            dev.press_at(max(0, after - late), key)
+        for after, action, arg in acts:
+            if action == "press":
+                dev.press_at(max(0, after - late), arg)
+            else:
+                with self._feed_lock:
+                    self._serial += 1
+                    heapq.heappush(self._actions, (shown + after, self._serial, dev, action, arg))
 
     def _plan_cycle(self, start_ms: int) -> None:
         """The profiles' episodes of one compressed business day from `start_ms`."""
@@ -365,6 +391,10 @@ class SimHall:
             d.press_now(arg)
         elif action == "standalone":
             d.set_standalone(bool(arg))
+        elif action == "token":
+            d.tokens.append(_now_ms())
+        elif action == "network":
+            d.network(bool(arg))
         elif action == "pause":
             (self.paused.add if arg else self.paused.discard)(d.plan.window)
             self._feed({"kind": "window_paused" if arg else "window_resumed",
@@ -378,7 +408,8 @@ class SimHall:
     def run(self, duration_s: float, heartbeat_s: float = 60.0) -> None:
         """Complete transactions at each window's rate until `duration_s` passes or `stop()`."""
         start = time.monotonic()
-        nxt = {w.window: start + self.rng.expovariate(w.rate_per_min / 60) for w in self.spec.windows}
+        nxt = {w.window: start + self.rng.expovariate(w.rate_per_min / 60)
+               for w in self.spec.windows}
         next_hb = start
         next_cycle = start
         while not self._stop.is_set() and time.monotonic() - start < duration_s:

@@ -33,7 +33,8 @@ def _binary(name: str, fallback: str) -> str:
     return found
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float) -> None:
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path,
+               timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -57,8 +58,8 @@ class _Server:
 
     def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
         logf = self.log.open("ab")
-        return subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        return subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM)."""
@@ -161,7 +162,7 @@ class InfluxServer(_Server):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as resp:
+                with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as resp:  # noqa: S310
                     if resp.status == 204:
                         return self
             except (urllib.error.URLError, OSError):
