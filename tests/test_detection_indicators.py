@@ -902,6 +902,15 @@ def test_late_responses_quiet_when_citizens_answer_as_before(median, sigma):
     assert indicator(h, "exc", "late_response").strength == "none"
 
 
+@pytest.mark.parametrize("seed", [40, 41, 42])
+def test_a_day_on_which_every_citizen_answers_slower_is_no_fill_in(seed):
+    # The whole distribution twice as slow as before (a staff member who lets citizens read
+    # the prompt, elderly citizens): every response time moved, none was added.
+    t = with_past_rts(honest("t", seed, n_txn=40, rt_median=8000), 4000, 0.5)
+    h = hall(t, with_past_rts(excellent(), 3000, 0.5, seed=4))
+    assert indicator(h, "t", "late_response").strength != "strong"
+
+
 def test_ratings_after_the_next_service_began_fire():
     t = _timeline(honest("t", 33, n_txn=60))
     starts = sorted(x.started_ms for x in t.txns)  # type: ignore[type-var]

@@ -176,7 +176,8 @@ def _interrupted(u: Unit, c: _Ctx) -> _Raw | None:
     """差评 followed within INTERRUPT_WINDOW_MS by a device state change (offline, restart, power
     loss) during opening hours, against chance: the peers' rate of state changes per open hour
     gives the probability p0 that one falls in the window after any moment, and the count of
-    差评 so followed is binomial(n 差评, p0) under honest operation (p0 at least rate_floor).
+    差评 so followed is binomial(n 差评, p0) under honest operation (p0 at least rate_floor; the
+    window's own rate of changes away from its 差评 when larger: a device with poor Wi-Fi).
     A staff member who cuts the power after each 差评 makes that count high whatever the cut's
     length; Wi-Fi drops come at random times."""
     if not u.has_device:
@@ -195,6 +196,11 @@ def _interrupted(u: Unit, c: _Ctx) -> _Raw | None:
     peers = [x for x in c.units if x is not u and x.has_device]
     n_changes = sum(len(_state_changes(x, c)) for x in peers)
     rate = n_changes / (open_ms * len(peers)) if peers else 0.0
+    # The window's own rate away from its 差评 too (a device with poor Wi-Fi drops often,
+    # whatever its citizens press): the larger of the two is chance.
+    after = {ch for _, ch in followed}
+    own_time = max(open_ms - len(bad) * INTERRUPT_WINDOW_MS, open_ms // 4)
+    rate = max(rate, (len(changes) - len(after)) / own_time)
     p0 = max(c.s.rate_floor, 1 - math.exp(-rate * INTERRUPT_WINDOW_MS))
     k = len(followed)
     p = stats.binomial_sf(k, len(bad), p0)

@@ -4,6 +4,8 @@ window's own past, and bursts."""
 from __future__ import annotations
 
 import bisect
+import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -408,6 +410,28 @@ def _mirror(ref: _RtRef) -> _RtRef:
                   list(reversed(ref.now_staff)), list(reversed(ref.past_staff)))
 
 
+def _unshifted(stratum: tuple[list[int], list[int], list[int], list[int | None]]
+               ) -> tuple[list[int], list[int], list[int], list[int | None]]:
+    """A mirrored stratum with the current response times scaled back by how much slower the
+    whole current distribution is than the past's (the ratio of the lower quartiles, if above
+    1, less its sampling noise): a day on which citizens answer slower (a staff member who lets them read the prompt, a
+    rush, elderly citizens) moves every response time, a fill-in adds late ones and leaves the
+    fast quarter where it was. Only the latter is evidence; the late ones of a fill-in, tens of
+    seconds late, stay late after the scaling."""
+    now, levels, past, past_levels = stratum
+    if len(now) < 4 or len(past) < 4:
+        return stratum
+    # Negated and sorted ascending: the fast quarter is at the end.
+    ratio = (statistics.quantiles([-x for x in now], n=4)[0]
+             / max(1.0, statistics.quantiles([-x for x in past], n=4)[0]))
+    # Beyond the quartile's own sampling noise (about 2/sqrt(n) relative, for a log-normal of
+    # the spread human response times have): only a shift larger than that is drift.
+    ratio /= 1 + 2 / math.sqrt(len(now))
+    if ratio <= 1:
+        return stratum
+    return [int(x / ratio) for x in now], levels, past, past_levels
+
+
 def _late_response(u: Unit, c: _Ctx) -> _Raw | None:
     """Ratings arriving later after the invitation than this window's citizens' did: of the
     current invited ratings, the number slower than the k-th slowest of the window's own past
@@ -418,13 +442,15 @@ def _late_response(u: Unit, c: _Ctx) -> _Raw | None:
     invitations of citizens who walked away does it when they get round to it, tens of seconds
     later, and mostly with a 5. The whole current distribution is judged, not only the fast tail.
     Strong evidence needs a pile: at least shift_min late ones, twice what the past predicts
-    (one and a half times with the late ones newly 非常满意). Bonferroni as `_response_shift`."""
+    (one and a half times with the late ones newly 非常满意). Bonferroni as `_response_shift`.
+    A current distribution slower as a whole is scaled back to the past's median first
+    (`_unshifted`): honest drift moves every response time, a fill-in only adds late ones."""
     refs = [_mirror(r) for r in _rt_refs(u, c)]
     if not refs:
         return None
     found = []
     for ref in refs:
-        strata = _staff_strata(ref)
+        strata = [_unshifted(s) for s in _staff_strata(ref)]
         for share in LATE_QUANTILES:
             f = _shift_at(strata, share)
             pile = f["below"] >= c.s.shift_min and (
