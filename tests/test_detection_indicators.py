@@ -985,6 +985,18 @@ def test_long_services_left_unrated_fire():
     assert all(x["kind"] == "txn" and x["state"] == "unrated" for x in ind.items)
 
 
+def test_the_longest_few_services_left_unrated_fire_too():
+    # Only the longest eighth (the really difficult cases) are not asked.
+    t = _timeline(honest("t", 39, n_txn=100, coverage=0.9))
+    by_len = sorted(t.txns, key=lambda x: x.completed_ms - x.started_ms)  # type: ignore[operator]
+    longest = {x.completed_ms for x in by_len[-12:]}
+    t = replace(t, txns=tuple(replace(x, state="unrated") if x.completed_ms in longest else x
+                              for x in t.txns),
+                ratings=tuple(r for r in t.ratings if r.txn_completed_ms not in longest))
+    ind = indicator(_timeline_hall(t, excellent()), "t", "duration_selection")
+    assert ind.strength == "strong" and ind.evidence["longest_share"] == 0.125
+
+
 def test_coverage_alike_over_service_durations_does_not_fire():
     h = _timeline_hall(honest("t", 34, n_txn=80, coverage=0.7), excellent())
     assert indicator(h, "t", "duration_selection").strength == "none"

@@ -242,57 +242,67 @@ def _coverage_up(u: Unit, c: _Ctx) -> _Raw | None:
                 items=rating_items(late, "参评率上升 coverage rose"))
 
 
-def _durations(u: Unit, c: _Ctx) -> tuple[int, int, int, int, list[TxnFact]]:
-    """(rated, decided) of the window's longer half of services and of its shorter half (split
-    at the median duration), and the longer half's unrated transactions."""
+# The longest shares of a window's services compared with the rest of them.
+DURATION_CUTS = (0.5, 0.25, 0.125)
+
+
+def _durations(u: Unit, c: _Ctx, cut: float) -> tuple[int, int, int, int, list[TxnFact]]:
+    """(rated, decided) of the window's longest `cut` share of services (by completed -
+    started) and of the rest, and the long ones' unrated transactions."""
     def find() -> tuple[int, int, int, int, list[TxnFact]]:
         ts = sorted((t for t in _decided_txns(u, c) if t.started_ms is not None),
                     key=lambda t: t.completed_ms - t.started_ms)  # type: ignore[operator]
-        half = len(ts) // 2
-        short, long = ts[:half], ts[len(ts) - half:]
+        n_long = int(len(ts) * cut)
+        short, long = ts[:len(ts) - n_long], ts[len(ts) - n_long:]
         return (sum(1 for t in long if t.state == "rated"), len(long),
                 sum(1 for t in short if t.state == "rated"), len(short),
                 [t for t in long if t.state == "unrated"])
-    return c.once("durations", u, find)
+    return c.once(f"durations:{cut}", u, find)
 
 
 def _duration_selection(u: Unit, c: _Ctx) -> _Raw | None:
-    """Long (difficult) services rated less often than short ones, beyond the hall's own
+    """Long (difficult) services rated less often than the others, beyond the hall's own
     difference: citizens with long cases are not asked to rate. The window's coverage of its
-    longer half of services against its shorter half, with the peers' pooled difference as
-    the null (one-sided z); strong evidence needs a gap of coverage_gap beyond the peers'."""
+    longest half, quarter and eighth of services against the rest of them, each with the
+    peers' pooled difference at that cut as the null (one-sided z), the clearest cut with a
+    Bonferroni factor of 3; strong evidence needs a gap of coverage_gap beyond the peers' and
+    at least 3 citizens missing."""
     if not c.hall.has_feed:
         return None
-    kl, nl, ks, ns, unrated = _durations(u, c)
-    if min(nl, ns) < c.s.min_ratings // 2:
+    found = []
+    for cut in DURATION_CUTS:
+        kl, nl, ks, ns, unrated = _durations(u, c, cut)
+        if nl < 4 or ns < c.s.min_ratings // 2:
+            continue
+        pk = [0, 0, 0, 0]
+        for x in c.units:
+            if x is not u:
+                for i, v in enumerate(_durations(x, c, cut)[:4]):
+                    pk[i] += v
+        peer_gap = max(0.0, pk[2] / pk[3] - pk[0] / pk[1]) if pk[1] and pk[3] else 0.0
+        cl, cs = kl / nl, ks / ns
+        pooled = (kl + ks) / (nl + ns)
+        se = math.sqrt(max(pooled * (1 - pooled), 1e-9) * (1 / nl + 1 / ns))
+        z = (cs - cl - peer_gap) / se
+        missing = max(0, round((cs - peer_gap - cl) * nl))
+        guard = cs - cl - peer_gap >= c.s.coverage_gap and missing >= 3
+        found.append((not guard, stats.normal_sf(z), cut, cl, cs, peer_gap, nl, ns, z, missing,
+                      unrated, guard))
+    if not found:
         return None
-    pk = {"kl": 0, "nl": 0, "ks": 0, "ns": 0}
-    for x in c.units:
-        if x is not u:
-            a, b, d, e, _ = _durations(x, c)
-            pk["kl"] += a
-            pk["nl"] += b
-            pk["ks"] += d
-            pk["ns"] += e
-    peer_gap = 0.0
-    if pk["nl"] and pk["ns"]:
-        peer_gap = max(0.0, pk["ks"] / pk["ns"] - pk["kl"] / pk["nl"])
-    cl, cs = kl / nl, ks / ns
-    pooled = (kl + ks) / (nl + ns)
-    se = math.sqrt(max(pooled * (1 - pooled), 1e-9) * (1 / nl + 1 / ns))
-    z = (cs - cl - peer_gap) / se
-    p = stats.normal_sf(z)
-    missing = max(0, round((cs - peer_gap - cl) * nl))
-    ev = {"long_coverage": round(cl, 4), "short_coverage": round(cs, 4),
+    _, p, cut, cl, cs, peer_gap, nl, ns, z, missing, unrated, guard = min(
+        found, key=lambda f: (f[0], f[1]))
+    p = min(1.0, p * len(DURATION_CUTS))
+    ev = {"long_coverage": round(cl, 4), "short_coverage": round(cs, 4), "longest_share": cut,
           "peer_gap": round(peer_gap, 4), "long": nl, "short": ns, "z": round(z, 2),
           "missing": missing}
-    zh = (f"办理时间较长的办件参评率 {cl:.0%}，远低于较短办件的 {cs:.0%}"
+    zh = (f"办理时间最长的 {cut:.0%} 办件参评率 {cl:.0%}，远低于其余办件的 {cs:.0%}"
           f"（同厅差距 {peer_gap:.0%}），"
           f"约 {missing} 位办理复杂业务的群众未被邀请评价")
-    en = (f"coverage of the longer services {cl:.0%} far below the shorter ones' {cs:.0%} (hall "
-          f"gap {peer_gap:.0%}): about {missing} citizens with long cases not asked to rate")
-    return _Raw(round(cs - cl, 4), p, cs - cl - peer_gap >= c.s.coverage_gap and missing >= 5,
-                ev, (zh, en), events=missing,
+    en = (f"coverage of the longest {cut:.0%} of services {cl:.0%} far below the others' "
+          f"{cs:.0%} (hall gap {peer_gap:.0%}): about {missing} citizens with long cases not "
+          "asked to rate")
+    return _Raw(round(cs - cl, 4), p, guard, ev, (zh, en), events=missing,
                 items=txn_items(unrated, "长时间办件未评价 long service unrated"))
 
 
