@@ -1027,6 +1027,20 @@ def test_device_cut_off_after_bad_ratings_fires():
     assert all(x["level"] <= 2 for x in ind.items if x["kind"] == "rating")
 
 
+def test_two_bad_ratings_each_followed_by_the_devices_own_power_loss_report_fire():
+    u = honest("t", 35, n_txn=80, bad=0.12)
+    bad = [r for r in u.ratings if r.level <= 2][:2]
+    u = replace(u, ratings=tuple(r for r in u.ratings if r.level > 2 or r in bad))  # 2 差评
+    lost = tuple(DeviceRecord(r.press_ms + 30_000, r.press_ms + 31_000, "power_lost",
+                              {"vcc_mv": 3000}, "d-t", 3) for r in bad)
+    t = replace(u, device_log=tuple(sorted(u.device_log + lost, key=lambda d: d.received_ms)))
+    assert indicator(hall(t, excellent()), "t", "device_interrupted").strength == "strong"
+    # The same two coincidences seen only as offline stretches: not enough.
+    two = _offline_after(replace(u, ratings=tuple(r for r in u.ratings if r.level > 2
+                                                  or r in bad)), 1)
+    assert indicator(hall(two, excellent()), "t", "device_interrupted").strength != "strong"
+
+
 def test_wifi_drops_at_random_times_are_no_interruption():
     # Drops at fixed times of day, unrelated to the 差评.
     t = _offline(honest("t", 35, n_txn=80, bad=0.12), [("09:05", "09:08"), ("11:02", "11:04"),

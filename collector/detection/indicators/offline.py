@@ -146,8 +146,11 @@ def _offline(u: Unit, c: _Ctx) -> _Raw | None:
 INTERRUPT_WINDOW_MS = 6 * 60_000
 # State changes closer together than this are one (a boot after a power loss, its status).
 _CHANGE_MERGE_MS = 90_000
-# Least 差评 followed by a state change for strong evidence.
-INTERRUPT_MIN = 2
+# Least 差评 followed by a state change for strong evidence (two coincidences at a window with
+# few 差评 are within what a hall of windows produces over a rolling period), or by a power
+# loss the device itself reported (`power_lost`: the hardware's fact, its time exact).
+INTERRUPT_MIN = 3
+INTERRUPT_MIN_POWER_LOST = 2
 
 
 def _state_changes(u: Unit, c: _Ctx) -> list[tuple[int, str]]:
@@ -216,5 +219,6 @@ def _interrupted(u: Unit, c: _Ctx) -> _Raw | None:
     for r, (t, kind) in followed[:MAX_ITEMS // 2]:
         items += rating_items([r], "差评 bad rating")
         items.append(item("event", t, note=kind, device=r.device or None))
-    return _Raw(k, p, k >= INTERRUPT_MIN and k >= 3 * expected, ev, (zh, en), events=k,
-                items=items)
+    power_lost = sum(1 for _, ch in followed if ch[1] == "power_lost")
+    guard = (k >= INTERRUPT_MIN or power_lost >= INTERRUPT_MIN_POWER_LOST) and k >= 3 * expected
+    return _Raw(k, p, guard, ev, (zh, en), events=k, items=items)
