@@ -417,9 +417,9 @@ def _unshifted(stratum: tuple[list[int], list[int], list[int], list[int | None]]
     """A mirrored stratum with the current response times scaled back by how much slower the
     whole current distribution is than the past's (the ratio of the lower quartiles, if above
     1, less its sampling noise): a day on which citizens answer slower (a staff member who
-    lets them read the prompt, a rush, elderly citizens) moves every response time, a fill-in adds late ones and leaves the
-    fast quarter where it was. Only the latter is evidence; the late ones of a fill-in, tens of
-    seconds late, stay late after the scaling."""
+    lets them read the prompt, a rush, elderly citizens) moves every response time, a fill-in
+    adds late ones and leaves the fast quarter where it was. Only the latter is evidence; the
+    late ones of a fill-in, tens of seconds late, stay late after the scaling."""
     now, levels, past, past_levels = stratum
     if len(now) < 4 or len(past) < 4:
         return stratum
