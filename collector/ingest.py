@@ -273,7 +273,9 @@ class Ingest:
             e = WindowEvent(
                 hall=hall, window=msg["window"], kind=msg["kind"], ts_ms=msg["ts"],
                 staff_id=staff.get("id"), staff_name=staff.get("name"),
-                staff_badge=staff.get("badge"), reason=msg.get("reason"),
+                staff_badge=staff.get("badge"),
+                # A queue call (叫号) keeps its ticket number where a pause keeps its reason.
+                reason=msg.get("ticket") if msg["kind"] == "queue_called" else msg.get("reason"),
             )
             decisions = self.linker.window_event(e)
         self._apply(decisions, item.received_ms, msg["id"])

@@ -344,6 +344,8 @@ class Linker:
                 "UPDATE window_state SET paused=?, updated_ms=? WHERE hall=? AND window=?",
                 (int(e.kind == "window_paused"), e.ts_ms, e.hall, e.window),
             )
+        elif e.kind == "queue_called":
+            pass  # the next citizen was called (叫号): only logged, for the detector
         else:
             raise ValueError(f"unknown window event {e.kind!r}")
         db.execute(

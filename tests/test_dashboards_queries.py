@@ -293,6 +293,21 @@ def test_integrity_flags_the_cheating_window_with_its_reason(hall: Hall) -> None
     assert {r["window"]: r["last"] for r in fast}["w3"] == 8
 
 
+def test_evidence_list_names_the_flagged_windows_ratings(hall: Hall) -> None:
+    rows = hall.q(days=7, text=_target("evalterm-integrity", "证据清单（可核对排队记录与监控）"))
+    assert {r["window"] for r in rows} == {"w3"}  # only flagged windows have an evidence list
+    ratings = [r for r in rows if r["kind"] == "rating"]
+    # w3's rhythm is the strong evidence: its ratings, by case number, level, device, seq.
+    regular = [r for r in ratings if r["indicator"] == "regular_response"]
+    assert len(regular) >= 6
+    assert {r["txn"] for r in regular} <= set(hall.txns["w3"])
+    assert all(r["level"] == 5 and r["device"] == "kp-w3" and r["seq"] is not None
+               and r["rt_ms"] < 800 and r["severity"] >= 2 for r in regular)
+    en = hall.q(days=7, text=_target("evalterm-integrity-en",
+                                     "Evidence list (check against the queue log and CCTV)"))
+    assert len(en) == len(rows)
+
+
 def test_funnel_plot_limits_narrow_with_volume(hall: Hall) -> None:
     rows = {r["window"]: r for r in hall.q(_target("evalterm-integrity", "漏斗图：满意率与评价量"))}
     assert rows["w3"]["n"] == 8 and rows["w3"]["rate"] == 1

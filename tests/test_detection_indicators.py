@@ -830,3 +830,293 @@ def test_every_indicator_with_a_p_value_says_how_many_observations_it_rests_on()
     assert any(i.p is not None for i in found) and any(i.p is None for i in found)
     for i in found:
         assert (i.events is None) == (i.p is None), i.name
+
+
+# -- issue 15: every observation the system has ----------------------------------------------------
+
+
+def _timeline(u: Unit, seed: int = 21) -> Unit:
+    """The business system's timeline of the window: each service begins 30-90 s after the
+    previous one was completed and lasts what it lasted; case numbers on transactions and
+    ratings."""
+    rng = random.Random(seed)
+    txns = sorted(u.txns, key=lambda t: t.completed_ms)
+    starts, prev = [], None
+    for t in txns:
+        lo = t.completed_ms - rng.randint(120_000, 600_000)
+        starts.append(max(lo, prev + rng.randint(30_000, 90_000)) if prev is not None else lo)
+        prev = t.completed_ms
+    by_done = {t.completed_ms: (f"{u.window}-{i:04d}", s)
+               for i, (t, s) in enumerate(zip(txns, starts, strict=True))}
+    new_txns = tuple(replace(t, started_ms=by_done[t.completed_ms][1],
+                             txn=by_done[t.completed_ms][0]) for t in txns)
+    new_ratings = tuple(replace(r, txn=by_done[r.txn_completed_ms][0],
+                                txn_started_ms=by_done[r.txn_completed_ms][1], seq=i, boot=3)
+                        if r.txn_completed_ms in by_done else r
+                        for i, r in enumerate(u.ratings))
+    return replace(u, txns=new_txns, ratings=new_ratings)
+
+
+def _timeline_hall(*units: Unit) -> HallFacts:
+    h = hall(*units)
+    return replace(h, units=tuple(_timeline(x, i) if not x.txns or x.txns[0].started_ms is None
+                                  else x for i, x in enumerate(h.units)))
+
+
+def _fill_in(u: Unit, share: float, delay: tuple[int, int], seed: int = 5,
+             levels: tuple[int, ...] = (5, 5, 5, 4, 3)) -> Unit:
+    """Staff rate `share` of the unrated invitations themselves, `delay` ms after the invitation
+    (which shows 2 s after completion), with a mix of levels."""
+    rng = random.Random(seed)
+    txns, extra = [], []
+    for t in u.txns:
+        if t.state == "unrated" and rng.random() < share:
+            rt = rng.randint(*delay)
+            press = t.completed_ms + 2000 + rt
+            extra.append(RatingFact(press, rng.choice(levels), None, "invited", rt, "linked",
+                                    None, t.staff_id, t.completed_ms, f"d-{u.window}", press,
+                                    t.txn or None, None, t.started_ms, 3))
+            t = replace(t, state="rated")
+        txns.append(t)
+    return with_ratings(replace(u, txns=tuple(txns)), extra)
+
+
+def test_late_responses_fire_on_a_human_paced_fill_in():
+    # 60 % of the unrated invitations rated 20-70 s late with a mix of levels: neither fast nor
+    # regular, but far slower than this window's citizens ever answered.
+    t = with_past_rts(_fill_in(honest("t", 31, n_txn=70, coverage=0.6), 0.6, (20_000, 70_000)),
+                      4000, 0.5)
+    h = hall(t, with_past_rts(excellent(), 3000, 0.5, seed=4))
+    ind = indicator(h, "t", "late_response")
+    assert ind.strength == "strong" and ind.evidence["late"] >= 5
+    assert "补评" in ind.reason_zh and "filled in" in ind.reason_en
+    assert len(ind.items) == ind.evidence["late"]
+    assert all(x["rt_ms"] > ind.evidence["threshold_ms"] > 8000 for x in ind.items)
+    assert verdict(h, "t").flagged
+
+
+@pytest.mark.parametrize("median,sigma", [(4000, 0.5), (6000, 0.7), (2500, 0.35)])
+def test_late_responses_quiet_when_citizens_answer_as_before(median, sigma):
+    t = with_past_rts(honest("t", 32, rt_median=median, rt_sigma=sigma), median, sigma)
+    h = hall(t, with_past_rts(excellent(), 3000, 0.5, seed=4))
+    assert indicator(h, "t", "late_response").strength == "none"
+    assert indicator(h, "exc", "late_response").strength == "none"
+
+
+@pytest.mark.parametrize("seed", [40, 41, 42])
+def test_a_day_on_which_every_citizen_answers_slower_is_no_fill_in(seed):
+    # The whole distribution twice as slow as before (a staff member who lets citizens read
+    # the prompt, elderly citizens): every response time moved, none was added.
+    t = with_past_rts(honest("t", seed, n_txn=40, rt_median=8000), 4000, 0.5)
+    h = hall(t, with_past_rts(excellent(), 3000, 0.5, seed=4))
+    assert indicator(h, "t", "late_response").strength != "strong"
+
+
+def test_ratings_after_the_next_service_began_fire():
+    t = _timeline(honest("t", 33, n_txn=60))
+    starts = sorted(x.started_ms for x in t.txns)  # type: ignore[type-var]
+    moved = []
+    for i, r in enumerate(t.ratings):
+        nxt = next((s for s in starts if s > r.txn_started_ms), None)  # type: ignore[operator]
+        if i % 6 == 0 and nxt is not None and nxt > r.txn_completed_ms:  # type: ignore[operator]
+            r = replace(r, press_ms=nxt + 60_000, rt_ms=nxt + 60_000 - r.txn_completed_ms)  # type: ignore[operator]
+        moved.append(r)
+    h = _timeline_hall(replace(t, ratings=tuple(sorted(moved, key=lambda r: r.press_ms))),
+                       excellent())
+    ind = indicator(h, "t", "after_next_start")
+    assert ind.strength == "strong" and ind.value >= 5
+    assert all(x["txn"].startswith("t-") for x in ind.items)
+    assert indicator(h, "exc", "after_next_start").strength == "none"
+
+
+def test_ratings_after_the_next_ticket_was_called_fire():
+    # No service start times, only the queue system's calls (叫号), 40 s after each completion.
+    t = honest("t", 38, n_txn=60)
+    calls = tuple(WindowRecord(x.completed_ms + 40_000, "queue_called") for x in t.txns)
+    moved = tuple(replace(r, press_ms=r.txn_completed_ms + 90_000)  # type: ignore[operator]
+                  if i % 5 == 0 else r for i, r in enumerate(t.ratings))
+    t = replace(t, ratings=tuple(sorted(moved, key=lambda r: r.press_ms)),
+                window_log=tuple(sorted(t.window_log + calls, key=lambda e: e.at_ms)))
+    ex = excellent()
+    ex = replace(ex, window_log=tuple(sorted(
+        ex.window_log + tuple(WindowRecord(x.completed_ms + 40_000, "queue_called")
+                              for x in ex.txns), key=lambda e: e.at_ms)))
+    h = hall(t, ex)
+    ind = indicator(h, "t", "after_next_start")
+    assert ind.strength == "strong" and ind.evidence["judged"] >= 40
+    assert indicator(h, "exc", "after_next_start").value == 0
+
+
+def test_ratings_within_their_citizens_time_are_not_after_the_next_service():
+    h = _timeline_hall(honest("t", 33, n_txn=60), excellent())
+    ind = indicator(h, "t", "after_next_start")
+    assert ind.value == 0 and ind.strength == "none"
+
+
+def test_coverage_rising_with_satisfaction_fires_over_the_rolling_period():
+    t = _days("t", 15, [(60, 0.7, 0.7)] * 3 + [(60, 0.95, 0.9)] * 2)
+    ind = _rolling_indicator(_rolling_hall(t), "t", "coverage_up")
+    assert ind.strength == "strong" and ind.evidence["since"] is not None
+    assert "参评率" in ind.reason_zh and "coverage" in ind.reason_en
+
+
+def test_steady_or_merely_more_covered_windows_are_not_filled_in():
+    steady = _days("s", 16, [(60, 0.95, 0.9)] * 5)                            # always so
+    covered = _days("c", 17, [(60, 0.7, 0.7)] * 3 + [(60, 0.92, 0.7)] * 2)   # no happier
+    h = _rolling_hall(steady, covered)
+    for w in ("s", "c"):
+        assert _rolling_indicator(h, w, "coverage_up").strength == "none", w
+
+
+def _long_unasked(u: Unit, share: float, seed: int = 8) -> Unit:
+    """The citizens of the longest services are not asked: their ratings vanish."""
+    rng = random.Random(seed)
+    by_len = sorted(u.txns, key=lambda t: t.completed_ms - t.started_ms)  # type: ignore[operator]
+    longest = {t.completed_ms for t in by_len[len(by_len) // 2:] if rng.random() < share}
+    return replace(u, txns=tuple(replace(t, state="unrated") if t.completed_ms in longest else t
+                                 for t in u.txns),
+                   ratings=tuple(r for r in u.ratings if r.txn_completed_ms not in longest))
+
+
+def test_long_services_left_unrated_fire():
+    t = _long_unasked(_timeline(honest("t", 34, n_txn=80, coverage=0.9)), 0.7)
+    h = _timeline_hall(t, excellent())
+    ind = indicator(h, "t", "duration_selection")
+    assert ind.strength == "strong" and ind.evidence["missing"] >= 5
+    assert all(x["kind"] == "txn" and x["state"] == "unrated" for x in ind.items)
+
+
+def test_the_longest_few_services_left_unrated_fire_too():
+    # Only the longest eighth (the really difficult cases) are not asked.
+    t = _timeline(honest("t", 39, n_txn=100, coverage=0.9))
+    by_len = sorted(t.txns, key=lambda x: x.completed_ms - x.started_ms)  # type: ignore[operator]
+    longest = {x.completed_ms for x in by_len[-12:]}
+    t = replace(t, txns=tuple(replace(x, state="unrated") if x.completed_ms in longest else x
+                              for x in t.txns),
+                ratings=tuple(r for r in t.ratings if r.txn_completed_ms not in longest))
+    ind = indicator(_timeline_hall(t, excellent()), "t", "duration_selection")
+    assert ind.strength == "strong" and ind.evidence["longest_share"] == 0.125
+
+
+def test_coverage_alike_over_service_durations_does_not_fire():
+    h = _timeline_hall(honest("t", 34, n_txn=80, coverage=0.7), excellent())
+    assert indicator(h, "t", "duration_selection").strength == "none"
+    assert indicator(h, "exc", "duration_selection").strength == "none"
+
+
+def _offline_after(u: Unit, every: int, minutes: int = 3) -> Unit:
+    """The device cut off 40 s after every `every`-th 差评, back `minutes` later, restarted."""
+    bad = [r for r in u.ratings if r.level <= 2][::every]
+    spans = []
+    for r in bad:
+        a = r.press_ms + 40_000
+        spans.append((a, a + minutes * 60_000))
+    dev = f"d-{u.window}"
+    log = list(u.device_log)
+    for i, (a, b) in enumerate(spans):
+        log.append(DeviceRecord(a, a + 45_000, "status", {"state": "offline"}, dev, 7 + i))
+        log.append(DeviceRecord(b, b, "status", {"state": "online"}, dev, 8 + i))
+    return replace(u, device_log=tuple(sorted(log, key=lambda d: d.received_ms)))
+
+
+def test_device_cut_off_after_bad_ratings_fires():
+    t = _offline_after(honest("t", 35, n_txn=80, bad=0.12), 1)
+    assert sum(1 for r in t.ratings if r.level <= 2) >= 3
+    ind = indicator(hall(t, excellent()), "t", "device_interrupted")
+    assert ind.strength == "strong" and ind.value >= 3
+    assert {x["kind"] for x in ind.items} == {"rating", "event"}
+    assert all(x["level"] <= 2 for x in ind.items if x["kind"] == "rating")
+
+
+def test_two_bad_ratings_each_followed_by_the_devices_own_power_loss_report_fire():
+    u = honest("t", 35, n_txn=80, bad=0.12)
+    bad = [r for r in u.ratings if r.level <= 2][:2]
+    u = replace(u, ratings=tuple(r for r in u.ratings if r.level > 2 or r in bad))  # 2 差评
+    lost = tuple(DeviceRecord(r.press_ms + 30_000, r.press_ms + 31_000, "power_lost",
+                              {"vcc_mv": 3000}, "d-t", 3) for r in bad)
+    t = replace(u, device_log=tuple(sorted(u.device_log + lost, key=lambda d: d.received_ms)))
+    assert indicator(hall(t, excellent()), "t", "device_interrupted").strength == "strong"
+    # The same two coincidences seen only as offline stretches: not enough.
+    two = _offline_after(replace(u, ratings=tuple(r for r in u.ratings if r.level > 2
+                                                  or r in bad)), 1)
+    assert indicator(hall(two, excellent()), "t", "device_interrupted").strength != "strong"
+
+
+def test_wifi_drops_at_random_times_are_no_interruption():
+    # Drops at fixed times of day, unrelated to the 差评.
+    t = _offline(honest("t", 35, n_txn=80, bad=0.12), [("09:05", "09:08"), ("11:02", "11:04"),
+                                                       ("14:40", "14:43")], restart=False)
+    h = hall(t, excellent())
+    ind = indicator(h, "t", "device_interrupted")
+    assert ind.strength == "none" and ind.value <= 1
+
+
+def _event(u: Unit, kind: str, at: str, **data: object) -> Unit:
+    t = hm(at)
+    e = DeviceRecord(t, t + 200, kind, dict(data), f"d-{u.window}", 3)
+    return replace(u, device_log=tuple(sorted((*u.device_log, e), key=lambda d: d.received_ms)))
+
+
+def test_a_failed_key_self_test_is_strong_and_an_opened_enclosure_a_notice():
+    h = hall(_event(honest("t", 36), "key_selftest_failed", "10:00", keys=[1, 2]),
+             _event(excellent(), "enclosure_opened", "12:30"), honest("plain", 37))
+    ind = indicator(h, "t", "tamper")
+    assert ind.strength == "strong" and ind.evidence["keys"] == [1, 2]
+    assert ind.items[0]["note"] == "key_selftest_failed"
+    assert verdict(h, "t").flagged
+    assert indicator(h, "exc", "tamper").strength == "weak"
+    assert not verdict(h, "exc").flagged
+    found = compute_indicators(h, h.units, PERIOD, S)["plain"]
+    assert not [i for i in found if i.name == "tamper"]  # nothing reported: nothing judged
+
+
+def test_a_bad_key_press_published_as_another_level_fires_when_the_accounting_is_exact():
+    # Key 1 counted, the rating published as a 4 (a key rewired to publish 4): every press
+    # produced some rating, so the net surplus is 0, and still a 差评 never left the device.
+    u = _exact(_counter_change(honest("u", 4), "15:00", 1))
+    fake = RatingFact(hm("15:00") + 30_000, 4, None, "invited", 3000, "linked", None, "u-s",
+                      hm("15:00"), "d-u", hm("15:00") + 30_000)
+    u = _exact(with_ratings(u, [fake]))
+    ind = indicator(hall(u, excellent()), "u", "key_counters")
+    assert ind.evidence["unexplained"] == 0 and ind.evidence["became_other_level"] == 1
+    assert ind.strength == "strong" and "其他等级" in ind.reason_zh
+    honest_u = _exact(honest("v", 4))
+    assert indicator(hall(honest_u, excellent()), "v", "key_counters").strength == "none"
+
+
+def test_a_burst_every_rating_of_which_answers_a_completed_transaction_is_not_decisive():
+    # A clerk closes nine cases at 10:00 and invites each citizen in turn.
+    u = honest("t", 7)
+    done = [hm("10:00") + i * 4000 for i in range(9)]
+    txns = [TxnFact(d, "rated", "t-s") for d in done]
+    rs = [RatingFact(d + 5000, 5, None, "invited", 3000, "linked", None, "t-s", d, "d-t", d + 5000)
+          for d in done]
+    u = with_ratings(replace(u, txns=tuple(sorted(u.txns + tuple(txns),
+                                                  key=lambda t: t.completed_ms))), rs)
+    ind = indicator(hall(u, excellent()), "t", "burst")
+    assert ind.value >= 9 and ind.evidence["explained_by_transactions"]
+    assert ind.strength != "strong"
+    fill = [RatingFact(hm("17:40") + i * 6000, 5, None, "standalone", None, "unlinked",
+                       "no_transaction", "t-s", None, "d-t") for i in range(9)]
+    assert indicator(hall(with_ratings(honest("t", 7), fill), excellent()), "t",
+                     "burst").evidence["explained_by_transactions"] is False
+
+
+def test_a_flag_lists_the_ratings_behind_it_and_stores_them():
+    from collector.detection.points import evidence_points
+    t = with_past_rts(_fill_in(honest("t", 31, n_txn=70, coverage=0.6), 0.6, (20_000, 70_000)),
+                      4000, 0.5)
+    t = _timeline(t)
+    h = hall(t, with_past_rts(excellent(), 3000, 0.5, seed=4))
+    v = verdict(h, "t")
+    assert v.flagged
+    ev = v.evidence()
+    late = [x for name, x in ev if name == "late_response"]
+    assert late and all(x["kind"] == "rating" and x["txn"].startswith("t-") for x in late)
+    assert all({"at_ms", "level", "device", "seq"} <= set(x) for x in late)
+    lines = evidence_points(v, NOW)
+    assert len(lines) == len(ev)
+    assert all(x.startswith("integrity_evidence,") for x in lines)
+    assert any(f'txn="{late[0]["txn"]}"' in x and "indicator=late_response" in x for x in lines)
+    honest_v = verdict(h, "exc")
+    assert evidence_points(honest_v, NOW) == []

@@ -49,3 +49,44 @@ def test_unexpected_error_dead_letters_only_that_message(tmp_path: Path) -> None
     assert sum(x.startswith("rejection,") for x in lines) == 1
     assert not any("BOOM" in x for x in lines)
     conn.close()
+
+
+def test_queue_calls_and_the_hardwares_tamper_events_are_accepted_and_kept(tmp_path: Path) -> None:
+    from collector.detection.facts import load_hall_facts
+    from collector.protocol import build_signed
+
+    cfg = load_config(None, env={}).with_overrides(linking__grace_s=0)
+    conn = connect(tmp_path / "state.db")
+    ingest = Ingest(conn, cfg)
+    conn.execute("BEGIN")
+    key = ingest.registry.add("kp1", "h1", "w1", T0).key
+    conn.execute("COMMIT")
+    dev = Dev("evalterm", "kp1", key)
+
+    def event(kind: str, data: dict, ts: int) -> tuple[str, bytes]:
+        body = dev.envelope("event", ts)
+        body.update(type=kind, data=data)
+        return dev.topic("event"), build_signed(key, dev.topic("event"), body)
+
+    call = {"v": 1, "kind": "queue_called", "id": "q1", "window": "w1", "ts": T0 + 5000,
+            "ticket": "A017"}
+    no_ticket = {k: v for k, v in call.items() if k != "ticket"} | {"id": "q2"}
+    items = [
+        Inbound("mqtt", feed("evalterm"), feed_bytes(call), T0 + 5000),
+        Inbound("mqtt", feed("evalterm"), feed_bytes(no_ticket), T0 + 5000),
+        Inbound("mqtt", *event("key_selftest_failed", {"keys": [1], "adc": [4095]}, T0 + 6000),
+                T0 + 6000),
+        Inbound("mqtt", *event("enclosure_opened", {"closed": False}, T0 + 7000), T0 + 7000),
+        Inbound("mqtt", *event("power_lost", {"vcc_mv": 2900}, T0 + 8000), T0 + 8000),
+        Inbound("mqtt", *event("key_selftest_failed", {"keys": [9]}, T0 + 9000), T0 + 9000),
+    ]
+    outcomes = ingest.process_batch(items, T0 + 9000)
+    assert [o.status for o in outcomes] == ["accepted", "rejected", "accepted", "accepted",
+                                            "accepted", "rejected"]
+    facts = load_hall_facts(conn, "h1", T0, T0 + 10_000, T0 - 86_400_000)
+    (unit,) = facts.units
+    assert [(e.kind, e.staff_id) for e in unit.window_log] == [("queue_called", None)]
+    assert [d.kind for d in unit.device_log] == ["key_selftest_failed", "enclosure_opened",
+                                                 "power_lost"]
+    assert unit.device_log[0].data == {"keys": [1], "adc": [4095]}
+    conn.close()

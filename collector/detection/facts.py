@@ -35,6 +35,10 @@ class RatingFact:
     txn_completed_ms: int | None = None  # completion of the linked transaction
     device: str = ""
     device_ts: int | None = None
+    txn: str | None = None            # the linked transaction's case number
+    seq: int | None = None            # the device's message sequence number (with its boot)
+    txn_started_ms: int | None = None  # start of the linked transaction's service
+    boot: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,8 @@ class TxnFact:
     completed_ms: int
     state: str                        # awaiting, rated, unrated
     staff_id: str = ""
+    started_ms: int | None = None     # when the business system began the service
+    txn: str = ""                     # case number
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +137,8 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
     held: dict[str, list[RatingFact]] = {}
     for row in conn.execute(
         "SELECT r.window, r.press_ms, r.level, r.reason, r.mode, r.rt_ms, r.state, "
-        "r.unlinked_reason, r.staff_id, t.completed_ms, r.device, r.device_ts "
+        "r.unlinked_reason, r.staff_id, t.completed_ms, r.device, r.device_ts, r.txn, r.seq, "
+        "t.started_ms, r.boot "
         "FROM rating r LEFT JOIN txn t ON t.hall = r.hall AND t.txn = r.txn "
         "WHERE r.hall=? AND r.press_ms >= ? AND r.press_ms <= ? "
         "ORDER BY r.press_ms, r.rating_id",
@@ -152,13 +159,13 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
             ratings.setdefault(window, []).append(RatingFact(press, *row[2:]))
     txns: dict[str, list[TxnFact]] = {}
     past: dict[str, list[int]] = {}  # window -> [rated, decided] before the period
-    for window, completed, state, staff in conn.execute(
-        "SELECT window, completed_ms, state, staff_id FROM txn WHERE hall=? "
+    for window, completed, state, staff, started, txn in conn.execute(
+        "SELECT window, completed_ms, state, staff_id, started_ms, txn FROM txn WHERE hall=? "
         "AND completed_ms >= ? AND completed_ms <= ? ORDER BY completed_ms",
         (hall, history_start_ms, end_ms),
     ):
         if completed >= start_ms:
-            txns.setdefault(window, []).append(TxnFact(completed, state, staff))
+            txns.setdefault(window, []).append(TxnFact(completed, state, staff, started, txn))
         elif state != "awaiting":
             counts = past.setdefault(window, [0, 0])
             counts[0] += state == "rated"

@@ -15,7 +15,7 @@ from influxdb_client import Point, WritePrecision
 
 from collector.detection.verdict import SEVERITY_NAMES, Verdict
 
-__all__ = ["ALL_STAFF", "indicator_point", "verdict_point"]
+__all__ = ["ALL_STAFF", "evidence_points", "indicator_point", "verdict_point"]
 
 ALL_STAFF = "*"  # staff tag of a whole-window point
 _NS = WritePrecision.NS
@@ -69,7 +69,40 @@ def verdict_point(v: Verdict, midnight_ms: int, computed_ms: int, language: str 
         .field("n_strong", len(v.strong))
         .field("combined", ",".join(i.name for i in v.combined.agreeing) if v.combined else "")
         .field("combined_strong", int(bool(v.combined and v.combined.strong)))
+        .field("evidence_n", len(v.evidence()))
+        .field("evidence", json.dumps([{"indicator": name, **x} for name, x in v.evidence()],
+                                      ensure_ascii=False, sort_keys=True)[:8000])
         .field("computed_ms", computed_ms)
         .time(_ts(midnight_ms, v.window, v.staff or "", v.period), _NS)
     )
     return p.to_line_protocol()
+
+
+# Fields of an evidence point, from an observation (indicators/base.py, `item`).
+_EVIDENCE_INT = ("level", "boot", "seq", "rt_ms", "completed_ms", "started_ms", "key")
+_EVIDENCE_STR = ("txn", "device", "staff", "state", "note")
+
+
+def evidence_points(v: Verdict, computed_ms: int) -> list[str]:
+    """One `integrity_evidence` point per observation behind a flagged verdict (a rating, a
+    transaction, a device event), at the observation's own time: what a manager holds against
+    the queue log or CCTV. Its tags and time depend only on what it describes, so a later run
+    overwrites it (with its own computed_ms); an observation that stops being evidence keeps
+    the point of the run that cited it (`computed_ms` tells which)."""
+    if not v.flagged:
+        return []
+    lines = []
+    for name, x in v.evidence():
+        p = (_base("integrity_evidence", v).tag("indicator", name).tag("kind", x["kind"])
+             .field("severity", v.severity).field("computed_ms", computed_ms))
+        for k in _EVIDENCE_INT:
+            if isinstance(x.get(k), int):
+                p.field(k, int(x[k]))
+        for k in _EVIDENCE_STR:
+            if x.get(k) is not None:  # "staff" is a tag already: the one who served is staff_id
+                p.field("staff_id" if k == "staff" else k, str(x[k])[:200])
+        ident = x.get("txn") or f"{x.get('device', '')}:{x.get('boot', '')}:{x.get('seq', '')}"
+        p.time(_ts(int(x["at_ms"]), v.window, v.staff or "", v.period, name, str(ident),
+                   str(x.get("note", ""))), _NS)
+        lines.append(p.to_line_protocol())
+    return lines

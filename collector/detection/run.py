@@ -17,7 +17,7 @@ from collector.db import connect, transaction
 from collector.detection import stats
 from collector.detection.facts import HallFacts, Unit, halls, load_hall_facts
 from collector.detection.indicators import Indicator, compute_indicators
-from collector.detection.points import indicator_point, verdict_point
+from collector.detection.points import evidence_points, indicator_point, verdict_point
 from collector.detection.settings import DAY_MS, DetectionSettings, Period
 from collector.detection.verdict import Combined, Verdict, combine, judge
 from collector.outbox import add_lines
@@ -120,6 +120,7 @@ def run_detection(conn: sqlite3.Connection, cfg: Config | DetectionSettings, now
             for v in found if write_points else ():
                 lines.append(verdict_point(v, midnight, now_ms, settings.language))
                 lines += [indicator_point(v, i, midnight, now_ms) for i in range(len(v.indicators))]
+                lines += evidence_points(v, now_ms)
     if write_points and lines:
         with transaction(conn):
             add_lines(conn, lines)

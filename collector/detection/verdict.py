@@ -22,7 +22,8 @@ accidents at a quiet window early in the day would otherwise add up to "strong".
 p-values are adjusted across the hall's units (Benjamini-Hochberg) like an indicator's, and are
 strong evidence below q_strong (`detect_hall`). Satisfaction above peers
 is not in any group (it measures excellence, not manipulation), nor are the burst scan (its
-p-value is approximate for small counts) and the deterministic indicators.
+p-value is approximate for small counts), the state changes after 差评 (a binomial against a
+floored rate: strong on its own or not at all) and the deterministic indicators.
 
 A supporting indicator (satisfaction above peers) never raises a unit above 关注 on its own:
 an honest excellent window is not accused for being excellent.
@@ -44,10 +45,10 @@ FLAG_SEVERITY = 2
 
 # Groups of decisive indicators whose data do not overlap (see the module docstring).
 GROUPS: dict[str, tuple[str, ...]] = {
-    "timing": ("fast_response", "regular_response", "response_shift"),
+    "timing": ("fast_response", "regular_response", "response_shift", "late_response"),
     "keys": ("uninvited_presses",),
-    "levels": ("missing_negatives", "selective_invitation"),
-    "linking": ("unmatched", "out_of_service"),
+    "levels": ("missing_negatives", "selective_invitation", "coverage_up", "duration_selection"),
+    "linking": ("unmatched", "out_of_service", "after_next_start"),
 }
 
 
@@ -109,6 +110,18 @@ class Verdict:
 
     def reasons(self, language: str = "zh") -> tuple[str, ...]:
         return self.reasons_zh if language == "zh" else self.reasons_en
+
+    def evidence(self) -> list[tuple[str, dict]]:
+        """(indicator, observation) behind the verdict: the items of every indicator its reasons
+        name (strong, weak, or agreeing in the combination), strongest first, each observation
+        once per indicator."""
+        named = set(self.strong) | set(self.weak)
+        if self.combined is not None and self.combined.strong:
+            named |= {i.name for i in self.combined.agreeing}
+        ordered = sorted((i for i in self.indicators if i.name in named and i.items),
+                         key=lambda i: (i.strength != STRONG, not i.decisive,
+                                        i.q if i.q is not None else 0.0))
+        return [(i.name, x) for i in ordered for x in i.items]
 
 
 def judge(hall: str, window: str, staff: str | None, period: str,

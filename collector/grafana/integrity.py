@@ -2,7 +2,8 @@
 
 Reads the detector's `integrity_verdict` and `integrity` points (collector/detection/points.py,
 docs/storage.md): one verdict per hall, window, staff (`*` = the whole window) and period (`day`,
-`rolling`) per local business day, overwritten by every run, and one point per indicator.
+`rolling`) per local business day, overwritten by every run, one point per indicator, and one
+`integrity_evidence` point per observation behind a flag (the evidence list).
 """
 
 from __future__ import annotations
@@ -37,12 +38,20 @@ INDICATORS = {
     "fast_response": ("按键过快", "too-fast presses"),
     "regular_response": ("节奏过于整齐", "machine-like regularity"),
     "response_shift": ("响应快于以往", "faster than its own past"),
+    "late_response": ("邀请后很久才评价", "later than its own past"),
+    "after_next_start": ("下一位已开始办理后评价", "rated after the next service began"),
     "burst": ("集中突击评价", "bursts"),
     "missing_negatives": ("差评缺失", "missing negatives"),
     "satisfaction_high": ("满意率偏高", "satisfaction above peers"),
     "selective_invitation": ("选择性邀请", "selective invitation"),
+    "coverage_up": ("参评率异常上升", "coverage rising"),
+    "duration_selection": ("复杂业务未邀请", "long services not rated"),
     "device_offline": ("设备离线异常", "device offline"),
+    "device_interrupted": ("差评后设备离线", "device cut off after 差评"),
+    "tamper": ("设备防拆与自检", "tamper and self-test"),
 }
+KINDS = {"rating": ("评价", "rating"), "txn": ("办件", "transaction"),
+         "event": ("设备事件", "device event")}
 
 
 WHOLE_WINDOW = "\"staff\" = '*'"      # verdicts of the whole window, not of one staff member
@@ -166,6 +175,41 @@ def evidence(t: T) -> table.Panel:
             .height(9).span(24))
 
 
+def evidence_list(t: T) -> table.Panel:
+    """Every observation behind a flag: the rating, transaction or device event, with what
+    identifies it in the queue log or on CCTV (case number, time, level, device and sequence)."""
+    rename = {"Time": t("时间", "time"), "window": t("窗口", "window"),
+              "indicator": t("指标", "indicator"), "kind": t("类型", "kind"),
+              "txn": t("办件编号", "case number"), "level": t("评价等级", "level"),
+              "rt_ms": t("邀请后毫秒", "ms after invitation"), "device": t("设备", "device"),
+              "boot": t("启动次数", "boot"), "seq": t("序号", "seq"),
+              "note": t("说明", "note"), "severity": t("严重程度", "severity")}
+    return (table.Panel().title(t("证据清单（可核对排队记录与监控）",
+                                  "Evidence list (check against the queue log and CCTV)"))
+            .description(t("被标记窗口的每条依据：评价（办件编号、按键时间、等级、设备与序号）、"
+                           "未评价的办件、设备事件。时间为评价或事件发生的时间",
+                           "Every observation behind a flagged window: ratings (case number, "
+                           "press time, level, device and sequence number), unrated "
+                           "transactions, device events, at the time they happened"))
+            .datasource(DS)
+            .with_target(Influx('SELECT "window", "indicator", "kind", "txn", "level", "rt_ms", '
+                                '"device", "boot", "seq", "note", "severity" '
+                                f'FROM "integrity_evidence" {_where(WHOLE_WINDOW)} '
+                                'ORDER BY time DESC LIMIT 500', table=True))
+            .with_transformation(organize(rename, (), list(rename)))
+            .override_by_name(t("指标", "indicator"), [
+                dm.DynamicConfigValue(id_val="mappings", value=_indicator_mappings(t))])
+            .override_by_name(t("类型", "kind"), [
+                dm.DynamicConfigValue(id_val="mappings", value=[dm.ValueMap(options={
+                    k: dm.ValueMappingResult(text=t(*v), index=i)
+                    for i, (k, v) in enumerate(KINDS.items())})])])
+            .override_by_name(t("严重程度", "severity"), [
+                dm.DynamicConfigValue(id_val="mappings", value=_severity_mappings(t)),
+                dm.DynamicConfigValue(id_val="custom.cellOptions",
+                                      value={"type": "color-background"})])
+            .height(10).span(24))
+
+
 def funnel(t: T) -> xychart.Panel:
     """满意率 against volume with 95% / 99.8% control limits around the `$target` rate."""
     p0 = "$target"
@@ -240,7 +284,7 @@ def build(lang: str = "zh") -> db.Dashboard:
     d = d.time("now-7d", "now")
     for v in variables(t, ("hall", "window", "staff", "service")) + _extra_variables(t):
         d = d.with_variable(v)
-    for fn in (flagged_windows, flagged_staff, severity_timeline, funnel,
+    for fn in (flagged_windows, evidence_list, flagged_staff, severity_timeline, funnel,
                satisfaction_vs_coverage, evidence, indicator_over_time):
         d = d.with_panel(fn(t))
     return d

@@ -22,23 +22,35 @@ from collector.detection.facts import HallFacts, Unit
 from collector.detection.indicators.base import NONE, STRONG, WEAK, Indicator, _Ctx, _Fn, _Raw
 from collector.detection.indicators.excess import _unmatched
 from collector.detection.indicators.keys import _key_counters, _uninvited
-from collector.detection.indicators.offline import _offline
+from collector.detection.indicators.offline import _interrupted, _offline
 from collector.detection.indicators.outcomes import (
+    _coverage_up,
+    _duration_selection,
     _missing_negatives,
     _satisfaction_high,
     _selective,
 )
 from collector.detection.indicators.service import _out_of_service
-from collector.detection.indicators.timing import _burst, _fast, _regular, _response_shift
+from collector.detection.indicators.tamper import _tamper
+from collector.detection.indicators.timeline import _after_next_start
+from collector.detection.indicators.timing import (
+    _burst,
+    _fast,
+    _late_response,
+    _regular,
+    _response_shift,
+)
 from collector.detection.settings import DetectionSettings, Period
 
 __all__ = ["INDICATORS", "NONE", "STRONG", "WEAK", "Indicator", "compute_indicators"]
 
 # The indicators live one module per kind of evidence: excess (ratings matching no
 # transaction), service (ratings out of service), keys (key counters and stray presses), timing
-# (response times, bursts), outcomes (negatives, satisfaction, coverage), offline (device
-# reachability). A new indicator is a function (Unit, _Ctx) -> _Raw | None in the module of its
-# kind, added to this table, with a fire and a no-fire test.
+# (response times, bursts), timeline (ratings against the business system's timeline),
+# outcomes (negatives, satisfaction, coverage, coverage by service duration), offline (device
+# reachability, state changes after 差评), tamper (the hardware's own reports).
+# A new indicator is a function (Unit, _Ctx) -> _Raw | None in the module of its kind, added
+# to this table, with a fire and a no-fire test.
 
 # -- the table ---------------------------------------------------------------------------------
 
@@ -51,11 +63,17 @@ INDICATORS: dict[str, tuple[_Fn, bool]] = {
     "fast_response": (_fast, True),
     "regular_response": (_regular, True),
     "response_shift": (_response_shift, True),
+    "late_response": (_late_response, True),
+    "after_next_start": (_after_next_start, True),
     "burst": (_burst, True),
     "missing_negatives": (_missing_negatives, True),
     "satisfaction_high": (_satisfaction_high, False),
     "selective_invitation": (_selective, True),
+    "coverage_up": (_coverage_up, True),
+    "duration_selection": (_duration_selection, True),
     "device_offline": (_offline, True),
+    "device_interrupted": (_interrupted, True),
+    "tamper": (_tamper, True),
 }
 
 
@@ -87,5 +105,6 @@ def compute_indicators(hall: HallFacts, units: Sequence[Unit], period: Period,
             keep = strength != NONE or (r.p is not None and r.p <= settings.q_weak)
             zh, en = r.reason if keep else ("", "")
             out[label].append(Indicator(name, float(r.value), strength, decisive, r.p, q,
-                                        r.evidence, zh, en, r.events))
+                                        r.evidence, zh, en, r.events,
+                                        tuple(r.items) if keep else ()))
     return out

@@ -13,7 +13,11 @@ from collector.detection.facts import HallFacts, RatingFact, Unit
 from collector.detection.settings import DetectionSettings, Period
 from collector.reasons import DEFAULT_REASON_KEYS
 
-__all__ = ["CLOCK_TOLERANCE_MS", "NONE", "STRONG", "WEAK", "Indicator"]
+__all__ = ["CLOCK_TOLERANCE_MS", "MAX_ITEMS", "NONE", "STRONG", "WEAK", "Indicator", "item",
+           "rating_items"]
+
+# Observations listed per indicator (the most telling first).
+MAX_ITEMS = 30
 
 NONE, WEAK, STRONG = "none", "weak", "strong"
 # A press may precede the business system's completion stamp by this much (clocks differ).
@@ -37,6 +41,9 @@ class Indicator:
     # an invitation, unmatched ratings, ...): the combination of weak signals admits only those
     # resting on at least `combine_min_count` (verdict.combine). None: no p-value.
     events: int | None = None
+    # The concrete observations behind it (ratings, transactions, device events), each a dict
+    # a manager can hold against the queue log or CCTV (`item`): at most MAX_ITEMS.
+    items: tuple[dict, ...] = field(default=(), hash=False)
 
 
 @dataclass(slots=True)
@@ -48,6 +55,7 @@ class _Raw:
     reason: tuple[str, str] = ("", "")
     strength: str | None = None       # deterministic indicators decide directly
     events: int | None = None         # observations the p-value rests on (Indicator.events)
+    items: list[dict] = field(default_factory=list)  # the observations behind it (`item`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +126,22 @@ class _Ctx:
 
 
 _Fn = Callable[[Unit, _Ctx], _Raw | None]
+
+
+def item(kind: str, at_ms: int, *, note: str = "", **fields: Any) -> dict:
+    """One observation behind a flag: kind "rating", "txn" or "event", when, and what identifies
+    it (case number, device, boot and sequence number, level, ...); fields that are None are
+    left out."""
+    return {"kind": kind, "at_ms": at_ms, **({"note": note} if note else {}),
+            **{k: v for k, v in fields.items() if v is not None}}
+
+
+def rating_items(rs: list[RatingFact], note: str = "") -> list[dict]:
+    """The ratings as observations (their case number, press time, level, device sequence)."""
+    return [item("rating", r.press_ms, note=note, txn=r.txn, level=r.level, device=r.device or None,
+                 boot=r.boot, seq=r.seq, rt_ms=r.rt_ms, staff=r.staff_id,
+                 completed_ms=r.txn_completed_ms, started_ms=r.txn_started_ms)
+            for r in rs[:MAX_ITEMS]]
 
 
 def _judged(u: Unit, c: _Ctx) -> list[RatingFact]:

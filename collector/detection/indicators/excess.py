@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collector.detection import stats
 from collector.detection.facts import Unit
-from collector.detection.indicators.base import _Ctx, _judged, _rate_of, _Raw
+from collector.detection.indicators.base import _Ctx, _judged, _rate_of, _Raw, rating_items
 
 # -- unmatched and excess ratings -------------------------------------------------------------
 
@@ -37,6 +37,7 @@ def _unmatched(u: Unit, c: _Ctx) -> _Raw | None:
     en = (f"{len(unlinked)} ratings matched no completed transaction ({len(rs)} ratings, "
           f"{len(u.txns)} transactions{', more ratings than transactions' if excess else ''}; "
           f"hall rate {peer_rate:.1%})")
-    return _Raw(value, p, value >= c.s.unmatched_min, ev, (zh, en), events=value)
+    return _Raw(value, p, value >= c.s.unmatched_min, ev, (zh, en), events=value,
+                items=rating_items(unlinked, "未匹配办件 no transaction"))
 
 

@@ -7,12 +7,15 @@ from typing import Any
 from collector.detection.facts import Unit
 from collector.detection.indicators.base import (
     _REASONS_ON_BAD_KEYS,
+    MAX_ITEMS,
     NONE,
     STRONG,
     _Ctx,
     _eb_excess_p,
     _judged,
     _Raw,
+    item,
+    rating_items,
 )
 
 # -- key presses and counters ------------------------------------------------------------------
@@ -76,7 +79,11 @@ def _uninvited(u: Unit, c: _Ctx) -> _Raw | None:
           f"（每件 {good / exposure:.2f} 次，同厅 {peer_rate:.2f} 次）")
     en = (f"{total} key presses outside an invitation, {good} of them on keys 4-5 "
           f"({good / exposure:.2f} per transaction, hall {peer_rate:.2f})")
-    return _Raw(good, p, good >= c.s.uninvited_min, ev, (zh, en), events=good)
+    presses = [e for e in u.device_log if e.kind == "key_uninvited"
+               and c.period.start_ms <= e.at_ms <= c.period.end_ms]
+    items = [item("event", e.at_ms, note="key_uninvited", device=e.device or None, boot=e.boot,
+                  key=e.data.get("key")) for e in presses[:MAX_ITEMS]]
+    return _Raw(good, p, good >= c.s.uninvited_min, ev, (zh, en), events=good, items=items)
 
 
 # Counters of the firmware that live in RAM only (they start again from 0 at each boot): one
@@ -140,14 +147,19 @@ def _account(u: Unit, dev: str, first: Any, last: Any) -> dict | None:
     bad_hidden = (delta[0] + delta[1] - per_level[0] - per_level[1] - reasons_bad_keys
                   - stray_bad - pending_end)
     unexplained = sum(delta) - sum(per_level) - reasons - slack - pending_end
-    # Exact accounting: with every press explained but the pending one, a 差评-key press
-    # that became nothing, together with any other unexplained press (its reason tag, or a
-    # second 差评), is a 差评 that never left the device.
+    # Exact accounting: a 差评-key press that is not explained is a 差评 that never left the
+    # device as one, whether it became nothing (the net surplus `unexplained` counts it, with
+    # its reason tag or a second 差评) or a rating of another level (no net surplus: a rating
+    # of that level with no press of its key, `no_press`, pairs with it). The net surplus
+    # alone would explain the second kind away: every press produced some rating.
+    other_level = min(max(0, bad_hidden), no_press)
+    hidden = max(0, unexplained) + other_level if bad_hidden >= 1 else 0
     return {"value": max(no_press, bad_hidden, unexplained, 0), "device": dev,
             "presses": delta, "ratings": per_level, "no_press": no_press,
             "bad_keys_unexplained": max(0, bad_hidden), "unexplained": max(0, unexplained),
             "lost": lost, "pending_negative": int(pending_end),
-            "negatives_hidden": max(0, unexplained) if bad_hidden >= 1 else 0}
+            "negatives_hidden": hidden, "became_other_level": other_level,
+            "first_ms": first.at_ms, "last_ms": last.at_ms}
 
 
 def _key_counters(u: Unit, c: _Ctx) -> _Raw | None:
@@ -217,6 +229,15 @@ def _key_counters(u: Unit, c: _Ctx) -> _Raw | None:
         zh = f"物理按键计数比上报评价多 {worst['unexplained']} 次（按键 {d}，评价 {n}）"
         en = (f"key counters exceed published ratings by {worst['unexplained']} "
               f"(keys {d}, ratings {n})")
-    return _Raw(value, None, True, worst, (zh, en), strength)
+    if worst.get("became_other_level") and strength == STRONG:
+        zh += f"；其中 {worst['became_other_level']} 次差评键按下后上报为其他等级"
+        en += f"; {worst['became_other_level']} of them published as another level"
+    first_ms, last_ms = worst.pop("first_ms"), worst.pop("last_ms")
+    rs = [r for r in (*u.ratings, *u.held)
+          if r.device == worst["device"] and first_ms < r.press_ms <= last_ms]
+    items = [item("event", first_ms, note="heartbeat", device=worst["device"]),
+             *rating_items(rs[: MAX_ITEMS - 2], "计数区间内的评价 rating in the span"),
+             item("event", last_ms, note="heartbeat", device=worst["device"])]
+    return _Raw(value, None, True, worst, (zh, en), strength, items=items)
 
 

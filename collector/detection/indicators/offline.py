@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
-from itertools import pairwise
+import bisect
+import itertools
+import math
 
+from collector.detection import stats
 from collector.detection.facts import Unit
-from collector.detection.indicators.base import NONE, STRONG, WEAK, _Ctx, _Raw
+from collector.detection.indicators.base import (
+    MAX_ITEMS,
+    NONE,
+    STRONG,
+    WEAK,
+    _Ctx,
+    _judged,
+    _Raw,
+    item,
+    rating_items,
+)
 from collector.detection.indicators.keys import _BOOT_LAG_MS, _devices
+
+# The broker publishes a device's last will this long after its connection was lost
+# (1.5 x the 30 s keepalive).
+WILL_DELAY_MS = 45_000
 
 # -- device offline ------------------------------------------------------------------------------
 
@@ -35,7 +52,7 @@ def _find_offline_stretches(u: Unit, c: _Ctx) -> list[tuple[int, int]]:
         if off_at is not None:
             spans.append((off_at, end))
         beats = [d.received_ms for d in log if d.kind == "heartbeat"]
-        for a, b in pairwise(beats):
+        for a, b in itertools.pairwise(beats):
             if b - a > gap:
                 spans.append((a + gap, b))
         if beats and end - beats[-1] > gap:
@@ -114,6 +131,94 @@ def _offline(u: Unit, c: _Ctx) -> _Raw | None:
     en = (f"device offline {minutes:.0f} min in {len(mine)} episodes during opening hours (hall "
           f"median {median:.0f} min), {restarts} of them ending in a restart (power cut); "
           f"{missed} transactions completed while it was offline")
-    return _Raw(round(minutes, 1), None, True, ev, (zh, en), strength)
+    items = [item("event", a, note=f"离线 offline {(b - a) / 60_000:.0f} min"
+                  + (" 重启 restarted" if _restarted(u, a, b) else ""))
+             for a, b in mine[:MAX_ITEMS]]
+    return _Raw(round(minutes, 1), None, True, ev, (zh, en), strength, items=items)
 
 
+
+
+# -- interruption after a bad rating ----------------------------------------------------------
+
+# A device state change this soon after a 差评 counts as following it (the broker publishes
+# the last will 45 s after the connection is lost).
+INTERRUPT_WINDOW_MS = 6 * 60_000
+# State changes closer together than this are one (a boot after a power loss, its status).
+_CHANGE_MERGE_MS = 90_000
+# Least 差评 followed by a state change for strong evidence (two coincidences at a window with
+# few 差评 are within what a hall of windows produces over a rolling period), or by a power
+# loss the device itself reported (`power_lost`: the hardware's fact, its time exact).
+INTERRUPT_MIN = 3
+INTERRUPT_MIN_POWER_LOST = 2
+
+
+def _state_changes(u: Unit, c: _Ctx) -> list[tuple[int, str]]:
+    """When the unit's device changed state during opening hours, and how: went offline (by
+    the reception of its last will), restarted (boot), or reported losing power (power_lost);
+    changes within _CHANGE_MERGE_MS of each other are one."""
+    def find() -> list[tuple[int, str]]:
+        raw = []
+        for d in u.device_log:
+            if d.kind == "status" and d.data.get("state") == "offline":
+                raw.append((d.received_ms - WILL_DELAY_MS, "offline"))
+            elif d.kind in ("boot", "power_lost"):
+                raw.append((d.at_ms, d.kind))
+        raw = sorted(x for x in raw if c.period.start_ms <= x[0] <= c.period.end_ms
+                     and c.s.is_open(x[0]))
+        out: list[tuple[int, str]] = []
+        for t, kind in raw:
+            if out and t - out[-1][0] < _CHANGE_MERGE_MS:
+                continue
+            out.append((t, kind))
+        return out
+    return c.once("changes", u, find)
+
+
+def _interrupted(u: Unit, c: _Ctx) -> _Raw | None:
+    """差评 followed within INTERRUPT_WINDOW_MS by a device state change (offline, restart, power
+    loss) during opening hours, against chance: the peers' rate of state changes per open hour
+    gives the probability p0 that one falls in the window after any moment, and the count of
+    差评 so followed is binomial(n 差评, p0) under honest operation (p0 at least rate_floor; the
+    window's own rate of changes away from its 差评 when larger: a device with poor Wi-Fi).
+    A staff member who cuts the power after each 差评 makes that count high whatever the cut's
+    length; Wi-Fi drops come at random times."""
+    if not u.has_device:
+        return None
+    bad = [r for r in _judged(u, c) if r.level <= 2 and c.s.is_open(r.press_ms)]
+    if not bad:
+        return None
+    changes = _state_changes(u, c)
+    times = [t for t, _ in changes]
+    followed = []
+    for r in bad:
+        i = bisect.bisect_right(times, r.press_ms)
+        if i < len(times) and times[i] <= r.press_ms + INTERRUPT_WINDOW_MS:
+            followed.append((r, changes[i]))
+    open_ms = max(c.open_ms(), 1)
+    peers = [x for x in c.units if x is not u and x.has_device]
+    n_changes = sum(len(_state_changes(x, c)) for x in peers)
+    rate = n_changes / (open_ms * len(peers)) if peers else 0.0
+    # The window's own rate away from its 差评 too (a device with poor Wi-Fi drops often,
+    # whatever its citizens press): the larger of the two is chance.
+    after = {ch for _, ch in followed}
+    own_time = max(open_ms - len(bad) * INTERRUPT_WINDOW_MS, open_ms // 4)
+    rate = max(rate, (len(changes) - len(after)) / own_time)
+    p0 = max(c.s.rate_floor, 1 - math.exp(-rate * INTERRUPT_WINDOW_MS))
+    k = len(followed)
+    p = stats.binomial_sf(k, len(bad), p0)
+    expected = p0 * len(bad)
+    ev = {"bad": len(bad), "followed": k, "chance": round(p0, 4),
+          "expected": round(expected, 2), "window_s": INTERRUPT_WINDOW_MS // 1000,
+          "kinds": sorted({ch[1] for _, ch in followed})}
+    zh = (f"{len(bad)} 条差评中有 {k} 条之后 {INTERRUPT_WINDOW_MS // 60_000} 分钟内评价器离线、"
+          f"重启或断电（按同厅设备状态变化的频率，偶然约 {expected:.2f} 条）")
+    en = (f"{k} of {len(bad)} 差评 followed within {INTERRUPT_WINDOW_MS // 60_000} min by the "
+          f"device going offline, restarting or losing power (chance predicts {expected:.2f})")
+    items = []
+    for r, (t, kind) in followed[:MAX_ITEMS // 2]:
+        items += rating_items([r], "差评 bad rating")
+        items.append(item("event", t, note=kind, device=r.device or None))
+    power_lost = sum(1 for _, ch in followed if ch[1] == "power_lost")
+    guard = (k >= INTERRUPT_MIN or power_lost >= INTERRUPT_MIN_POWER_LOST) and k >= 3 * expected
+    return _Raw(k, p, guard, ev, (zh, en), events=k, items=items)

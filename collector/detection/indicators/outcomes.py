@@ -7,8 +7,8 @@ import math
 from collections.abc import Sequence
 
 from collector.detection import stats
-from collector.detection.facts import RatingFact, Unit
-from collector.detection.indicators.base import _Ctx, _judged, _Raw
+from collector.detection.facts import RatingFact, TxnFact, Unit
+from collector.detection.indicators.base import MAX_ITEMS, _Ctx, _judged, _Raw, item, rating_items
 from collector.detection.indicators.offline import _offline_stretches
 from collector.detection.indicators.timing import _splits
 
@@ -101,6 +101,33 @@ def _decided_txns(u: Unit, c: _Ctx) -> list:
     return c.once("decided", u, find)
 
 
+_CoverageRef = tuple[int, int, int, int, int, int, int, int, "int | None"]
+
+
+def _coverage_refs(u: Unit, c: _Ctx) -> list[_CoverageRef]:
+    """Own-past references for coverage and satisfaction: (current rated, decided, satisfied,
+    ratings; the past's same four; the change-point or None), the whole period against the
+    window's history, then each change-point of the rolling period (`_splits`) against all
+    before it; only those with at least min_ratings in each count."""
+    rated, decided = _coverage_counts(u, c)
+    rs = _judged(u, c)
+    past_sat = sum(1 for x in u.history if x >= 4)
+    refs: list[_CoverageRef] = [(rated, decided, _satisfied(rs), len(rs), u.history_rated,
+                                 u.history_decided, past_sat, len(u.history), None)]
+    txns = _decided_txns(u, c)
+    for split in _splits(c):
+        now_t = [t for t in txns if t.completed_ms >= split]
+        now_r = [r for r in rs if r.press_ms >= split]
+        old_t = [t for t in txns if t.completed_ms < split]
+        old_r = [r for r in rs if r.press_ms < split]
+        refs.append((sum(1 for t in now_t if t.state == "rated"), len(now_t),
+                     _satisfied(now_r), len(now_r),
+                     u.history_rated + sum(1 for t in old_t if t.state == "rated"),
+                     u.history_decided + len(old_t),
+                     past_sat + _satisfied(old_r), len(u.history) + len(old_r), split))
+    return [r for r in refs if min(r[1], r[3], r[5], r[7]) >= c.s.min_ratings]
+
+
 def _selective(u: Unit, c: _Ctx) -> _Raw | None:
     """Coverage (rated / decided transactions) far below, satisfaction (share 满意 or better)
     above.
@@ -128,22 +155,7 @@ def _selective(u: Unit, c: _Ctx) -> _Raw | None:
     cov, sat = rated / decided, _satisfied(rs) / len(rs)
     p = max(stats.normal_sf(-z_cov), stats.normal_sf(z_sat))
     ref_cov, ref_sat, own, since, judged = cov0, sat0, False, None, decided
-    # Own-past references: (current rated, decided, satisfied, ratings; past the same; since).
-    past_sat = sum(1 for x in u.history if x >= 4)
-    refs = [(rated, decided, _satisfied(rs), len(rs), u.history_rated, u.history_decided,
-             past_sat, len(u.history), None)]
-    txns = _decided_txns(u, c)
-    for split in _splits(c):
-        now_t = [t for t in txns if t.completed_ms >= split]
-        now_r = [r for r in rs if r.press_ms >= split]
-        old_t = [t for t in txns if t.completed_ms < split]
-        old_r = [r for r in rs if r.press_ms < split]
-        refs.append((sum(1 for t in now_t if t.state == "rated"), len(now_t),
-                     _satisfied(now_r), len(now_r),
-                     u.history_rated + sum(1 for t in old_t if t.state == "rated"),
-                     u.history_decided + len(old_t),
-                     past_sat + _satisfied(old_r), len(u.history) + len(old_r), split))
-    refs = [r for r in refs if min(r[1], r[3], r[5], r[7]) >= c.s.min_ratings]
+    refs = _coverage_refs(u, c)
     for k1, n1, s1, m1, k2, n2, s2, m2, split in refs:
         p_cov = stats.normal_sf(-_two_proportion_z(k1, n1, k2, n2))
         p_sat = stats.normal_sf(_two_proportion_z(s1, m1, s2, m2))
@@ -165,14 +177,132 @@ def _selective(u: Unit, c: _Ctx) -> _Raw | None:
         whose_zh, whose_en = "本窗口此前", "its own earlier days"
         when_zh, when_en = f"自 {day} 起", f"since {day}, "
     zh = (f"{when_zh}参评率 {cov:.0%} 远低于{whose_zh} {ref_cov:.0%}，"
-          f"而满意率 {sat:.1%} 高于 {ref_sat:.1%}"
-          "（疑似只邀请满意的群众评价）")
-    en = (f"{when_en}coverage {cov:.0%} far below {whose_en} {ref_cov:.0%} "
-          f"while satisfaction {sat:.1%} is "
-          f"above {ref_sat:.1%} (only satisfied citizens invited?)")
+          f"而满意率 {sat:.1%} 高于 {ref_sat:.1%}（疑似只邀请满意的群众评价）")
+    en = (f"{when_en}coverage {cov:.0%} far below {whose_en} {ref_cov:.0%} while satisfaction "
+          f"{sat:.1%} is above {ref_sat:.1%} (only satisfied citizens invited?)")
     # The observations behind it: the transactions left unrated beyond the reference's coverage.
     shortfall = max(0, round((ref_cov - cov) * judged))
+    unrated = [t for t in _decided_txns(u, c) if t.state == "unrated"
+               and (since is None or t.completed_ms >= since)]
     return _Raw(round(cov - ref_cov, 4), p, cov <= ref_cov - c.s.coverage_gap and sat > ref_sat,
-                ev, (zh, en), events=shortfall)
+                ev, (zh, en), events=shortfall, items=txn_items(unrated, "未评价 unrated"))
+
+
+def txn_items(ts: Sequence[TxnFact], note: str = "") -> list[dict]:
+    """Transactions as observations (case number, service start and completion, staff)."""
+    return [item("txn", t.completed_ms, note=note, txn=t.txn or None, started_ms=t.started_ms,
+                 staff=t.staff_id or None, state=t.state) for t in ts[:MAX_ITEMS]]
+
+
+# Least rise in coverage over the window's own past for strong evidence of fill-in.
+COVERAGE_RISE = 0.08
+
+
+def _coverage_up(u: Unit, c: _Ctx) -> _Raw | None:
+    """Coverage (rated / decided) rising above the window's own past while satisfaction rises
+    too: citizens who walked away without rating are being rated in their place. Against the
+    own past only (two-proportion z, one-sided up; an excellent window simply has high
+    coverage, so peers say nothing). As in `_selective`, satisfaction above the past at
+    p < q_weak lets the coverage test speak; otherwise both must hold (intersection-union: the
+    larger p). Over the references of `_coverage_refs`, with a Bonferroni factor."""
+    if not c.hall.has_feed:
+        return None
+    refs = _coverage_refs(u, c)
+    if not refs:
+        return None
+    best = None
+    for k1, n1, s1, m1, k2, n2, s2, m2, split in refs:
+        p_cov = stats.normal_sf(_two_proportion_z(k1, n1, k2, n2))
+        p_sat = stats.normal_sf(_two_proportion_z(s1, m1, s2, m2))
+        p = p_cov if p_sat < c.s.q_weak else max(p_cov, p_sat)
+        if best is None or p < best[0]:
+            best = (p, k1 / n1, k2 / n2, s1 / m1, s2 / m2, n1, split)
+    assert best is not None
+    p, cov, ref_cov, sat, ref_sat, n1, since = best
+    p = min(1.0, p * len(refs))
+    surplus = max(0, round((cov - ref_cov) * n1))
+    ev = {"coverage": round(cov, 4), "reference_coverage": round(ref_cov, 4),
+          "satisfied": round(sat, 4), "reference_satisfied": round(ref_sat, 4),
+          "transactions": n1, "surplus": surplus,
+          "since": None if since is None else str(c.s.local_day(since))}
+    when_zh = when_en = ""
+    if since is not None:
+        day = c.s.local_day(since).strftime("%m-%d")
+        when_zh, when_en = f"自 {day} 起", f"since {day}, "
+    zh = (f"{when_zh}参评率 {cov:.0%} 高于本窗口以往 {ref_cov:.0%}，满意率 {sat:.1%} 也高于以往 "
+          f"{ref_sat:.1%}（约多 {surplus} 条评价，疑似替离开的群众补评）")
+    en = (f"{when_en}coverage {cov:.0%} above this window's past {ref_cov:.0%} while satisfaction "
+          f"{sat:.1%} rose above {ref_sat:.1%} (about {surplus} more ratings: citizens who left "
+          "rated in their place?)")
+    late = [r for r in _judged(u, c) if r.state == "linked" and (since is None
+                                                                 or r.press_ms >= since)]
+    late.sort(key=lambda r: -(r.rt_ms or 0))  # the slowest first: the likeliest fill-ins
+    return _Raw(round(cov - ref_cov, 4), p, cov >= ref_cov + COVERAGE_RISE and sat > ref_sat,
+                ev, (zh, en), events=surplus,
+                items=rating_items(late, "参评率上升 coverage rose"))
+
+
+# The longest shares of a window's services compared with the rest of them.
+DURATION_CUTS = (0.5, 0.25, 0.125)
+
+
+def _durations(u: Unit, c: _Ctx, cut: float) -> tuple[int, int, int, int, list[TxnFact]]:
+    """(rated, decided) of the window's longest `cut` share of services (by completed -
+    started) and of the rest, and the long ones' unrated transactions."""
+    def find() -> tuple[int, int, int, int, list[TxnFact]]:
+        ts = sorted((t for t in _decided_txns(u, c) if t.started_ms is not None),
+                    key=lambda t: t.completed_ms - t.started_ms)  # type: ignore[operator]
+        n_long = int(len(ts) * cut)
+        short, long = ts[:len(ts) - n_long], ts[len(ts) - n_long:]
+        return (sum(1 for t in long if t.state == "rated"), len(long),
+                sum(1 for t in short if t.state == "rated"), len(short),
+                [t for t in long if t.state == "unrated"])
+    return c.once(f"durations:{cut}", u, find)
+
+
+def _duration_selection(u: Unit, c: _Ctx) -> _Raw | None:
+    """Long (difficult) services rated less often than the others, beyond the hall's own
+    difference: citizens with long cases are not asked to rate. The window's coverage of its
+    longest half, quarter and eighth of services against the rest of them, each with the
+    peers' pooled difference at that cut as the null (one-sided z), the clearest cut with a
+    Bonferroni factor of 3; strong evidence needs a gap of coverage_gap beyond the peers' and
+    at least 3 citizens missing."""
+    if not c.hall.has_feed:
+        return None
+    found = []
+    for cut in DURATION_CUTS:
+        kl, nl, ks, ns, unrated = _durations(u, c, cut)
+        if nl < 4 or ns < c.s.min_ratings // 2:
+            continue
+        pk = [0, 0, 0, 0]
+        for x in c.units:
+            if x is not u:
+                for i, v in enumerate(_durations(x, c, cut)[:4]):
+                    pk[i] += v
+        peer_gap = max(0.0, pk[2] / pk[3] - pk[0] / pk[1]) if pk[1] and pk[3] else 0.0
+        cl, cs = kl / nl, ks / ns
+        pooled = (kl + ks) / (nl + ns)
+        se = math.sqrt(max(pooled * (1 - pooled), 1e-9) * (1 / nl + 1 / ns))
+        z = (cs - cl - peer_gap) / se
+        missing = max(0, round((cs - peer_gap - cl) * nl))
+        guard = cs - cl - peer_gap >= c.s.coverage_gap and missing >= 3
+        found.append((not guard, stats.normal_sf(z), cut, cl, cs, peer_gap, nl, ns, z, missing,
+                      unrated, guard))
+    if not found:
+        return None
+    _, p, cut, cl, cs, peer_gap, nl, ns, z, missing, unrated, guard = min(
+        found, key=lambda f: (f[0], f[1]))
+    p = min(1.0, p * len(DURATION_CUTS))
+    ev = {"long_coverage": round(cl, 4), "short_coverage": round(cs, 4), "longest_share": cut,
+          "peer_gap": round(peer_gap, 4), "long": nl, "short": ns, "z": round(z, 2),
+          "missing": missing}
+    zh = (f"办理时间最长的 {cut:.0%} 办件参评率 {cl:.0%}，远低于其余办件的 {cs:.0%}"
+          f"（同厅差距 {peer_gap:.0%}），"
+          f"约 {missing} 位办理复杂业务的群众未被邀请评价")
+    en = (f"coverage of the longest {cut:.0%} of services {cl:.0%} far below the others' "
+          f"{cs:.0%} (hall gap {peer_gap:.0%}): about {missing} citizens with long cases not "
+          "asked to rate")
+    return _Raw(round(cs - cl, 4), p, guard, ev, (zh, en), events=missing,
+                items=txn_items(unrated, "长时间办件未评价 long service unrated"))
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collector.detection import stats
 from collector.detection.facts import RatingFact, Unit
-from collector.detection.indicators.base import CLOCK_TOLERANCE_MS, _Ctx, _judged, _rate_of, _Raw
+from collector.detection.indicators.base import (
+    CLOCK_TOLERANCE_MS,
+    _Ctx,
+    _judged,
+    _rate_of,
+    _Raw,
+    item,
+)
 
 # -- ratings out of service -------------------------------------------------------------------
 
@@ -91,7 +98,9 @@ def _out_of_service(u: Unit, c: _Ctx) -> _Raw | None:
           "且不属于此前办结的办件")
     en = (f"{len(found)} ratings while the window was out of service ({', '.join(parts_en)}), "
           "not from a transaction completed before")
+    items = [item("rating", r.press_ms, note=why, txn=r.txn, level=r.level, device=r.device,
+                  boot=r.boot, seq=r.seq, staff=r.staff_id) for r, why in found[:30]]
     return _Raw(len(found), p, len(found) >= c.s.out_of_service_min, ev, (zh, en),
-                events=len(found))
+                events=len(found), items=items)
 
 

@@ -4,12 +4,21 @@ window's own past, and bursts."""
 from __future__ import annotations
 
 import bisect
+import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 from collector.detection import stats
 from collector.detection.facts import RatingFact, Unit
-from collector.detection.indicators.base import _Ctx, _eb_excess_p, _judged, _Raw
+from collector.detection.indicators.base import (
+    CLOCK_TOLERANCE_MS,
+    _Ctx,
+    _eb_excess_p,
+    _judged,
+    _Raw,
+    rating_items,
+)
 
 # -- timing -------------------------------------------------------------------------------------
 
@@ -69,7 +78,9 @@ def _fast(u: Unit, c: _Ctx) -> _Raw | None:
           f"同厅仅 {peer_share:.1%}{past_zh}），快于群众转身看屏按键的时间")
     en = (f"{fast} of {len(rts)} ratings pressed within {limit / 1000:.1f} s of the invitation "
           f"(hall {peer_share:.1%}{past_en}): faster than a citizen can turn to the device")
-    return _Raw(fast, p, guard, ev, (zh, en), events=events)
+    quick = [r for r in _invited(u, c) if r.rt_ms is not None and r.rt_ms < limit]
+    return _Raw(fast, p, guard, ev, (zh, en), events=events,
+                items=rating_items(quick, "响应过快 too fast"))
 
 
 def _regular(u: Unit, c: _Ctx) -> _Raw | None:
@@ -110,8 +121,9 @@ def _regular(u: Unit, c: _Ctx) -> _Raw | None:
           f"（共 {len(rts)} 条，按相邻时间段推算约 {expected:.1f} 条），节奏近似机器")
     en = (f"{best} of {len(rts)} response times fall within {lo / 1000:.2f}-{(lo + w) / 1000:.2f} s"
           f" (the neighbouring times predict {expected:.1f}): machine-like regularity")
+    band = [r for r in _invited(u, c) if r.rt_ms is not None and lo <= r.rt_ms < lo + w]
     return _Raw(best, p, best >= c.s.regular_min and best >= 3 * expected, ev, (zh, en),
-                events=best)
+                events=best, items=rating_items(band, "节奏整齐 regular"))
 
 
 # Shares of the window's own past response times below which today's are counted.
@@ -339,7 +351,10 @@ def _response_shift(u: Unit, c: _Ctx) -> _Raw | None:
     if fives_before is not None and before:
         zh += f"（此前较快的一半评价中“非常满意”仅占 {fives_before / before:.0%}）"
         en += f" (before, {fives_before / before:.0%} of its faster half were 非常满意)"
-    return _Raw(below, p, guard, ev, (zh, en), events=below)
+    quick = [r for r in _invited(u, c) if r.rt_ms is not None and r.rt_ms < threshold
+             and (since is None or r.press_ms >= since)]
+    return _Raw(below, p, guard, ev, (zh, en), events=below,
+                items=rating_items(quick, "快于以往 faster than before"))
 
 
 def _burst(u: Unit, c: _Ctx) -> _Raw | None:
@@ -362,15 +377,114 @@ def _burst(u: Unit, c: _Ctx) -> _Raw | None:
     p = min(1.0, positions * stats.poisson_sf(best, rate * c.s.burst_window_s))
     unmatched = sum(1 for r in group if r.state == "unlinked")
     closed = sum(1 for r in group if not c.s.is_open(r.press_ms))
+    # A clerk who closes several cases at once invites each citizen in turn: a burst whose
+    # every rating answers an invitation of a transaction completed just before is explained
+    # by the business system, never decisive proof on its own.
+    explained = all(r.state == "linked" and r.mode == "invited" and r.txn_completed_ms is not None
+                    and r.press_ms >= r.txn_completed_ms - CLOCK_TOLERANCE_MS for r in group)
     ev = {"count": best, "span_s": span_s, "start": c.hhmm(group[0].press_ms),
           "unmatched": unmatched, "outside_hours": closed,
-          "levels": sorted({r.level for r in group})}
+          "levels": sorted({r.level for r in group}), "explained_by_transactions": explained}
     when_zh = "闭厅后" if closed == best else ""
     when_en = " outside opening hours" if closed == best else ""
     zh = (f"{when_zh}{span_s:.0f} 秒内连续 {best} 条评价（{c.hhmm(group[0].press_ms)} 起），"
           f"其中 {unmatched} 条未匹配办件")
     en = (f"{best} ratings within {span_s:.0f} s{when_en} (from {c.hhmm(group[0].press_ms)}), "
           f"{unmatched} of them matched no transaction")
-    return _Raw(best, p, best >= c.s.burst_min, ev, (zh, en), events=best)
+    return _Raw(best, p, best >= c.s.burst_min and not explained, ev, (zh, en), events=best,
+                items=rating_items(group, "集中评价 burst"))
 
 
+
+
+# Shares of the window's own past response times above which today's are counted (the slow
+# tail: a staff member filling in a citizen who walked away rates tens of seconds late).
+# Not the 25 % of `response_shift`: fill-in is tens of seconds late, in the extreme tail; an
+# excess in the moderate tail is what a slower day looks like (simulated honest variation).
+LATE_QUANTILES = (0.05, 0.1)
+
+
+def _mirror(ref: _RtRef) -> _RtRef:
+    """The same reference with response times negated (slowest first): the fast-tail law of
+    `_shift_at` then counts the slow tail."""
+    return _RtRef([-x for x in reversed(ref.now)], list(reversed(ref.now_levels)),
+                  [-x for x in reversed(ref.past)], list(reversed(ref.past_levels)), ref.since,
+                  list(reversed(ref.now_staff)), list(reversed(ref.past_staff)))
+
+
+def _unshifted(stratum: tuple[list[int], list[int], list[int], list[int | None]]
+               ) -> tuple[list[int], list[int], list[int], list[int | None]]:
+    """A mirrored stratum with the current response times scaled back by how much slower the
+    whole current distribution is than the past's (the ratio of the lower quartiles, if above
+    1, less its sampling noise): a day on which citizens answer slower (a staff member who
+    lets them read the prompt, a rush, elderly citizens) moves every response time, a fill-in
+    adds late ones and leaves the fast quarter where it was. Only the latter is evidence; the
+    late ones of a fill-in, tens of seconds late, stay late after the scaling."""
+    now, levels, past, past_levels = stratum
+    if len(now) < 4 or len(past) < 4:
+        return stratum
+    # Negated and sorted ascending: the fast quarter is at the end.
+    ratio = (statistics.quantiles([-x for x in now], n=4)[0]
+             / max(1.0, statistics.quantiles([-x for x in past], n=4)[0]))
+    # Beyond the quartile's own sampling noise (about 2/sqrt(n) relative, for a log-normal of
+    # the spread human response times have): only a shift larger than that is drift.
+    ratio /= 1 + 2 / math.sqrt(len(now))
+    if ratio <= 1:
+        return stratum
+    return [int(x / ratio) for x in now], levels, past, past_levels
+
+
+def _late_response(u: Unit, c: _Ctx) -> _Raw | None:
+    """Ratings arriving later after the invitation than this window's citizens' did: of the
+    current invited ratings, the number slower than the k-th slowest of the window's own past
+    (k = 5, 10 % of it; per staff member where each has a past of their own), against the
+    exact distribution-free law of that count when now and before come from one distribution
+    (`_shift_at` on negated times), joined by Fisher's method with the levels of the late ones
+    against the past's slower half. A citizen answers in seconds; a staff member who rates the
+    invitations of citizens who walked away does it when they get round to it, tens of seconds
+    later, and mostly with a 5. The whole current distribution is judged, not only the fast tail.
+    Strong evidence needs a pile: at least shift_min late ones, twice what the past predicts
+    (one and a half times with the late ones newly 非常满意). Bonferroni as `_response_shift`.
+    A current distribution slower as a whole is scaled back to the past's median first
+    (`_unshifted`): honest drift moves every response time, a fill-in only adds late ones."""
+    refs = [_mirror(r) for r in _rt_refs(u, c)]
+    if not refs:
+        return None
+    found = []
+    for ref in refs:
+        strata = [_unshifted(s) for s in _staff_strata(ref)]
+        for share in LATE_QUANTILES:
+            f = _shift_at(strata, share)
+            pile = f["below"] >= c.s.shift_min and (
+                f["below"] >= 2 * f["expected"]
+                or (f["levels_known"] and f["p_level"] < c.s.q_weak
+                    and f["fives_before"] is not None
+                    and f["fives"] / f["below"] > f["fives_before"] / max(f["before"], 1)
+                    and f["below"] >= 1.5 * f["expected"]))
+            found.append({**f, "ref": ref, "share": share, "pile": pile})
+    best = min(found, key=lambda f: (not f["pile"], f["p"]))
+    ref, share, late = best["ref"], best["share"], best["below"]
+    p = min(1.0, best["p"] * len(LATE_QUANTILES) * len(refs) * 2)
+    threshold = -max(best["thresholds"])  # the lowest of the strata's slow thresholds
+    since = ref.since
+    ev = {"late": late, "invited": len(ref.now), "threshold_ms": threshold,
+          "thresholds_ms": [-x for x in best["thresholds"]], "past_share": share,
+          "past_invited": len(ref.past), "expected": round(best["expected"], 1),
+          "very_satisfied": best["fives"], "past_slow": best["before"],
+          "past_slow_very_satisfied": best["fives_before"], "p_times": best["p_times"],
+          "p_levels": best["p_level"],
+          "since": None if since is None else str(c.s.local_day(since))}
+    when_zh, when_en = _since_words(c, since)
+    zh = (f"{when_zh}{late} 条评价（共 {len(ref.now)} 条）在邀请后超过 "
+          f"{threshold / 1000:.1f} 秒才按下，"
+          f"慢于本窗口以往最慢的 {share:.0%}（按以往应约 {best['expected']:.1f} 条），其中 "
+          f"{best['fives']} 条为“非常满意”，疑似群众离开后由他人补评")
+    en = (f"{when_en}{late} of {len(ref.now)} ratings came more than "
+          f"{threshold / 1000:.1f} s after the invitation, slower than this window's slowest "
+          f"{share:.0%} before (its past predicts {best['expected']:.1f}), {best['fives']} of "
+          "them 非常满意: filled in after the citizen left?")
+    slow = sorted((r for r in _invited(u, c) if r.rt_ms is not None and r.rt_ms > threshold
+                   and (since is None or r.press_ms >= since)),
+                  key=lambda r: -r.rt_ms)  # type: ignore[operator]
+    return _Raw(late, p, best["pile"], ev, (zh, en), events=late,
+                items=rating_items(slow, "邀请后很久才评价 late"))
