@@ -75,3 +75,21 @@ def test_explicit_broker_credentials_win_and_null_means_none():
     assert c.broker["user"] == "u1" and c.broker["password"] == "p1"
     c = config(broker={"host": "b", "user": None, "password": None})
     assert c.broker["user"] is None and c.broker["password"] is None
+
+
+def test_tls_and_ntp_lists():
+    c = config()
+    assert c.broker["tls"] is None and c.ntp == ["pool.ntp.org"]  # a string is a list of one
+    b = {"host": "mq.hall", "tls": {"ca": ["ca-2026.der", "ca-2027.der"]}}
+    c = config(broker=b, ntp=["10.0.0.1", "ntp.hall.gov"])
+    assert c.broker["tls"] == ["ca-2026.der", "ca-2027.der"] and c.broker["port"] == 8883
+    assert c.ntp == ["10.0.0.1", "ntp.hall.gov"]
+    assert config(broker={"host": "h", "port": 9883, "tls": {"ca": ["a"]}}).broker["port"] == 9883
+    assert config(ntp=None).ntp is None
+
+
+def test_tls_and_ntp_errors():
+    e = _errors(config_dict(broker={"host": "h", "tls": {"ca": []}}, ntp=[""]))
+    assert e is not None and "broker.tls:" in e.args[0] and "ntp:" in e.args[0]
+    e = _errors(config_dict(broker={"host": "h", "tls": "ca.der"}))
+    assert e is not None and "broker.tls:" in e.args[0]
