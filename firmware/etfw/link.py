@@ -161,7 +161,7 @@ class Link:
                 self.tls_failures += 1
                 self._tls_note = ("tls: " + str(e).strip())[:80]
             raise
-        raw = c.sock if tls is None else tls.raw
+        raw = c.sock if tls is None or tls.raw is None else tls.raw
         try:
             raw.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)  # small messages, no Nagle delay
         except (OSError, AttributeError, TypeError):

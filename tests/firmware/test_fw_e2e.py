@@ -50,7 +50,7 @@ UMQTT_SHA256 = "b6a2520239e3992c63a7de9370ee9b3d9d27819a90359c521f1c0f7ccab8d12f
 def ensure_umqtt() -> pathlib.Path:
     target = MPY_LIB / "umqtt" / "simple.py"
     if not target.exists():
-        data = urllib.request.urlopen(UMQTT_URL, timeout=60).read()  # noqa: S310
+        data = urllib.request.urlopen(UMQTT_URL, timeout=60).read()
         assert hashlib.sha256(data).hexdigest() == UMQTT_SHA256, "umqtt.simple sdist changed"
         tmp = MPY_LIB / "umqtt.tar.gz"
         MPY_LIB.mkdir(parents=True, exist_ok=True)
@@ -161,7 +161,8 @@ def register(cfg: Config, device: str) -> bytes:
 
 
 @pytest.fixture
-def sims(tmp_path: pathlib.Path, mpy_dir: pathlib.Path) -> Iterator[Callable[..., Sim]]:
+def sims(tmp_path: pathlib.Path, mpy_dir: pathlib.Path
+         ) -> Iterator[Callable[..., Sim]]:
     started: list[Sim] = []
 
     def make(cfg: dict, heap: str = HEAP) -> Sim:
