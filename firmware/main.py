@@ -33,13 +33,22 @@ def _epoch_offset_s() -> int:
     return 946684800 if time.gmtime(0)[0] == 2000 else 0
 
 
-def _ntp(host: str):
+def _ntp(hosts: list):
+    """Tries the configured servers in order (config `ntp`; a hall on an isolated network
+    lists its own, there is no public fallback); raises if none answers."""
+
     def sync_ms() -> int:
         import ntptime
 
-        ntptime.host = host
-        ntptime.settime()  # sets the RTC; time.time() is then UTC
-        return (time.time() + _epoch_offset_s()) * 1000
+        err = None
+        for host in hosts:
+            try:
+                ntptime.host = host
+                ntptime.settime()  # sets the RTC; time.time() is then UTC
+                return (time.time() + _epoch_offset_s()) * 1000
+            except Exception as e:  # unreachable or no answer: the next one
+                err = e
+        raise OSError("ntp: no server answered: %r" % (err,))
 
     return sync_ms
 

@@ -46,7 +46,7 @@ DEFAULTS = {
 }
 
 BROKER_DEFAULTS = {"port": 1883, "user": None, "password": None, "keepalive": 30,
-                   "topic_prefix": "evalterm", "timeout_s": 5}
+                   "topic_prefix": "evalterm", "timeout_s": 5, "tls": None}
 
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 _HEX = "0123456789abcdef"
@@ -106,7 +106,7 @@ class Config:
     debounce_ms: int
     stuck_ms: int
     heartbeat_s: int
-    ntp: "str | None"
+    ntp: "list | None"
     outbox_records: int
     outbox_bytes: int
 
@@ -131,6 +131,7 @@ def _broker(b, d: dict, errs: list) -> dict:
     broker["host"] = b.get("host", "")
     for k in BROKER_DEFAULTS:
         broker[k] = b.get(k, BROKER_DEFAULTS[k])
+    _tls(broker, "port" in b, errs)
     if not _is_int(broker["port"], 1, 65535):
         errs.append("broker.port: 1-65535")
     if not _is_int(broker["keepalive"], 10, 600):
@@ -151,6 +152,31 @@ def _broker(b, d: dict, errs: list) -> dict:
     if "password" not in b and d["key_bytes"]:
         broker["password"] = mqtt_password(d["key_bytes"])
     return broker
+
+
+def _names(v, n: int, longest: int = 64) -> bool:
+    """A list of 1-`n` non-empty strings of at most `longest` characters."""
+    if not isinstance(v, list) or not 1 <= len(v) <= n:
+        return False
+    for x in v:
+        if not isinstance(x, str) or not 1 <= len(x) <= longest:
+            return False
+    return True
+
+
+def _tls(broker: dict, port_given: bool, errs: list) -> None:
+    """broker.tls: null (plain MQTT, loopback or lab only) or {"ca": [DER files in flash]},
+    kept as the list of CA files; the port is then 8883 unless given."""
+    t = broker["tls"]
+    if t is None:
+        return
+    if not isinstance(t, dict) or not _names(t.get("ca"), 4, 160):
+        errs.append("broker.tls: null or {\"ca\": [1-4 CA files (DER) in flash]}")
+        broker["tls"] = None
+        return
+    broker["tls"] = list(t["ca"])
+    if not port_given:
+        broker["port"] = 8883
 
 
 def _board(board, errs: list) -> dict:
@@ -244,8 +270,11 @@ def parse(text) -> Config:
                       ("outbox_records", 4, 2000), ("outbox_bytes", 4096, 1048576)):
         if not _is_int(d[k], lo, hi):
             errs.append(f"{k}: integer {lo:d}-{hi:d}")
-    if d["ntp"] is not None and not isinstance(d["ntp"], str):
-        errs.append("ntp: host name or null")
+    ntp = d["ntp"]
+    if isinstance(ntp, str):
+        ntp = d["ntp"] = [ntp]
+    if ntp is not None and not _names(ntp, 4):
+        errs.append("ntp: 1-4 server names, or null (no NTP)")
     if errs:
         raise ConfigError("; ".join(errs), d if link_ok else None)
     c = Config()

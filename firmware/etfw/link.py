@@ -27,16 +27,18 @@ class _TimedSocket:
     """umqtt.simple turns the socket fully blocking after every read; a dead peer would then
     hang a PUBACK wait forever. This wrapper turns "blocking" into "blocking with timeout"."""
 
-    def __init__(self, sock, timeout_s: int) -> None:
+    def __init__(self, sock, timeout_s: int, raw=None) -> None:
+        """`raw`: the TCP socket under a TLS socket `sock` (which has no settimeout)."""
         self._s = sock
+        self._raw = raw or sock
         self._t = timeout_s
-        sock.settimeout(timeout_s)
+        self._raw.settimeout(timeout_s)
 
     def setblocking(self, flag: bool) -> None:
         if flag:
-            self._s.settimeout(self._t)
+            self._raw.settimeout(self._t)
         else:
-            self._s.setblocking(False)
+            self._raw.setblocking(False)
 
     def read(self, n: int):
         return self._s.read(n)
@@ -50,12 +52,22 @@ class _TimedSocket:
         self._s.close()
 
 
-def umqtt_factory(client_id, server, port, user, password, keepalive):
-    """The real client: umqtt.simple, frozen into the stock ESP32 image."""
+def umqtt_factory(client_id, server, port, user, password, keepalive, tls=None):
+    """The real client: umqtt.simple, frozen into the stock ESP32 image. `tls`: the pinned
+    context (etfw.tls.Pinned) or None for plain TCP. The current umqtt.simple (the ESP32 image's)
+    wraps its socket with ssl.wrap_socket(sock, server_hostname=server); the old one on PyPI
+    (1.3.x) calls the `ussl` module's wrap_socket(sock, **ssl_params) instead, which is given
+    the context and the host name here."""
     from umqtt.simple import MQTTClient
 
-    return MQTTClient(client_id, server, port=port, user=user, password=password,
-                      keepalive=keepalive)
+    if tls is None:
+        return MQTTClient(client_id, server, port=port, user=user, password=password,
+                          keepalive=keepalive)
+    c = MQTTClient(client_id, server, port=port, user=user, password=password,
+                   keepalive=keepalive, ssl=tls)
+    if hasattr(c, "ssl_params"):  # umqtt.simple 1.3.x
+        c.ssl_params = {"context": tls, "server_hostname": server}
+    return c
 
 
 class Link:
@@ -84,6 +96,8 @@ class Link:
         self.drops_inbox = 0
         self.published = 0
         self.last_error = ""
+        self.tls_failures = 0  # connects that failed in TLS (certificate refused, CA file)
+        self._tls_note = ""  # why the TLS part of this connect failed, for last_error
 
     def backoff_ms(self, attempt: int) -> int:
         """Exponential back-off with "equal jitter": half fixed, half random."""
@@ -111,7 +125,8 @@ class Link:
             except Exception:  # already closed or never opened
                 pass
         self.failures += 1
-        self.last_error = repr(err)[:60]
+        self.last_error = self._tls_note or repr(err)[:60]
+        self._tls_note = ""
         self._next_try = now + self.backoff_ms(self._attempt)
         self._attempt += 1
 
@@ -124,19 +139,34 @@ class Link:
             raise OSError("wifi not connected")
         self._joining = False
         b = self._b
-        c = self._factory(self._id, b["host"], b["port"], b["user"], b["password"],
-                          b["keepalive"])
+        cas = b.get("tls")
+        tls = None
+        if cas:
+            tls = self._tls(cas)
+            c = self._factory(self._id, b["host"], b["port"], b["user"], b["password"],
+                              b["keepalive"], tls)
+        else:
+            c = self._factory(self._id, b["host"], b["port"], b["user"], b["password"],
+                              b["keepalive"])
         self.client = c  # so that _drop() closes it if anything below fails
         c.set_callback(self._on_msg)
         # The last will is signed now, with its own seq (protocol §4.3).
         c.set_last_will(self._t_status, self._status("offline"), True, 1)
-        c.connect(True)
-        raw = c.sock
+        try:
+            c.connect(True)
+        except ValueError as e:
+            # mbedTLS reports a refused certificate (wrong CA, wrong host name, expired) as
+            # ValueError with its reason; the plain socket errors are OSError.
+            if cas:
+                self.tls_failures += 1
+                self._tls_note = ("tls: " + str(e).strip())[:80]
+            raise
+        raw = c.sock if tls is None or tls.raw is None else tls.raw
         try:
             raw.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)  # small messages, no Nagle delay
         except (OSError, AttributeError, TypeError):
             pass  # not every lwIP build has it; latency only
-        c.sock = _TimedSocket(raw, b["timeout_s"])
+        c.sock = _TimedSocket(c.sock, b["timeout_s"], raw)
         c.subscribe(self._t_cmd, 1)
         c.publish(self._t_status, self._status("online"), True, 1)
         self._attempt = 0
@@ -144,6 +174,17 @@ class Link:
         self.connects += 1
         self.reconnects = self.connects - 1
         self.up = True
+
+    def _tls(self, cas):
+        """The context pinning the CAs `cas` (file names), made for this connect."""
+        from .tls import Pinned
+
+        try:
+            return Pinned(cas)
+        except (OSError, ValueError) as e:
+            self.tls_failures += 1
+            self._tls_note = ("tls: CA file: " + str(e))[:80]
+            raise
 
     def poll(self, now: int, outbox) -> None:
         """One step: connect when due, else read commands, send one record, keep alive."""

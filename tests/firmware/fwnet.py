@@ -41,9 +41,11 @@ class Broker:
         self.pending_in = []  # (topic, payload) to deliver on the next check_msg
         self.clients = 0
         self.pings = 0
+        self.tls = None  # the last connection's TLS context (etfw.tls.Pinned) or None
 
-    def factory(self, client_id, server, port, user, password, keepalive):
+    def factory(self, client_id, server, port, user, password, keepalive, tls=None):
         self.clients += 1
+        self.tls = tls
         return FakeClient(self)
 
     def each(self):

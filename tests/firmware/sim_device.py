@@ -90,7 +90,8 @@ def main():
             changed = True
         if dev.link.up != link:
             link = dev.link.up
-            print("LINK", 1 if link else 0, "outbox", len(dev.outbox))
+            gc.collect()
+            print("LINK", 1 if link else 0, "outbox", len(dev.outbox), "heap", gc.mem_alloc())
             changed = True
         if dev.link.published != pubs:
             pubs = dev.link.published

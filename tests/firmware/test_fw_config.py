@@ -97,3 +97,19 @@ def test_reason_tags_agree_with_the_collector():
                         .read_text("utf-8"))
     assert schema["properties"]["reason"]["enum"] == [*REASON_TAGS, None]
     assert set(REASON_LABELS) == set(REASON_TAGS)
+def test_tls_and_ntp_lists():
+    c = config()
+    assert c.broker["tls"] is None and c.ntp == ["pool.ntp.org"]  # a string is a list of one
+    b = {"host": "mq.hall", "tls": {"ca": ["ca-2026.der", "ca-2027.der"]}}
+    c = config(broker=b, ntp=["10.0.0.1", "ntp.hall.gov"])
+    assert c.broker["tls"] == ["ca-2026.der", "ca-2027.der"] and c.broker["port"] == 8883
+    assert c.ntp == ["10.0.0.1", "ntp.hall.gov"]
+    assert config(broker={"host": "h", "port": 9883, "tls": {"ca": ["a"]}}).broker["port"] == 9883
+    assert config(ntp=None).ntp is None
+
+
+def test_tls_and_ntp_errors():
+    e = _errors(config_dict(broker={"host": "h", "tls": {"ca": []}}, ntp=[""]))
+    assert e is not None and "broker.tls:" in e.args[0] and "ntp:" in e.args[0]
+    e = _errors(config_dict(broker={"host": "h", "tls": "ca.der"}))
+    assert e is not None and "broker.tls:" in e.args[0]

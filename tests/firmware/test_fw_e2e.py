@@ -88,8 +88,9 @@ def mpy_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 class Sim:
     """One simulated terminal process; `lines` collects what it prints."""
 
-    def __init__(self, tmp: pathlib.Path, cfg: dict, mpy: pathlib.Path) -> None:
+    def __init__(self, tmp: pathlib.Path, cfg: dict, mpy: pathlib.Path, heap: str = HEAP) -> None:
         self.mpy = mpy
+        self.heap = heap
         self.dir = tmp
         (tmp / "data").mkdir(exist_ok=True)
         (tmp / "config.json").write_text(json.dumps(cfg, ensure_ascii=False))
@@ -100,7 +101,7 @@ class Sim:
     def start(self) -> Sim:
         env = dict(os.environ, MICROPYPATH=f".frozen:{self.mpy}")
         self.proc = subprocess.Popen(
-            [str(MICROPYTHON), "-X", "heapsize=" + HEAP, "-m", "sim_device", str(self.mpy),
+            [str(MICROPYTHON), "-X", "heapsize=" + self.heap, "-m", "sim_device", str(self.mpy),
              str(self.dir / "config.json"), str(self.dir / "data"), str(self.port)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         threading.Thread(target=self._read, daemon=True).start()
@@ -138,7 +139,7 @@ class Sim:
                 self.proc.wait(5)
         heap = [line.split() for line in self.lines if line.startswith("HEAP ")]
         if heap:
-            print(f"\ndevice {self.dir.name}: heap {HEAP}, peak live "
+            print(f"\ndevice {self.dir.name}: heap {self.heap}, peak live "
                   f"{int(heap[-1][1]) / 1024:.1f} KiB of {int(heap[-1][2]) / 1024:.1f} KiB")
 
 
@@ -160,13 +161,14 @@ def register(cfg: Config, device: str) -> bytes:
 
 
 @pytest.fixture
-def sims(tmp_path: pathlib.Path, mpy_dir: pathlib.Path) -> Iterator[Callable[[dict], Sim]]:
+def sims(tmp_path: pathlib.Path, mpy_dir: pathlib.Path
+         ) -> Iterator[Callable[..., Sim]]:
     started: list[Sim] = []
 
-    def make(cfg: dict) -> Sim:
+    def make(cfg: dict, heap: str = HEAP) -> Sim:
         d = tmp_path / f"sim{len(started)}"
         d.mkdir()
-        s = Sim(d, cfg, mpy_dir).start()
+        s = Sim(d, cfg, mpy_dir, heap).start()
         started.append(s)
         return s
 

@@ -134,3 +134,17 @@ def test_drop_is_safe_twice():
     ln._drop(5, OSError(1))
     ln._drop(6, OSError(2))
     assert ln.client is None and ln.failures == 2
+
+
+def test_tls_ca_file_missing_is_a_counted_tls_failure():
+    b = Broker()
+    ln = Link(dict(BROKER, tls=["/nonexistent/ca.der"]), {"ssid": "s", "password": "p"}, "d",
+              (b"p/status", b"p/cmd"), FakeWLAN(), b.factory, lambda s: b"x", lambda k: k - 1)
+    ob = Outbox(MemFS(), "ob")
+    ln.poll(0, ob)
+    assert not ln.up and b.clients == 0 and ln.failures == 1 and ln.tls_failures == 1
+    assert ln.last_error.startswith("tls: CA file: ")
+    b2 = Broker()
+    plain = _link(b2)
+    plain.poll(0, ob)
+    assert plain.up and b2.tls is None and plain.tls_failures == 0
