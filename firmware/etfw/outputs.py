@@ -40,5 +40,6 @@ def build(hw: dict, cfg, ui):
         from .voice import Voice
 
         v = cfg.voice or {}
-        parts.append(Voice(hw["voice"], v.get("lang", cfg.lang), v.get("volume", 20)))
+        parts.append(Voice(hw["voice"], v.get("lang", cfg.lang), v.get("volume", 20),
+                           cfg.confirm_ms > 0))
     return ui if len(parts) == 1 else Outputs(parts)

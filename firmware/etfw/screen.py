@@ -144,7 +144,7 @@ class Screen:
             s = (info or {}).get("staff") or {}
             badge = s.get("badge", "")
             self._set(now, t(_INVITED), (s.get("name", ""),
-                                         "%s %s" % (t(_STAFF), badge) if badge else "", _SCALE))
+                                         t(_STAFF) + " " + badge if badge else "", _SCALE))
         elif state == "reason":
             self._set(now, t(_REASON), tuple(self._reason(i, r) for i, r in enumerate(info or ())))
         elif state == "thanks":
@@ -154,13 +154,16 @@ class Screen:
         elif state == "error":
             self._set(now, t(_ERROR), (str(info or "")[:16],))
         else:
-            self._set(now, t(_IDLE), ("", "%s %s" % (t(_WINDOW), self.window) if self.window else ""))
+            w = self.window
+            self._set(now, t(_IDLE), ("", t(_WINDOW) + " " + w if w else ""))
 
     def preview(self, level: int, now: int, reason=None) -> None:
         """Confirm mode: the key pressed, before it counts (see terminal.py)."""
-        self._set(now, reason and self._t(_REASON) or self._t(_INVITED),
-                  ("", reason and self._reason(level - 1, reason) or self._level(level),
-                   self._t(_CONFIRM)))
+        if reason:
+            head, line = self._t(_REASON), self._reason(level - 1, reason)
+        else:
+            head, line = self._t(_INVITED), self._level(level)
+        self._set(now, head, ("", line, self._t(_CONFIRM)))
 
     def message(self, text: str) -> None:
         """A `display` command: the last line, until the next screen."""

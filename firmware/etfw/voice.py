@@ -26,6 +26,7 @@ REASON = const(2)
 THANKS = const(3)
 PAUSED = const(4)
 CONFIRM = const(5)
+INVITE_CONFIRM = const(6)  # the invitation in confirm mode: it says how to confirm
 LEVEL1 = const(11)  # 11..15: the five levels (the keys read out)
 REASON1 = const(21)  # 21..26: the reasons, in config.REASONS order
 REASONS = ("attitude", "efficiency", "notice", "wait", "facility", "other")
@@ -40,9 +41,10 @@ def frame(cmd: int, param: int = 0) -> bytes:
 
 
 class Voice:
-    def __init__(self, uart, lang: str = "zh", volume: int = 20) -> None:
+    def __init__(self, uart, lang: str = "zh", volume: int = 20, confirm: bool = False) -> None:
         """`uart`: machine.UART(…, baudrate=9600) or anything with write(bytes)."""
         self._uart = uart
+        self._invite = INVITE_CONFIRM if confirm else INVITE
         self.folder = FOLDERS.get(lang, 1)
         self.volume = volume
         self.last = 0  # the last file played (tests, heartbeat)
@@ -59,7 +61,7 @@ class Voice:
 
     def show(self, state: str, now: int, info=None) -> None:
         if state == "invited":
-            self.play(INVITE)
+            self.play(self._invite)
         elif state == "reason":
             self.play(REASON)
         elif state == "thanks":

@@ -2,9 +2,8 @@
 
 import json
 
-from fwfakes import KEY, config, config_dict
-
 import etfw.config as cfgmod
+from fwfakes import KEY, config, config_dict, config_error
 
 
 def _errors(d):
@@ -76,3 +75,18 @@ def test_explicit_broker_credentials_win_and_null_means_none():
     assert c.broker["user"] == "u1" and c.broker["password"] == "p1"
     c = config(broker={"host": "b", "user": None, "password": None})
     assert c.broker["user"] is None and c.broker["password"] is None
+
+
+def test_display_voice_and_confirm_mode():
+    c = config()
+    assert c.display is None and c.voice is None and c.confirm_ms == 0
+    c = config(display={"font": "font.etf", "page_ms": 8000}, voice={"volume": 25},
+               confirm_ms=6000)
+    assert c.display["page_ms"] == 8000 and c.voice["volume"] == 25 and c.confirm_ms == 6000
+    assert c.board["i2c"] == [21, 22] and c.board["audio_tx"] == 13
+    detail, _ = config_error(display={"page_ms": 100}, voice={"volume": 31}, confirm_ms=500)
+    assert "display:" in detail and "voice:" in detail and "confirm_ms:" in detail
+    board = dict(cfgmod.PROFILES["devkitc-5led"])
+    board["audio_tx"] = 32  # key 1's pin
+    detail, _ = config_error(board=board)
+    assert "GPIO 32 used twice" in detail

@@ -11,7 +11,6 @@ import os
 import sys
 
 import fwfakes
-
 from etfw import screen as screen_mod
 from etfw.font import Font
 from etfw.indicators import Indicators
@@ -120,7 +119,7 @@ def _invite():
 
 
 def test_idle_shows_welcome_and_window():
-    scr, panel, ind, f = _rig()
+    scr, panel, _ind, f = _rig()
     scr.show("idle", 0)
     font = scr._font
     assert _line_matches(panel, font, "欢迎评价", 0)
@@ -132,7 +131,7 @@ def test_idle_shows_welcome_and_window():
 
 
 def test_invited_shows_prompt_staff_badge_and_scale():
-    scr, panel, ind, f = _rig()
+    scr, panel, _ind, f = _rig()
     scr.show("invited", 0, _invite())
     font = scr._font
     assert _line_matches(panel, font, "请对本次服务评价", 0)
@@ -153,7 +152,7 @@ def test_invited_shows_prompt_staff_badge_and_scale():
 
 
 def test_reason_pages_turn_and_come_back():
-    scr, panel, ind, f = _rig(page_ms=6000)
+    scr, panel, _ind, f = _rig(page_ms=6000)
     keys = ("attitude", "efficiency", "notice", "wait", "other")
     scr.show("reason", 1000, keys)
     font = scr._font
@@ -184,12 +183,12 @@ def test_thanks_shows_the_level_chosen():
         x = (128 - w) // 2
         assert _key_matches(panel, scr._font, str(level), x, 32)
         assert _glyph_matches(panel, scr._font, text[0], x + 12, 32)
-        _dump(panel, "thanks%d" % level)
+        _dump(panel, "thanks" + str(level))
     f.close()
 
 
 def test_paused_and_message():
-    scr, panel, ind, f = _rig()
+    scr, panel, _ind, f = _rig()
     scr.show("paused", 0)
     assert _blank(panel, 0, 32)
     assert _line_matches(panel, scr._font, "暂停服务", 32)
@@ -200,7 +199,7 @@ def test_paused_and_message():
 
 
 def test_confirm_preview_reads_level_and_prompt():
-    scr, panel, ind, f = _rig()
+    scr, panel, _ind, f = _rig()
     scr.preview(2, 0)
     assert _line_matches(panel, scr._font, "请对本次服务评价", 0)
     assert _line_matches(panel, scr._font, "再按一次确认", 48)
@@ -209,7 +208,7 @@ def test_confirm_preview_reads_level_and_prompt():
 
 
 def test_rare_name_character_is_a_box():
-    scr, panel, ind, f = _rig()
+    scr, panel, _ind, f = _rig()
     inv = _invite()
     inv["staff"] = {"name": "李" + RARE, "badge": "7"}
     scr.show("invited", 0, inv)
@@ -256,7 +255,7 @@ def test_heap_and_time_per_screen():
 
     gc.collect()
     before = gc.mem_alloc()
-    scr, panel, ind, f = _rig()
+    scr, _panel, _ind, f = _rig()
     gc.collect()
     held = gc.mem_alloc() - before
     t0 = time.ticks_us()

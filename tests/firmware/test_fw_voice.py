@@ -1,12 +1,11 @@
 """The voice module: the exact bytes sent to the DFPlayer, under CPython and the MicroPython
 unix port, through an injected UART; and confirm mode end to end through the terminal."""
 
+import fwfakes
 from etfw.indicators import Indicators
 from etfw.outputs import Outputs
 from etfw.terminal import Terminal
 from etfw.voice import Voice, frame
-
-import fwfakes
 
 
 class Uart:
@@ -18,7 +17,7 @@ class Uart:
 
 
 def _hex(b):
-    return " ".join("%02X" % x for x in b)
+    return " ".join(f"{x:02X}" for x in b)
 
 
 def _play(folder, n):
@@ -50,7 +49,7 @@ def test_each_state_plays_its_prompt_in_the_language_folder():
         v.show("paused", 0)
         assert u.sent == [_play(folder, 1), _play(folder, 2), _play(folder, 3),
                           _play(folder, 4)], lang
-        assert _hex(u.sent[0]) == "7E FF 06 0F 00 %02X 01 FE %02X EF" % (folder, 0xEB - folder)
+        assert _hex(u.sent[0]) == f"7E FF 06 0F 00 {folder:02X} 01 FE {0xEB - folder:02X} EF"
 
 
 def test_idle_stops_only_what_is_playing():
@@ -90,7 +89,8 @@ def _confirm_rig():
 
 
 def _invite():
-    return {"cmd": "invite", "cseq": 1, "txn": "T1", "ttl": 60, "staff": {"name": "x", "badge": "1"}}
+    return {"cmd": "invite", "cseq": 1, "txn": "T1", "ttl": 60,
+            "staff": {"name": "x", "badge": "1"}}
 
 
 def test_confirm_mode_reads_each_key_before_it_counts():
@@ -106,7 +106,7 @@ def test_confirm_mode_reads_each_key_before_it_counts():
 
 
 def test_confirm_mode_forgets_an_unconfirmed_key():
-    t, sink, u, ind, leds = _confirm_rig()
+    t, sink, u, ind, _leds = _confirm_rig()
     t.command(_invite(), 0)
     t.press(2, 1000)
     t.tick(4999)
@@ -119,7 +119,7 @@ def test_confirm_mode_forgets_an_unconfirmed_key():
 
 
 def test_confirm_mode_at_the_reason_step_reads_the_reason():
-    t, sink, u, ind, leds = _confirm_rig()
+    t, sink, u, _ind, _leds = _confirm_rig()
     t.command(_invite(), 0)
     t.press(1, 100)
     t.press(1, 200)  # 非常不满意, confirmed: the reason step
@@ -138,3 +138,30 @@ def test_without_confirm_mode_a_key_counts_at_once():
     t.command(_invite(), 0)
     t.press(4, 500)
     assert sink.ratings == [(4, None)] and u.sent[-1] == _play(1, 3)
+
+
+def test_confirm_mode_invitation_says_how_to_confirm():
+    u = Uart()
+    v = Voice(u, "en", confirm=True)
+    v.show("invited", 0, {})
+    assert u.sent[-1] == _play(2, 6)
+
+
+class _Cfg:
+    window = "w01"
+    lang = "en"
+    display = None
+    voice = {"volume": 9}  # noqa: RUF012 (a stand-in Config)
+    confirm_ms = 5000
+
+
+def test_outputs_build_adds_the_voice_only_when_wired():
+    from etfw.outputs import build
+
+    ind = Indicators([fwfakes.FakePin() for _ in range(5)])
+    assert build({}, _Cfg(), ind) is ind  # no voice module on the board: the indicators alone
+    u = Uart()
+    out = build({"voice": u}, _Cfg(), ind)
+    assert len(out.parts) == 2 and u.sent[-1] == frame(0x06, 9)
+    out.show("invited", 0, {})
+    assert u.sent[-1] == _play(2, 6)  # en folder, the confirm-mode invitation
