@@ -3,8 +3,8 @@ framebuf). Every screen is checked glyph by glyph against the font file and, whe
 names a folder, its framebuffer is written there (<name>.bin, 1024 bytes MONO_VLSB) for
 test_fw_display.py to compare across the two runtimes and turn into PNGs.
 
-The font comes from FW_FONT (a file built by firmware/tools/build_font.py); under CPython
-without it, the test builds one from the Debian package unifont."""
+The font comes from FW_FONT or ./font.etf (built by firmware/tools/build_font.py); under
+CPython without either, the test builds one from the Debian package unifont."""
 
 import gc
 import os
@@ -24,9 +24,14 @@ _FONT = [None]
 
 
 def font_path():
-    p = os.getenv("FW_FONT")
-    if p or _FONT[0]:
-        return p or _FONT[0]
+    p = os.getenv("FW_FONT") or _FONT[0]
+    if p:
+        return p
+    try:
+        os.stat("font.etf")  # next to the .mpy files (test_micropython*.py put it there)
+        return "font.etf"
+    except OSError:
+        pass
     if sys.implementation.name != "cpython":
         raise OSError("FW_FONT: no font file")
     import pathlib
