@@ -68,8 +68,10 @@ class Voice:
             self.play(THANKS)
         elif state == "paused":
             self.play(PAUSED)
-        elif state == "idle" and self.last:
-            self._uart.write(frame(0x16))  # an invitation withdrawn: stop talking
+        elif state == "idle" and self.last == self._invite:
+            # An invitation withdrawn (cancel, expiry) may still be talking: stop it. After
+            # thanks it is left to finish (thanks_ms can be shorter than the prompt).
+            self._uart.write(frame(0x16))
             self.last = 0
 
     def preview(self, key: int, now: int, reason=None) -> None:

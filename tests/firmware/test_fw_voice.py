@@ -61,6 +61,10 @@ def test_idle_stops_only_what_is_playing():
     v.show("invited", 0, {})
     v.show("idle", 10)  # invitation cancelled mid-prompt
     assert u.sent[-1] == frame(0x16) and _hex(frame(0x16)) == "7E FF 06 16 00 00 00 FE E5 EF"
+    v.show("thanks", 20, 4)
+    n = len(u.sent)
+    v.show("idle", 3020)  # after thanks: the prompt may finish
+    assert len(u.sent) == n
 
 
 class Sink:
