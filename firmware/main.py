@@ -48,7 +48,7 @@ def _ntp(hosts: list):
                 return (time.time() + _epoch_offset_s()) * 1000
             except Exception as e:  # unreachable or no answer: the next one
                 err = e
-        raise OSError("ntp: no server answered: %r" % (err,))
+        raise OSError(f"ntp: no server answered: {err!r}")
 
     return sync_ms
 
@@ -114,6 +114,20 @@ def _config_error(detail: str, link, leds) -> None:
         time.sleep_ms(50)
 
 
+def _panels(cfg, board: dict, hw: dict) -> None:
+    """The optional display (SSD1306 over I2C, micropython-lib's driver: `mip install
+    ssd1306`) and voice module (a DFPlayer on UART1), when the config asks for them."""
+    if cfg.display is not None and board.get("i2c"):
+        import ssd1306  # pyright: ignore[reportMissingImports]
+
+        sda, scl = board["i2c"]
+        i2c = machine.I2C(0, sda=machine.Pin(sda), scl=machine.Pin(scl), freq=400000)
+        hw["screen"] = ssd1306.SSD1306_I2C(128, 64, i2c)
+        hw["font"] = open(cfg.display.get("font", "font.etf"), "rb")
+    if cfg.voice is not None and board.get("audio_tx") is not None:
+        hw["voice"] = machine.UART(1, baudrate=9600, tx=board["audio_tx"])
+
+
 def _device(cfg):
     from etfw.app import Device
     from etfw.link import umqtt_factory
@@ -129,6 +143,7 @@ def _device(cfg):
         if board.get("buzzer") is not None else None,
         "display": _console,
     }
+    _panels(cfg, board, hw)
     wlan = _wlan()
     wdt = machine.WDT(timeout=WDT_MS)
     gc.collect()

@@ -15,6 +15,9 @@ command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 # Node.js runs the 32-bit MicroPython (WebAssembly port) of tests/firmware/test_micropython_wasm.py.
 command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
+# The firmware's build-time tools: the display font (GNU Unifont) and the voice prompts.
+[ -f /usr/share/unifont/unifont.hex ] || need_pkgs+=(unifont)
+command -v espeak-ng >/dev/null 2>&1 || need_pkgs+=(espeak-ng)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_pkgs[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -7,6 +7,9 @@ i18n       user-facing texts              terminal   the rating state machine (p
 store      small persisted state          outbox     the flash outbox (power-cut safe)
 link       Wi-Fi + MQTT, one reconnect    app        wiring and the main loop
 fault      a device with a bad config     cpython    CPython stand-ins (tests only)
+screen     the display's screens          font       display glyphs read from flash
+voice      DFPlayer voice prompts         outputs    state changes to LEDs, display, voice
+fbshim     framebuf on CPython (tests only)
 
 Heap (docs/firmware.md, memory budget): the modules needed only while booting (config,
 i18n, the outbox's recovery) are dropped again with unload() once used.

@@ -69,8 +69,11 @@ class Device:
             self.persist()
         self.ui = Indicators(hw.get("leds"), hw.get("rgb"), hw.get("buzzer"),
                              hw.get("display"), cfg.lang, cfg.board.get("led_active_high", True))
-        self.term = Terminal(self, self.ui, cfg.standalone, cfg.min_interval_ms, cfg.reason_ms,
-                             cfg.thanks_ms, cfg.reason_keys)
+        from .outputs import build
+
+        self.out = build(hw, cfg, self.ui)  # the display and the voice, when the board has them
+        self.term = Terminal(self, self.out, cfg.standalone, cfg.min_interval_ms, cfg.reason_ms,
+                             cfg.thanks_ms, cfg.reason_keys, cfg.confirm_ms)
         self.link = Link(b, cfg.wifi, cfg.device, (self.msgs.t_status, self.msgs.t_cmd),
                          wlan, factory, self._status, rand or (lambda n: 0))
         self._wlan = wlan
@@ -190,7 +193,7 @@ class Device:
                 gc.collect()
                 payload = self.msgs.event("heartbeat", self.heartbeat_data())
                 self.link.send(now, self.msgs.t_event, payload)
-        self.ui.tick(now)
+        self.out.tick(now)
 
     def run(self, sleep_ms, should_stop=None) -> None:
         self.start()

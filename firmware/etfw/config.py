@@ -17,6 +17,11 @@ PROFILES = {
         "rgb": None,
         "led_active_high": True,
         "buzzer": 23,
+        # Optional parts (docs/firmware.md, reference board). Reserved for the detection
+        # issue's tamper inputs: 34 enclosure switch, 39 power-loss sense, 36 key ladder (ADC1).
+        "i2c": [21, 22],  # display SDA, SCL
+        "audio_tx": 13,  # to the DFPlayer's RX (UART1, 9600 baud)
+        "audio_busy": 35,  # the DFPlayer's BUSY (input only pin)
     },
     "devkitc-rgb": {
         "keys": [32, 33, 25, 26, 27],
@@ -25,6 +30,9 @@ PROFILES = {
         "rgb": [21, 22, 13],  # one common-cathode RGB LED: red, green, blue
         "led_active_high": True,
         "buzzer": 23,
+        "i2c": [18, 19],
+        "audio_tx": 17,
+        "audio_busy": 35,
     },
 }
 
@@ -43,6 +51,9 @@ DEFAULTS = {
     "ntp": "pool.ntp.org",
     "outbox_records": 200,
     "outbox_bytes": 65536,
+    "confirm_ms": 0,  # > 0: confirm mode, each key read out before it counts (terminal.py)
+    "display": None,  # {"font": "font.etf", "page_ms": 5000}: an SSD1306 on board.i2c
+    "voice": None,  # {"volume": 20, "lang": "zh"}: a DFPlayer on board.audio_tx
 }
 
 BROKER_DEFAULTS = {"port": 1883, "user": None, "password": None, "keepalive": 30,
@@ -109,6 +120,9 @@ class Config:
     ntp: "list | None"
     outbox_records: int
     outbox_bytes: int
+    confirm_ms: int
+    display: "dict | None"
+    voice: "dict | None"
 
 
 def mqtt_password(key: bytes) -> str:
@@ -209,6 +223,19 @@ def _board(board, errs: list) -> dict:
             errs.append("board.rgb: 3 GPIO numbers (r, g, b) or null")
     if leds is None and rgb is None:
         errs.append("board: needs leds or rgb")
+    for k in ("audio_tx", "audio_busy"):
+        p = board.get(k)
+        if p is not None:
+            if _is_int(p, 0, 48):
+                used.append(p)
+            else:
+                errs.append(f"board.{k}: GPIO number or null")
+    i2c = board.get("i2c")
+    if i2c is not None:
+        if _pins(i2c, 2):
+            used += i2c
+        else:
+            errs.append("board.i2c: 2 GPIO numbers (sda, scl) or null")
     bz = board.get("buzzer")
     if bz is not None:
         if _is_int(bz, 0, 48):
@@ -275,6 +302,16 @@ def parse(text) -> Config:
         ntp = d["ntp"] = [ntp]
     if ntp is not None and not _names(ntp, 4):
         errs.append("ntp: 1-4 server names, or null (no NTP)")
+    if not _is_int(d["confirm_ms"], 0, 30000) or 0 < d["confirm_ms"] < 2000:
+        errs.append("confirm_ms: 0 (off) or 2000-30000")
+    dp = d["display"]
+    if dp is not None and not (isinstance(dp, dict) and isinstance(dp.get("font", ""), str)
+                               and _is_int(dp.get("page_ms", 5000), 2000, 30000)):
+        errs.append("display: null or {font, page_ms 2000-30000}")
+    vc = d["voice"]
+    if vc is not None and not (isinstance(vc, dict) and _is_int(vc.get("volume", 20), 0, 30)
+                               and vc.get("lang", "zh") in ("zh", "en")):
+        errs.append("voice: null or {volume 0-30, lang zh|en}")
     if errs:
         raise ConfigError("; ".join(errs), d if link_ok else None)
     c = Config()

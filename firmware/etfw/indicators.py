@@ -112,6 +112,11 @@ class Indicators:
             self._set("idle", 0, 0, 0)
             self._text(t(_IDLE))
 
+    def preview(self, key: int, now: int, reason=None) -> None:
+        """Confirm mode: the pressed key's LED alone, blinking fast (a pattern, not a colour)."""
+        self._set("preview", 1 << (key - 1), _AMBER, 150)
+        self.beep(now, 30)
+
     def message(self, text: str) -> None:
         """A `display` command: a short text on the second line."""
         self._text(self.lines[0], text)

@@ -8,6 +8,13 @@ through two injected objects, so every transition is testable without hardware.
                                                 in place of the one held)
     sink.event(type, data)                      a protocol event
     ui.show(state, now, info)                   what the citizen sees
+    ui.preview(key, now, reason)                confirm mode: the key pressed, read out and
+                                                shown before it counts
+
+Confirm mode (confirm_ms > 0, for windows serving visually impaired citizens): the first
+press of a key during an invitation or the reason step only reads it out (ui.preview); the
+same key again within confirm_ms commits it, another key is read out instead, and silence
+for confirm_ms forgets it (the invitation or the reason step goes on as before).
 
 States: idle -> invited -> (reason ->) thanks -> idle, and paused. A key press outside an
 invitation is never a rating (stand-alone mode excepted): it is counted and reported.
@@ -32,7 +39,8 @@ _UNINVITED_EVENT_GAP_MS = const(1000)
 class Terminal:
     def __init__(self, sink, ui, standalone: bool = False, min_interval_ms: int = 5000,
                  reason_ms: int = 20000, thanks_ms: int = 3000,
-                 reason_keys=("attitude", "efficiency", "notice", "wait", "other")) -> None:
+                 reason_keys=("attitude", "efficiency", "notice", "wait", "other"),
+                 confirm_ms: int = 0) -> None:
         self._sink = sink
         self._ui = ui
         self.standalone = standalone
@@ -51,12 +59,16 @@ class Terminal:
         self.uninvited = 0
         self.filtered = 0  # stand-alone presses inside the repeat interval
         self.refused_invites = 0  # invites while paused
+        self.confirm_ms = confirm_ms
+        self._armed = 0  # confirm mode: the key read out, waiting for its second press
+        self._armed_until = 0
 
     def start(self, now: int) -> None:
         self._ui.show(IDLE, now, None)
 
     def _go(self, state: str, now: int, info=None) -> None:
         self.state = state
+        self._armed = 0
         self._ui.show(state, now, info)
 
     def _rate(self, level: int, txn, reason, rt, mode: str, now: int) -> None:
@@ -95,6 +107,11 @@ class Terminal:
     def press(self, key: int, now: int) -> None:
         """A debounced key press (1..5)."""
         st = self.state
+        if self.confirm_ms and st in (INVITED, REASON) and key != self._armed:
+            self._armed = key
+            self._armed_until = now + self.confirm_ms
+            self._ui.preview(key, now, self.reason_keys[key - 1] if st == REASON else None)
+            return
         if st == INVITED:
             inv = self.invite
             self.invite = None
@@ -116,6 +133,9 @@ class Terminal:
 
     def tick(self, now: int) -> None:
         st = self.state
+        if self._armed and now >= self._armed_until:
+            self._armed = 0  # not confirmed: the prompt again, nothing counted
+            self._ui.show(st, now, self.invite if st == INVITED else self.reason_keys)
         if st == INVITED and now >= self._expires_at:
             inv = self.invite
             self.invite = None

@@ -12,7 +12,7 @@ class Rig:
     """One device on fakes. `flash` is its data folder on the real filesystem (the device
     uses RealFS on LittleFS): a second Rig on the same folder is the next boot."""
 
-    def __init__(self, flash=None, broker=None, **cfg):
+    def __init__(self, flash=None, broker=None, more_hw=None, **cfg):
         cfg.setdefault("outbox_records", 16)
         scrub()  # a new boot: nothing of an earlier Rig may stay reachable from the stack
         c = config(**cfg)  # first, as at boot: the config module needs the most heap at once
@@ -25,6 +25,8 @@ class Rig:
         self.shown = ("", "")  # the display's two lines (only the last: heap)
         hw = {"keys": self.keys, "leds": self.leds, "rgb": None, "buzzer": FakePin(0),
               "display": self._display}
+        if more_hw:
+            hw.update(more_hw)  # a display panel, its font, a voice UART (test_fw_app_av)
         self.wlan = FakeWLAN()
         self.dev = Device(c, hw, RealFS(), self.wlan, self.broker.factory,
                           data_dir=self.flash, ticks=self.ticks, heap_free=lambda: 12345)

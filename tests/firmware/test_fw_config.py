@@ -3,7 +3,7 @@
 import json
 
 import etfw.config as cfgmod
-from fwfakes import KEY, config, config_dict
+from fwfakes import KEY, config, config_dict, config_error
 
 
 def _errors(d):
@@ -97,6 +97,8 @@ def test_reason_tags_agree_with_the_collector():
                         .read_text("utf-8"))
     assert schema["properties"]["reason"]["enum"] == [*REASON_TAGS, None]
     assert set(REASON_LABELS) == set(REASON_TAGS)
+
+
 def test_tls_and_ntp_lists():
     c = config()
     assert c.broker["tls"] is None and c.ntp == ["pool.ntp.org"]  # a string is a list of one
@@ -113,3 +115,18 @@ def test_tls_and_ntp_errors():
     assert e is not None and "broker.tls:" in e.args[0] and "ntp:" in e.args[0]
     e = _errors(config_dict(broker={"host": "h", "tls": "ca.der"}))
     assert e is not None and "broker.tls:" in e.args[0]
+
+
+def test_display_voice_and_confirm_mode():
+    c = config()
+    assert c.display is None and c.voice is None and c.confirm_ms == 0
+    c = config(display={"font": "font.etf", "page_ms": 8000}, voice={"volume": 25},
+               confirm_ms=6000)
+    assert c.display["page_ms"] == 8000 and c.voice["volume"] == 25 and c.confirm_ms == 6000
+    assert c.board["i2c"] == [21, 22] and c.board["audio_tx"] == 13
+    detail, _ = config_error(display={"page_ms": 100}, voice={"volume": 31}, confirm_ms=500)
+    assert "display:" in detail and "voice:" in detail and "confirm_ms:" in detail
+    board = dict(cfgmod.PROFILES["devkitc-5led"])
+    board["audio_tx"] = 32  # key 1's pin
+    detail, _ = config_error(board=board)
+    assert "GPIO 32 used twice" in detail

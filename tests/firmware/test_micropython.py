@@ -37,12 +37,14 @@ HEAP = "64K"
 # layout cannot turn it red. See docs/firmware.md, "Memory budget".
 _WHOLE_DEVICE = "88K"
 HEAP_FOR = {m: _WHOLE_DEVICE for m in ("test_fw_app", "test_fw_app_cmd", "test_fw_app_ops",
-                                       "test_fw_app_keys", "test_fw_app_hold")}
+                                       "test_fw_app_keys", "test_fw_app_hold",
+                                       "test_fw_app_av")}
 
 MODULES = ["test_fw_sign", "test_fw_message", "test_fw_config", "test_fw_keys",
-           "test_fw_terminal", "test_fw_store", "test_fw_outbox", "test_fw_link",
+           "test_fw_terminal", "test_fw_voice", "test_fw_screen", "test_fw_store",
+           "test_fw_outbox", "test_fw_link",
            "test_fw_fault", "test_fw_app", "test_fw_app_cmd", "test_fw_app_ops",
-           "test_fw_app_keys", "test_fw_app_hold"]
+           "test_fw_app_keys", "test_fw_app_hold", "test_fw_app_av"]
 HELPERS = ["fwrun", "fwfakes", "fwmemfs", "fwnet", "fwrig", "fwvectors"]
 
 
@@ -54,7 +56,20 @@ def mpy_dir(tmp_path_factory):
     sources += [(HERE / (m + ".py"), pathlib.Path(m + ".py")) for m in MODULES + HELPERS]
     for src, rel in sources:
         mpy_cross(src, out, rel)
+    build_test_font(out / "font.etf")
     return out
+
+
+def build_test_font(dst: pathlib.Path) -> None:
+    """The display font test_fw_screen reads (./font.etf): the firmware's texts and the test
+    names, from the Debian package unifont (scripts/setup.sh installs it)."""
+    sys.path.insert(0, str(ROOT / "firmware" / "tools"))
+    try:
+        import build_font
+    finally:
+        sys.path.pop(0)
+    rc = build_font.main(["--charset", "prompts", "--extra", "张伟李娜", "--out", str(dst)])
+    assert rc == 0, "the display tests need the Debian package unifont: bash scripts/setup.sh"
 
 
 def mpy_cross(src: pathlib.Path, out: pathlib.Path, rel: pathlib.Path) -> None:

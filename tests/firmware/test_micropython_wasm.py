@@ -24,7 +24,7 @@ import shutil
 import subprocess
 
 import pytest
-from test_micropython import HELPERS, MODULES, MPY_CROSS
+from test_micropython import HELPERS, MODULES, MPY_CROSS, build_test_font
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -72,6 +72,7 @@ def mpy_dir(tmp_path_factory):
         name = ".".join(rel.with_suffix("").parts)  # as test_micropython.py does
         subprocess.run([str(MPY_CROSS), "-o", str(dst), "-s", name, str(src)], check=True,
                        cwd=src.parent)
+    build_test_font(out / "font.etf")  # run.mjs copies it into the port's filesystem
     return out
 
 
