@@ -28,13 +28,14 @@ import urllib3
 from collector.clock import now_ms
 from collector.config import Config
 from collector.db import drained_up_to, state_instance, transaction
+from collector.errors import ServiceUnavailable
 from collector.outbox import points_depth as outbox_depth
 from collector.outbox import prune_points as prune_outbox
 from collector.outbox import read_points
 
 __all__ = [
-    "InvalidPoints", "OutboxDrainer", "V1Writer", "V2Writer", "WriteFailed", "influxql",
-    "make_writer", "outbox_depth", "prune_outbox",
+    "InvalidPoints", "OutboxDrainer", "QueryFailed", "QueryRefused", "V1Writer", "V2Writer",
+    "WriteFailed", "influxql", "make_writer", "outbox_depth", "prune_outbox",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -46,6 +47,14 @@ class WriteFailed(Exception):
 
 class InvalidPoints(Exception):
     """InfluxDB refused the points themselves (HTTP 400): retrying the same batch cannot help."""
+
+
+class QueryFailed(ServiceUnavailable):
+    """An InfluxQL query could not be answered: InfluxDB unreachable or the credentials refused."""
+
+
+class QueryRefused(QueryFailed, ValueError):
+    """InfluxDB answered the query with an error (a bad query, an unknown database)."""
 
 
 class Writer(Protocol):
@@ -293,8 +302,9 @@ class OutboxDrainer:
 def influxql(url: str, database: str, q: str, *, username: str = "", password: str = "",
              epoch: str = "ms", timeout_s: float = 10.0) -> list[dict[str, object]]:
     """Run an InfluxQL query (1.x `/query`, also served by 2.x/3.x) and return its series:
-    `[{"name", "tags", "columns", "values"}]`. Raises WriteFailed if InfluxDB is unreachable and
-    ValueError with InfluxDB's message if the query is refused."""
+    `[{"name", "tags", "columns", "values"}]`. Raises QueryFailed if InfluxDB is unreachable or
+    refuses the credentials, QueryRefused (a ValueError too) with InfluxDB's message if it refuses
+    the query."""
     import json
 
     params = {"db": database, "q": q, "epoch": epoch}
@@ -305,13 +315,22 @@ def influxql(url: str, database: str, q: str, *, username: str = "", password: s
         resp = http.request("POST", url.rstrip("/") + "/query", fields=params,
                             encode_multipart=False)
     except urllib3.exceptions.HTTPError as exc:
-        raise WriteFailed(f"InfluxDB unreachable: {type(exc).__name__}") from None
-    body = json.loads(resp.data or b"{}")
+        raise QueryFailed(f"InfluxDB at {url} is unreachable ({type(exc).__name__}): start it, "
+                          "or correct [influx] url") from None
+    if resp.status in (401, 403):
+        raise QueryFailed(f"InfluxDB at {url} refused the credentials (HTTP {resp.status}): "
+                          "check [influx] username and password (or token)")
+    try:
+        body = json.loads(resp.data or b"{}")
+    except ValueError:
+        raise QueryFailed(f"{url} answered HTTP {resp.status} with something that is not "
+                          "InfluxDB's JSON: is [influx] url the InfluxDB server?") from None
     if resp.status != 200 or "error" in body:
-        raise ValueError(body.get("error", f"HTTP {resp.status}"))
+        why = body.get("error", f"HTTP {resp.status}")
+        raise QueryRefused(f"InfluxDB refused the query: {why}")
     series: list[dict[str, object]] = []
     for result in body.get("results", []):
         if "error" in result:
-            raise ValueError(result["error"])
+            raise QueryRefused(f"InfluxDB refused the query: {result['error']}")
         series.extend(result.get("series", []))
     return series

@@ -111,6 +111,27 @@ class Registry:
         assert dev is not None
         return dev
 
+    def stored_ratings(self, device: str) -> int:
+        """How many ratings of this device the state database holds."""
+        row = self._conn.execute("SELECT count(*) FROM rating WHERE device=?", (device,)).fetchone()
+        return int(row[0])
+
+    def remove(self, device: str, *, force: bool = False) -> Device:
+        """Delete a device from the registry. A device with stored ratings is an identity the
+        records refer to: it is revoked, not removed, unless `force` (a simulated or test device
+        whose ratings are not real)."""
+        dev = self.get(device)
+        if dev is None:
+            raise RegistryError(f"device {device} is not registered")
+        n = self.stored_ratings(device)
+        if n and not force:
+            raise RegistryError(
+                f"device {device} has {n} stored ratings: revoke it instead (`evalterm device "
+                "revoke`), or add --force if its ratings are not real (a simulated device)")
+        self._conn.execute("DELETE FROM device WHERE device=?", (device,))
+        self._forget(device)
+        return dev
+
     def rotate_key(self, device: str, key: bytes | None = None) -> Device:
         """Give an active device a new key (random unless given); the old key stops working."""
         if key is None:

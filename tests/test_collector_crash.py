@@ -131,14 +131,23 @@ def test_txn_import_and_config_check(make_config: Callable[..., Config], tmp_pat
         "e3,w2,OLD-3,s2,李娜,0002,hk,户口,yesterday,1763600300000,completed\n"
         "e4,w2,OLD-4,s 2,李娜,0002,hk,户口,1763600000000,1763600300000,completed\n",
         encoding="utf-8")
-    res = subprocess.run([*EVALTERM, "-c", str(cfg_file), "txn", "import", str(csv_file),
-                          "--hall", "h1"], capture_output=True, text=True, timeout=60)
+    imp = [*EVALTERM, "-c", str(cfg_file), "txn", "import", str(csv_file), "--hall", "h1"]
+    refused = subprocess.run(imp, capture_output=True, text=True, timeout=60)
+    # Every problem of every row, and nothing stored from a file with problems...
+    assert refused.returncode == 1, refused.stderr
+    assert "line 4" in refused.stderr and "yesterday" in refused.stderr
+    assert "line 5: invalid" in refused.stderr
+    assert "nothing was imported" in refused.stderr and "Traceback" not in refused.stderr
+    conn = connect(cfg.state_db)
+    assert conn.execute("SELECT count(*) FROM txn").fetchone()[0] == 0
+    conn.close()
+    # ...unless asked for the good rows.
+    res = subprocess.run([*imp, "--partial"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 1, res.stderr
     assert "line 4" in res.stderr and "yesterday" in res.stderr
     assert "line 5: invalid" in res.stderr
     assert "2 accepted" in res.stdout
-    again = subprocess.run([*EVALTERM, "-c", str(cfg_file), "txn", "import", str(csv_file),
-                            "--hall", "h1"], capture_output=True, text=True, timeout=60)
+    again = subprocess.run([*imp, "--partial"], capture_output=True, text=True, timeout=60)
     assert "2 duplicate" in again.stdout
     conn = connect(cfg.state_db)
     states = conn.execute("SELECT txn, state, completed_ms FROM txn ORDER BY txn").fetchall()

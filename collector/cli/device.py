@@ -15,12 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from collector.cli.common import load, now_ms, open_registry
+from collector.registry import RegistryError
 
 __all__ = ['add_parsers']
 
 
 def cmd_device_add(args: argparse.Namespace) -> int:
     reg, _ = open_registry(load(args))
+    others = reg.active_at(args.hall, args.window)
+    if others:
+        raise RegistryError(
+            f"{args.hall}/{args.window} already has the active device {others[0].device}: a "
+            "window has one; use `evalterm device replace` for a new board, or revoke the old "
+            "one first")
     dev = reg.add(args.device, args.hall, args.window, now_ms())
     print(f"registered {dev.device} at {dev.hall}/{dev.window}, key fingerprint {dev.fingerprint}")
     if args.key_file:
@@ -43,6 +50,14 @@ def cmd_device_list(args: argparse.Namespace) -> int:
     for d in devices:
         print(f"{d.device:<24} {d.hall:<12} {d.window:<10} {d.state:<8} {d.fingerprint}")
     return 0
+
+def cmd_device_remove(args: argparse.Namespace) -> int:
+    reg, _ = open_registry(load(args))
+    dev = reg.remove(args.device, force=args.force)
+    print(f"removed {dev.device} ({dev.hall}/{dev.window}) from the registry; run `evalterm "
+          "broker render` so the broker forgets it too")
+    return 0
+
 
 def cmd_device_revoke(args: argparse.Namespace) -> int:
     reg, _ = open_registry(load(args))
@@ -173,6 +188,12 @@ def add_parsers(sub: Any) -> None:
     rv = dev_sub.add_parser("revoke", help="revoke a device: its messages are refused")
     rv.add_argument("--device", required=True)
     rv.set_defaults(func=cmd_device_revoke)
+    rm = dev_sub.add_parser("remove", help="delete a device that never rated for real (refused "
+                            "for a device with stored ratings unless --force)")
+    rm.add_argument("--device", required=True)
+    rm.add_argument("--force", action="store_true",
+                    help="remove even with stored ratings (simulated or test devices)")
+    rm.set_defaults(func=cmd_device_remove)
     fl = dev_sub.add_parser("flash", help="erase the board and write MicroPython (esptool)")
     _common(fl, board=False)
     fl.add_argument("--image", required=True, help="MicroPython .bin for the board's chip")

@@ -27,6 +27,7 @@ import math
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +149,7 @@ class SimDevice(SimTerminal):
         self.tokens: list[int] = []  # drip: fake ratings due
         self.connected = False
         self._timers: list[threading.Timer] = []
+        self.refused = ""  # the broker's reason when it refused the connection
         self.client = self._new_client()
 
     def _new_client(self) -> mqtt.Client:
@@ -186,6 +188,7 @@ class SimDevice(SimTerminal):
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             _LOG.error("device %s refused by broker: %s", self.plan.device, reason)
+            self.refused = str(reason)
             return
         client.subscribe(self.topic("cmd"), qos=1)
         with self.lock:
@@ -290,7 +293,10 @@ class SimHall:
     def __init__(self, spec: HallSpec, keys: dict[str, bytes], host: str, port: int, *,
                  prefix: str = "evalterm", seed: int = 7,
                  delay_s: tuple[float, float] | None = None, cycle_s: float = 600.0,
-                 feed_username: str = "", feed_password: str = "") -> None:
+                 feed_username: str = "", feed_password: str = "",
+                 device_password: Callable[[bytes], str] | None = None) -> None:
+        """`device_password`: a secured broker's password for a device from its key (each
+        device then authenticates as itself); none for an open broker."""
         self.spec = spec
         self.prefix = prefix
         self.rng = random.Random(seed)
@@ -298,7 +304,9 @@ class SimHall:
         self.cycle_s = cycle_s  # one business day of the profiles, compressed
         self.devices = [
             SimDevice(prefix, spec.hall, w, keys[w.device], host, port,
-                      random.Random(self.rng.random()))
+                      random.Random(self.rng.random()),
+                      username=w.device if device_password else "",
+                      password=device_password(keys[w.device]) if device_password else "")
             for w in spec.windows
         ]
         for d in self.devices:
@@ -308,6 +316,7 @@ class SimHall:
                                 client_id=f"sim-business-{spec.hall}", protocol=mqtt.MQTTv311)
         if feed_username:
             self.feed.username_pw_set(feed_username, feed_password)
+        self._feed_user, self._feed_refused = feed_username, ""
         self.host, self.port = host, port
         self.completed = 0
         self._serial = 0
@@ -322,7 +331,28 @@ class SimHall:
             payload = feed_message(id=f"sim-{now_ms()}-{self._serial}", **msg)
             self.feed.publish(feed_topic(self.prefix, self.spec.hall), payload, qos=1)
 
+    def refusals(self, timeout_s: float = 5.0) -> list[str]:
+        """After `start`: who the broker refused (or did not answer) within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._feed_refused or all(d.connected or d.refused for d in self.devices):
+                break
+            time.sleep(0.05)
+        out = [f"business system ({self._feed_user or 'anonymous'}): {self._feed_refused}"
+               ] if self._feed_refused else []
+        for d in self.devices:
+            if d.refused:
+                out.append(f"device {d.plan.device}: {d.refused}")
+            elif not d.connected:
+                out.append(f"device {d.plan.device}: no answer from the broker")
+        return out
+
+    def _on_feed_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            self._feed_refused = str(reason)
+
     def start(self) -> None:
+        self.feed.on_connect = self._on_feed_connect
         self.feed.connect(self.host, self.port, keepalive=30)
         self.feed.loop_start()
         for d in self.devices:
