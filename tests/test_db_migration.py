@@ -73,7 +73,7 @@ def test_a_version_1_database_is_upgraded_in_place_once(tmp_path: Path,
 
     caplog.set_level(logging.INFO, logger="collector.db")
     conn = connect(db)
-    assert SCHEMA_VERSION == 2 and _version(conn) == 2
+    assert SCHEMA_VERSION == 3 and _version(conn) == 3
     assert [r.getMessage() for r in caplog.records] == [
         f"state database {db} migrated from schema 1 to 2"]
     assert _columns(conn, "device_log")[-1] == "boot"
@@ -105,7 +105,7 @@ def test_a_version_1_database_is_upgraded_in_place_once(tmp_path: Path,
     schema = raw.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
     raw.close()
     conn = connect(db)
-    assert _version(conn) == 2 and caplog.records == []
+    assert _version(conn) == SCHEMA_VERSION and caplog.records == []
     assert conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == schema
     assert conn.execute("SELECT count(*) FROM device_log").fetchone()[0] == 3
     conn.close()

@@ -1,0 +1,111 @@
+"""`evalterm audit verify|head` and `evalterm case open|list|user-add` (issue 17).
+
+Register with `add_parsers(subparsers)`; each command gets `args.func(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sqlite3
+import sys
+import time
+
+from . import ManagerError, audit
+from .cases import CaseService
+from .deadlines import Calendar, DeadlineRule, load_calendar
+
+__all__ = ["add_parsers"]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _conn(args: argparse.Namespace) -> sqlite3.Connection:
+    from ..db import connect
+
+    return connect(args.state_db)
+
+
+def _service(args: argparse.Namespace) -> CaseService:
+    cal = load_calendar(args.holidays) if getattr(args, "holidays", None) else Calendar()
+    return CaseService(_conn(args), DeadlineRule(default_days=args.days, calendar=cal), _now_ms)
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    res = audit.verify(_conn(args), expect_head=args.head)
+    if not res.ok:
+        print(f"audit log BROKEN at record {res.seq}: {res.problem} "
+              f"({res.records} records verified before it)", file=sys.stderr)
+        return 1
+    print(f"audit log ok: {res.records} records, head {res.head}")
+    return 0
+
+
+def _case_open(args: argparse.Namespace) -> int:
+    ids = _service(args).open_cases(args.hall)
+    print(f"opened {len(ids)} case(s)")
+    return 0
+
+
+def _case_list(args: argparse.Namespace) -> int:
+    svc = _service(args)
+    today = svc._local_date(_now_ms())
+    for c in svc.list(args.user, open_only=args.open):
+        flag = "逾期" if c.overdue(today) else ""
+        print(f"{c.case_id}\t{c.hall}\t{c.window}\t{c.txn}\t{c.level}\t{c.state}\t{c.due}\t{flag}")
+    return 0
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    pw = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    _service(args).add_user("admin", args.username, args.role, args.hall, pw, args.staff_id)
+    print(f"user {args.username} added")
+    return 0
+
+
+def _wrap(fn: object) -> object:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)  # type: ignore[operator, no-any-return]
+        except ManagerError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except (OSError, sqlite3.Error, RuntimeError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return run
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--state-db", required=True, help="the collector's state database")
+
+    a = sub.add_parser("audit", help="the hash-chained audit log").add_subparsers(dest="audit_cmd",
+                                                                                required=True)
+    v = a.add_parser("verify", help="check the chain; report the first broken record")
+    common(v)
+    v.add_argument("--head", help="a head hash kept earlier: detects a removed tail")
+    v.set_defaults(func=_wrap(_audit_verify))
+
+    c = sub.add_parser("case", help="差评 follow-up cases").add_subparsers(dest="case_cmd",
+                                                                         required=True)
+    for name, fn in (("open", _case_open), ("list", _case_list)):
+        p = c.add_parser(name)
+        common(p)
+        p.add_argument("--days", type=int, default=5, help="working days to close a case")
+        p.add_argument("--holidays", help="holiday calendar CSV (date,off|work)")
+        if name == "open":
+            p.add_argument("--hall")
+        else:
+            p.add_argument("--user", required=True)
+            p.add_argument("--open", action="store_true")
+        p.set_defaults(func=_wrap(fn))
+    u = c.add_parser("user-add", help="add a user (password on stdin)")
+    common(u)
+    u.add_argument("username")
+    u.add_argument("--role", required=True, choices=("manager", "lead", "inspector"))
+    u.add_argument("--hall", required=True)
+    u.add_argument("--staff-id")
+    u.set_defaults(func=_wrap(_user_add), days=5, holidays=None)

@@ -1,0 +1,186 @@
+"""Issue 17: the deadline rule, the hash-chained audit log, cases and appeals (real SQLite)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from collector.db import connect
+from collector.manager import ManagerError, audit
+from collector.manager.cases import CaseService
+from collector.manager.deadlines import Calendar, DeadlineRule, add_working_days, load_calendar
+
+# 2026 National Day: Oct 1-8 off, Sat Sep 27 and Sat Oct 10 are make-up working days (调休).
+HOLIDAYS = """# date,kind
+2026-10-01,off
+2026-10-02,off
+2026-10-05,off
+2026-10-06,off
+2026-10-07,off
+2026-10-08,off
+2026-09-27,work
+2026-10-10,work
+"""
+
+
+@pytest.fixture
+def cal(tmp_path: Path) -> Calendar:
+    p = tmp_path / "holidays.csv"
+    p.write_text(HOLIDAYS, encoding="utf-8")
+    return load_calendar(p)
+
+
+@pytest.mark.parametrize(("start", "days", "due"), [
+    ("2026-11-02", 1, "2026-11-03"),   # Monday -> Tuesday
+    ("2026-11-06", 1, "2026-11-09"),   # Friday -> Monday (weekend skipped)
+    ("2026-11-06", 5, "2026-11-13"),
+    ("2026-11-07", 1, "2026-11-09"),   # opened on a Saturday
+    ("2026-09-25", 1, "2026-09-27"),   # Friday -> make-up Sunday Sep 27... (see calendar)
+    ("2026-09-30", 1, "2026-10-09"),   # National Day skipped
+    ("2026-09-30", 2, "2026-10-10"),   # make-up Saturday counts
+    ("2026-09-30", 3, "2026-10-12"),
+    ("2026-10-03", 15, "2026-10-28"),
+])
+def test_working_days(cal: Calendar, start: str, days: int, due: str) -> None:
+    assert add_working_days(date.fromisoformat(start), days, cal) == date.fromisoformat(due)
+
+
+def test_per_hall_override_and_bad_calendar(cal: Calendar, tmp_path: Path) -> None:
+    rule = DeadlineRule(default_days=5, per_hall={"h2": 2}, calendar=cal)
+    assert rule.due("h1", date(2026, 11, 2)) == date(2026, 11, 9)
+    assert rule.due("h2", date(2026, 11, 2)) == date(2026, 11, 4)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("2026-13-01,off\n", encoding="utf-8")
+    with pytest.raises(ManagerError) as e:
+        load_calendar(bad)
+    assert e.value.reason == "bad_calendar" and "bad.csv:1" in str(e.value)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.ms = 1_793_000_000_000  # 2026-10-25
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+def _bad_txn(conn: sqlite3.Connection, txn: str, staff: str, level: int, ms: int) -> None:
+    conn.execute("INSERT INTO txn (hall, txn, window, staff_id, service_code, started_ms, "
+                 "completed_ms, outcome, deadline_ms, state, rating_id, level) "
+                 "VALUES ('h1', ?, 'w01', ?, 'S1', ?, ?, 'done', ?, 'rated', ?, ?)",
+                 (txn, staff, ms - 60_000, ms, ms + 1, f"d:1:{txn}", level))
+    conn.execute("INSERT INTO rating (rating_id, hall, window, device, boot, seq, level, reason, "
+                 "mode, press_ms, received_ms, state, txn) VALUES (?, 'h1', 'w01', 'd', 1, 1, ?, "
+                 "'服务态度', 'linked', ?, ?, 'linked', ?)", (f"d:1:{txn}", level, ms, ms, txn))
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> CaseService:
+    conn = connect(tmp_path / "state.db")
+    clock = Clock()
+    s = CaseService(conn, DeadlineRule(default_days=3), clock)
+    for name, role, staff in (("mgr", "manager", None), ("mgr2", "manager", "s7"),
+                              ("lead", "lead", None), ("insp", "inspector", None)):
+        s.add_user("admin", name, role, "h1", "secret-password", staff)
+    _bad_txn(conn, "T1", "s7", 1, clock.ms)
+    _bad_txn(conn, "T2", "s8", 2, clock.ms)
+    _bad_txn(conn, "T3", "s8", 5, clock.ms)  # a good rating: no case
+    return s
+
+
+def test_cases_steps_roles_and_appeal(svc: CaseService) -> None:
+    ids = svc.open_cases()
+    assert len(ids) == 2 and svc.open_cases() == []  # idempotent
+    c1, c2 = ids
+    with pytest.raises(ManagerError) as e:
+        svc.verify("insp", c1, "looked")
+    assert e.value.reason == "forbidden"
+    with pytest.raises(ManagerError) as e:
+        svc.rectify("lead", c1, "x")
+    assert e.value.reason == "state"
+    svc.verify("lead", c1, "staff was curt")
+    svc.rectify("lead", c1, "talked to staff")
+    svc.callback("lead", c1, True, "满意")
+    with pytest.raises(ManagerError):
+        svc.close("lead", c1)
+    assert svc.close("mgr", c1).state == "closed"
+    with pytest.raises(ManagerError):
+        svc.authenticate("mgr", "wrong-password")
+    assert svc.authenticate("mgr", "secret-password").role == "manager"
+
+    # appeal on T1's... case c2 (staff s8): filer cannot decide; nor can staff concerned
+    a = svc.file_appeal("mgr", c2, "citizen pressed by mistake, confirmed by phone")
+    with pytest.raises(ManagerError) as e:
+        svc.decide_appeal("mgr", a, True, "")
+    assert e.value.reason == "conflict"
+    with pytest.raises(ManagerError) as e:
+        svc.decide_appeal("lead", a, True, "")
+    assert e.value.reason == "forbidden"
+    assert svc.decide_appeal("mgr2", a, True, "checked the recording").state == "voided"
+
+
+def test_staff_concerned_cannot_decide(svc: CaseService) -> None:
+    c1 = svc.open_cases()[0]  # T1 concerns s7, who is mgr2
+    a = svc.file_appeal("mgr", c1, "malicious")
+    with pytest.raises(ManagerError) as e:
+        svc.decide_appeal("mgr2", a, True, "")
+    assert e.value.reason == "conflict" and "staff member concerned" in str(e.value)
+
+
+def test_overdue_first(svc: CaseService) -> None:
+    c1, c2 = svc.open_cases()
+    svc.clock_ms.ms += 10 * 86_400_000  # type: ignore[attr-defined]
+    svc.verify("mgr", c1, "f")
+    lst = svc.list("insp")
+    assert [c.case_id for c in lst] == [c1, c2] and all(
+        c.overdue(date(2026, 11, 10)) for c in lst)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    code = ("import argparse,sys\nfrom collector.manager.cli import add_parsers\n"
+            "p=argparse.ArgumentParser();add_parsers(p.add_subparsers(required=True))\n"
+            "a=p.parse_args(sys.argv[1:]);sys.exit(a.func(a))")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1], check=False)
+
+
+def test_audit_verify_detects_edit_delete_truncation(svc: CaseService, tmp_path: Path) -> None:
+    c1, _ = svc.open_cases()
+    svc.verify("mgr", c1, "finding")
+    svc.rectify("mgr", c1, "action")
+    db = str(tmp_path / "state.db")
+    ok = _cli("audit", "verify", "--state-db", db)
+    assert ok.returncode == 0 and "ok: 8 records" in ok.stdout, ok.stderr
+    n, head = audit.head(svc.conn)
+    assert n == 8
+
+    # The triggers refuse edits through SQL; an attacker with the file drops them first.
+    with pytest.raises(sqlite3.DatabaseError):
+        svc.conn.execute("UPDATE mgr_audit SET actor='x' WHERE seq=6")
+    raw = sqlite3.connect(db)
+    original = raw.execute("SELECT actor FROM mgr_audit WHERE seq=6").fetchone()[0]
+    raw.execute("DROP TRIGGER mgr_audit_no_update")
+    raw.execute("DROP TRIGGER mgr_audit_no_delete")
+    raw.execute("UPDATE mgr_audit SET actor='mallory' WHERE seq=6")
+    raw.commit()
+    bad = _cli("audit", "verify", "--state-db", db)
+    assert bad.returncode == 1 and "record 6 was edited" in bad.stderr
+    assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+
+    raw.execute("UPDATE mgr_audit SET actor=? WHERE seq=6", (original,))  # restore, then delete one
+    raw.commit()
+    assert _cli("audit", "verify", "--state-db", db).returncode == 0
+    raw.execute("DELETE FROM mgr_audit WHERE seq=3")
+    raw.commit()
+    bad = _cli("audit", "verify", "--state-db", db)
+    assert bad.returncode == 1 and "record 3 is missing" in bad.stderr
+
+    # Cut the tail (renumbering cannot help: seq 8 removed, chain still consistent to 7).
+    raw.execute("DELETE FROM mgr_audit")
+    raw.commit()
+    assert _cli("audit", "verify", "--state-db", db, "--head", head).returncode == 1
