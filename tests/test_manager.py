@@ -63,7 +63,7 @@ def test_per_hall_override_and_bad_calendar(cal: Calendar, tmp_path: Path) -> No
 
 class Clock:
     def __init__(self) -> None:
-        self.ms = 1_793_000_000_000  # 2026-10-25
+        self.ms = 1_793_000_000_000  # 2026-10-26 15:33 Beijing (a Monday)
 
     def __call__(self) -> int:
         return self.ms
@@ -184,3 +184,46 @@ def test_audit_verify_detects_edit_delete_truncation(svc: CaseService, tmp_path:
     raw.execute("DELETE FROM mgr_audit")
     raw.commit()
     assert _cli("audit", "verify", "--state-db", db, "--head", head).returncode == 1
+
+
+def test_directory_and_export(svc: CaseService, tmp_path: Path) -> None:
+    import csv
+    import json
+
+    db = str(tmp_path / "state.db")
+    (tmp_path / "svc.csv").write_text("code,name,department\nS1,不动产登记,自然资源局\n",
+                                      encoding="utf-8")
+    (tmp_path / "staff.csv").write_text(
+        "staff_id,name,badge,department,hall,windows\ns8,李四,A008,自然资源局,h1,w01\n",
+        encoding="utf-8")
+    assert _cli("directory", "import", "--state-db", db, "service",
+                str(tmp_path / "svc.csv")).returncode == 0
+    assert _cli("directory", "import", "--state-db", db, "staff",
+                str(tmp_path / "staff.csv")).returncode == 0
+    bad = _cli("directory", "import", "--state-db", db, "staff", str(tmp_path / "svc.csv"))
+    assert bad.returncode == 2 and "missing column(s)" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+    _c1, c2 = svc.open_cases()
+    svc.verify("mgr", c2, "waited 40 min")
+    svc.rectify("mgr", c2, "added a second window at peak")
+    svc.callback("mgr", c2, True, "满意")
+    day = "2026-10-26"
+    js = _cli("export", "day", "--state-db", db, "--hall", "h1", "--date", day, "--format", "json")
+    rows = json.loads(js.stdout)
+    by = {r["办件编号"]: r for r in rows}
+    assert set(by) == {"T1", "T2", "T3"}
+    assert by["T2"]["事项名称"] == "不动产登记" and by["T2"]["部门"] == "自然资源局"
+    assert by["T2"]["评价渠道"] == "评价器" and by["T2"]["等级"] == 2
+    assert by["T2"]["整改情况"] == "已回访：added a second window at peak"
+    assert by["T2"]["回访结果"] == "已联系：满意" and by["T2"]["差评原因"] == "服务态度"
+    assert by["T1"]["整改情况"] == "待核实" and by["T3"]["整改情况"] == ""
+    out = tmp_path / "day.csv"
+    assert _cli("export", "day", "--state-db", db, "--hall", "h1", "--date", day,
+                "--out", str(out)).returncode == 0
+    with open(out, encoding="utf-8") as f:
+        assert [r["办件编号"] for r in csv.DictReader(f)] == [r["办件编号"] for r in rows]
+    assert _cli("export", "day", "--state-db", db, "--hall", "h1",
+                "--date", "2026-10-25", "--format", "json").stdout.strip() == "[]"
+    bad = _cli("export", "day", "--state-db", db, "--hall", "h1", "--date", "25.10.2026")
+    assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr

@@ -1,4 +1,4 @@
-"""`evalterm audit verify|head` and `evalterm case open|list|user-add` (issue 17).
+"""`evalterm audit verify`, `case open|list|user-add`, `directory import`, `export day` (issue 17).
 
 Register with `add_parsers(subparsers)`; each command gets `args.func(args) -> int`.
 """
@@ -65,6 +65,32 @@ def _user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dir_import(args: argparse.Namespace) -> int:
+    from .directory import import_csv
+
+    n = import_csv(_conn(args), args.kind, args.file)
+    print(f"imported {n} {args.kind} row(s)")
+    return 0
+
+
+def _export_day(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from .export import day_rows, render
+
+    try:
+        day = date.fromisoformat(args.date)
+    except ValueError:
+        raise ManagerError("bad_date", f"--date must be YYYY-MM-DD, not {args.date!r}") from None
+    text = render(day_rows(_conn(args), args.hall, day), args.format)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _wrap(fn: object) -> object:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -109,3 +135,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     u.add_argument("--hall", required=True)
     u.add_argument("--staff-id")
     u.set_defaults(func=_wrap(_user_add), days=5, holidays=None)
+
+    d = sub.add_parser("directory", help="names of services, windows, staff").add_subparsers(
+        dest="dir_cmd", required=True)
+    i = d.add_parser("import", help="import a CSV from the business system")
+    common(i)
+    i.add_argument("kind", choices=("service", "window", "staff"))
+    i.add_argument("file")
+    i.set_defaults(func=_wrap(_dir_import))
+
+    e = sub.add_parser("export", help="upward export").add_subparsers(dest="export_cmd",
+                                                                     required=True)
+    x = e.add_parser("day", help="one day's ratings and follow-up, national fields")
+    common(x)
+    x.add_argument("--hall", required=True)
+    x.add_argument("--date", required=True)
+    x.add_argument("--format", choices=("csv", "json"), default="csv")
+    x.add_argument("--out", help="file to write (default: stdout)")
+    x.set_defaults(func=_wrap(_export_day))
