@@ -12,6 +12,9 @@ command -v influxd >/dev/null 2>&1 || need_pkgs+=(influxdb)
 # Node.js runs the 32-bit MicroPython (WebAssembly port) of tests/firmware/test_micropython_wasm.py.
 command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
+# The monthly assessment PDF (collector/manager/report.py): a CJK font; its tests use poppler.
+[ -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || need_pkgs+=(fonts-wqy-zenhei)
+command -v pdftotext >/dev/null 2>&1 || need_pkgs+=(poppler-utils)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_pkgs[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

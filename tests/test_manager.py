@@ -227,3 +227,63 @@ def test_directory_and_export(svc: CaseService, tmp_path: Path) -> None:
                 "--date", "2026-10-25", "--format", "json").stdout.strip() == "[]"
     bad = _cli("export", "day", "--state-db", db, "--hall", "h1", "--date", "25.10.2026")
     assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr
+
+
+def test_report_month_pdf_and_xlsx(svc: CaseService, tmp_path: Path) -> None:
+    import shutil
+
+    from openpyxl import load_workbook
+
+    conn = svc.conn
+    ms = svc.clock_ms()
+    # Window w02: 10 completed, 8 rated (6 x 5, 1 x 4, 1 x 1), staff s9.
+    for i, level in enumerate([5, 5, 5, 5, 5, 5, 4, 1, None, None]):
+        t = f"W2-{i}"
+        conn.execute("INSERT INTO txn (hall, txn, window, staff_id, service_code, started_ms, "
+                     "completed_ms, outcome, deadline_ms, state, rating_id, level) VALUES "
+                     "('h1', ?, 'w02', 's9', 'S1', ?, ?, 'done', ?, ?, ?, ?)",
+                     (t, ms - 1000, ms + i, ms, "unrated" if level is None else "rated",
+                      None if level is None else f"x:{t}", level))
+        if level is not None:
+            conn.execute("INSERT INTO rating (rating_id, hall, window, device, boot, seq, level, "
+                         "reason, mode, press_ms, received_ms, state, txn) VALUES (?, 'h1', "
+                         "'w02', 'x', 1, ?, ?, ?, 'linked', ?, ?, 'linked', ?)",
+                         (f"x:{t}", i, level, "办事效率" if level == 1 else None, ms, ms, t))
+    conn.execute("INSERT INTO dir_window VALUES ('h1', 'w02', '二号窗口', 'S1')")
+    c = svc.open_cases()  # T1, T2 (w01) and W2-7 (w02)
+    assert len(c) == 3
+    w2case = next(k for k in svc.list("mgr") if k.window == "w02").case_id
+    svc.verify("mgr", w2case, "f")
+    svc.rectify("mgr", w2case, "a")
+    svc.callback("mgr", w2case, True, "满意")
+    svc.close("mgr", w2case)
+    out = tmp_path / "out"
+    res = _cli("report", "month", "--state-db", str(tmp_path / "state.db"), "--hall", "h1",
+               "--month", "2026-10", "--out-dir", str(out))
+    assert res.returncode == 0, res.stderr
+    pages = int(res.stdout.split("(")[1].split(" ")[0])
+    print("PDF pages:", pages)
+    pdf = out / "h1-2026-10.pdf"
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True,
+                          text=True, check=True).stdout
+    assert "月度考核报告" in text and "二号窗口" in text
+    assert "办结 13 件" in text  # 10 + T1, T2, T3
+    line = next(ln for ln in text.splitlines() if "二号窗口" in ln and "%" in ln).split()
+    # columns: 名称 办结数 参评率 满意率 满意指数 漏斗限内 差评数 差评原因,
+    # then 整改率 按期整改率 回访率 回访满意率
+    assert line[1:8] == ["10", "80.0%", "87.5%", "84.4", "正常", "1", "办事效率1"]
+    assert line[8:12] == ["100.0%", "100.0%", "100.0%", "100.0%"]
+    subprocess.run(["pdftoppm", "-png", "-r", "60", str(pdf), str(out / "page")], check=True)
+    pngs = sorted(out.glob("page*.png"))
+    assert len(pngs) == pages >= 1
+    keep = Path("/tmp/evalterm-manager-report")
+    keep.mkdir(exist_ok=True)
+    for p in [*pngs, pdf]:
+        shutil.copy(p, keep / p.name)
+    wb = load_workbook(out / "h1-2026-10.xlsx")
+    rows = {r[0]: r for r in wb["窗口"].iter_rows(min_row=3, values_only=True)}
+    assert rows["二号窗口"][1:5] == ("10", "80.0%", "87.5%", "84.4")
+    assert set(wb.sheetnames) == {"窗口", "人员"}
+    bad = _cli("report", "month", "--state-db", str(tmp_path / "state.db"), "--hall", "h1",
+               "--month", "Oct")
+    assert bad.returncode == 2 and "YYYY-MM" in bad.stderr

@@ -1,4 +1,5 @@
-"""`evalterm audit verify`, `case open|list|user-add`, `directory import`, `export day` (issue 17).
+"""`evalterm audit verify`, `case open|list|user-add`, `directory import`, `export day`,
+`report month` (issue 17).
 
 Register with `add_parsers(subparsers)`; each command gets `args.func(args) -> int`.
 """
@@ -91,6 +92,21 @@ def _export_day(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_month(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import month_figures, write_pdf, write_xlsx
+
+    figs = month_figures(_conn(args), args.hall, args.month)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pdf, xlsx = out / f"{args.hall}-{args.month}.pdf", out / f"{args.hall}-{args.month}.xlsx"
+    pages = write_pdf(figs, args.hall, args.month, pdf)
+    write_xlsx(figs, args.hall, args.month, xlsx)
+    print(f"wrote {pdf} ({pages} page(s)) and {xlsx}")
+    return 0
+
+
 def _wrap(fn: object) -> object:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -153,3 +169,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     x.add_argument("--format", choices=("csv", "json"), default="csv")
     x.add_argument("--out", help="file to write (default: stdout)")
     x.set_defaults(func=_wrap(_export_day))
+
+    r = sub.add_parser("report", help="assessment reports").add_subparsers(dest="report_cmd",
+                                                                          required=True)
+    m = r.add_parser("month", help="monthly assessment: PDF and XLSX")
+    common(m)
+    m.add_argument("--hall", required=True)
+    m.add_argument("--month", required=True, help="YYYY-MM")
+    m.add_argument("--out-dir", default=".")
+    m.set_defaults(func=_wrap(_report_month))
