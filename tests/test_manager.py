@@ -40,7 +40,7 @@ def cal(tmp_path: Path) -> Calendar:
     ("2026-11-06", 1, "2026-11-09"),   # Friday -> Monday (weekend skipped)
     ("2026-11-06", 5, "2026-11-13"),
     ("2026-11-07", 1, "2026-11-09"),   # opened on a Saturday
-    ("2026-09-25", 1, "2026-09-27"),   # Friday -> make-up Sunday Sep 27... (see calendar)
+    ("2026-09-25", 1, "2026-09-27"),   # Friday -> Sunday Sep 27, a make-up working day
     ("2026-09-30", 1, "2026-10-09"),   # National Day skipped
     ("2026-09-30", 2, "2026-10-10"),   # make-up Saturday counts
     ("2026-09-30", 3, "2026-10-12"),
@@ -287,3 +287,14 @@ def test_report_month_pdf_and_xlsx(svc: CaseService, tmp_path: Path) -> None:
     bad = _cli("report", "month", "--state-db", str(tmp_path / "state.db"), "--hall", "h1",
                "--month", "Oct")
     assert bad.returncode == 2 and "YYYY-MM" in bad.stderr
+
+
+def test_names_from_the_feed_and_lookup(svc: CaseService) -> None:
+    from collector.manager.directory import learn_from_txn, lookup
+
+    svc.conn.execute("UPDATE txn SET staff_name='张三', staff_badge='A007', service_name='社保' "
+                     "WHERE txn='T1'")
+    learn_from_txn(svc.conn)
+    n = lookup(svc.conn, "h1", "w01", "s7", "S1")
+    assert (n.staff, n.badge, n.service, n.window) == ("张三", "A007", "社保", "w01")
+    assert lookup(svc.conn, "h1", staff_id="nobody").staff == "nobody"

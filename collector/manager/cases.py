@@ -209,9 +209,12 @@ class CaseService:
         sets = dict(fields, state=_STEP_TO[step])
         if step == "close":
             sets["closed_ms"] = now
-        with self._tx() as c:
-            c.execute(f"UPDATE mgr_case SET {', '.join(k + '=?' for k in sets)} "  # noqa: S608
-                      "WHERE case_id=?", (*sets.values(), case_id))
+        with self._tx() as c:  # the state is checked again under the write lock
+            cur = c.execute(f"UPDATE mgr_case SET {', '.join(k + '=?' for k in sets)} "  # noqa: S608
+                            "WHERE case_id=? AND state=?",
+                            (*sets.values(), case_id, _STEP_FROM[step]))
+            if cur.rowcount != 1:
+                raise ManagerError("state", f"case {case_id} changed meanwhile: reload it")
             audit.append(c, now, username, f"case.{step}", f"case:{case_id}", fields)
         return self.get(username, case_id)
 
