@@ -29,6 +29,36 @@ _LOG = logging.getLogger(__name__)
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 2: device_log keeps the message's boot counter (NULL in rows stored before).
     ("ALTER TABLE device_log ADD COLUMN boot INTEGER",),
+    # 3: the hall manager's work (collector/manager, issue 17): directory, users, follow-up
+    # cases, appeals, and the hash-chained audit log (append-only: triggers refuse edits).
+    (
+        "CREATE TABLE dir_service (code TEXT PRIMARY KEY, name TEXT NOT NULL, department TEXT)",
+        "CREATE TABLE dir_window (hall TEXT NOT NULL, window TEXT NOT NULL, name TEXT NOT NULL, "
+        "services TEXT NOT NULL DEFAULT '', PRIMARY KEY (hall, window))",
+        "CREATE TABLE dir_staff (staff_id TEXT PRIMARY KEY, name TEXT NOT NULL, badge TEXT, "
+        "department TEXT, hall TEXT, windows TEXT NOT NULL DEFAULT '')",
+        "CREATE TABLE mgr_user (username TEXT PRIMARY KEY, role TEXT NOT NULL CHECK (role IN "
+        "('manager', 'lead', 'inspector')), hall TEXT NOT NULL, staff_id TEXT, "
+        "pw_hash TEXT NOT NULL, created_ms INTEGER NOT NULL)",
+        "CREATE TABLE mgr_case (case_id INTEGER PRIMARY KEY AUTOINCREMENT, hall TEXT NOT NULL, "
+        "txn TEXT NOT NULL, window TEXT NOT NULL, staff_id TEXT NOT NULL, service_code TEXT, "
+        "level INTEGER NOT NULL, reason TEXT, rating_id TEXT, opened_ms INTEGER NOT NULL, "
+        "due TEXT NOT NULL, state TEXT NOT NULL CHECK (state IN ('open', 'verified', "
+        "'rectified', 'called', 'closed', 'voided')), finding TEXT, action TEXT, "
+        "reached INTEGER, citizen_view TEXT, closed_ms INTEGER, UNIQUE (hall, txn))",
+        "CREATE INDEX mgr_case_due ON mgr_case (hall, state, due)",
+        "CREATE TABLE mgr_appeal (appeal_id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "case_id INTEGER NOT NULL REFERENCES mgr_case (case_id), filed_by TEXT NOT NULL, "
+        "grounds TEXT NOT NULL, filed_ms INTEGER NOT NULL, state TEXT NOT NULL CHECK (state IN "
+        "('pending', 'approved', 'refused')), decided_by TEXT, decided_ms INTEGER, note TEXT)",
+        "CREATE TABLE mgr_audit (seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, "
+        "actor TEXT NOT NULL, action TEXT NOT NULL, subject TEXT NOT NULL, data TEXT NOT NULL, "
+        "prev TEXT NOT NULL, hash TEXT NOT NULL)",
+        "CREATE TRIGGER mgr_audit_no_update BEFORE UPDATE ON mgr_audit BEGIN "
+        "SELECT RAISE(ABORT, 'mgr_audit is append-only'); END",
+        "CREATE TRIGGER mgr_audit_no_delete BEFORE DELETE ON mgr_audit BEGIN "
+        "SELECT RAISE(ABORT, 'mgr_audit is append-only'); END",
+    ),
 )
 
 SCHEMA_VERSION = 1 + len(_MIGRATIONS)

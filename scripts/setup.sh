@@ -18,6 +18,9 @@ command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
 # The firmware's build-time tools: the display font (GNU Unifont) and the voice prompts.
 [ -f /usr/share/unifont/unifont.hex ] || need_pkgs+=(unifont)
 command -v espeak-ng >/dev/null 2>&1 || need_pkgs+=(espeak-ng)
+# The monthly assessment PDF (collector/manager/report.py): a CJK font; its tests use poppler.
+[ -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || need_pkgs+=(fonts-wqy-zenhei)
+command -v pdftotext >/dev/null 2>&1 || need_pkgs+=(poppler-utils)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_pkgs[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -68,14 +68,14 @@ def test_a_version_1_database_is_upgraded_in_place_once(tmp_path: Path,
     # The drainer's progress through the outbox, recorded against this database.
     drained = connect_drained(drained_path(db))
     drained.execute("INSERT INTO drained (one, instance, outbox_id) VALUES (1, ?, 2)", (INSTANCE,))
-    with pytest.raises(RuntimeError, match="has schema 1, expected 2"):
+    with pytest.raises(RuntimeError, match=f"has schema 1, expected {SCHEMA_VERSION}"):
         connect_reader(db)  # the drainer never runs on an older schema
 
     caplog.set_level(logging.INFO, logger="collector.db")
     conn = connect(db)
-    assert SCHEMA_VERSION == 2 and _version(conn) == 2
+    assert SCHEMA_VERSION == 3 and _version(conn) == 3
     assert [r.getMessage() for r in caplog.records] == [
-        f"state database {db} migrated from schema 1 to 2"]
+        f"state database {db} migrated from schema 1 to {SCHEMA_VERSION}"]
     assert _columns(conn, "device_log")[-1] == "boot"
     rows = conn.execute("SELECT kind, at_ms, data, boot FROM device_log ORDER BY id").fetchall()
     assert [(r[0], r[1], json.loads(r[2])["keys"], r[3]) for r in rows] == [
@@ -105,7 +105,7 @@ def test_a_version_1_database_is_upgraded_in_place_once(tmp_path: Path,
     schema = raw.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
     raw.close()
     conn = connect(db)
-    assert _version(conn) == 2 and caplog.records == []
+    assert _version(conn) == SCHEMA_VERSION and caplog.records == []
     assert conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == schema
     assert conn.execute("SELECT count(*) FROM device_log").fetchone()[0] == 3
     conn.close()
@@ -141,9 +141,10 @@ def test_a_failed_upgrade_leaves_the_database_as_it_was(tmp_path: Path) -> None:
 def test_a_database_newer_than_the_code_is_refused(tmp_path: Path) -> None:
     db = _v1_db_then(tmp_path / "state.db",
                      "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(RuntimeError, match="has schema 99, newer than this collector's 2"):
+    with pytest.raises(RuntimeError,
+                       match=f"has schema 99, newer than this collector's {SCHEMA_VERSION}"):
         connect(db)
-    with pytest.raises(RuntimeError, match="has schema 99, expected 2"):
+    with pytest.raises(RuntimeError, match=f"has schema 99, expected {SCHEMA_VERSION}"):
         connect_reader(db)
     # Refused before any statement: the file is untouched.
     conn = sqlite3.connect(db)

@@ -3,11 +3,14 @@
     service   run, config check|sample
     device    device add|list|revoke|flash|provision|rotate-key|replace|report
     broker    broker render
+    pki       pki init|issue|rotate|revoke (the hall's TLS certificates)
     txn       txn import
     report    report
     sim       simulate, demo
     detect    detect run|simulate|evaluate
     grafana   grafana export|deploy
+    manager   audit verify, case ..., directory import, export day, report month
+              (collector/manager/cli.py)
 
 A command fails with one line on standard error and exit status 2 when the user can fix the
 cause (`collector.errors.EvaltermError` and its tree, a missing or unreadable file); any other
@@ -25,15 +28,18 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from collector.cli import broker, detect, device, grafana, report, service, sim, txn
+    from collector.cli import broker, detect, device, grafana, pki, report, service, sim, txn
+    from collector.manager import cli as manager
 
     p = argparse.ArgumentParser(prog="evalterm",
                                 description="evalterm: rating terminals, collector")
     p.add_argument("-c", "--config", help="TOML config file (default: built-in defaults + "
                    "EVALTERM_* environment variables)")
     sub = p.add_subparsers(dest="command", required=True)
-    for group in (service, device, broker, txn, report, sim, detect, grafana):
+    for group in (service, device, broker, pki, txn, sim, detect, grafana):
         group.add_parsers(sub)
+    report_sub = report.add_parsers(sub)
+    manager.add_parsers(sub, report_sub)  # audit, case, directory, export, report month
     return p
 
 

@@ -76,9 +76,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: Any) -> None:
-    """Register `report` on the main parser's subparsers."""
-    rep = sub.add_parser("report", help="per-window summary from InfluxDB")
+def add_parsers(sub: Any) -> Any:
+    """Register `report` on the main parser's subparsers; returns its own subparsers, where
+    other report kinds register (`report month`, collector/manager/cli.py). Without a
+    subcommand, `report` prints the per-window summary."""
+    rep = sub.add_parser("report", help="per-window summary from InfluxDB (or: report month)")
     rep.add_argument("--since", default="1d", help="a duration, e.g. 1h, 1d, 7d")
     rep.add_argument("--lang", choices=("zh", "en"), default="zh")
     rep.set_defaults(func=cmd_report)
+    return rep.add_subparsers(dest="report_cmd", required=False)
