@@ -26,8 +26,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from grafana_client import GrafanaApi
+    from grafana_client.client import (
+        GrafanaClientError,
+        GrafanaException,
+        GrafanaUnauthorizedError,
+    )
 
     from collector.config import load_config
+    from collector.errors import ServiceUnavailable
     from collector.grafana.deploy import deploy
 
     cfg = load_config(args.config) if args.config else None
@@ -36,7 +42,19 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if not credential and args.user:
         credential = (args.user, os.environ.get(args.password_env, ""))
     api = GrafanaApi.from_url(args.url, credential=credential, timeout=args.timeout)
-    deploy(api, cfg, _langs(args.lang), editable_alerts=args.editable_alerts)
+    try:
+        deploy(api, cfg, _langs(args.lang), editable_alerts=args.editable_alerts)
+    except GrafanaUnauthorizedError:
+        raise ServiceUnavailable(
+            f"Grafana at {args.url} refused the credentials: put a service-account token with "
+            f"the Editor role in ${args.token_env} (or --user with ${args.password_env})"
+        ) from None
+    except GrafanaClientError as exc:
+        raise ServiceUnavailable(f"Grafana at {args.url} refused the deployment: "
+                                 f"{exc.status_code} {exc.message}") from None
+    except (OSError, GrafanaException) as exc:  # connection refused, timeout, DNS
+        raise ServiceUnavailable(f"Grafana at {args.url} is unreachable "
+                                 f"({type(exc).__name__}): start it, or correct --url") from None
     return 0
 
 

@@ -91,7 +91,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     hall = _sim_hall(args, cfg, args.hall, cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.topic_prefix,
                      secured=secured, feed_password=feed_password)
     try:
-        hall.start()
+        try:
+            hall.start()
+        except OSError as exc:
+            raise ServiceUnavailable(
+                f"the broker at {cfg.mqtt.host}:{cfg.mqtt.port} is unreachable "
+                f"({exc.strerror or type(exc).__name__}): start it, or correct [mqtt] host/port"
+            ) from None
         refused = hall.refusals()
         if refused:
             more = f" (and {len(refused) - 3} more)" if len(refused) > 3 else ""
@@ -108,7 +114,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         hall.stop()
         # Removed after a run; kept when the broker refused them, so that `broker render` can
         # let them in for the next run.
-        if not args.keep_devices and not hall.refusals(0):
+        if (not args.keep_devices and not hall.refusals(0)) or not hall.started:
             _remove_sim_devices(cfg, [w.device for w in hall.spec.windows])
     print(f"simulated {hall.completed} transactions, {hall.ratings_sent()} ratings")
     _sim_truth(hall)

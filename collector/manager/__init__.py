@@ -7,10 +7,12 @@ machine `reason`.
 
 from __future__ import annotations
 
+from collector.errors import EvaltermError
+
 __all__ = ["ManagerError"]
 
 
-class ManagerError(Exception):
+class ManagerError(EvaltermError):
     """A refused action: `reason` is a machine code (e.g. 'forbidden', 'not_found', 'state')."""
 
     def __init__(self, reason: str, message: str) -> None:

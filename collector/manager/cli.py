@@ -10,6 +10,7 @@ import argparse
 import getpass
 import sqlite3
 import sys
+from pathlib import Path
 from typing import Any
 
 from collector.clock import now_ms
@@ -23,8 +24,13 @@ __all__ = ["add_parsers"]
 def _conn(args: argparse.Namespace) -> sqlite3.Connection:
     from collector.cli.common import load
     from collector.db import connect
+    from collector.manager import ManagerError
 
-    return connect(args.state_db or load(args).state_db)
+    path = Path(args.state_db) if args.state_db else load(args).state_db
+    if not path.exists():
+        raise ManagerError("not_found", f"no state database at {path}: give the collector's "
+                           "(--state-db, or -c with its configuration)")
+    return connect(path)
 
 
 def _service(args: argparse.Namespace) -> CaseService:

@@ -317,6 +317,7 @@ class SimHall:
         if feed_username:
             self.feed.username_pw_set(feed_username, feed_password)
         self._feed_user, self._feed_refused = feed_username, ""
+        self.started = False
         self.host, self.port = host, port
         self.completed = 0
         self._serial = 0
@@ -354,6 +355,7 @@ class SimHall:
     def start(self) -> None:
         self.feed.on_connect = self._on_feed_connect
         self.feed.connect(self.host, self.port, keepalive=30)
+        self.started = True
         self.feed.loop_start()
         for d in self.devices:
             d.start()
