@@ -53,7 +53,6 @@ def test_unexpected_error_dead_letters_only_that_message(tmp_path: Path) -> None
 
 def test_queue_calls_and_the_hardwares_tamper_events_are_accepted_and_kept(tmp_path: Path) -> None:
     from collector.detection.facts import load_hall_facts
-    from collector.protocol import build_signed
 
     cfg = load_config(None, env={}).with_overrides(linking__grace_s=0)
     conn = connect(tmp_path / "state.db")
@@ -64,9 +63,7 @@ def test_queue_calls_and_the_hardwares_tamper_events_are_accepted_and_kept(tmp_p
     dev = Dev("evalterm", "kp1", key)
 
     def event(kind: str, data: dict, ts: int) -> tuple[str, bytes]:
-        body = dev.envelope("event", ts)
-        body.update(type=kind, data=data)
-        return dev.topic("event"), build_signed(key, dev.topic("event"), body)
+        return dev.event(kind, data, ts)
 
     call = {"v": 1, "kind": "queue_called", "id": "q1", "window": "w1", "ts": T0 + 5000,
             "ticket": "A017"}

@@ -77,28 +77,6 @@ def test_explicit_broker_credentials_win_and_null_means_none():
     assert c.broker["user"] is None and c.broker["password"] is None
 
 
-def test_reason_tags_agree_with_the_collector():
-    """The firmware keeps its own reason tags (it cannot import the collector): they must be
-    the collector's (collector/reasons.py), the protocol schema's, in the same default order."""
-    import inspect
-    from importlib import resources
-
-    import etfw.indicators as fwind
-    from etfw.terminal import Terminal
-
-    from collector.reasons import DEFAULT_REASON_KEYS, REASON_LABELS, REASON_TAGS, TIMEOUT_TAG
-
-    assert (*cfgmod.REASONS, TIMEOUT_TAG) == REASON_TAGS
-    assert tuple(fwind.REASONS) == tuple(cfgmod.REASONS)
-    assert tuple(cfgmod.DEFAULTS["reason_keys"]) == DEFAULT_REASON_KEYS
-    default = inspect.signature(Terminal.__init__).parameters["reason_keys"].default
-    assert tuple(default) == DEFAULT_REASON_KEYS
-    schema = json.loads(resources.files("collector").joinpath("schemas/v1/rating.json")
-                        .read_text("utf-8"))
-    assert schema["properties"]["reason"]["enum"] == [*REASON_TAGS, None]
-    assert set(REASON_LABELS) == set(REASON_TAGS)
-
-
 def test_tls_and_ntp_lists():
     c = config()
     assert c.broker["tls"] is None and c.ntp == ["pool.ntp.org"]  # a string is a list of one
