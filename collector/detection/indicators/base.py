@@ -151,7 +151,7 @@ def _judged(u: Unit, c: _Ctx) -> list[RatingFact]:
     return c.once("judged", u, lambda: [r for r in u.ratings if r.state in ("linked", "unlinked")])
 
 
-def _rate_of(events: int, exposure: int, floor: float) -> float:
+def _rate_of(events: float, exposure: float, floor: float) -> float:
     return max(floor, events / exposure) if exposure > 0 else floor
 
 
