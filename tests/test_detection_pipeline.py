@@ -3,6 +3,7 @@ its integrity points: queued in the outbox, idempotent, and queryable with Influ
 
 from __future__ import annotations
 
+import logging
 import random
 import sqlite3
 from pathlib import Path
@@ -10,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from collector.config import Config, load_config
+from collector.db import connect
 from collector.detection import run_detection
 from collector.detection.run import connect_detector
 from collector.influx import make_writer
+from collector.service import Collector
 from collector.sim.hall import VirtualHall
 from collector.sim.profiles import draw_hall
 
@@ -129,3 +132,54 @@ def test_the_detector_connection_keeps_max_db_mb(tmp_path):
     conn = connect_detector(cfg)
     page = conn.execute("PRAGMA page_size").fetchone()[0]
     assert conn.execute("PRAGMA max_page_count").fetchone()[0] == 3 * 2**20 // page
+
+
+def _fill_to(path: str, max_mb: int) -> int:
+    """Fill the state database up to `max_mb` (through a connection bounded like the collector's)
+    so that any write needing a new page fails; the page count it reached."""
+    conn = connect(path, max_mb=max_mb)
+    conn.execute("CREATE TABLE pad (b BLOB)")
+    for size in (65536, 4096, 512, 64):
+        try:
+            while True:
+                conn.execute("INSERT INTO pad VALUES (zeroblob(?))", (size,))
+        except sqlite3.OperationalError as e:
+            assert "full" in str(e)
+    pages: int = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.close()
+    return pages
+
+
+def test_the_service_detector_thread_keeps_max_db_mb(tmp_path, caplog):
+    """The connection the collector's detector thread (`Collector._detect`) works on is bounded
+    by `[collector] max_db_mb`: at the bound its run fails with SQLITE_FULL (logged; ingestion
+    goes on) and the file does not grow, where an unbounded connection would write the points."""
+    hall, _, close = _simulated(tmp_path)
+    hall.conn.execute("VACUUM")  # no free pages: a write past the bound needs new ones
+    size = hall.conn.execute("SELECT page_count * page_size FROM pragma_page_count, "
+                             "pragma_page_size").fetchone()[0]
+    max_mb = size // 2**20 + 1
+    cfg = hall.cfg.with_overrides(collector__max_db_mb=max_mb)
+    pages = _fill_to(cfg.state_db, max_mb)
+
+    def clock() -> int:  # read once at a run's start: one run of the real detector thread
+        collector._stop.set()
+        return close
+
+    collector = Collector(cfg, clock=clock)
+    with caplog.at_level(logging.ERROR, logger="collector.service"):
+        collector._detector.start()
+        collector._detector.join(120)
+    assert not collector._detector.is_alive()
+    collector._db.close()
+    failed = [r for r in caplog.records if "integrity detection failed" in r.getMessage()]
+    assert failed and failed[0].exc_info is not None
+    assert "full" in str(failed[0].exc_info[1])
+    assert hall.conn.execute("PRAGMA page_count").fetchone()[0] == pages
+    assert _outbox(hall) == []
+    # The same run on a connection without the bound grows the file past it.
+    unbounded = connect(cfg.state_db)
+    run_detection(unbounded, cfg, close)
+    unbounded.close()
+    assert _outbox(hall) != []
+    assert hall.conn.execute("PRAGMA page_count").fetchone()[0] > pages

@@ -15,6 +15,7 @@ import argparse
 import math
 import random
 import time
+from datetime import date
 
 from collector.detection.facts import (
     DeviceRecord,
@@ -32,7 +33,7 @@ __all__ = ["synthetic_hall", "time_hall"]
 _DAY = "2026-03-03"
 
 
-def _window(s: DetectionSettings, name: str, rng: random.Random, days: list) -> Unit:
+def _window(s: DetectionSettings, name: str, rng: random.Random, days: list[date]) -> Unit:
     per_hour = math.exp(rng.uniform(math.log(2), math.log(14)))
     bad, coverage = rng.uniform(0.01, 0.08), rng.uniform(0.65, 0.97)
     rt_median, rt_sigma = rng.uniform(2200, 6000), rng.uniform(0.35, 0.7)

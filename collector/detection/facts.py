@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 __all__ = [
     "DeviceRecord",
@@ -66,7 +67,7 @@ class DeviceRecord:
     at_ms: int
     received_ms: int
     kind: str
-    data: dict = field(default_factory=dict, hash=False)
+    data: dict[str, Any] = field(default_factory=dict, hash=False)
     device: str = ""
     boot: int | None = None  # the message's boot counter; None in rows stored before schema 2
 
@@ -194,13 +195,16 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
         "SELECT 1 FROM window_log WHERE hall=? AND kind LIKE 'staff_%' LIMIT 1", (hall,)
     ).fetchone() is not None
     windows = sorted(set(ratings) | set(txns) | devices | set(dlog))
-    units = tuple(
-        Unit(w, None, tuple(ratings.get(w, ())), tuple(txns.get(w, ())), tuple(wlog.get(w, ())),
-             tuple(dlog.get(w, ())), tuple(history.get(w, ())), *past.get(w, (0, 0)),
-             has_device=w in devices or w in dlog, history_rts=tuple(history_rts.get(w, ())),
-             history_rt_levels=tuple(history_rt_levels.get(w, ())),
-             history_rt_staff=tuple(history_rt_staff.get(w, ())),
-             held=tuple(held.get(w, ())))
-        for w in windows
-    )
+
+    def unit(w: str) -> Unit:
+        rated, decided = past.get(w, (0, 0))
+        return Unit(
+            w, None, tuple(ratings.get(w, ())), tuple(txns.get(w, ())), tuple(wlog.get(w, ())),
+            tuple(dlog.get(w, ())), tuple(history.get(w, ())), rated, decided,
+            has_device=w in devices or w in dlog, history_rts=tuple(history_rts.get(w, ())),
+            history_rt_levels=tuple(history_rt_levels.get(w, ())),
+            history_rt_staff=tuple(history_rt_staff.get(w, ())),
+            held=tuple(held.get(w, ())))
+
+    units = tuple(unit(w) for w in windows)
     return HallFacts(hall, units, has_feed, has_signons)

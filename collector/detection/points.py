@@ -27,8 +27,9 @@ def _ts(midnight_ms: int, *parts: str) -> int:
 
 
 def _base(measurement: str, v: Verdict) -> Point:
-    return (Point(measurement).tag("hall", v.hall).tag("window", v.window)
-            .tag("staff", v.staff or ALL_STAFF).tag("period", v.period))
+    p: Point = (Point(measurement).tag("hall", v.hall).tag("window", v.window)
+                .tag("staff", v.staff or ALL_STAFF).tag("period", v.period))
+    return p
 
 
 def indicator_point(v: Verdict, index: int, midnight_ms: int, computed_ms: int) -> str:
@@ -51,7 +52,8 @@ def indicator_point(v: Verdict, index: int, midnight_ms: int, computed_ms: int) 
         p.field("q", float(i.q))
     if i.events is not None:
         p.field("events", int(i.events))
-    return p.to_line_protocol()
+    line: str = p.to_line_protocol()
+    return line
 
 
 def verdict_point(v: Verdict, midnight_ms: int, computed_ms: int, language: str = "zh") -> str:
@@ -75,7 +77,8 @@ def verdict_point(v: Verdict, midnight_ms: int, computed_ms: int, language: str 
         .field("computed_ms", computed_ms)
         .time(_ts(midnight_ms, v.window, v.staff or "", v.period), _NS)
     )
-    return p.to_line_protocol()
+    line: str = p.to_line_protocol()
+    return line
 
 
 # Fields of an evidence point, from an observation (indicators/base.py, `item`).

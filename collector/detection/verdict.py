@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from collector.detection import stats
 from collector.detection.indicators import STRONG, WEAK, Indicator
@@ -111,7 +112,7 @@ class Verdict:
     def reasons(self, language: str = "zh") -> tuple[str, ...]:
         return self.reasons_zh if language == "zh" else self.reasons_en
 
-    def evidence(self) -> list[tuple[str, dict]]:
+    def evidence(self) -> list[tuple[str, dict[str, Any]]]:
         """(indicator, observation) behind the verdict: the items of every indicator its reasons
         name (strong, weak, or agreeing in the combination), strongest first, each observation
         once per indicator."""

@@ -88,8 +88,10 @@ def compute_indicators(hall: HallFacts, units: Sequence[Unit], period: Period,
             raw = fn(u, ctx)
             if raw is not None:
                 raws[u.label] = raw
-        tested = [label for label, r in raws.items() if r.p is not None and r.strength is None]
-        qs = dict(zip(tested, stats.benjamini_hochberg([raws[x].p for x in tested]), strict=True))
+        tested = [(label, r.p) for label, r in raws.items()
+                  if r.p is not None and r.strength is None]
+        qs = dict(zip([label for label, _ in tested],
+                      stats.benjamini_hochberg([p for _, p in tested]), strict=True))
         for label, r in raws.items():
             q = qs.get(label)
             if r.strength is not None:

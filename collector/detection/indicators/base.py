@@ -6,7 +6,7 @@ import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from collector.detection import stats
 from collector.detection.facts import HallFacts, RatingFact, Unit
@@ -25,6 +25,8 @@ CLOCK_TOLERANCE_MS = 60_000
 # Reason-tag presses that may land on keys 1-2 (default firmware reason_keys order).
 _REASONS_ON_BAD_KEYS = frozenset(DEFAULT_REASON_KEYS[:2])
 
+_T = TypeVar("_T")
+
 
 @dataclass(frozen=True, slots=True)
 class Indicator:
@@ -34,7 +36,7 @@ class Indicator:
     decisive: bool
     p: float | None = None
     q: float | None = None
-    evidence: dict = field(default_factory=dict, hash=False)
+    evidence: dict[str, Any] = field(default_factory=dict, hash=False)
     reason_zh: str = ""
     reason_en: str = ""
     # How many observations the p-value's evidence rests on (too-fast ratings, presses outside
@@ -43,7 +45,7 @@ class Indicator:
     events: int | None = None
     # The concrete observations behind it (ratings, transactions, device events), each a dict
     # a manager can hold against the queue log or CCTV (`item`): at most MAX_ITEMS.
-    items: tuple[dict, ...] = field(default=(), hash=False)
+    items: tuple[dict[str, Any], ...] = field(default=(), hash=False)
 
 
 @dataclass(slots=True)
@@ -51,11 +53,11 @@ class _Raw:
     value: float
     p: float | None = None
     guard: bool = True                # effect size large enough for strong evidence
-    evidence: dict = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)
     reason: tuple[str, str] = ("", "")
     strength: str | None = None       # deterministic indicators decide directly
     events: int | None = None         # observations the p-value rests on (Indicator.events)
-    items: list[dict] = field(default_factory=list)  # the observations behind it (`item`)
+    items: list[dict[str, Any]] = field(default_factory=list)  # the observations behind it (`item`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +68,14 @@ class _Ctx:
     units: tuple[Unit, ...] = ()     # the units judged together: each one's peers are the others
     # Per-unit intermediate results, shared by the unit's own test and its peers' tests, and
     # hall totals (computed once; a unit's peers are the totals minus the unit).
-    memo: dict = field(default_factory=dict)
+    memo: dict[tuple[str, object], Any] = field(default_factory=dict)
 
-    def once(self, name: str, u: Unit, fn: Callable[[], object]) -> Any:
+    def once(self, name: str, u: Unit, fn: Callable[[], _T]) -> _T:
         key = (name, id(u))
         if key not in self.memo:
             self.memo[key] = fn()
-        return self.memo[key]
+        value: _T = self.memo[key]  # what fn returned for this name and unit
+        return value
 
     def peer_sums(self, name: str, u: Unit, count: Callable[[Unit], tuple[int, int]],
                   include: Callable[[Unit], bool] | None = None) -> stats.PeerSums:
@@ -81,12 +84,12 @@ class _Ctx:
         every unit is linear in the hall's size, not quadratic."""
         key = ("sums", name)
         if key not in self.memo:
-            total = stats.PeerSums()
+            sums = stats.PeerSums()
             for x in self.units:
                 if include is None or include(x):
-                    total = total.plus(*count(x))
-            self.memo[key] = total
-        total = self.memo[key]
+                    sums = sums.plus(*count(x))
+            self.memo[key] = sums
+        total: stats.PeerSums = self.memo[key]
         if include is not None and not include(u):
             return total
         return total.without(*count(u))
@@ -128,7 +131,7 @@ class _Ctx:
 _Fn = Callable[[Unit, _Ctx], _Raw | None]
 
 
-def item(kind: str, at_ms: int, *, note: str = "", **fields: Any) -> dict:
+def item(kind: str, at_ms: int, *, note: str = "", **fields: Any) -> dict[str, Any]:
     """One observation behind a flag: kind "rating", "txn" or "event", when, and what identifies
     it (case number, device, boot and sequence number, level, ...); fields that are None are
     left out."""
@@ -136,7 +139,7 @@ def item(kind: str, at_ms: int, *, note: str = "", **fields: Any) -> dict:
             **{k: v for k, v in fields.items() if v is not None}}
 
 
-def rating_items(rs: list[RatingFact], note: str = "") -> list[dict]:
+def rating_items(rs: list[RatingFact], note: str = "") -> list[dict[str, Any]]:
     """The ratings as observations (their case number, press time, level, device sequence)."""
     return [item("rating", r.press_ms, note=note, txn=r.txn, level=r.level, device=r.device or None,
                  boot=r.boot, seq=r.seq, rt_ms=r.rt_ms, staff=r.staff_id,
@@ -148,7 +151,7 @@ def _judged(u: Unit, c: _Ctx) -> list[RatingFact]:
     return c.once("judged", u, lambda: [r for r in u.ratings if r.state in ("linked", "unlinked")])
 
 
-def _rate_of(events: int, exposure: int, floor: float) -> float:
+def _rate_of(events: float, exposure: float, floor: float) -> float:
     return max(floor, events / exposure) if exposure > 0 else floor
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector.detection.facts import Unit
+from collector.detection.facts import DeviceRecord, Unit
 from collector.detection.indicators.base import (
     _REASONS_ON_BAD_KEYS,
     MAX_ITEMS,
@@ -21,7 +21,7 @@ from collector.detection.indicators.base import (
 # -- key presses and counters ------------------------------------------------------------------
 
 
-def _heartbeats(u: Unit, device: str, c: _Ctx) -> list:
+def _heartbeats(u: Unit, device: str, c: _Ctx) -> list[DeviceRecord]:
     return c.once(f"hb:{device}", u, lambda: [
         d for d in u.device_log if d.kind == "heartbeat" and d.device == device
             and isinstance(d.data.get("keys"), list) and len(d.data["keys"]) == 5])
@@ -39,7 +39,8 @@ def _counter_delta(u: Unit, device: str, c: _Ctx, name: str) -> int:
     if not inside:
         return 0
     first = before[-1] if before else inside[0]
-    return max(0, inside[-1].data[name] - first.data[name])
+    delta: int = inside[-1].data[name] - first.data[name]  # both ints (filtered above)
+    return max(0, delta)
 
 
 def _uninvited(u: Unit, c: _Ctx) -> _Raw | None:
@@ -94,7 +95,7 @@ _RAM_COUNTERS = ("reconnects", "lost", "filtered", "cmd_bad", "damaged")
 _BOOT_LAG_MS = 120_000
 
 
-def _restart_between(a: Any, b: Any, boots: list) -> bool:
+def _restart_between(a: DeviceRecord, b: DeviceRecord, boots: list[DeviceRecord]) -> bool:
     """Whether the device may have restarted between heartbeats `a` and `b`."""
     if a.boot is not None and b.boot is not None:
         # The boot counter both carry settles it, whatever the boot events or RAM counters say.
@@ -107,7 +108,8 @@ def _restart_between(a: Any, b: Any, boots: list) -> bool:
                and b.data[k] < a.data[k] for k in _RAM_COUNTERS)
 
 
-def _account(u: Unit, dev: str, first: Any, last: Any) -> dict | None:
+def _account(u: Unit, dev: str, first: DeviceRecord, last: DeviceRecord
+             ) -> dict[str, Any] | None:
     """Every key press between two heartbeats of a device against what it published."""
     k0, k1 = first.data["keys"], last.data["keys"]
     if any(b < a for a, b in zip(k0, k1, strict=True)):
@@ -171,7 +173,7 @@ def _key_counters(u: Unit, c: _Ctx) -> _Raw | None:
     outbox may be followed by ratings pressed before it: its span is judged with the tolerance."""
     if not u.has_device:
         return None
-    worst: dict | None = None
+    worst: dict[str, Any] | None = None
     for dev in _devices(u):
         hbs = _heartbeats(u, dev, c)
         before = [h for h in hbs if h.at_ms < c.period.start_ms]
@@ -189,7 +191,7 @@ def _key_counters(u: Unit, c: _Ctx) -> _Raw | None:
             cuts = [i for i in range(len(chain) - 1)
                     if _restart_between(chain[i], chain[i + 1], boots)]
 
-            def tolerance(end: Any, restarted: bool) -> int:
+            def tolerance(end: DeviceRecord, restarted: bool) -> int:
                 exact = not restarted and end.data.get("outbox") == 0
                 return 0 if exact else c.s.negative_key_tolerance
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from collector.detection import stats
 from collector.detection.facts import RatingFact, TxnFact, Unit
@@ -91,10 +92,10 @@ def _two_proportion_z(k1: int, n1: int, k2: int, n2: int) -> float:
     return (k1 / n1 - k2 / n2) / se
 
 
-def _decided_txns(u: Unit, c: _Ctx) -> list:
+def _decided_txns(u: Unit, c: _Ctx) -> list[TxnFact]:
     """Decided (rated or unrated) transactions, leaving out those completed while the device was
     offline: those citizens could not rate, whatever the staff did."""
-    def find() -> list:
+    def find() -> list[TxnFact]:
         offline = _offline_stretches(u, c) if u.has_device else []
         return [t for t in u.txns if t.state in ("rated", "unrated")
                 and not any(a <= t.completed_ms < b for a, b in offline)]
@@ -188,7 +189,7 @@ def _selective(u: Unit, c: _Ctx) -> _Raw | None:
                 ev, (zh, en), events=shortfall, items=txn_items(unrated, "未评价 unrated"))
 
 
-def txn_items(ts: Sequence[TxnFact], note: str = "") -> list[dict]:
+def txn_items(ts: Sequence[TxnFact], note: str = "") -> list[dict[str, Any]]:
     """Transactions as observations (case number, service start and completion, staff)."""
     return [item("txn", t.completed_ms, note=note, txn=t.txn or None, started_ms=t.started_ms,
                  staff=t.staff_id or None, state=t.state) for t in ts[:MAX_ITEMS]]
@@ -250,8 +251,8 @@ def _durations(u: Unit, c: _Ctx, cut: float) -> tuple[int, int, int, int, list[T
     """(rated, decided) of the window's longest `cut` share of services (by completed -
     started) and of the rest, and the long ones' unrated transactions."""
     def find() -> tuple[int, int, int, int, list[TxnFact]]:
-        ts = sorted((t for t in _decided_txns(u, c) if t.started_ms is not None),
-                    key=lambda t: t.completed_ms - t.started_ms)  # type: ignore[operator]
+        started = [(t, t.started_ms) for t in _decided_txns(u, c) if t.started_ms is not None]
+        ts = [t for t, _ in sorted(started, key=lambda x: x[0].completed_ms - x[1])]
         n_long = int(len(ts) * cut)
         short, long = ts[:len(ts) - n_long], ts[len(ts) - n_long:]
         return (sum(1 for t in long if t.state == "rated"), len(long),

@@ -7,7 +7,7 @@ import bisect
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from collector.detection import stats
 from collector.detection.facts import RatingFact, Unit
@@ -161,6 +161,12 @@ class _RtRef:
     past_staff: list[str | None] = field(default_factory=list)  # None where not known
 
 
+# A current invited rating's (response time, level, staff), and a past one's (level None
+# where the past's levels are not known).
+_NowRt = tuple[int, int, str | None]
+_PastRt = tuple[int, int | None, str | None]
+
+
 def _rt_refs(u: Unit, c: _Ctx) -> list[_RtRef]:
     """The unit's own-past references for response times: the whole period against the
     window's history, then, over the rolling period, each change-point (`_splits`) against
@@ -171,21 +177,23 @@ def _rt_refs(u: Unit, c: _Ctx) -> list[_RtRef]:
         m = len(u.history_rts)
         levels = u.history_rt_levels if len(u.history_rt_levels) == m else [None] * m
         staff = u.history_rt_staff if len(u.history_rt_staff) == m else [None] * m
-        history = list(zip(u.history_rts, levels, staff, strict=True))
-        triples = [(r.rt_ms, r.level, r.staff_id) for r in invited]
-        cuts = [(triples, history, None)]
+        history: list[_PastRt] = list(zip(u.history_rts, levels, staff, strict=True))
+        # (response time, level, staff, press): _invited keeps only ratings with a response time.
+        timed = [(r.rt_ms, r.level, r.staff_id, r.press_ms) for r in invited
+                 if r.rt_ms is not None]
+        triples: list[_NowRt] = [(rt, lv, st) for rt, lv, st, _ in timed]
+        cuts: list[tuple[list[_NowRt], list[_PastRt], int | None]] = [(triples, history, None)]
         for split in _splits(c):
-            cuts.append(([(r.rt_ms, r.level, r.staff_id) for r in invited
-                          if r.press_ms >= split],
-                         history + [(r.rt_ms, r.level, r.staff_id) for r in invited
-                                    if r.press_ms < split], split))
+            before: list[_PastRt] = [(rt, lv, st) for rt, lv, st, at in timed if at < split]
+            cuts.append(([(rt, lv, st) for rt, lv, st, at in timed if at >= split],
+                         history + before, split))
         refs = []
         for now, past, since in cuts:
             if not now or len(past) < c.s.min_ratings:
                 continue
-            now = sorted(now, key=lambda x: x[0])  # type: ignore[arg-type, return-value]
-            past = sorted(past, key=lambda x: x[0])  # type: ignore[arg-type, return-value]
-            refs.append(_RtRef([x[0] for x in now], [x[1] for x in now],  # type: ignore[misc]
+            now = sorted(now, key=lambda x: x[0])
+            past = sorted(past, key=lambda x: x[0])
+            refs.append(_RtRef([x[0] for x in now], [x[1] for x in now],
                                [x[0] for x in past], [x[1] for x in past], since,
                                [x[2] for x in now], [x[2] for x in past]))
         return refs
@@ -230,8 +238,23 @@ def _staff_strata(ref: _RtRef) -> list[tuple[list[int], list[int], list[int], li
     return strata
 
 
+class _Shift(TypedDict):
+    """`_shift_at`'s reading at one share of the past."""
+
+    p: float
+    p_times: float
+    p_level: float
+    below: int
+    expected: float
+    fives: int
+    fives_before: int | None      # None: the past's levels are not known
+    before: int
+    thresholds: list[int]
+    levels_known: bool
+
+
 def _shift_at(strata: list[tuple[list[int], list[int], list[int], list[int | None]]],
-              share: float) -> dict:
+              share: float) -> _Shift:
     """The response-shift count and level test at one share of the past, summed over the
     strata (each against its own past; exact laws convolved)."""
     below = fives = before = fives_before = 0
@@ -298,7 +321,7 @@ def _response_shift(u: Unit, c: _Ctx) -> _Raw | None:
     refs = _rt_refs(u, c)
     if not refs:
         return None
-    def pile(f: dict) -> bool:
+    def pile(f: _Shift) -> bool:
         """Strong evidence needs a pile: at least shift_min below the thresholds and, with the
         past's levels known, one and a half times what the past predicts with the fast ones
         newly 非常满意 (level p < q_weak, and a larger share than before); without them
@@ -311,7 +334,7 @@ def _response_shift(u: Unit, c: _Ctx) -> _Raw | None:
                 and f["fives"] / f["below"] > f["fives_before"] / max(f["before"], 1)
                 and f["below"] >= 1.5 * f["expected"])
 
-    found = []
+    found: list[dict[str, Any]] = []  # each reading with its reference and share
     for ref in refs:
         strata = _staff_strata(ref)
         for share in SHIFT_QUANTILES:
@@ -450,7 +473,7 @@ def _late_response(u: Unit, c: _Ctx) -> _Raw | None:
     refs = [_mirror(r) for r in _rt_refs(u, c)]
     if not refs:
         return None
-    found = []
+    found: list[dict[str, Any]] = []  # each reading with its reference and share
     for ref in refs:
         strata = [_unshifted(s) for s in _staff_strata(ref)]
         for share in LATE_QUANTILES:
