@@ -10,9 +10,11 @@ the service at start-up with a message naming each option, never later in the mi
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -446,8 +448,6 @@ def _cross_check(cfg: Config) -> list[str]:
     from urllib.parse import urlsplit
 
     # The detection settings parse these three; imported here, where they are needed, because
-    # collector.detection.settings builds on this module.
-    from collector.detection.settings import parse_offset, parse_opening_hours, parse_weekdays
 
     out: list[str] = []
     if not cfg.mqtt.client_id:
@@ -563,3 +563,52 @@ def sample_config() -> str:
         lines.append(f"# {o.help}{' (secret)' if o.secret else ''}")
         lines.append(f"# {o.key} = {shown}")
     return "\n".join(lines) + "\n"
+
+
+# -- the hall's calendar options, parsed here (collector.detection.settings uses them) -----
+
+_RANGE = re.compile(r"\s*([0-9]{1,2}):([0-9]{2})\s*-\s*([0-9]{1,2}):([0-9]{2})\s*")
+_OFFSET = re.compile(r"([+-])([0-9]{2}):([0-9]{2})")
+
+
+def parse_opening_hours(text: str) -> tuple[tuple[int, int], ...]:
+    out = []
+    for part in text.split(","):
+        m = _RANGE.fullmatch(part)
+        if not m:
+            raise ConfigError(f"[detection] opening_hours: {part.strip()!r} is not HH:MM-HH:MM")
+        h1, m1, h2, m2 = map(int, m.groups())
+        a, b = h1 * 60 + m1, h2 * 60 + m2
+        if not (0 <= a < b <= 24 * 60) or m1 > 59 or m2 > 59:
+            raise ConfigError(f"[detection] opening_hours: {part.strip()!r} is not a valid range")
+        out.append((a, b))
+    out.sort()
+    for (_, b), (a, _) in pairwise(out):
+        if a < b:
+            raise ConfigError("[detection] opening_hours: ranges overlap")
+    return tuple(out)
+
+
+def parse_weekdays(text: str) -> frozenset[int]:
+    days: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            raise ConfigError(f"[detection] business_days: {part!r} is not a weekday or range"
+                              ) from None
+        if not 1 <= a <= b <= 7:
+            raise ConfigError(f"[detection] business_days: {part!r} outside 1-7")
+        days.update(range(a, b + 1))
+    return frozenset(days)
+
+
+def parse_offset(text: str) -> int:
+    m = _OFFSET.fullmatch(text.strip())
+    if not m:
+        raise ConfigError(f"[detection] utc_offset: expected +HH:MM, got {text!r}")
+    sign = -1 if m.group(1) == "-" else 1
+    return sign * (int(m.group(2)) * 60 + int(m.group(3)))

@@ -9,21 +9,33 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from collector.config import Config
+from collector.ingest import Outcome
+from collector.metrics import Metrics
 from collector.protocol import MAX_FEED_PAYLOAD
 
-if TYPE_CHECKING:
-    from collector.service import Collector
+
+class FeedService(Protocol):
+    """What the server needs of the running collector (collector.service.Collector), so that
+    this module does not import the service that starts it."""
+
+    cfg: Config
+    metrics: Metrics
+
+    def health(self) -> dict[str, Any]: ...
+
+    def submit_feed(self, hall: str, body: bytes, timeout: float = 30.0) -> Outcome | None: ...
 
 __all__ = ["start_http_server"]
 
 _LOG = logging.getLogger(__name__)
 
 
-def start_http_server(collector: Collector) -> ThreadingHTTPServer:
+def start_http_server(collector: FeedService) -> ThreadingHTTPServer:
     """Serve on `[http] listen` in daemon threads; the caller shuts the server down."""
     host, _, port = collector.cfg.http.listen.rpartition(":")
     

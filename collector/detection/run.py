@@ -12,9 +12,9 @@ import logging
 import sqlite3
 from dataclasses import replace
 
+import collector.detection.stats as stats
 from collector.config import Config
 from collector.db import connect, transaction
-from collector.detection import stats
 from collector.detection.facts import HallFacts, Unit, halls, load_hall_facts
 from collector.detection.indicators import Indicator, compute_indicators
 from collector.detection.points import evidence_points, indicator_point, verdict_point

@@ -7,18 +7,20 @@ local business days into UTC millisecond intervals.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta, timezone
-from itertools import pairwise
 from typing import Any
 
-from collector.config import Config, ConfigError, load_config
+from collector.config import (  # the parsers: re-exported
+    Config,
+    load_config,
+    parse_offset,
+    parse_opening_hours,
+    parse_weekdays,
+)
 
 __all__ = ["DetectionSettings", "Period"]
 
-_RANGE = re.compile(r"\s*([0-9]{1,2}):([0-9]{2})\s*-\s*([0-9]{1,2}):([0-9]{2})\s*")
-_OFFSET = re.compile(r"([+-])([0-9]{2}):([0-9]{2})")
 DAY_MS = 86_400_000
 
 
@@ -131,46 +133,3 @@ class DetectionSettings:
         if self.lookback_days > 1:
             out.append(Period("rolling", today, self.midnight_ms(days[0]), end, tuple(days)))
         return out
-
-
-def parse_opening_hours(text: str) -> tuple[tuple[int, int], ...]:
-    out = []
-    for part in text.split(","):
-        m = _RANGE.fullmatch(part)
-        if not m:
-            raise ConfigError(f"[detection] opening_hours: {part.strip()!r} is not HH:MM-HH:MM")
-        h1, m1, h2, m2 = map(int, m.groups())
-        a, b = h1 * 60 + m1, h2 * 60 + m2
-        if not (0 <= a < b <= 24 * 60) or m1 > 59 or m2 > 59:
-            raise ConfigError(f"[detection] opening_hours: {part.strip()!r} is not a valid range")
-        out.append((a, b))
-    out.sort()
-    for (_, b), (a, _) in pairwise(out):
-        if a < b:
-            raise ConfigError("[detection] opening_hours: ranges overlap")
-    return tuple(out)
-
-
-def parse_weekdays(text: str) -> frozenset[int]:
-    days: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        lo, sep, hi = part.partition("-")
-        try:
-            a = int(lo)
-            b = int(hi) if sep else a
-        except ValueError:
-            raise ConfigError(f"[detection] business_days: {part!r} is not a weekday or range"
-                              ) from None
-        if not 1 <= a <= b <= 7:
-            raise ConfigError(f"[detection] business_days: {part!r} outside 1-7")
-        days.update(range(a, b + 1))
-    return frozenset(days)
-
-
-def parse_offset(text: str) -> int:
-    m = _OFFSET.fullmatch(text.strip())
-    if not m:
-        raise ConfigError(f"[detection] utc_offset: expected +HH:MM, got {text!r}")
-    sign = -1 if m.group(1) == "-" else 1
-    return sign * (int(m.group(2)) * 60 + int(m.group(3)))

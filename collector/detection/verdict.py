@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from collector.detection import stats
+import collector.detection.stats as stats
 from collector.detection.indicators import STRONG, WEAK, Indicator
 
 __all__ = ["GROUPS", "SEVERITY_NAMES", "Combined", "Verdict", "combine", "judge"]

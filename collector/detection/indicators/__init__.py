@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from collector.detection import stats
+import collector.detection.stats as stats
 from collector.detection.facts import HallFacts, Unit
 from collector.detection.indicators.base import NONE, STRONG, WEAK, Indicator, _Ctx, _Fn, _Raw
 from collector.detection.indicators.excess import _unmatched

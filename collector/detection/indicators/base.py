@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from collector.detection import stats
+import collector.detection.stats as stats
 from collector.detection.facts import HallFacts, RatingFact, Unit
 from collector.detection.settings import DetectionSettings, Period
 from collector.reasons import DEFAULT_REASON_KEYS

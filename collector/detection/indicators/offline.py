@@ -6,7 +6,7 @@ import bisect
 import itertools
 import math
 
-from collector.detection import stats
+import collector.detection.stats as stats
 from collector.detection.facts import Unit
 from collector.detection.indicators.base import (
     MAX_ITEMS,

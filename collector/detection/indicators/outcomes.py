@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from collector.detection import stats
+import collector.detection.stats as stats
 from collector.detection.facts import RatingFact, TxnFact, Unit
 from collector.detection.indicators.base import MAX_ITEMS, _Ctx, _judged, _Raw, item, rating_items
 from collector.detection.indicators.offline import _offline_stretches

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collector.detection import stats
+import collector.detection.stats as stats
 from collector.detection.facts import RatingFact, Unit
 from collector.detection.indicators.base import (
     CLOCK_TOLERANCE_MS,

@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
-from collector.detection import stats
+import collector.detection.stats as stats
 from collector.detection.facts import RatingFact, Unit
 from collector.detection.indicators.base import (
     CLOCK_TOLERANCE_MS,
