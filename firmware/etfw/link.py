@@ -11,6 +11,8 @@ after its PUBACK. Commands arriving while umqtt waits for a PUBACK are only queu
 the app handles them between polls, so nothing re-enters the client.
 """
 
+import gc
+
 try:
     from micropython import const
 except ImportError:  # CPython
@@ -142,6 +144,10 @@ class Link:
         cas = b.get("tls")
         tls = None
         if cas:
+            # A TLS connect needs a few contiguous KiB (mbedTLS's buffers and the parsed CAs,
+            # on the MicroPython heap of the unix port): collect first so that what the last
+            # failed attempt left is freed and merged, not fragmenting the next one.
+            gc.collect()
             tls = self._tls(cas)
             c = self._factory(self._id, b["host"], b["port"], b["user"], b["password"],
                               b["keepalive"], tls)

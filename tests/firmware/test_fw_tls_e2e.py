@@ -25,7 +25,10 @@ from collector.sim.servers import MosquittoServer, free_port
 
 pytestmark = pytest.mark.servers
 HERE = pathlib.Path(__file__).resolve().parent
-TLS_HEAP = os.environ.get("FW_TLS_HEAP", "96K")
+# The smallest cap that connects is 90K (88K fails in the handshake); like the plain-MQTT
+# tests, the cap keeps a margin over it, so that a retry on a fragmented heap still connects
+# (docs/firmware.md, "The TLS session").
+TLS_HEAP = os.environ.get("FW_TLS_HEAP", "100K")
 
 
 def der(pem: pathlib.Path) -> str:
