@@ -128,6 +128,18 @@ def _panels(cfg, board: dict, hw: dict) -> None:
         hw["voice"] = machine.UART(1, baudrate=9600, tx=board["audio_tx"])
 
 
+def _tamper(cfg, board: dict, hw: dict) -> None:
+    """The fitted tamper inputs (config `tamper`): the lid switch and the supply sense as
+    plain inputs (34 and 39 are input-only, with external pull-ups), the key ladder on ADC1
+    at 11 dB (0-3.1 V, read calibrated with read_uv)."""
+    if "enclosure" in cfg.tamper:
+        hw["enclosure"] = machine.Pin(board["enclosure"], machine.Pin.IN)
+    if "power" in cfg.tamper:
+        hw["power"] = machine.Pin(board["power_sense"], machine.Pin.IN)
+    if "ladder" in cfg.tamper:
+        hw["ladder"] = machine.ADC(machine.Pin(board["ladder"]), atten=machine.ADC.ATTN_11DB)
+
+
 def _device(cfg):
     from etfw.app import Device
     from etfw.link import umqtt_factory
@@ -144,6 +156,7 @@ def _device(cfg):
         "display": _console,
     }
     _panels(cfg, board, hw)
+    _tamper(cfg, board, hw)
     wlan = _wlan()
     wdt = machine.WDT(timeout=WDT_MS)
     gc.collect()

@@ -1070,6 +1070,17 @@ def test_a_failed_key_self_test_is_strong_and_an_opened_enclosure_a_notice():
     assert not [i for i in found if i.name == "tamper"]  # nothing reported: nothing judged
 
 
+def test_an_enclosure_shut_again_is_not_a_second_opening():
+    # The firmware reports both edges of the lid switch (etfw/tamper.py).
+    h = hall(_event(_event(excellent(), "enclosure_opened", "12:30", closed=False,
+                           state="opened"), "enclosure_opened", "12:40", closed=True,
+                    state="shut"), honest("plain", 37))
+    ind = indicator(h, "exc", "tamper")
+    assert ind.strength == "weak" and ind.evidence["enclosure_opened"] == 1
+    assert len(ind.items) == 2  # both edges listed for the manager
+    assert not verdict(h, "exc").flagged
+
+
 def test_a_bad_key_press_published_as_another_level_fires_when_the_accounting_is_exact():
     # Key 1 counted, the rating published as a 4 (a key rewired to publish 4): every press
     # produced some rating, so the net surplus is 0, and still a 差评 never left the device.

@@ -58,6 +58,12 @@ class Device:
                          cfg.debounce_ms, cfg.stuck_ms)
         self.keys.counts = list(keys0)
         self.persist()
+        self.tamper = None
+        if cfg.tamper:  # the fitted tamper inputs only (a floating pin must accuse nobody)
+            from .tamper import Tamper
+
+            active = 0 if cfg.board.get("key_active_low", True) else 1
+            self.tamper = Tamper(hw, cfg.tamper, active, cfg.board.get("ladder_mv"))
 
         b = cfg.broker
         self.msgs = Messages(b["topic_prefix"], cfg.hall, cfg.window, cfg.device, cfg.key,
@@ -87,6 +93,8 @@ class Device:
         drops it): the boot event is the boot's heap peak (docs/firmware.md)."""
         self.term.start(self.clock.up())
         self.event("boot", {"fw": FW_VERSION, "reset_cause": self._reset_cause})
+        if self.tamper is not None:
+            self.tamper.start(self.clock.up(), self)
 
     # --- persistence ------------------------------------------------------------------------
 
@@ -127,6 +135,13 @@ class Device:
 
     def event(self, etype: str, data: dict) -> None:
         self._keep(self.msgs.t_event, self.msgs.event(etype, data))
+
+    def urgent_event(self, etype: str, data: dict) -> None:
+        """Published now, ahead of what waits in the outbox (the last gasp: the hold-up
+        capacitor lasts for one publish); kept on flash when the link is down."""
+        payload = self.msgs.event(etype, data)
+        if not self.link.send(self.clock.up(), self.msgs.t_event, payload):
+            self._keep(self.msgs.t_event, payload)
 
     def _status(self, state: str) -> bytes:
         return self.msgs.status(state, FW_VERSION)
@@ -175,6 +190,8 @@ class Device:
         if self._wdt is not None:
             self._wdt.feed()
         self.keys.poll(now, self._on_key)
+        if self.tamper is not None:
+            self.tamper.poll(now, self)
         self.term.tick(now)
         inbox = self.link.inbox
         while inbox:

@@ -17,11 +17,14 @@ PROFILES = {
         "rgb": None,
         "led_active_high": True,
         "buzzer": 23,
-        # Optional parts (docs/firmware.md, reference board). Reserved for the detection
-        # issue's tamper inputs: 34 enclosure switch, 39 power-loss sense, 36 key ladder (ADC1).
+        # Optional parts (docs/firmware.md, reference board), used when the config asks.
         "i2c": [21, 22],  # display SDA, SCL
         "audio_tx": 13,  # to the DFPlayer's RX (UART1, 9600 baud)
         "audio_busy": 35,  # the DFPlayer's BUSY (input only pin)
+        # The tamper inputs (config `tamper` lists the fitted ones): input-only pins.
+        "enclosure": 34,  # lid switch, normally closed to GND, 10 k pull-up
+        "power_sense": 39,  # the 5 V input through a 10 k/20 k divider
+        "ladder": 36,  # ADC1_CH0: the keys' resistor ladder
     },
     "devkitc-rgb": {
         "keys": [32, 33, 25, 26, 27],
@@ -33,6 +36,9 @@ PROFILES = {
         "i2c": [18, 19],
         "audio_tx": 17,
         "audio_busy": 35,
+        "enclosure": 34,
+        "power_sense": 39,
+        "ladder": 36,
     },
 }
 
@@ -54,7 +60,9 @@ DEFAULTS = {
     "confirm_ms": 0,  # > 0: confirm mode, each key read out before it counts (terminal.py)
     "display": None,  # {"font": "font.etf", "page_ms": 5000}: an SSD1306 on board.i2c
     "voice": None,  # {"volume": 20, "lang": "zh"}: a DFPlayer on board.audio_tx
+    "tamper": [],  # the fitted tamper inputs: "enclosure", "power", "ladder" (etfw/tamper.py)
 }
+TAMPER_PINS = {"enclosure": "enclosure", "power": "power_sense", "ladder": "ladder"}
 
 BROKER_DEFAULTS = {"port": 1883, "user": None, "password": None, "keepalive": 30,
                    "topic_prefix": "evalterm", "timeout_s": 5, "tls": None}
@@ -123,6 +131,7 @@ class Config:
     confirm_ms: int
     display: "dict | None"
     voice: "dict | None"
+    tamper: list
 
 
 def mqtt_password(key: bytes) -> str:
@@ -223,7 +232,7 @@ def _board(board, errs: list) -> dict:
             errs.append("board.rgb: 3 GPIO numbers (r, g, b) or null")
     if leds is None and rgb is None:
         errs.append("board: needs leds or rgb")
-    for k in ("audio_tx", "audio_busy"):
+    for k in ("audio_tx", "audio_busy", "enclosure", "power_sense", "ladder"):
         p = board.get(k)
         if p is not None:
             if _is_int(p, 0, 48):
@@ -242,6 +251,11 @@ def _board(board, errs: list) -> dict:
             used.append(bz)
         else:
             errs.append("board.buzzer: GPIO number or null")
+    lv = board.get("ladder_mv")
+    if lv is not None and not (isinstance(lv, list) and len(lv) == 6
+                               and all(_is_int(x, 0, 3300) for x in lv)
+                               and all(lv[i] < lv[i + 1] for i in range(5))):
+        errs.append("board.ladder_mv: 6 rising mV levels (keys 1-5, no key) or null")
     for i, pin in enumerate(used):
         if pin in used[i + 1:]:
             errs.append(f"board: GPIO {pin:d} used twice")
@@ -312,6 +326,13 @@ def parse(text) -> Config:
     if vc is not None and not (isinstance(vc, dict) and _is_int(vc.get("volume", 20), 0, 30)
                                and vc.get("lang", "zh") in ("zh", "en")):
         errs.append("voice: null or {volume 0-30, lang zh|en}")
+    tp = d["tamper"]
+    if not (isinstance(tp, list) and all(x in TAMPER_PINS for x in tp)):
+        errs.append("tamper: a list of enclosure, power, ladder")
+    else:
+        for x in tp:
+            if d["board"].get(TAMPER_PINS[x]) is None:
+                errs.append(f"tamper: {x} needs board.{TAMPER_PINS[x]}")
     if errs:
         raise ConfigError("; ".join(errs), d if link_ok else None)
     c = Config()

@@ -108,3 +108,15 @@ def test_display_voice_and_confirm_mode():
     board["audio_tx"] = 32  # key 1's pin
     detail, _ = config_error(board=board)
     assert "GPIO 32 used twice" in detail
+
+
+def test_config_checks_the_tamper_option():
+    detail, _ = config_error(tamper=["lid"])
+    assert "tamper: a list of enclosure, power, ladder" in detail
+    board = {"keys": [32, 33, 25, 26, 27], "leds": [19, 18, 17, 16, 4], "buzzer": 23}
+    detail, _ = config_error(board=board, tamper=["ladder"])
+    assert "tamper: ladder needs board.ladder" in detail
+    board["ladder_mv"] = [300, 200, 1000, 1600, 2200, 3100]
+    board["ladder"] = 36
+    detail, _ = config_error(board=board, tamper=["ladder"])
+    assert "board.ladder_mv" in detail

@@ -38,13 +38,13 @@ HEAP = "64K"
 _WHOLE_DEVICE = "88K"
 HEAP_FOR = {m: _WHOLE_DEVICE for m in ("test_fw_app", "test_fw_app_cmd", "test_fw_app_ops",
                                        "test_fw_app_keys", "test_fw_app_hold",
-                                       "test_fw_app_av")}
+                                       "test_fw_app_av", "test_fw_tamper")}
 
 MODULES = ["test_fw_sign", "test_fw_message", "test_fw_config", "test_fw_keys",
            "test_fw_terminal", "test_fw_voice", "test_fw_screen", "test_fw_store",
            "test_fw_outbox", "test_fw_link",
            "test_fw_fault", "test_fw_app", "test_fw_app_cmd", "test_fw_app_ops",
-           "test_fw_app_keys", "test_fw_app_hold", "test_fw_app_av"]
+           "test_fw_app_keys", "test_fw_app_hold", "test_fw_app_av", "test_fw_tamper"]
 HELPERS = ["fwrun", "fwfakes", "fwmemfs", "fwnet", "fwrig", "fwvectors"]
 
 

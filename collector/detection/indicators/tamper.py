@@ -23,7 +23,9 @@ def _tamper(u: Unit, c: _Ctx) -> _Raw | None:
     if not seen:
         return None
     failed = [d for d in seen if d.kind == "key_selftest_failed"]
-    opened = [d for d in seen if d.kind == "enclosure_opened"]
+    # The switch reports both edges (`closed` false when opened, true when shut again):
+    # an opening is the first.
+    opened = [d for d in seen if d.kind == "enclosure_opened" and d.data.get("closed") is not True]
     strength = STRONG if failed else WEAK if opened else NONE
     keys = sorted({k for d in failed for k in (d.data.get("keys") or []) if isinstance(k, int)})
     ev = {"selftest_failed": len(failed), "enclosure_opened": len(opened), "keys": keys,
