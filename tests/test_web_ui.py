@@ -292,3 +292,50 @@ def test_user_cli(tmp_path: Path) -> None:
     assert actions == ["user.add", "user.add", "user.password"]
     assert audit.verify(conn).ok
     conn.close()
+
+
+def test_login_throttle_core() -> None:
+    from collector.web.ui.throttle import LoginThrottle
+
+    th, k = LoginThrottle(max_failures=3, window_ms=1000, max_keys=2), ("zhang", "10.0.0.1")
+    for t in (0, 100, 200):
+        assert th.retry_after_ms(k, t) == 0
+        th.failed(k, t)
+    assert th.retry_after_ms(k, 300) == 700  # until the oldest of the 3 failures is 1 s old
+    assert th.retry_after_ms(("zhang", "10.0.0.2"), 300) == 0  # another address
+    assert th.retry_after_ms(k, 999) == 1
+    assert th.retry_after_ms(k, 1000) == 0  # the failure at 0 has left the window
+    th.failed(k, 1000)  # failures at 100, 200, 1000: refused until 100 leaves the window
+    assert th.retry_after_ms(k, 1000) == 100
+    th.succeeded(k)
+    assert th.retry_after_ms(k, 1000) == 0
+    for i in range(5):  # bounded memory: only max_keys keys are kept
+        th.failed((f"u{i}", "a"), 0)
+    assert len(th._fails) == 2
+    with pytest.raises(ValueError):
+        LoginThrottle(max_failures=0)
+
+
+def test_sign_in_throttled_and_password_change_signs_out(
+        hall: tuple[str, dict[str, int], Path]) -> None:
+    base, _, db = hall
+    kept = Browserless(base)
+    assert kept.sign_in("li")[0] == 303
+    c = Browserless(base)
+    for _ in range(5):
+        assert c.sign_in("li", "guess-guess-guess")[0] == 401
+    status, html = c.sign_in("li")  # the right password, but too many failures just now
+    assert status == 429 and "登录失败次数过多，请 15 分钟后再试。" in html
+    assert Browserless(base).sign_in("zhang")[0] == 303  # another user is not affected
+    assert kept.request("/cases")[0] == 200  # nor a session signed in before
+
+    from collector.clock import now_ms
+    from collector.manager.cases import CaseService
+    from collector.manager.deadlines import DeadlineRule
+    from collector.manager.users import set_password
+
+    conn = connect(db)
+    set_password(CaseService(conn, DeadlineRule(), now_ms), "admin", "li", "a-brand-new-pw")
+    conn.close()
+    status, _ = kept.request("/cases")
+    assert status == 303 and "/ui/login" in kept.headers["location"]  # signed out by the change

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import hashlib
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -19,13 +20,20 @@ from collector.db import transaction
 from collector.manager import ManagerError, audit
 from collector.manager.cases import ROLES, CaseService, User, check_new_password, hash_password
 
-__all__ = ["add_parsers", "list_users", "set_password"]
+__all__ = ["add_parsers", "list_users", "session_stamp", "set_password"]
 
 
 def list_users(conn: sqlite3.Connection, hall: str | None = None) -> list[User]:
     rows = conn.execute("SELECT username, role, hall, staff_id FROM mgr_user "
                         "WHERE ? IS NULL OR hall = ? ORDER BY hall, username", (hall, hall))
     return [User(*r) for r in rows]
+
+
+def session_stamp(conn: sqlite3.Connection, username: str) -> str | None:
+    """A fingerprint of the user's password hash, kept in the web UI's session: a new password
+    (`set_password`) makes every older session of the user invalid. None: no such user."""
+    row = conn.execute("SELECT pw_hash FROM mgr_user WHERE username=?", (username,)).fetchone()
+    return None if row is None else hashlib.sha256(str(row[0]).encode()).hexdigest()[:32]
 
 
 def set_password(svc: CaseService, actor: str, username: str, password: str) -> None:

@@ -41,7 +41,9 @@ from collector.manager import ManagerError
 from collector.manager.cases import CaseService, User
 from collector.manager.deadlines import DeadlineRule
 from collector.manager.directory import lookup
+from collector.manager.users import session_stamp
 from collector.web.ui import i18n, views
+from collector.web.ui.throttle import LoginThrottle
 
 __all__ = ["UiSettings", "build_ui"]
 
@@ -74,6 +76,9 @@ class UiSettings:
     tz: timezone = timezone(timedelta(hours=8))
     clock_ms: Callable[[], int] = now_ms
     max_form_bytes: int = 64 * 1024
+    login_max_failures: int = 5
+    """Failed sign-ins allowed per user name and client address within `login_window_s`."""
+    login_window_s: int = 15 * 60
 
 
 class _Refused(Exception):
@@ -134,6 +139,7 @@ def build_ui(db: str | Path | Callable[[], sqlite3.Connection],
 class _Ui:
     def __init__(self, open_db: Callable[[], sqlite3.Connection], s: UiSettings) -> None:
         self.open_db, self.s = open_db, s
+        self.throttle = LoginThrottle(s.login_max_failures, s.login_window_s * 1000)
         self.env = Environment(loader=PackageLoader("collector.web.ui", "templates"),
                                autoescape=select_autoescape(default=True),
                                undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -192,8 +198,12 @@ class _Ui:
 
     def _user(self, svc: CaseService, request: Request) -> User | None:
         name = request.session.get("user")
-        if not isinstance(name, str):
+        stamp = request.session.get("stamp")
+        if not isinstance(name, str) or not isinstance(stamp, str):
             return None
+        want = session_stamp(svc.conn, name)  # None: the user is gone
+        if want is None or not hmac.compare_digest(stamp.encode(), want.encode()):
+            return None  # the password changed since this session signed in
         try:
             return svc.user(name)
         except ManagerError:
@@ -302,25 +312,37 @@ class _Ui:
         username = str(form.get("username", "")).strip()
         password = str(form.get("password", ""))
         nxt = _safe_next(str(form.get("next", "")), request.url_for("cases").path)
+        key = (username.lower(), request.client.host if request.client else "")
+        wait_ms = self.throttle.retry_after_ms(key, self.s.clock_ms())
+        if wait_ms > 0:
+            _LOG.warning("ui: sign-in of %r from %s throttled", username, key[1])
+            text = i18n.t(self._lang(request), "err.throttled", minutes=-(-wait_ms // 60_000))
+            return self._render(request, "login.html", {
+                "next": nxt, "error": {"text": text, "detail": ""}, "username": username}, 429)
 
-        def run(svc: CaseService, conn: sqlite3.Connection) -> User | ManagerError:
+        def run(svc: CaseService, conn: sqlite3.Connection) -> tuple[User, str] | ManagerError:
             try:
-                return svc.authenticate(username, password)
+                user = svc.authenticate(username, password)
             except ManagerError as e:
                 return e
+            return user, session_stamp(conn, user.username) or ""
         res = await self._db(run)
         if isinstance(res, ManagerError):
+            self.throttle.failed(key, self.s.clock_ms())
             _LOG.info("ui: sign-in refused for %r", username)
             return self._render(request, "login.html", {
                 "next": nxt, "error": self._error(request, res), "username": username},
                 _STATUS.get(res.reason, 400))
+        self.throttle.succeeded(key)
+        user, stamp = res
         lang = request.session.get("lang")
         request.session.clear()  # a new session (and CSRF token) at every sign-in
         if lang:
             request.session["lang"] = lang
-        request.session["user"] = res.username
+        request.session["user"] = user.username
+        request.session["stamp"] = stamp
         request.session["csrf"] = secrets.token_urlsafe(32)
-        _LOG.info("ui: %s signed in", res.username)
+        _LOG.info("ui: %s signed in", user.username)
         return RedirectResponse(nxt, 303, headers=_HEADERS)
 
     async def logout(self, request: Request) -> Response:

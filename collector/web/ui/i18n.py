@@ -60,6 +60,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "err.exists": ("该案件已有待审批的申诉。", "The case has a pending appeal already."),
     "err.not_found": ("找不到该记录。", "No such record."),
     "err.bad_credentials": ("用户名或密码错误。", "Unknown user or wrong password."),
+    "err.throttled": ("登录失败次数过多，请 {minutes} 分钟后再试。",
+                      "Too many failed sign-ins: try again in {minutes} minute(s)."),
     # case list
     "cases.title": ("整改案件", "Follow-up cases"),
     "cases.summary": ("今天 {today}：共 {n} 件，其中逾期 {overdue} 件（逾期在前）。",
@@ -130,6 +132,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
                          "If the rating is a mistake or malicious, appeal it; another hall "
                          "manager decides, never the staff member concerned."),
     "form.grounds": ("申诉理由", "Grounds"),
+    "appeal.none": ("无申诉。", "No appeal."),
     "appeal.pending_note": ("本案件有待审批的申诉。", "This case has a pending appeal."),
     "step.case.open": ("立案", "Case opened"),
     "step.case.verify": ("核实", "Verified"),
