@@ -365,7 +365,8 @@ class _Ui:
 
         def work(svc: CaseService, conn: sqlite3.Connection, user: User) -> dict[str, Any]:
             cases = svc.list(user.username)  # overdue first
-            shown = [views.case_row(conn, c, today, tz, lang) for c in cases
+            cache: views.NameCache = {}
+            shown = [views.case_row(conn, c, today, tz, lang, cache) for c in cases
                      if (not window or c.window == window) and (
                          state == "all" or c.state == state
                          or (state == "active" and c.state in views.ACTIVE_STATES))]

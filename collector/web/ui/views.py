@@ -14,11 +14,11 @@ from datetime import UTC, date, datetime, timezone
 from typing import Any
 
 from collector.manager.cases import Case, User
-from collector.manager.directory import lookup
+from collector.manager.directory import Names, lookup
 from collector.reasons import REASON_LABELS
 
-__all__ = ["AppealRow", "CaseRow", "DirectoryView", "StepRow", "appeals_of_case", "case_row",
-           "directory", "fmt_ms", "pending_appeals", "reason_text", "steps_of_case"]
+__all__ = ["AppealRow", "CaseRow", "DirectoryView", "NameCache", "StepRow", "appeals_of_case",
+           "case_row", "directory", "fmt_ms", "pending_appeals", "reason_text", "steps_of_case"]
 
 ACTIVE_STATES = ("open", "verified", "rectified", "called")
 STATES = (*ACTIVE_STATES, "closed", "voided")
@@ -56,9 +56,19 @@ class CaseRow:
     active: bool
 
 
+NameCache = dict[tuple[str, str, str, str | None], Names]
+
+
 def case_row(conn: sqlite3.Connection, case: Case, today: date, tz: timezone,
-             lang: str) -> CaseRow:
-    names = lookup(conn, case.hall, case.window, case.staff_id, case.service_code)
+             lang: str, cache: NameCache | None = None) -> CaseRow:
+    """The case as a page shows it; `cache` (one per request) spares the directory look-ups of
+    a long list, where the same window and staff come again and again."""
+    key = (case.hall, case.window, case.staff_id, case.service_code)
+    names = cache.get(key) if cache is not None else None
+    if names is None:
+        names = lookup(conn, *key)
+        if cache is not None:
+            cache[key] = names
     overdue = (today - case.due).days if case.overdue(today) else 0
     return CaseRow(case, names.window, names.staff, names.badge, names.service,
                    reason_text(case.reason, lang), fmt_ms(case.opened_ms, tz),
