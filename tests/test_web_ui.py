@@ -201,6 +201,11 @@ def test_languages(hall: tuple[str, dict[str, int], Path]) -> None:
     assert "整改案件" in html and "逾期" in html  # the choice beats Accept-Language
     status, _ = en.request("/lang?to=en&next=//evil.example")
     assert en.headers["location"] == "/ui/cases"
+    status, html = en.request("/cases?window=w01&state=all")  # the switch keeps the filter
+    assert 'href="/ui/lang?to=zh&amp;next=/ui/cases%3Fwindow%3Dw01%26state%3Dall"' in html
+    tok = en.csrf("/cases/1")
+    status, html = en.request("/cases/1/rectify", {"csrf": tok, "text": "too early"})
+    assert status == 409 and 'next=/ui/cases/1"' in html  # after a POST: back to the case
 
 
 @pytest.mark.parametrize(("chosen", "accept", "lang"), [

@@ -178,10 +178,15 @@ class _Ui:
             return str(request.url_for(name, **params).path)
 
         flash = request.session.pop("flash", None)
+        # Where the language switch comes back to: this page; after a POST, the page it came
+        # from (`here` in ctx) or the case list, never the POST's own URL.
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if request.method != "GET":
+            here = url("cases")
         body = self.env.get_template(template).render(
             t=lambda key, **kw: i18n.t(lang, key, **kw), lang=lang, url=url, user=user,
-            csrf=self._csrf(request), here=request.url.path, flash=flash, has=i18n.has,
-            **{"error": None, **ctx})
+            csrf=self._csrf(request), flash=flash, has=i18n.has,
+            **{"error": None, "here": here, **ctx})
         return HTMLResponse(body, status_code=status, headers=_HEADERS)
 
     def _lang(self, request: Request) -> str:
@@ -386,6 +391,7 @@ class _Ui:
             row = views.case_row(conn, svc.get(user.username, case_id), today, tz, lang)
             appeals = views.appeals_of_case(conn, user, case_id, tz)
             return {"row": row, "steps": views.steps_of_case(conn, case_id, tz),
+                    "here": request.url_for("case", case_id=case_id).path,
                     "appeals": appeals,
                     "pending": any(a.state == "pending" for a in appeals)}
         return await self._page(request, "case.html", work, error, status)
@@ -425,7 +431,8 @@ class _Ui:
 
         def work(svc: CaseService, conn: sqlite3.Connection, user: User) -> dict[str, Any]:
             pending, decided = views.pending_appeals(conn, user, tz)
-            return {"pending": pending, "decided": decided}
+            return {"pending": pending, "decided": decided,
+                    "here": request.url_for("appeals").path}
         return await self._page(request, "appeals.html", work, error, status)
 
     async def decide(self, request: Request) -> Response:
