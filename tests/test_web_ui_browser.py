@@ -122,14 +122,14 @@ def test_manager_day(hall: tuple[str, dict[str, int], Path], browser: Any, shots
     page.fill("#text", "调取录像：窗口等候 48 分钟，叫号系统故障")
     page.click("#submit-verify")
     assert page.inner_text("#flash") == "已保存，并已记入审计日志。"
-    assert page.inner_text("#state") == "待整改"
+    assert page.inner_text("#state") == "已核实"
     page.fill("#text", "维修叫号系统，增设高峰期弹性窗口")
     page.click("#submit-rectify")
-    assert page.inner_text("#state") == "待回访"
+    assert page.inner_text("#state") == "已整改"
     page.check("#reached-yes")
     page.fill("#text", "群众表示满意")
     page.click("#submit-callback")
-    assert page.inner_text("#state") == "待办结"
+    assert page.inner_text("#state") == "已回访"
     steps = page.inner_text("#steps")
     for word in ("核实", "整改", "回访", "zhang", "叫号系统故障", "已联系到", "群众表示满意"):
         assert word in steps
@@ -169,10 +169,10 @@ def test_manager_day(hall: tuple[str, dict[str, int], Path], browser: Any, shots
     card.locator("button.approve").click()
     assert page.inner_text("#flash") == "已保存，并已记入审计日志。"
     assert page.inner_text("#no-appeals") == "没有待审批的申诉。"
-    assert "zhang" in page.inner_text("#decided") and "已通过" in page.inner_text("#decided")
+    assert "zhang" in page.inner_text("#decided") and "已批准" in page.inner_text("#decided")
     page.goto(f"{base}/cases/{ids['staff_s7']}")
-    assert page.inner_text("#state") == "已作废（申诉通过）"
-    assert "申诉通过，差评作废" in page.inner_text("#steps")
+    assert page.inner_text("#state") == "已撤销（申诉通过）"
+    assert "申诉批准，差评撤销" in page.inner_text("#steps")
 
     page.goto(f"{base}/directory")
     assert "李明" in page.inner_text("#dir-staff") and "A0107" in page.inner_text("#dir-staff")
