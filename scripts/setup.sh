@@ -21,6 +21,9 @@ command -v espeak-ng >/dev/null 2>&1 || need_pkgs+=(espeak-ng)
 # The monthly assessment PDF (collector/manager/report.py): a CJK font; its tests use poppler.
 [ -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || need_pkgs+=(fonts-wqy-zenhei)
 command -v pdftotext >/dev/null 2>&1 || need_pkgs+=(poppler-utils)
+# The web UI's end-to-end tests (tests/test_web_ui_browser.py): Debian's headless Chromium, driven
+# by Playwright (pip); Playwright never downloads a browser of its own here.
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_pkgs[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

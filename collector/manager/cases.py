@@ -28,7 +28,8 @@ from typing import Any
 from collector.manager import ManagerError, audit
 from collector.manager.deadlines import DeadlineRule
 
-__all__ = ["Case", "CaseService", "User", "check_password", "hash_password"]
+__all__ = ["Case", "CaseService", "User", "check_new_password", "check_password",
+           "hash_password"]
 
 ROLES = ("manager", "lead", "inspector")
 _STEP_FROM = {"verify": "open", "rectify": "verified", "callback": "rectified", "close": "called"}
@@ -39,6 +40,12 @@ def hash_password(password: str) -> str:
     salt = os.urandom(16)
     h = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
     return "scrypt$" + base64.b64encode(salt).decode() + "$" + base64.b64encode(h).decode()
+
+
+def check_new_password(password: str) -> None:
+    """The rule for a new password (user add, password reset)."""
+    if len(password) < 8:
+        raise ManagerError("weak_password", "password must have at least 8 characters")
 
 
 def check_password(password: str, stored: str) -> bool:
@@ -121,8 +128,7 @@ class CaseService:
             raise ManagerError("bad_role", f"role must be one of {', '.join(ROLES)}, not {role!r}")
         if actor != "admin":
             self._require(actor, ("manager",), hall)
-        if len(password) < 8:
-            raise ManagerError("weak_password", "password must have at least 8 characters")
+        check_new_password(password)
         with self._tx() as c:
             if c.execute("SELECT 1 FROM mgr_user WHERE username=?", (username,)).fetchone():
                 raise ManagerError("exists", f"user {username!r} exists already")

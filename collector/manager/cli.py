@@ -185,3 +185,7 @@ def add_parsers(sub: argparse._SubParsersAction, report_sub: Any = None) -> None
     m.add_argument("--month", required=True, help="YYYY-MM")
     m.add_argument("--out-dir", default=".")
     m.set_defaults(func=_wrap(_report_month))
+
+    from collector.manager import users  # evalterm user add|list|passwd (the web UI's accounts)
+
+    users.add_parsers(sub, common, _wrap)
