@@ -190,7 +190,7 @@ class HttpConfig:
         help="The private key of tls_certfile (PEM, readable by the collector's user only).")
     header_timeout_s: float = _opt(10.0, minimum=0.1, maximum=300,
         help="A connection must send a request's complete headers within this long (from the "
-             "connection or the previous response), or it is closed.")
+             "connection, or from the first byte of a next request on it), or it is closed.")
     body_timeout_s: float = _opt(10.0, minimum=0.1, maximum=300,
         help="A webhook request must send its whole body within this long after its headers, or "
              "it is answered 408 and closed.")
@@ -543,6 +543,7 @@ def _parse_feed_tokens(text: str) -> tuple[list[FeedToken], list[str]]:
         if not entry:
             continue
         halls_text, sep, token = entry.partition("=")
+        token = token.strip()
         where = f"[http] feed_tokens, entry {n}"
         halls = [h.strip() for h in halls_text.split(",")]
         if not sep or not halls_text.strip():
