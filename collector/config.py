@@ -199,7 +199,7 @@ class HttpConfig:
     max_connections: int = _opt(100, minimum=1, maximum=10000,
         help="Open connections served at once; a request on a connection beyond them is answered "
              "503.")
-    max_feed_requests: int = _opt(16, minimum=1, maximum=1000,
+    max_feed_requests: int = _opt(64, minimum=1, maximum=1000,
         help="Webhook requests in progress at once (reading the body or waiting for the commit); "
              "one more is answered 503 {\"error\": \"busy\"} with Retry-After.")
     backlog: int = _opt(1024, minimum=1, maximum=65535,
