@@ -366,6 +366,36 @@ def test_unusable_tls_files_and_a_port_in_use_fail_the_start_in_one_line(
     taken.close()
 
 
+def test_a_mounted_app_is_served_beside_the_collectors_paths_and_stop_frees_the_port(
+        make_config: Callable[..., Config]) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Mount, Route
+
+    async def page(_request: Request) -> HTMLResponse:
+        return HTMLResponse("<p>案件列表</p>")
+
+    ui = Starlette(routes=[Route("/cases", page)])
+    cfg = make_config()
+    server = WebServer(build_app(cfg.http, _NoFeed(), lambda: {"status": "ok"}, Metrics(),
+                                 [Mount("/ui", app=ui)]), cfg.http)
+    server.start()
+    port = server.port
+    code, headers, text = request(port, "GET", "/ui/cases")
+    assert (code, text) == (200, "<p>案件列表</p>")
+    assert headers["content-type"].startswith("text/html")
+    assert request(port, "GET", "/healthz")[:1] == (200,)
+    assert request(port, "GET", "/ui/nothing")[0] == 404
+    server.stop()
+    assert not server.alive
+    with pytest.raises(ConnectionRefusedError):
+        raw(port)
+    again = socket.socket()
+    again.bind(("127.0.0.1", port))  # the port is free again
+    again.close()
+
+
 class _NoFeed:
     def submit_feed(self, hall: str, body: bytes, timeout: float = 30.0) -> None:
         return None
