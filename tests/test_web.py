@@ -428,16 +428,21 @@ def test_healthz_degraded_while_influxdb_is_stopped_and_back(
         assert {k: v["state"] for k, v in doc["parts"].items()} == {
             "broker": "up", "ingest": "up", "drainer": "up", "influx": "up", "detector": "up"}
         assert _part_up(port, "influx") == "1.0"
-        own.stop()
-        assert post(port, "h1", body("OUT-1"), cfg.http.feed_token)[0] == 202  # a point to write
-        code, doc = wait_for(lambda: (h := _health(port))[0] == 503 and h,
-                             what="degraded while InfluxDB is down")
+        own.stop()  # with nothing to write: the idle drainer's ping finds it out
+        _, doc = wait_for(lambda: (h := _health(port))[0] == 503 and h,
+                          what="degraded while InfluxDB is down, without traffic")
         assert doc["status"] == "degraded" and doc["parts"]["influx"]["state"] == "down"
-        assert doc["parts"]["influx"]["reason"] and doc["parts"]["broker"]["state"] == "up"
+        assert "ping" in doc["parts"]["influx"]["reason"]
+        assert doc["parts"]["broker"]["state"] == "up"
         assert _part_up(port, "influx") == "0.0" and _part_up(port, "broker") == "1.0"
+        assert post(port, "h1", body("OUT-1"), cfg.http.feed_token)[0] == 202  # a point to write
+        wait_for(lambda: "ping" not in _health(port)[1]["parts"]["influx"]["reason"],
+                 what="the failed write's own reason")
+        assert _health(port)[0] == 503
         own.start()
         wait_for(lambda: _health(port)[0] == 200, timeout=60, what="healthy again")
         assert _part_up(port, "influx") == "1.0"
+        assert ("h1", "OUT-1") in txn_halls(cfg)
     finally:
         own.stop()
 
