@@ -27,6 +27,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DetectionConfig",
+    "FeedToken",
     "HttpConfig",
     "InfluxConfig",
     "LinkingConfig",
@@ -34,6 +35,7 @@ __all__ = [
     "Option",
     "check_data_dir",
     "config_warnings",
+    "feed_tokens",
     "load_config",
     "parse_config",
     "sample_config",
@@ -172,8 +174,37 @@ class HttpConfig:
     listen: str = _opt("127.0.0.1:8480",
         help="host:port of /healthz, /metrics and the feed webhook; empty disables it.")
     feed_token: str = _opt("", secret=True,
-        help="Bearer token the business system sends to the webhook (required for the webhook; "
-             "empty disables the webhook).")
+        help="A bearer token of the webhook valid for EVERY hall (what older versions had; "
+             "`config check` warns): prefer feed_tokens, which scopes each token to its halls.")
+    feed_tokens: str = _opt("", secret=True,
+        help="Webhook bearer tokens, each scoped to the halls its business system serves: "
+             "'HALL[,HALL...]=TOKEN' entries separated by ';', e.g. 'hall01,hall02=T1;hall03=T2' "
+             "(a token of at least 16 characters, no spaces; '*' for every hall). A token posting"
+             " another hall's feed is refused (403). No token at all: the webhook refuses every "
+             "request (401).")
+    tls_certfile: str = _opt("",
+        help="Serve HTTPS with this certificate chain (PEM), e.g. server.crt of `evalterm pki "
+             "issue server`; plain HTTP is then refused on the port. Empty: plain HTTP (keep it on"
+             " loopback, or put a TLS reverse proxy in front: docs/deploy.md).")
+    tls_keyfile: str = _opt("",
+        help="The private key of tls_certfile (PEM, readable by the collector's user only).")
+    header_timeout_s: float = _opt(10.0, minimum=0.1, maximum=300,
+        help="A connection must send a request's complete headers within this long (from the "
+             "connection, or from the first byte of a next request on it), or it is closed.")
+    body_timeout_s: float = _opt(10.0, minimum=0.1, maximum=300,
+        help="A webhook request must send its whole body within this long after its headers, or "
+             "it is answered 408 and closed.")
+    keepalive_s: int = _opt(5, minimum=1, maximum=300,
+        help="An idle keep-alive connection is closed after this long.")
+    max_connections: int = _opt(100, minimum=1, maximum=10000,
+        help="Open connections served at once; a request on a connection beyond them is answered "
+             "503.")
+    max_feed_requests: int = _opt(64, minimum=1, maximum=1000,
+        help="Webhook requests in progress at once (reading the body or waiting for the commit); "
+             "one more is answered 503 {\"error\": \"busy\"} with Retry-After.")
+    backlog: int = _opt(1024, minimum=1, maximum=65535,
+        help="Listen backlog: connections the kernel queues before the server accepts them, for "
+             "bursts (Linux caps it at net.core.somaxconn).")
 
 
 @dataclass(frozen=True)
@@ -466,6 +497,7 @@ def _cross_check(cfg: Config) -> list[str]:
         _host, sep, port = cfg.http.listen.rpartition(":")
         if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
             out.append(f"[http] listen: expected host:port, got {cfg.http.listen!r}")
+    out += _check_http(cfg.http)
     prefix = cfg.mqtt.topic_prefix
     if (not prefix or any(c in prefix for c in "+#") or prefix.startswith("/")
             or prefix.endswith("/")):
@@ -486,6 +518,74 @@ def _cross_check(cfg: Config) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class FeedToken:
+    """A webhook bearer token and the halls it may post (None: every hall)."""
+
+    token: str
+    halls: frozenset[str] | None
+
+    def allows(self, hall: str) -> bool:
+        return self.halls is None or hall in self.halls
+
+
+_MIN_TOKEN = 16
+
+
+def _parse_feed_tokens(text: str) -> tuple[list[FeedToken], list[str]]:
+    """`[http] feed_tokens` as tokens with their halls, and its problems (never showing a token:
+    an entry is named by its position and its halls)."""
+    from collector.protocol import ID_PATTERN
+
+    out: list[FeedToken] = []
+    problems: list[str] = []
+    for n, entry in enumerate((e.strip() for e in text.split(";")), 1):
+        if not entry:
+            continue
+        halls_text, sep, token = entry.partition("=")
+        token = token.strip()
+        where = f"[http] feed_tokens, entry {n}"
+        halls = [h.strip() for h in halls_text.split(",")]
+        if not sep or not halls_text.strip():
+            problems.append(f"{where}: expected HALL[,HALL...]=TOKEN")
+            continue
+        where += f" ({halls_text.strip()})"
+        bad = [h for h in halls if h != "*" and not ID_PATTERN.fullmatch(h)]
+        if bad:
+            problems.append(f"{where}: {', '.join(map(repr, bad))} is not a hall id "
+                            "(letters, digits, _ and -, at most 32) or *")
+        if "*" in halls and len(halls) > 1:
+            problems.append(f"{where}: * (every hall) cannot be listed with other halls")
+        if len(token) < _MIN_TOKEN or any(c.isspace() for c in token):
+            problems.append(f"{where}: the token must be at least {_MIN_TOKEN} characters without"
+                            " spaces (e.g. `openssl rand -hex 24`)")
+        if not bad:
+            out.append(FeedToken(token, None if "*" in halls else frozenset(halls)))
+    return out, problems
+
+
+def feed_tokens(http: HttpConfig) -> tuple[FeedToken, ...]:
+    """Every webhook token of a validated config: `feed_token` (every hall) and `feed_tokens`."""
+    scoped, _problems = _parse_feed_tokens(http.feed_tokens)
+    legacy = [FeedToken(http.feed_token, None)] if http.feed_token else []
+    return tuple(legacy + scoped)
+
+
+def _check_http(http: HttpConfig) -> list[str]:
+    scoped, out = _parse_feed_tokens(http.feed_tokens)
+    tokens = [t.token for t in scoped] + ([http.feed_token] if http.feed_token else [])
+    if len(set(tokens)) != len(tokens):
+        out.append("[http] feed_tokens: a token is given twice (in feed_tokens or as feed_token): "
+                   "give each business system a token of its own, with all its halls")
+    if bool(http.tls_certfile) != bool(http.tls_keyfile):
+        out.append("[http] tls_certfile and tls_keyfile: set both (HTTPS) or neither (plain HTTP)")
+    for key in ("tls_certfile", "tls_keyfile"):
+        value = getattr(http, key)
+        if value and not Path(value).is_file():
+            out.append(f"[http] {key} = {value!r}: no such file")
+    return out
+
+
 def config_warnings(cfg: Config) -> list[str]:
     """Settings that work but are probably not what was meant (shown by `config check`)."""
     out: list[str] = []
@@ -496,6 +596,16 @@ def config_warnings(cfg: Config) -> list[str]:
         out.append("[influx] username is set but password is empty (set EVALTERM_INFLUX__PASSWORD)")
     if cfg.mqtt.password and not cfg.mqtt.username:
         out.append("[mqtt] password is set but username is empty: the password is not used")
+    if cfg.http.feed_token:
+        out.append("[http] feed_token is valid for every hall: a business system's token should "
+                   "post only its own halls; move it to feed_tokens = 'HALL[,HALL...]=TOKEN'")
+    host = cfg.http.listen.rpartition(":")[0].strip("[]")
+    if (cfg.http.listen and (cfg.http.feed_token or cfg.http.feed_tokens)
+            and not cfg.http.tls_certfile and host not in ("127.0.0.1", "localhost", "::1")):
+        out.append(f"[http] listen = {cfg.http.listen!r} serves the webhook in plain HTTP beyond "
+                   "this host: its tokens cross the network readable; set tls_certfile and "
+                   "tls_keyfile, or listen on 127.0.0.1 behind a TLS reverse proxy "
+                   "(docs/deploy.md)")
     return out
 
 

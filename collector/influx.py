@@ -159,6 +159,9 @@ def make_writer(cfg: Config) -> Writer:
     return V2Writer(i.url, i.token, i.org, i.bucket, i.timeout_s)
 
 
+_PING_FAILED = "InfluxDB does not answer its /ping"
+
+
 class OutboxDrainer:
     """influx_outbox -> InfluxDB, in order, at least once.
 
@@ -169,12 +172,14 @@ class OutboxDrainer:
     collector deletes the confirmed rows (`prune_outbox`). A crash between a write and the record
     of it rewrites those points, which overwrites them (points are idempotent, collector/points.py).
     `state` is read from a second thread (read-ahead), one thread at a time: open it with
-    `check_same_thread=False`.
+    `check_same_thread=False`. While there is nothing to write, InfluxDB is pinged every
+    `probe_s`, so that `healthy` (the collector's /healthz) follows an outage without traffic.
     """
 
     def __init__(self, state: sqlite3.Connection, drained: sqlite3.Connection, writer: Writer, *,
                  batch_size: int = 5000, flush_interval_s: float = 0.2,
-                 retry_max_s: float = 30.0) -> None:
+                 retry_max_s: float = 30.0, probe_s: float = 5.0) -> None:
+        self._probe_s = probe_s
         self._db = state
         self._drained = drained
         self._writer = writer
@@ -193,6 +198,7 @@ class OutboxDrainer:
 
     def run(self, stop: threading.Event, idle_poll_s: float = 0.05) -> None:
         backoff = 0.0
+        probed = time.monotonic()  # the last write, or the last ping while idle
         self._save_status()
         while not stop.is_set():
             try:
@@ -213,9 +219,21 @@ class OutboxDrainer:
                 self._save_status()
                 stop.wait(1.0)
                 continue
-            if backoff or not self.healthy:
-                self.healthy, self.last_error, backoff = True, "", 0.0
-                self._save_status()
+            if wrote:
+                probed = time.monotonic()
+                if backoff or not self.healthy:
+                    self.healthy, self.last_error, backoff = True, "", 0.0
+                    self._save_status()
+            elif time.monotonic() - probed >= self._probe_s:
+                probed = time.monotonic()
+                if self._writer.ping():
+                    if backoff or not self.healthy:
+                        self.healthy, self.last_error, backoff = True, "", 0.0
+                        self._save_status()
+                elif self.healthy or self.last_error != _PING_FAILED:
+                    self.healthy, self.last_error = False, _PING_FAILED
+                    _LOG.warning("InfluxDB does not answer its ping (nothing to write meanwhile)")
+                    self._save_status()
             if wrote == 0:
                 stop.wait(idle_poll_s)
             elif wrote < self._batch and self._flush > 0:

@@ -47,3 +47,11 @@ class Metrics:
         self.mqtt_connected = Gauge(
             "evalterm_mqtt_connected", "1 while connected to the broker", registry=r
         )
+        self.feed_inflight = Gauge(
+            "evalterm_http_feed_inflight", "Webhook requests in progress (reading the body or "
+            "waiting for the commit)", registry=r,
+        )
+        self.feed_busy = Counter(
+            "evalterm_http_feed_busy", "Webhook requests answered 503 because [http] "
+            "max_feed_requests were in progress (the sender retries)", registry=r,
+        )

@@ -100,6 +100,11 @@ class Rejection(StrEnum):
     BAD_SIGNATURE = "bad_signature"
     REPLAY = "replay"
     UNAUTHORIZED = "unauthorized"
+    # The webhook's own refusals, before a body reaches the checks above (collector/web/app.py).
+    FORBIDDEN_HALL = "forbidden_hall"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    LENGTH_REQUIRED = "length_required"
+    BODY_TIMEOUT = "body_timeout"
 
 
 class ProtocolError(Exception):

@@ -7,7 +7,8 @@ Threads and who owns what:
   batch through `Ingest.process_batch`, and only then acknowledges each message to the broker
   (paho manual ack) or answers the waiting HTTP request; it also publishes queued commands;
 * the drainer owns a second connection and moves points from the outbox to InfluxDB;
-* the HTTP server threads serve /healthz, /metrics and the feed webhook.
+* the HTTP server thread (uvicorn, collector/web/) serves /healthz, /metrics, the feed webhook
+  and any mounted application; blocking calls run in its bounded worker threads.
 
 A kill at any moment loses nothing: an unacknowledged message is delivered again by the broker
 (persistent session), a committed one is in SQLite, and its replay is refused harmlessly.
@@ -21,7 +22,7 @@ import signal
 import ssl
 import threading
 import time
-from http.server import ThreadingHTTPServer
+from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -30,17 +31,20 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector as MetricsCollector
+from starlette.routing import BaseRoute
 
 from collector import outbox
 from collector.clock import now_ms
 from collector.config import Config
 from collector.db import connect
 from collector.drainer import DrainerProcess
-from collector.http import start_http_server
+from collector.health import Part, PartsMetrics, health_document
 from collector.ingest import Inbound, Ingest, Outcome
 from collector.metrics import Metrics
 from collector.mqttclient import BufferedClient
 from collector.protocol import feed_topic
+from collector.web.app import COMMIT_TIMEOUT_S, build_app
+from collector.web.server import WebServer
 
 __all__ = ["Collector"]
 
@@ -80,7 +84,9 @@ class _Waiter:
 
 
 class Collector:
-    def __init__(self, cfg: Config, *, clock: Any = now_ms) -> None:
+    def __init__(self, cfg: Config, *, clock: Any = now_ms,
+                 mounts: Sequence[BaseRoute] = ()) -> None:
+        """`mounts`: routes served beside /healthz, /metrics and the webhook (the UI)."""
         self.cfg = cfg
         self.clock = clock
         self.metrics = Metrics()
@@ -95,13 +101,17 @@ class Collector:
         self._stop = threading.Event()
         self._drainer = DrainerProcess(cfg, connect(cfg.state_db, check_same_thread=False))
         self.metrics.registry.register(_DrainerMetrics(self._drainer))
+        self.metrics.registry.register(PartsMetrics(self.parts))
         self._client = self._make_client()
         self._inflight_cmds: dict[int, int] = {}  # paho mid -> cmd_outbox id
         self._last_published_cmd = 0  # paho holds what it was given and resends until the PUBACK
         self._cmd_lock = threading.Lock()
         self._acked_cmds: queue.SimpleQueue[int] = queue.SimpleQueue()  # from paho's thread
         self._worker = threading.Thread(target=self._work, name="ingest", daemon=True)
-        self._http: ThreadingHTTPServer | None = None
+        self._mounts = tuple(mounts)
+        self._http: WebServer | None = None
+        self._mqtt_error = "not connected yet"  # why the broker link is down, while it is
+        self._detector_error = ""  # why the last detection run failed, until one succeeds
         self.last_batch_ms = 0
         self.stalled = ""  # why the ingest worker cannot commit, while it cannot
         self._pruned_at = 0.0
@@ -134,7 +144,9 @@ class Collector:
                     props: Any) -> None:
         if reason.is_failure:
             _LOG.error("broker refused the connection: %s", reason)
+            self._mqtt_error = f"the broker refused the connection: {reason}"
             return
+        self._mqtt_error = ""
         _LOG.info("connected to the broker (session present: %s)", flags.session_present)
         self.metrics.mqtt_connected.set(1)
         prefix = self.cfg.mqtt.topic_prefix
@@ -148,6 +160,7 @@ class Collector:
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.metrics.mqtt_connected.set(0)
+        self._mqtt_error = f"disconnected from the broker: {reason}"
         if not self._stop.is_set():
             _LOG.warning("disconnected from the broker (%s); reconnecting", reason)
 
@@ -173,6 +186,8 @@ class Collector:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = m.session_expiry_s
         props.ReceiveMaximum = m.receive_maximum
+        if self.cfg.http.listen:  # first: a port in use stops the start-up before anything runs
+            self._start_http()
         self._drainer.start()
         self._worker.start()
         if self.cfg.detection.enabled:
@@ -180,11 +195,12 @@ class Collector:
         self._client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False,
                                    properties=props)
         self._client.loop_start()
-        if self.cfg.http.listen:
-            self._start_http()
         _LOG.info("collector started (state %s)", self.cfg.state_db)
 
     def stop(self) -> None:
+        # The HTTP server first: requests in progress still get their commit from the worker.
+        if self._http is not None:
+            self._http.stop()
         self._stop.set()
         self._queue.put(None)
         self._worker.join(10)
@@ -193,9 +209,6 @@ class Collector:
         self._client.disconnect()
         self._client.loop_stop()
         self._drainer.stop()
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
 
     def run_forever(self) -> None:
         done = threading.Event()
@@ -236,13 +249,19 @@ class Collector:
         from collector.detection import run_detection
         from collector.detection.run import connect_detector
 
-        conn = connect_detector(self.cfg)
+        try:
+            conn = connect_detector(self.cfg)
+        except Exception as exc:
+            self._detector_error = f"cannot open the state database: {exc}"[:200]
+            raise
         try:
             while not self._stop.is_set():
                 started = self.clock()
                 try:
                     run_detection(conn, self.cfg, started)
-                except Exception:
+                    self._detector_error = ""
+                except Exception as exc:
+                    self._detector_error = f"{type(exc).__name__}: {exc}"[:200]
                     _LOG.exception("integrity detection failed; ingestion goes on")
                 self._stop.wait(self.cfg.detection.interval_s)
         finally:
@@ -347,31 +366,54 @@ class Collector:
 
     # -- HTTP --------------------------------------------------------------------------------------
 
-    def submit_feed(self, hall: str, body: bytes, timeout: float = 30.0) -> Outcome | None:
+    def submit_feed(self, hall: str, body: bytes, timeout: float = COMMIT_TIMEOUT_S
+                    ) -> Outcome | None:
         waiter = _Waiter()
         topic = feed_topic(self.cfg.mqtt.topic_prefix, hall)
         self._queue.put(Inbound("http", topic, body, self.clock(), waiter))
         return waiter.outcome if waiter.done.wait(timeout) else None
 
-    def health(self) -> dict[str, Any]:
-        depth = self._drainer.depth()
+    def parts(self) -> list[Part]:
+        """Each part of the running service, up or down with the reason (collector/health.py
+        turns them into /healthz and evalterm_part_up)."""
         mqtt_ok = self._client.is_connected()
         st = self._drainer.status()
-        influx_ok = self._drainer.alive and st["healthy"]
-        return {
-            "status": "ok" if mqtt_ok and influx_ok and not self.stalled else "degraded",
+        drainer_ok = self._drainer.alive
+        influx_ok = drainer_ok and st["healthy"]
+        worker_ok = self._worker.is_alive()
+        detector_on = self.cfg.detection.enabled
+        detector_ok = self._detector.is_alive() and not self._detector_error
+        return [
+            Part("broker", mqtt_ok, "" if mqtt_ok else self._mqtt_error or "not connected"),
+            Part("ingest", worker_ok and not self.stalled,
+                 f"cannot commit: {self.stalled}" if self.stalled
+                 else "" if worker_ok else "the ingest worker is not running"),
+            Part("drainer", drainer_ok, "" if drainer_ok else
+                 f"the drainer process is not running (restarts: {self._drainer.restarts})"),
+            Part("influx", influx_ok, "" if influx_ok else
+                 (st["last_error"] or "no InfluxDB writes while the drainer is not running")),
+            Part("detector", detector_ok, "" if detector_ok else
+                 self._detector_error or "the detector thread is not running", detector_on),
+        ]
+
+    def health(self) -> dict[str, Any]:
+        parts = self.parts()
+        up = {p.name: p.up for p in parts}
+        influx = next(p for p in parts if p.name == "influx")
+        return health_document(parts, {
             "ingest_stalled": self.stalled,
-            "mqtt_connected": mqtt_ok,
-            "influx_ok": influx_ok,
-            "influx_error": "" if influx_ok else (st["last_error"] or "drainer not running"),
-            "outbox_depth": depth,
+            "mqtt_connected": up["broker"],
+            "influx_ok": up["influx"],
+            "influx_error": influx.reason,
+            "outbox_depth": self._drainer.depth(),
             "queue_depth": self._queue.qsize(),
-        }
+        })
 
     def _start_http(self) -> None:
-        self._http = start_http_server(self)
-        _LOG.info("HTTP on %s", self.cfg.http.listen)
+        app = build_app(self.cfg.http, self, self.health, self.metrics, self._mounts)
+        self._http = WebServer(app, self.cfg.http)
+        self._http.start()
 
     @property
     def http_port(self) -> int | None:
-        return None if self._http is None else self._http.server_address[1]
+        return None if self._http is None else self._http.port

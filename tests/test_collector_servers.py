@@ -170,6 +170,8 @@ def _http(c: Collector, path: str, body: bytes | None = None, token: str | None 
                                  method="POST" if body is not None else "GET")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             code, text = resp.status, resp.read().decode()

@@ -14,6 +14,7 @@ from collector.config import (
     ConfigError,
     check_data_dir,
     config_warnings,
+    feed_tokens,
     load_config,
     sample_config,
 )
@@ -141,6 +142,10 @@ def test_secret_values_are_never_shown_in_problems(tmp_path: Path) -> None:
         ({"mqtt__password": "pw"}, "[mqtt] password is set but username is empty"),
         ({"influx__username": "u"}, "[influx] username is set but password is empty"),
         ({"mqtt__username": "collector", "mqtt__password": "pw"}, None),
+        ({"http__feed_token": "x" * 20}, "[http] feed_token is valid for every hall"),
+        ({"http__feed_tokens": "h1=" + "x" * 20, "http__listen": "0.0.0.0:8480"},
+         "serves the webhook in plain HTTP beyond this host"),
+        ({"http__feed_tokens": "h1=" + "x" * 20}, None),  # on loopback
     ],
 )
 def test_warnings(overrides: dict[str, str], warned: str | None) -> None:
@@ -188,3 +193,28 @@ def test_the_collectors_client_id_is_its_broker_user_name() -> None:
     with pytest.raises(ConfigError, match="differs from \\[mqtt\\] username"):
         load_config(None, env={"EVALTERM_MQTT__USERNAME": "c1", "EVALTERM_MQTT__CLIENT_ID": "x"})
     assert load_config(None, env={}).mqtt.client_id == "evalterm-collector"  # anonymous
+
+
+_TOKEN_A = "token-of-hall-a-0123456789"
+_TOKEN_B = "token-of-halls-b-c-987654321"
+
+
+def test_the_token_scope_is_validated_without_showing_a_token() -> None:
+    base = load_config(None, env={})
+    cases = [
+        ("h1", "expected HALL[,HALL...]=TOKEN"),
+        (f"h.1={_TOKEN_A}", "is not a hall id"),
+        ("h1=short", "at least 16 characters"),
+        (f"*,h1={_TOKEN_A}", "cannot be listed with other halls"),
+        (f"h1={_TOKEN_A};h2={_TOKEN_A}", "a token is given twice"),
+    ]
+    for value, message in cases:
+        with pytest.raises(ConfigError) as err:
+            base.with_overrides(http__feed_tokens=value)
+        assert message in str(err.value), (value, err.value.problems)
+        assert _TOKEN_A not in str(err.value) and "short" not in str(err.value)
+    with pytest.raises(ConfigError, match="set both"):
+        base.with_overrides(http__tls_certfile="/etc/hostname")
+    cfg = base.with_overrides(http__feed_tokens=f" h1 , h2 = {_TOKEN_A} ;; *={_TOKEN_B};")
+    scopes = {t.token: t.halls for t in feed_tokens(cfg.http)}
+    assert scopes == {_TOKEN_A: frozenset({"h1", "h2"}), _TOKEN_B: None}

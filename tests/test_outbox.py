@@ -5,9 +5,11 @@ InfluxDB confirmed, and progress that belongs to another state database ignored.
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
 from collector.db import connect, connect_drained, connect_reader, drained_path
 from collector.influx import OutboxDrainer, WriteFailed, outbox_depth, prune_outbox
@@ -112,3 +114,35 @@ def test_progress_beyond_a_restored_backup_is_ignored(tmp_path: Path) -> None:
     state, drained = connect(db), connect_drained(drained_path(db))
     assert prune_outbox(state, drained) == 0
     assert outbox_depth(state, drained) == 4
+
+
+def test_an_idle_drainer_pings_influxdb_and_reports_an_outage_without_traffic(
+        tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    _queue(db, 0)
+    writer = RecordingWriter()
+    stop = threading.Event()
+
+    def run() -> None:  # the drainer's connections belong to its thread
+        drainer = OutboxDrainer(connect_reader(db), connect_drained(drained_path(db)), writer,
+                                batch_size=4, probe_s=0.05)
+        drainer.run(stop, idle_poll_s=0.01)
+
+    status = connect_drained(drained_path(db))
+
+    def healthy() -> tuple[int, str]:
+        row = status.execute("SELECT healthy, last_error FROM drainer_status").fetchone()
+        return (-1, "") if row is None else (row[0], row[1])
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        wait_for(lambda: healthy() == (1, ""), what="healthy at first")
+        writer.fail = True  # InfluxDB away, and nothing to write
+        wait_for(lambda: healthy()[0] == 0, what="unhealthy from the ping alone")
+        assert "ping" in healthy()[1] and writer.lines == []
+        writer.fail = False
+        wait_for(lambda: healthy() == (1, ""), what="healthy again")
+    finally:
+        stop.set()
+        t.join(10)
