@@ -2,10 +2,11 @@
 GPIOs (honest presses, a rewired key, a dead key), the enclosure switch, the last gasp.
 Runs under CPython and on the MicroPython unix port (test_micropython.MODULES)."""
 
+import gc
 import json
 
 from etfw.tamper import LADDER_MV, classify
-from fwfakes import FakePin
+from fwfakes import FIGURES, FakePin
 from fwrig import Rig
 
 ALL = ["enclosure", "power", "ladder"]
@@ -167,3 +168,21 @@ def test_not_fitted_means_not_read():
     r = Rig(more_hw={"enclosure": FakePin(1), "ladder": Ladder()})
     r.run(300)
     assert r.dev.tamper is None and _events(r, "enclosure_opened") == []
+
+
+def _live():
+    gc.collect()
+    return gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0
+
+
+def test_tamper_heap_on_a_running_device():
+    before = _live()
+    r = Rig()
+    r.run(200)
+    plain = _live() - before
+    r = None
+    before = _live()
+    r = _rig()
+    r.run(200)
+    FIGURES["device_tamper_extra_heap_bytes"] = _live() - before - plain
+    assert r.dev.link.up and r.dev.tamper is not None
