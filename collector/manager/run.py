@@ -1,0 +1,197 @@
+"""The hall manager's work inside the collector service: the thin adapter `service.py` runs
+every `[manager] interval_s` on a connection of its own.
+
+Each run (`ManagerRun.run_once`):
+1. opens a case for every 差评 that has none (`CaseService.open_cases`, idempotent);
+2. queues the follow-up figures for InfluxDB (docs/storage.md, "Follow-up"): one `followup`
+   point per case, rewritten when the case changes, and one `followup_open` point per hall,
+   window and staff member with the cases open and overdue now;
+3. queues the directory's names (`directory` points) when they changed, and once a day;
+4. writes last month's report (PDF and XLSX) of each hall into `[manager] monthly_report_dir`,
+   once the month has ended in the hall's time, unless both files are there already.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+
+from influxdb_client import Point, WritePrecision
+
+from collector.config import Config, parse_days_per_hall, parse_offset
+from collector.db import transaction
+from collector.manager.cases import CaseService
+from collector.manager.deadlines import Calendar, DeadlineRule, load_calendar
+from collector.manager.directory import learn_from_txn
+from collector.manager.report import case_flags, month_figures, write_pdf, write_xlsx
+from collector.outbox import add_lines
+
+__all__ = ["ManagerRun", "RunResult", "case_service", "directory_lines", "followup_lines",
+           "hall_tz", "last_month", "report_paths", "write_month_report"]
+
+_LOG = logging.getLogger(__name__)
+_NS = WritePrecision.NS
+ALL_STAFF = "*"
+DIRECTORY_EVERY_MS = 86_400_000  # names are written again at least this often (retention)
+
+
+def hall_tz(cfg: Config) -> timezone:
+    """The halls' local time (`[detection] utc_offset`)."""
+    return timezone(timedelta(minutes=parse_offset(cfg.detection.utc_offset)))
+
+
+def case_service(cfg: Config, conn: sqlite3.Connection, clock: Callable[[], int]) -> CaseService:
+    """A CaseService with the configured deadline rule ([manager] followup_days, per hall,
+    holidays_file)."""
+    m = cfg.manager
+    cal = load_calendar(m.holidays_file) if m.holidays_file else Calendar()
+    rule = DeadlineRule(m.followup_days, parse_days_per_hall(m.followup_days_per_hall), cal)
+    return CaseService(conn, rule, clock, hall_tz(cfg))
+
+
+def _local(ms: int, tz: timezone) -> date:
+    return datetime.fromtimestamp(ms / 1000, UTC).astimezone(tz).date()
+
+
+def followup_lines(conn: sqlite3.Connection, now_ms: int, tz: timezone
+                   ) -> tuple[dict[int, str], list[str]]:
+    """({case_id: its `followup` line}, the `followup_open` lines at `now_ms`)."""
+    today = _local(now_ms, tz)
+    per_case: dict[int, str] = {}
+    units: dict[tuple[str, str, str], list[int]] = {}
+    for (cid, hall, txn, window, staff, service, level, reason, opened_ms, due, state,
+         closed_ms, reached, view) in conn.execute(
+            "SELECT case_id, hall, txn, window, staff_id, service_code, level, reason, "
+            "opened_ms, due, state, closed_ms, reached, citizen_view FROM mgr_case"):
+        closed = None if closed_ms is None else _local(closed_ms, tz)
+        f = case_flags(state, date.fromisoformat(due), closed,
+                       None if reached is None else bool(reached), view, today)
+        p = (Point("followup").tag("hall", hall).tag("window", window).tag("staff", staff)
+             .tag("service", service or "unknown").field("case_id", cid).field("txn", txn)
+             .field("level", level).field("state", state).field("due", due)
+             .field("reason", reason or "").field("voided", int(state == "voided")))
+        for k, v in f.items():
+            p = p.field(k, v)
+        # At the case's opening, with a stable sub-millisecond offset: rewriting overwrites.
+        per_case[cid] = p.time(opened_ms * 1_000_000 + cid % 1_000_000, _NS).to_line_protocol()
+        for key in ((hall, window, staff), (hall, window, ALL_STAFF)):
+            u = units.setdefault(key, [0, 0])
+            u[0] += f["open"]
+            u[1] += f["overdue"]
+    now_lines = []
+    for (hall, window, staff), (n_open, n_over) in sorted(units.items()):
+        off = zlib.crc32(f"{hall}/{window}/{staff}".encode()) % 1_000_000
+        now_lines.append(Point("followup_open").tag("hall", hall).tag("window", window)
+                         .tag("staff", staff).field("open", n_open).field("overdue", n_over)
+                         .time(now_ms * 1_000_000 + off, _NS).to_line_protocol())
+    return per_case, now_lines
+
+
+def directory_lines(conn: sqlite3.Connection, now_ms: int) -> list[str]:
+    """One `directory` point per window, staff member and service: its name for the dashboards
+    (tag `kind`, and the id under the tag the other measurements use: window, staff, service)."""
+    lines = []
+    ts = now_ms * 1_000_000
+    for hall, window, name in conn.execute("SELECT hall, window, name FROM dir_window"):
+        lines.append(Point("directory").tag("kind", "window").tag("hall", hall)
+                     .tag("window", window).field("name", name).time(ts, _NS).to_line_protocol())
+    for staff, name, badge, dept in conn.execute(
+            "SELECT staff_id, name, badge, department FROM dir_staff"):
+        lines.append(Point("directory").tag("kind", "staff").tag("staff", staff)
+                     .field("name", name).field("badge", badge or "")
+                     .field("department", dept or "").time(ts, _NS).to_line_protocol())
+    for code, name, dept in conn.execute("SELECT code, name, department FROM dir_service"):
+        lines.append(Point("directory").tag("kind", "service").tag("service", code)
+                     .field("name", name).field("department", dept or "").time(ts, _NS)
+                     .to_line_protocol())
+    return lines
+
+
+def last_month(now_ms: int, tz: timezone) -> str:
+    """The month (YYYY-MM) that ended last in local time."""
+    d = _local(now_ms, tz).replace(day=1) - timedelta(days=1)
+    return f"{d.year:04d}-{d.month:02d}"
+
+
+def report_paths(out_dir: Path, hall: str, month: str) -> tuple[Path, Path]:
+    return out_dir / f"{hall}-{month}.pdf", out_dir / f"{hall}-{month}.xlsx"
+
+
+def write_month_report(conn: sqlite3.Connection, hall: str, month: str, out_dir: Path,
+                       tz: timezone) -> tuple[Path, Path, int]:
+    """Write the hall's report of the month (PDF, XLSX) into out_dir; each file appears whole
+    (written under a temporary name, then renamed). Returns the paths and the page count."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pdf, xlsx = report_paths(out_dir, hall, month)
+    figs = month_figures(conn, hall, month, tz)
+    tmp_pdf, tmp_xlsx = pdf.with_name(f".{pdf.name}.tmp.pdf"), xlsx.with_name(f".{xlsx.name}.tmp")
+    pages = write_pdf(figs, hall, month, tmp_pdf)
+    write_xlsx(figs, hall, month, tmp_xlsx)
+    os.replace(tmp_xlsx, xlsx)
+    os.replace(tmp_pdf, pdf)  # the PDF last: both files there means the report is done
+    return pdf, xlsx, pages
+
+
+@dataclass
+class RunResult:
+    opened: list[int] = field(default_factory=list)
+    points: int = 0
+    reports: list[Path] = field(default_factory=list)
+
+
+class ManagerRun:
+    """State kept between runs: what was last queued, so unchanged points are not rewritten."""
+
+    def __init__(self, cfg: Config, conn: sqlite3.Connection, clock: Callable[[], int]) -> None:
+        self.cfg, self.conn, self.clock = cfg, conn, clock
+        self.tz = hall_tz(cfg)
+        self.cases = case_service(cfg, conn, clock)
+        self._written: dict[int, str] = {}  # case_id -> its last queued line
+        self._dir_hash = ""
+        self._dir_at = 0
+
+    def run_once(self) -> RunResult:
+        """One run; call it from the thread that owns `conn`, outside a transaction."""
+        res = RunResult(opened=self.cases.open_cases())
+        now = self.clock()
+        per_case, now_lines = followup_lines(self.conn, now, self.tz)
+        lines = [line for cid, line in per_case.items() if self._written.get(cid) != line]
+        lines += now_lines
+        learn_from_txn(self.conn)
+        names = directory_lines(self.conn, 0)  # compared without their time
+        digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
+        if digest != self._dir_hash or now - self._dir_at >= DIRECTORY_EVERY_MS:
+            lines += directory_lines(self.conn, now)
+            self._dir_hash, self._dir_at = digest, now
+        if lines:
+            with transaction(self.conn):
+                add_lines(self.conn, lines)
+        self._written.update(per_case)
+        res.points = len(lines)
+        if self.cfg.manager.monthly_report_dir:
+            res.reports = self._monthly(Path(self.cfg.manager.monthly_report_dir), now)
+        return res
+
+    def _monthly(self, out_dir: Path, now: int) -> list[Path]:
+        month = last_month(now, self.tz)
+        y, m = (int(x) for x in month.split("-"))
+        lo = int(datetime(y, m, 1, tzinfo=self.tz).timestamp() * 1000)
+        hi = int(datetime(y + m // 12, m % 12 + 1, 1, tzinfo=self.tz).timestamp() * 1000)
+        halls = [h for (h,) in self.conn.execute(
+            "SELECT DISTINCT hall FROM txn WHERE completed_ms >= ? AND completed_ms < ? "
+            "ORDER BY hall", (lo, hi))]
+        written = []
+        for hall in halls:
+            if all(p.exists() for p in report_paths(out_dir, hall, month)):
+                continue  # done once already (idempotent across runs and restarts)
+            pdf, xlsx, pages = write_month_report(self.conn, hall, month, out_dir, self.tz)
+            _LOG.info("monthly report of %s %s: %s (%d pages), %s", hall, month, pdf, pages, xlsx)
+            written += [pdf, xlsx]
+        return written
