@@ -60,16 +60,38 @@ def _local(ms: int, tz: timezone) -> date:
     return datetime.fromtimestamp(ms / 1000, UTC).astimezone(tz).date()
 
 
-def followup_lines(conn: sqlite3.Connection, now_ms: int, tz: timezone
-                   ) -> tuple[dict[int, str], list[str]]:
-    """({case_id: its `followup` line}, the `followup_open` lines at `now_ms`)."""
+Unit = tuple[str, str, str]  # hall, window, staff ("*": the window's total)
+_FINAL = "('closed', 'voided')"
+
+
+def followup_lines(conn: sqlite3.Connection, now_ms: int, tz: timezone, *,
+                   after_id: int | None = None, also: frozenset[int] = frozenset(),
+                   units: set[Unit] | None = None
+                   ) -> tuple[dict[int, str], list[str], frozenset[int]]:
+    """({case_id: its `followup` line}, the `followup_open` lines at `now_ms`, the ids of the
+    cases not closed or voided).
+
+    All cases, or with `after_id` only those that can have changed since a run that saw the
+    cases up to `after_id`: the ones not closed or voided, the newer ones, and `also` (those
+    that were open then). A closed or voided case counts neither open nor overdue, so the
+    counts are right either way; `units` (updated in place) are the units to count, with 0
+    for those without open cases, so that a window whose last case closed shows 0."""
     today = _local(now_ms, tz)
     per_case: dict[int, str] = {}
-    units: dict[tuple[str, str, str], list[int]] = {}
+    still_open: set[int] = set()
+    counts: dict[Unit, list[int]] = {}
+    sql = ("SELECT case_id, hall, txn, window, staff_id, service_code, level, reason, "
+           "opened_ms, due, state, closed_ms, reached, citizen_view FROM mgr_case")
+    rows = conn.execute(sql).fetchall() if after_id is None else [
+        *conn.execute(f"{sql} WHERE state NOT IN {_FINAL} OR case_id > ?",
+                      (after_id,)),
+        *(r for chunk in _chunks(sorted(also)) for r in conn.execute(
+            f"{sql} WHERE state IN {_FINAL} AND case_id <= ? "
+            f"AND case_id IN ({','.join('?' * len(chunk))})", (after_id, *chunk)))]
     for (cid, hall, txn, window, staff, service, level, reason, opened_ms, due, state,
-         closed_ms, reached, view) in conn.execute(
-            "SELECT case_id, hall, txn, window, staff_id, service_code, level, reason, "
-            "opened_ms, due, state, closed_ms, reached, citizen_view FROM mgr_case"):
+         closed_ms, reached, view) in rows:
+        if state not in ("closed", "voided"):
+            still_open.add(cid)
         closed = None if closed_ms is None else _local(closed_ms, tz)
         f = case_flags(state, date.fromisoformat(due), closed,
                        None if reached is None else bool(reached), view, today)
@@ -82,16 +104,24 @@ def followup_lines(conn: sqlite3.Connection, now_ms: int, tz: timezone
         # At the case's opening, with a stable sub-millisecond offset: rewriting overwrites.
         per_case[cid] = p.time(opened_ms * 1_000_000 + cid % 1_000_000, _NS).to_line_protocol()
         for key in ((hall, window, staff), (hall, window, ALL_STAFF)):
-            u = units.setdefault(key, [0, 0])
+            u = counts.setdefault(key, [0, 0])
             u[0] += f["open"]
             u[1] += f["overdue"]
+    if units is not None:
+        units.update(counts)
+        for key in units:
+            counts.setdefault(key, [0, 0])
     now_lines = []
-    for (hall, window, staff), (n_open, n_over) in sorted(units.items()):
+    for (hall, window, staff), (n_open, n_over) in sorted(counts.items()):
         off = zlib.crc32(f"{hall}/{window}/{staff}".encode()) % 1_000_000
         now_lines.append(Point("followup_open").tag("hall", hall).tag("window", window)
                          .tag("staff", staff).field("open", n_open).field("overdue", n_over)
                          .time(now_ms * 1_000_000 + off, _NS).to_line_protocol())
-    return per_case, now_lines
+    return per_case, now_lines, frozenset(still_open)
+
+
+def _chunks(ids: list[int], n: int = 500) -> list[list[int]]:
+    return [ids[i:i + n] for i in range(0, len(ids), n)]
 
 
 def directory_lines(conn: sqlite3.Connection, now_ms: int) -> list[str]:
@@ -154,17 +184,22 @@ class ManagerRun:
         self.tz = hall_tz(cfg)
         self.cases = case_service(cfg, conn, clock)
         self._written: dict[int, str] = {}  # case_id -> its last queued line
+        self._max_id: int | None = None  # the highest case id seen (None: no run yet)
+        self._open: frozenset[int] = frozenset()  # cases not closed or voided at the last run
+        self._units: set[Unit] = set()
         self._dir_hash = ""
-        self._dir_at = 0
+        self._dir_at = 0  # when the names were last queued
+        self._txn_seen = 0  # the feed's names are learnt from the transactions after this rowid
 
     def run_once(self) -> RunResult:
         """One run; call it from the thread that owns `conn`, outside a transaction."""
         res = RunResult(opened=self.cases.open_cases())
         now = self.clock()
-        per_case, now_lines = followup_lines(self.conn, now, self.tz)
+        per_case, now_lines, still_open = followup_lines(
+            self.conn, now, self.tz, after_id=self._max_id, also=self._open, units=self._units)
         lines = [line for cid, line in per_case.items() if self._written.get(cid) != line]
         lines += now_lines
-        learn_from_txn(self.conn)
+        self._txn_seen = learn_from_txn(self.conn, self._txn_seen)
         names = directory_lines(self.conn, 0)  # compared without their time
         digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
         if digest != self._dir_hash or now - self._dir_at >= DIRECTORY_EVERY_MS:
@@ -174,6 +209,8 @@ class ManagerRun:
             with transaction(self.conn):
                 add_lines(self.conn, lines)
         self._written.update(per_case)
+        self._max_id = max([self._max_id or 0, *per_case])
+        self._open = still_open
         res.points = len(lines)
         if self.cfg.manager.monthly_report_dir:
             res.reports = self._monthly(Path(self.cfg.manager.monthly_report_dir), now)
