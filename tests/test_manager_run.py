@@ -23,6 +23,7 @@ from collector.clock import now_ms
 from collector.config import Config, load_config
 from collector.db import connect
 from collector.detection import run_detection
+from collector.manager import audit
 from collector.manager.cases import CaseService
 from collector.manager.deadlines import DeadlineRule
 from collector.manager.report import month_figures, write_pdf
@@ -112,6 +113,8 @@ def test_last_months_report_is_written_once_after_the_month_ends_locally(tmp_pat
     text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True,
                           text=True, check=True).stdout
     assert "h1 政务服务“好差评”月度考核报告 2026-10" in text and "办结 3 件" in text
+    n, head = audit.head(conn)
+    assert n == 2 and f"最后一条记录为第{n}条，头哈希{head}" in "".join(text.split())
     pdf.unlink()  # a report lost from the folder is written again
     assert [p.name for p in run.run_once().reports] == ["h1-2026-10.pdf", "h1-2026-10.xlsx"]
 

@@ -238,11 +238,12 @@ def _report_month(args: argparse.Namespace) -> int:
 
     from collector.manager.report import month_figures, write_pdf, write_xlsx
 
-    figs = month_figures(_conn(args), args.hall, args.month)
+    conn = _conn(args)
+    figs = month_figures(conn, args.hall, args.month)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pdf, xlsx = out / f"{args.hall}-{args.month}.pdf", out / f"{args.hall}-{args.month}.xlsx"
-    pages = write_pdf(figs, args.hall, args.month, pdf)
+    pages = write_pdf(figs, args.hall, args.month, pdf, audit.head(conn))
     write_xlsx(figs, args.hall, args.month, xlsx)
     print(f"wrote {pdf} ({pages} page(s)) and {xlsx}")
     return 0

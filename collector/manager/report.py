@@ -253,8 +253,10 @@ def _chart(units: list[Unit], path: Path) -> None:
     plt.close(fig)
 
 
-def write_pdf(figs: dict[str, list[Unit] | Unit], hall: str, month: str, path: Path) -> int:
-    """Write the PDF; returns its page count."""
+def write_pdf(figs: dict[str, list[Unit] | Unit], hall: str, month: str, path: Path,
+              audit_head: tuple[int, str] | None = None) -> int:
+    """Write the PDF; returns its page count. `audit_head` (records, head hash of the audit log,
+    `audit.head`) is printed at the end, so the paper copy can check the log later."""
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4, landscape
     from reportlab.lib.styles import ParagraphStyle
@@ -306,6 +308,11 @@ def write_pdf(figs: dict[str, list[Unit] | Unit], hall: str, month: str, path: P
                             "标记是复核的线索，不是处分的依据。", body), Spacer(1, 4), ft]
     else:
         story.append(Paragraph("本月没有被标记（可疑或严重）的窗口或人员。", body))
+    if audit_head is not None:
+        n, head = audit_head
+        story += [Spacer(1, 10), Paragraph(
+            f"审计日志：生成本报告时最后一条记录为第 {n} 条，头哈希 {head}。日后核对记录未被删改："
+            f"evalterm audit verify --head {head}", body)]
     pages: list[int] = []
     doc = SimpleDocTemplate(str(path), pagesize=landscape(A4), title=f"{hall} {month} 月度考核")
     doc.build(story, onLaterPages=lambda c, d: pages.append(d.page),

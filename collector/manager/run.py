@@ -27,6 +27,7 @@ from influxdb_client import Point, WritePrecision
 
 from collector.config import Config, parse_days_per_hall, parse_offset
 from collector.db import transaction
+from collector.manager import audit
 from collector.manager.cases import CaseService
 from collector.manager.deadlines import Calendar, DeadlineRule, load_calendar
 from collector.manager.directory import learn_from_txn
@@ -162,7 +163,7 @@ def write_month_report(conn: sqlite3.Connection, hall: str, month: str, out_dir:
     pdf, xlsx = report_paths(out_dir, hall, month)
     figs = month_figures(conn, hall, month, tz)
     tmp_pdf, tmp_xlsx = pdf.with_name(f".{pdf.name}.tmp.pdf"), xlsx.with_name(f".{xlsx.name}.tmp")
-    pages = write_pdf(figs, hall, month, tmp_pdf)
+    pages = write_pdf(figs, hall, month, tmp_pdf, audit.head(conn))
     write_xlsx(figs, hall, month, tmp_xlsx)
     os.replace(tmp_xlsx, xlsx)
     os.replace(tmp_pdf, pdf)  # the PDF last: both files there means the report is done
