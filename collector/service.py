@@ -38,6 +38,7 @@ from collector.db import connect
 from collector.drainer import DrainerProcess
 from collector.http import start_http_server
 from collector.ingest import Inbound, Ingest, Outcome
+from collector.manager.run import ManagerRun
 from collector.metrics import Metrics
 from collector.mqttclient import BufferedClient
 from collector.protocol import feed_topic
@@ -256,9 +257,9 @@ class Collector:
     def _manage(self) -> None:
         """Every `[manager] interval_s`: open the 差评 follow-up cases, queue the follow-up
         figures and names for InfluxDB, write last month's reports (collector/manager/run.py);
-        in a thread and on a connection of its own, like the detector."""
-        from collector.manager.run import ManagerRun
-
+        in a thread and on a connection of its own, like the detector. (ManagerRun is imported
+        at the top: imported here, it would race the detector thread's import of
+        collector.detection, which it also needs, and one could see it half-initialised.)"""
         conn = connect(self.cfg.state_db, max_mb=self.cfg.collector.max_db_mb)
         try:
             try:
