@@ -119,6 +119,22 @@ def test_last_months_report_is_written_once_after_the_month_ends_locally(tmp_pat
     assert [p.name for p in run.run_once().reports] == ["h1-2026-10.pdf", "h1-2026-10.xlsx"]
 
 
+def test_a_report_folder_it_cannot_use_is_logged_once(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    cfg = _cfg(tmp_path, manager__monthly_report_dir=str(blocker / "reports"))
+    conn, clock = _seed(cfg)
+    clock.ms = _ms(2026, 11, 2, 9, 0)
+    run = ManagerRun(cfg, conn, clock)
+    caplog.set_level("WARNING", logger="collector.manager.run")
+    assert len(run.run_once().opened) == 2  # the cases are opened all the same
+    run.run_once()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "monthly report not written" in warnings[0]
+    assert "not-a-folder" in warnings[0]
+
+
 def test_the_report_lists_the_detectors_flags_with_their_reasons(tmp_path: Path) -> None:
     from collector.sim.hall import VirtualHall
     from collector.sim.profiles import draw_hall

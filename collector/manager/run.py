@@ -27,7 +27,7 @@ from influxdb_client import Point, WritePrecision
 
 from collector.config import Config, parse_days_per_hall, parse_offset
 from collector.db import transaction
-from collector.manager import audit
+from collector.manager import ManagerError, audit
 from collector.manager.cases import CaseService
 from collector.manager.deadlines import Calendar, DeadlineRule, load_calendar
 from collector.manager.directory import learn_from_txn
@@ -191,6 +191,7 @@ class ManagerRun:
         self._dir_hash = ""
         self._dir_at = 0  # when the names were last queued
         self._txn_seen = 0  # the feed's names are learnt from the transactions after this rowid
+        self._report_error = ""  # the last monthly report failure logged
 
     def run_once(self) -> RunResult:
         """One run; call it from the thread that owns `conn`, outside a transaction."""
@@ -214,7 +215,15 @@ class ManagerRun:
         self._open = still_open
         res.points = len(lines)
         if self.cfg.manager.monthly_report_dir:
-            res.reports = self._monthly(Path(self.cfg.manager.monthly_report_dir), now)
+            try:
+                res.reports = self._monthly(Path(self.cfg.manager.monthly_report_dir), now)
+                self._report_error = ""
+            except (OSError, ManagerError) as exc:  # e.g. a folder it may not write, no font
+                if str(exc) != self._report_error:  # once, not every interval
+                    _LOG.warning("monthly report not written ([manager] monthly_report_dir = "
+                                 "%r): %s; retried every run", self.cfg.manager.monthly_report_dir,
+                                 exc)
+                self._report_error = str(exc)
         return res
 
     def _monthly(self, out_dir: Path, now: int) -> list[Path]:
