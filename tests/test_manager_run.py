@@ -297,3 +297,24 @@ def test_the_service_opens_a_case_for_a_bad_rating_and_reports_it(
         reader.close()
     finally:
         c.stop()
+
+
+def test_manager_options_are_checked(tmp_path: Path) -> None:
+    from collector.config import ConfigError, parse_config, parse_days_per_hall
+
+    cfg = parse_config('[manager]\nfollowup_days = 3\nfollowup_days_per_hall = "h1=2, h2=10"\n',
+                       "t.toml")
+    assert cfg.manager.followup_days == 3
+    assert parse_days_per_hall(cfg.manager.followup_days_per_hall) == {"h1": 2, "h2": 10}
+    with pytest.raises(ConfigError) as e:
+        parse_config('[manager]\nfollowup_days_per_hall = "h1:2"\nholidays_file = "/nope.csv"\n'
+                     'followup_days = 0\n', "t.toml")
+    text = str(e.value)
+    assert "'h1:2' is not hall=days" in text and "/nope.csv" in text and "followup_days" in text
+    cal = tmp_path / "holidays.csv"
+    cal.write_text("2026-10-27,off\n", encoding="utf-8")
+    cfg = _cfg(tmp_path, manager__holidays_file=str(cal), manager__followup_days_per_hall="h1=2")
+    conn, clock = _seed(cfg)
+    ManagerRun(cfg, conn, clock).run_once()
+    # Opened Monday 2026-10-26, 2 working days for h1, Tuesday the 27th a holiday: the 29th.
+    assert {r[0] for r in conn.execute("SELECT due FROM mgr_case")} == {"2026-10-29"}
