@@ -78,6 +78,10 @@ def test_a_run_opens_cases_and_queues_followup_points_once(tmp_path: Path) -> No
     assert run.run_once().opened == []  # idempotent
     assert len(_outbox(conn, "followup")) == 2  # unchanged cases are not queued again
     assert len(_outbox(conn, "directory")) == len(names)  # nor unchanged names
+    assert len(_outbox(conn, "followup_open")) == len(now) == 3  # s7, s8 and the window (*)
+    clock.ms += 31 * 60_000  # unchanged counts are written again after 30 minutes
+    run.run_once()
+    assert len(_outbox(conn, "followup_open")) == 6
     # A step rewrites the case's point; four days later both are overdue.
     svc = CaseService(conn, DeadlineRule(3), clock)
     svc.add_user("admin", "mgr", "manager", "h1", "secret-password")

@@ -41,6 +41,9 @@ _LOG = logging.getLogger(__name__)
 _NS = WritePrecision.NS
 ALL_STAFF = "*"
 DIRECTORY_EVERY_MS = 86_400_000  # names are written again at least this often (retention)
+# A unit's open/overdue counts are written when they change, and at least this often, so that
+# the last hour (the overdue alert rule's range) and today always hold its latest count.
+OPEN_EVERY_MS = 1_800_000
 
 
 def hall_tz(cfg: Config) -> timezone:
@@ -68,9 +71,10 @@ _FINAL = "('closed', 'voided')"
 def followup_lines(conn: sqlite3.Connection, now_ms: int, tz: timezone, *,
                    after_id: int | None = None, also: frozenset[int] = frozenset(),
                    units: set[Unit] | None = None
-                   ) -> tuple[dict[int, str], list[str], frozenset[int]]:
-    """({case_id: its `followup` line}, the `followup_open` lines at `now_ms`, the ids of the
-    cases not closed or voided).
+                   ) -> tuple[dict[int, str], dict[Unit, tuple[tuple[int, int], str]],
+                              frozenset[int]]:
+    """({case_id: its `followup` line}, {unit: ((open, overdue), its `followup_open` line at
+    `now_ms`)}, the ids of the cases not closed or voided).
 
     All cases, or with `after_id` only those that can have changed since a run that saw the
     cases up to `after_id`: the ones not closed or voided, the newer ones, and `also` (those
@@ -112,12 +116,13 @@ def followup_lines(conn: sqlite3.Connection, now_ms: int, tz: timezone, *,
         units.update(counts)
         for key in units:
             counts.setdefault(key, [0, 0])
-    now_lines = []
+    now_lines = {}
     for (hall, window, staff), (n_open, n_over) in sorted(counts.items()):
         off = zlib.crc32(f"{hall}/{window}/{staff}".encode()) % 1_000_000
-        now_lines.append(Point("followup_open").tag("hall", hall).tag("window", window)
-                         .tag("staff", staff).field("open", n_open).field("overdue", n_over)
-                         .time(now_ms * 1_000_000 + off, _NS).to_line_protocol())
+        now_lines[(hall, window, staff)] = ((n_open, n_over), (
+            Point("followup_open").tag("hall", hall).tag("window", window).tag("staff", staff)
+            .field("open", n_open).field("overdue", n_over)
+            .time(now_ms * 1_000_000 + off, _NS).to_line_protocol()))
     return per_case, now_lines, frozenset(still_open)
 
 
@@ -188,6 +193,7 @@ class ManagerRun:
         self._max_id: int | None = None  # the highest case id seen (None: no run yet)
         self._open: frozenset[int] = frozenset()  # cases not closed or voided at the last run
         self._units: set[Unit] = set()
+        self._counted: dict[Unit, tuple[tuple[int, int], int]] = {}  # counts, when written
         self._dir_hash = ""
         self._dir_at = 0  # when the names were last queued
         self._txn_seen = 0  # the feed's names are learnt from the transactions after this rowid
@@ -200,7 +206,12 @@ class ManagerRun:
         per_case, now_lines, still_open = followup_lines(
             self.conn, now, self.tz, after_id=self._max_id, also=self._open, units=self._units)
         lines = [line for cid, line in per_case.items() if self._written.get(cid) != line]
-        lines += now_lines
+        counted = {}
+        for unit, (counts, line) in now_lines.items():
+            last = self._counted.get(unit)
+            if last is None or last[0] != counts or now - last[1] >= OPEN_EVERY_MS:
+                lines.append(line)
+                counted[unit] = (counts, now)
         self._txn_seen = learn_from_txn(self.conn, self._txn_seen)
         names = directory_lines(self.conn, 0)  # compared without their time
         digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
@@ -210,7 +221,8 @@ class ManagerRun:
         if lines:
             with transaction(self.conn):
                 add_lines(self.conn, lines)
-        self._written.update(per_case)
+        self._written.update(per_case)  # (only once they are queued)
+        self._counted.update(counted)
         self._max_id = max([self._max_id or 0, *per_case])
         self._open = still_open
         res.points = len(lines)
