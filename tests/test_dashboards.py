@@ -109,6 +109,10 @@ def test_today_names_and_links_into_the_ui() -> None:
     link = next(o for o in cases["fieldConfig"]["overrides"]
                 if o["matcher"]["options"] == "案件")["properties"][0]["value"][0]
     assert link["url"] == "${ui}/ui/cases/${__value.raw}"
+    windows = next(p for p in f["panels"] if p["title"] == "各窗口整改情况")
+    link = next(o for o in windows["fieldConfig"]["overrides"]
+                if o["matcher"]["options"] == "窗口")["properties"][0]["value"][0]
+    assert link["url"] == "${ui}/ui/cases?window=${__value.raw}"
     overdue = next(p for p in f["panels"] if p["title"] == "已逾期")
     assert overdue["links"][0]["url"] == "${ui}/ui/cases"
 

@@ -152,6 +152,11 @@ def _rates_table(t: T, title: str, description: str, by: str) -> table.Panel:
         p = p.override_by_name(rename[k], [
             dm.DynamicConfigValue(id_val="unit", value="percentunit"),
             dm.DynamicConfigValue(id_val="decimals", value=1)])
+    if key == "window":  # the web UI's case list filters by window (?window=<id>)
+        p = p.override_by_name(rename["window"], [
+            dm.DynamicConfigValue(id_val="links", value=[{
+                "title": t("该窗口的案件", "This window's cases"),
+                "url": "${ui}/ui/cases?window=${__value.raw}", "targetBlank": True}])])
     return p.override_by_name(rename["overdue"], [
         dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-text"}),
         dm.DynamicConfigValue(id_val="thresholds", value={"mode": "absolute", "steps": [
