@@ -31,6 +31,7 @@ __all__ = [
     "HttpConfig",
     "InfluxConfig",
     "LinkingConfig",
+    "ManagerConfig",
     "MqttConfig",
     "Option",
     "check_data_dir",
@@ -38,6 +39,7 @@ __all__ = [
     "feed_tokens",
     "load_config",
     "parse_config",
+    "parse_days_per_hall",
     "sample_config",
 ]
 
@@ -286,6 +288,27 @@ class DetectionConfig:
         help="Language of the primary reason text.")
 
 
+@dataclass(frozen=True)
+class ManagerConfig:
+    """The [manager] section: 差评 follow-up cases and the monthly report (docs/manager.md)."""
+
+    enabled: bool = _opt(True,
+        help="Open a follow-up case for every 差评 in the collector service, and write the "
+             "follow-up figures and the directory's names to InfluxDB.")
+    interval_s: int = _opt(60, minimum=1, maximum=86400,
+        help="How often the service opens cases and rewrites the follow-up figures.")
+    followup_days: int = _opt(5, minimum=1, maximum=60,
+        help="Working days a 差评's case has until its deadline (local rule, usually 1-15).")
+    followup_days_per_hall: str = _opt("",
+        help="Per-hall overrides of followup_days: comma-separated hall=days, e.g. h1=3,h2=10.")
+    holidays_file: str = _opt("",
+        help="Holiday calendar for the deadlines: CSV lines YYYY-MM-DD,off or YYYY-MM-DD,work "
+             "(法定节假日 and 调休 make-up working days); empty: Monday-Friday.")
+    monthly_report_dir: str = _opt("",
+        help="Folder where the service writes last month's report (PDF and XLSX) of each hall "
+             "once the month has ended in the hall's time ([detection] utc_offset); empty: off.")
+
+
 # The sections in file order: (name in the file and in `cfg.<name>`, dataclass).
 SECTIONS: tuple[tuple[str, type], ...] = (
     ("collector", CollectorConfig),
@@ -294,6 +317,7 @@ SECTIONS: tuple[tuple[str, type], ...] = (
     ("linking", LinkingConfig),
     ("http", HttpConfig),
     ("detection", DetectionConfig),
+    ("manager", ManagerConfig),
 )
 
 
@@ -325,6 +349,7 @@ class Config:
     linking: LinkingConfig = field(default_factory=LinkingConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
+    manager: ManagerConfig = field(default_factory=ManagerConfig)
     source: str = "defaults"
 
     @property
@@ -512,6 +537,12 @@ def _cross_check(cfg: Config) -> list[str]:
             parse(getattr(cfg.detection, key))
         except ConfigError as exc:
             out.extend(exc.problems)
+    try:
+        parse_days_per_hall(cfg.manager.followup_days_per_hall)
+    except ConfigError as exc:
+        out.extend(exc.problems)
+    if cfg.manager.holidays_file and not Path(cfg.manager.holidays_file).is_file():
+        out.append(f"[manager] holidays_file = {cfg.manager.holidays_file!r}: no such file")
     if cfg.detection.q_weak < cfg.detection.q_strong:
         out.append(f"[detection] q_weak = {cfg.detection.q_weak}: must be at least q_strong "
                    f"({cfg.detection.q_strong})")
@@ -722,3 +753,15 @@ def parse_offset(text: str) -> int:
         raise ConfigError(f"[detection] utc_offset: expected +HH:MM, got {text!r}")
     sign = -1 if m.group(1) == "-" else 1
     return sign * (int(m.group(2)) * 60 + int(m.group(3)))
+
+
+def parse_days_per_hall(text: str) -> dict[str, int]:
+    """`[manager] followup_days_per_hall`: 'h1=3,h2=10' -> {'h1': 3, 'h2': 10}."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        hall, sep, days = part.partition("=")
+        if not sep or not hall.strip() or not days.strip().isdigit() or int(days) < 1:
+            raise ConfigError(f"[manager] followup_days_per_hall: {part!r} is not hall=days "
+                              "(days a whole number of at least 1)")
+        out[hall.strip()] = int(days)
+    return out

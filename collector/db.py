@@ -59,6 +59,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TRIGGER mgr_audit_no_delete BEFORE DELETE ON mgr_audit BEGIN "
         "SELECT RAISE(ABORT, 'mgr_audit is append-only'); END",
     ),
+    # 4: the integrity detector's flags (severity >= 2) per unit, period and local day, kept
+    # for the monthly report (collector/manager/report.py): the final verdict of each day, as
+    # in InfluxDB's integrity_verdict (a later run of the day that no longer flags deletes it).
+    (
+        "CREATE TABLE integrity_flag (hall TEXT NOT NULL, window TEXT NOT NULL, "
+        "staff TEXT NOT NULL, period TEXT NOT NULL, day TEXT NOT NULL, "
+        "severity INTEGER NOT NULL, reasons_zh TEXT NOT NULL, reasons_en TEXT NOT NULL, "
+        "strong TEXT NOT NULL, computed_ms INTEGER NOT NULL, "
+        "PRIMARY KEY (hall, window, staff, period, day))",
+    ),
 )
 
 SCHEMA_VERSION = 1 + len(_MIGRATIONS)

@@ -40,6 +40,7 @@ from collector.db import connect
 from collector.drainer import DrainerProcess
 from collector.health import Part, PartsMetrics, health_document
 from collector.ingest import Inbound, Ingest, Outcome
+from collector.manager.run import ManagerRun
 from collector.metrics import Metrics
 from collector.mqttclient import BufferedClient
 from collector.protocol import feed_topic
@@ -116,6 +117,7 @@ class Collector:
         self.stalled = ""  # why the ingest worker cannot commit, while it cannot
         self._pruned_at = 0.0
         self._detector = threading.Thread(target=self._detect, name="detector", daemon=True)
+        self._manager = threading.Thread(target=self._manage, name="manager", daemon=True)
 
     # -- MQTT ------------------------------------------------------------------------------------
 
@@ -192,6 +194,8 @@ class Collector:
         self._worker.start()
         if self.cfg.detection.enabled:
             self._detector.start()
+        if self.cfg.manager.enabled:
+            self._manager.start()
         self._client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False,
                                    properties=props)
         self._client.loop_start()
@@ -206,6 +210,8 @@ class Collector:
         self._worker.join(10)
         if self._detector.is_alive():
             self._detector.join(30)
+        if self._manager.is_alive():
+            self._manager.join(30)
         self._client.disconnect()
         self._client.loop_stop()
         self._drainer.stop()
@@ -264,6 +270,29 @@ class Collector:
                     self._detector_error = f"{type(exc).__name__}: {exc}"[:200]
                     _LOG.exception("integrity detection failed; ingestion goes on")
                 self._stop.wait(self.cfg.detection.interval_s)
+        finally:
+            conn.close()
+
+    def _manage(self) -> None:
+        """Every `[manager] interval_s`: open the 差评 follow-up cases, queue the follow-up
+        figures and names for InfluxDB, write last month's reports (collector/manager/run.py);
+        in a thread and on a connection of its own, like the detector. (ManagerRun is imported
+        at the top: imported here, it would race the detector thread's import of
+        collector.detection, which it also needs, and one could see it half-initialised.)"""
+        conn = connect(self.cfg.state_db, max_mb=self.cfg.collector.max_db_mb)
+        try:
+            try:
+                run = ManagerRun(self.cfg, conn, self.clock)
+            except Exception:  # e.g. a holiday calendar with a bad line
+                _LOG.exception("no follow-up cases: the [manager] settings cannot be used")
+                return
+            while not self._stop.is_set():
+                try:
+                    run.run_once()
+                except Exception:
+                    _LOG.exception("follow-up cases or the monthly report failed; "
+                                   "ingestion goes on")
+                self._stop.wait(self.cfg.manager.interval_s)
         finally:
             conn.close()
 

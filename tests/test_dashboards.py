@@ -61,7 +61,8 @@ def test_schema_catches_a_broken_dashboard() -> None:
 def test_uids_tags_languages() -> None:
     zh, en = dashboards("zh"), dashboards("en")
     assert [d["uid"] for d in zh.values()] == ["evalterm-overview", "evalterm-detail",
-                                               "evalterm-integrity", "evalterm-devices"]
+                                               "evalterm-followup", "evalterm-integrity",
+                                               "evalterm-devices"]
     assert [d["uid"] for d in en.values()] == [f"{d['uid']}-en" for d in zh.values()]
     for d in [*zh.values(), *en.values()]:
         assert "generated" in d["tags"] and d["schemaVersion"] >= 39
@@ -76,6 +77,46 @@ def test_uids_tags_languages() -> None:
     assert dashboards("zh") == zh  # deterministic
 
 
+def _shows_window(query: str) -> bool:
+    """The query's rows have a window column: selected, or grouped by."""
+    head, _, tail = query.rpartition("GROUP BY")  # the outer one of a subquery
+    return ('"window"' in (head or tail).split(" FROM ")[0]) or (bool(head) and '"window"' in tail)
+
+
+def test_today_names_and_links_into_the_ui() -> None:
+    zh = dashboards("zh")
+    # A hall manager opens these for today; integrity looks at the week, devices at 24 hours.
+    assert {k: d["time"]["from"] for k, d in zh.items()} == {
+        "overview": "now/d", "detail": "now/d", "followup": "now/d", "integrity": "now-7d",
+        "devices": "now-24h"}
+    # Every table that shows window ids maps them to the directory's names, first.
+    for name, d in zh.items():
+        for p in d["panels"]:
+            if p["type"] != "table" or not any(_shows_window(t["query"]) for t in p["targets"]):
+                continue
+            first = p["transformations"][0]
+            assert (first["id"], first["options"]["configRefId"]) == (
+                "configFromData", "names_window"), f"{name}: {p['title']}"
+            assert first["options"]["mappings"] == [
+                {"fieldName": "window", "handlerKey": "mappings.value"},
+                {"fieldName": "name", "handlerKey": "mappings.text"}]
+            refs = [t["refId"] for t in p["targets"]]
+            assert "names_window" in refs, f"{name}: {p['title']}"
+    f = zh["followup"]
+    ui = next(v for v in f["templating"]["list"] if v["name"] == "ui")
+    assert ui["type"] == "textbox" and ui["query"] == "http://127.0.0.1:8480"
+    cases = next(p for p in f["panels"] if p["title"].startswith("未办结案件"))
+    link = next(o for o in cases["fieldConfig"]["overrides"]
+                if o["matcher"]["options"] == "案件")["properties"][0]["value"][0]
+    assert link["url"] == "${ui}/ui/cases/${__value.raw}"
+    windows = next(p for p in f["panels"] if p["title"] == "各窗口整改情况")
+    link = next(o for o in windows["fieldConfig"]["overrides"]
+                if o["matcher"]["options"] == "窗口")["properties"][0]["value"][0]
+    assert link["url"] == "${ui}/ui/cases?window=${__value.raw}"
+    overdue = next(p for p in f["panels"] if p["title"] == "已逾期")
+    assert overdue["links"][0]["url"] == "${ui}/ui/cases"
+
+
 def test_alert_rules_and_policy() -> None:
     rules = {r["uid"]: r for r in alerts.rules()}
     surge = rules["evalterm-bad-surge"]
@@ -83,7 +124,7 @@ def test_alert_rules_and_policy() -> None:
     assert surge["data"][4]["model"]["expression"] == "($D >= 4) && ($C / $D >= 0.5)"
     files = build_all()
     group = files["alerting/evalterm-rules.yaml"]["groups"][0]
-    assert group["folder"] == "评价器" and len(group["rules"]) == 4
+    assert group["folder"] == "评价器" and len(group["rules"]) == 5
     assert all("folderUID" not in r for r in group["rules"])
     mute = files["alerting/evalterm-mute-timings.yaml"]["muteTimes"][0]["time_intervals"][1]
     assert [(t["start_time"], t["end_time"]) for t in mute["times"]] == [
@@ -174,7 +215,7 @@ def test_deploy_pushes_everything_in_order(grafana: tuple[str, type[_Grafana]],
                  if p == "/api/v1/provisioning/folder/evalterm/rule-groups/evalterm")
     assert group["interval"] == 60 and {r["uid"] for r in group["rules"]} == {
         "evalterm-window-flagged", "evalterm-device-offline", "evalterm-bad-surge",
-        "evalterm-outbox-growing"}
+        "evalterm-outbox-growing", "evalterm-cases-overdue"}
     assert ("POST", "/api/v1/provisioning/contact-points") in calls
     assert ("POST", "/api/v1/provisioning/mute-timings") in calls
     assert calls[-1] == ("PUT", "/api/v1/provisioning/policies")

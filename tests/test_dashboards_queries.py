@@ -11,6 +11,9 @@ The hall (times relative to N = now):
   w4 surge    ratings 5,1,2 at N-10..N-8 min, then 1 at N-5 min: 3 of 4 bad within 15 minutes
   w5 device   one stand-alone press matching no transaction; the device comes online, then goes
               offline (last will); its outbox grows 2 -> 9 -> 14
+Follow-up (the service's manager thread opens a case for each 差评): w1's case is closed on time
+after a callback (满意), one of w4's three is rectified; w2 has an old case (a 差评 30 days ago,
+stored before the start), overdue. The directory names the five windows.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from collector.db import connect
 from collector.detection.run import run_detection
 from collector.grafana import alerts
 from collector.grafana.export import dashboards
+from collector.manager.cases import CaseService
+from collector.manager.deadlines import DeadlineRule
 from collector.protocol import rating_message
 from collector.registry import Registry
 from collector.service import Collector
@@ -40,6 +45,9 @@ pytestmark = pytest.mark.servers
 
 MIN = 60_000
 WINDOWS = ("w1", "w2", "w3", "w4", "w5")
+WINDOW_NAMES = {"w1": "一号窗口", "w2": "二号窗口", "w3": "三号窗口", "w4": "四号窗口",
+                "w5": "五号窗口"}
+DAY = 86_400_000
 
 
 @dataclass
@@ -50,12 +58,12 @@ class Hall:
     txns: dict[str, list[str]] = field(default_factory=dict)  # window -> case numbers rated
     unrated: list[str] = field(default_factory=list)
 
-    def q(self, text: str, days: int = 1, **variables: Any) -> list[dict[str, Any]]:
+    def q(self, text: str, days: float = 1, **variables: Any) -> list[dict[str, Any]]:
         """A dashboard query over the last `days` (a dashboard's default range), variables All."""
         values = {"hall": ALL, "window": ALL, "staff": ALL, "service": ALL, "indicator": ALL,
                   "target": "0.95", **variables}
-        return run(self.cfg, interpolate(text, values, self.now - days * 1440 * MIN,
-                                         self.now + MIN))
+        return run(self.cfg, interpolate(text, values, int(self.now - days * 1440 * MIN),
+                                         int(time.time() * 1000) + MIN))
 
 
 def _event(dev: Dev, kind: str, data: dict[str, Any], ts: int) -> tuple[str, bytes]:
@@ -118,6 +126,51 @@ def _traffic(pub: Publisher, hall: Hall) -> None:
     pub.publish(*hall.devs["w5"].status("offline"))
 
 
+def _old_bad_rating(conn: Any, ms: int) -> None:
+    """A 差评 at w2 30 days ago, in the state database before the service starts."""
+    conn.execute("INSERT INTO txn (hall, txn, window, staff_id, service_code, started_ms, "
+                 "completed_ms, outcome, deadline_ms, state, rating_id, level) VALUES ('h1', "
+                 "'H1-w2-OLD', 'w2', 's-w2', 'sfz', ?, ?, 'completed', ?, 'rated', 'old:1:1', 1)",
+                 (ms - MIN, ms, ms + MIN))
+    conn.execute("INSERT INTO rating (rating_id, hall, window, device, boot, seq, level, reason, "
+                 "mode, press_ms, received_ms, state, txn) VALUES ('old:1:1', 'h1', 'w2', "
+                 "'kp-w2', 1, 1, 1, 'attitude', 'invited', ?, ?, 'linked', 'H1-w2-OLD')",
+                 (ms + 1000, ms + 1000))
+
+
+def _follow_up(cfg: Config) -> None:
+    """Once the service has opened the cases: w1's closed after a callback, one of w4's
+    rectified; then wait for the figures in InfluxDB."""
+    conn = connect(cfg.state_db)
+    svc = CaseService(conn, DeadlineRule(5), lambda: int(time.time() * 1000))
+    svc.add_user("admin", "mgr", "manager", "h1", "secret-password")
+
+    def cases() -> dict[str, int]:
+        return dict(conn.execute("SELECT txn, case_id FROM mgr_case").fetchall())
+
+    ids = wait_for(lambda: len(cases()) == 5 and cases(), what="5 cases opened by the service")
+    w1 = ids["H1-w1-005"]
+    svc.verify("mgr", w1, "态度生硬属实")
+    svc.rectify("mgr", w1, "批评教育")
+    svc.callback("mgr", w1, True, "满意")
+    svc.close("mgr", w1)
+    w4 = ids["H1-w4-001"]
+    svc.verify("mgr", w4, "办理慢")
+    svc.rectify("mgr", w4, "增派人手")
+    conn.close()
+    wait_for(lambda: len(query(cfg, 'SELECT * FROM "followup" WHERE "state" = \'closed\'')) == 1
+             and query(cfg, 'SELECT * FROM "followup" WHERE "state" = \'rectified\''),
+             what="the steps in InfluxDB")
+    wait_for(lambda: _last_open(cfg, "w1") == (0, 0), what="w1's open count after the steps")
+    wait_for(lambda: len(query(cfg, 'SELECT "name" FROM "directory"')) >= 7, what="names")
+
+
+def _last_open(cfg: Config, window: str) -> tuple[int, int] | None:
+    rows = query(cfg, 'SELECT last("open") AS "open", last("overdue") AS "overdue" FROM '
+                      f'"followup_open" WHERE "window" = \'{window}\' AND "staff" = \'*\'')
+    return (rows[0]["open"], rows[0]["overdue"]) if rows else None
+
+
 def _surge_last(pub: Publisher, hall: Hall) -> None:
     _rate(pub, hall, "w4", 3, hall.now - 5 * MIN - 40_000, 1, 40_000, "attitude")
 
@@ -139,6 +192,7 @@ def hall(broker: MosquittoServer, influx: InfluxServer,
         mqtt__topic_prefix="dash", mqtt__client_id="collector-dash", influx__url=influx.url,
         influx__database="dash", influx__flush_interval_ms=20, influx__retry_max_s=1.0,
         http__listen="127.0.0.1:0", detection__enabled=False, linking__grace_s=0,
+        manager__interval_s=1, manager__followup_days=5,
         # Open around the clock, and local noon now, so that the verdicts do not depend on when
         # the tests run (near local midnight, the day's verdict would hold only a few minutes
         # of the 200 minutes of traffic).
@@ -149,6 +203,8 @@ def hall(broker: MosquittoServer, influx: InfluxServer,
     now = int(time.time() * 1000)
     devs = {w: Dev("dash", f"kp-{w}", reg.add(f"kp-{w}", "h1", w, now - 200 * MIN).key, "h1", w)
             for w in WINDOWS}
+    conn.executemany("INSERT INTO dir_window VALUES ('h1', ?, ?, '')", WINDOW_NAMES.items())
+    _old_bad_rating(conn, now - 30 * DAY)
     conn.close()
     collector = Collector(cfg)
     collector.start()
@@ -170,6 +226,7 @@ def hall(broker: MosquittoServer, influx: InfluxServer,
         assert {v.window for v in verdicts if v.flagged and v.staff is None} == {"w3"}, [
             (v.window, v.period, v.reasons_en) for v in verdicts if v.flagged and v.window == "w4"]
         wait_for(lambda: query(cfg, 'SELECT * FROM "integrity_verdict"'), what="verdict points")
+        _follow_up(cfg)
         wait_for(lambda: collector.health()["outbox_depth"] == 0, what="outbox drained")
         yield h
     finally:
@@ -177,11 +234,13 @@ def hall(broker: MosquittoServer, influx: InfluxServer,
         collector.stop()
 
 
-def _days(d: dict[str, Any]) -> int:
-    return {"now-24h": 1, "now-7d": 7}[d["time"]["from"]]
+def _days(d: dict[str, Any]) -> float:
+    # "Today" (now/d): the hall's local time is noon now (_noon_offset), so its day started 12
+    # hours ago; the traffic of the last 200 minutes lies inside it.
+    return {"now/d": 0.5, "now-24h": 1, "now-7d": 7}[d["time"]["from"]]
 
 
-def _all_queries() -> list[tuple[str, str, str, int]]:
+def _all_queries() -> list[tuple[str, str, str, float]]:
     """(dashboard uid, panel or variable, query, days of its default range) for every query."""
     out = []
     for lang in ("zh", "en"):
@@ -210,7 +269,7 @@ def _target(uid: str, title: str, ref: str = "A") -> str:
 @pytest.mark.parametrize("uid,title,text,days", _all_queries(),
                          ids=[f"{u}:{t}:{i}" for i, (u, t, _, _) in enumerate(_all_queries())])
 def test_every_dashboard_query_runs_and_returns_rows(hall: Hall, uid: str, title: str,
-                                                     text: str, days: int) -> None:
+                                                     text: str, days: float) -> None:
     rows = hall.q(text, days)
     assert rows, f"{uid} / {title}: no rows for {text}"
 
@@ -333,6 +392,52 @@ def test_devices(hall: Hall) -> None:
     assert reconnects["kp-w5"] == 0  # the counter did not move within the range
 
 
+def test_followup_figures_per_window_and_staff(hall: Hall) -> None:
+    f = "evalterm-followup"
+    today = 0.5  # the dashboard's default range (see _days)
+    # Today's 4 cases (w1: 1, w4: 3): w1's closed on time and called back (满意), one of w4's
+    # rectified; w2's old case lies before today.
+    assert hall.q(_target(f, "整改率"), today)[0]["rect"] == pytest.approx(2 / 4)
+    assert hall.q(_target(f, "按期整改率"), today)[0]["ontime"] == pytest.approx(1 / 4)
+    assert hall.q(_target(f, "回访率"), today)[0]["callback"] == pytest.approx(1 / 4)
+    assert hall.q(_target(f, "回访满意率"), today)[0]["callsat"] == 1
+    # Open and overdue now, whenever the case was opened: w4's three and w2's old one.
+    assert hall.q(_target(f, "未办结"), today)[0]["open"] == 4
+    assert hall.q(_target(f, "已逾期"), today)[0]["overdue"] == 1
+    assert hall.q(_target(f, "已逾期"), today, window="w4")[0]["overdue"] == 0
+    rates = {r["window"]: r for r in hall.q(_target(f, "各窗口整改情况"), today)}
+    assert set(rates) == {"w1", "w4"}
+    assert (rates["w1"]["cases"], rates["w1"]["rect"], rates["w1"]["callback"]) == (1, 1, 1)
+    assert (rates["w4"]["cases"], rates["w4"]["rect"], rates["w4"]["ontime"]) == (
+        3, pytest.approx(1 / 3), 0)
+    called = {r["window"]: r["callsat"] for r in hall.q(_target(f, "各窗口整改情况", "C"), today)}
+    assert called == {"w1": 1}  # nobody called back at w4: no rate, not 0 %
+    now = {r["window"]: (r["open"], r["overdue"])
+           for r in hall.q(_target(f, "各窗口整改情况", "B"), today)}
+    assert now == {"w1": (0, 0), "w2": (1, 1), "w4": (3, 0)}
+    staff = {r["staff"]: r for r in hall.q(_target(f, "各工作人员整改情况"), today)}
+    assert staff["s-w4"]["cases"] == 3 and staff["s-w1"]["ontime"] == 1
+    assert {r["staff"]: r["overdue"] for r in hall.q(_target(f, "各工作人员整改情况", "B"),
+                                                     today)}["s-w2"] == 1
+    listed = hall.q(_target(f, "未办结案件（逾期在前）"), today)
+    assert sorted((r["window"], r["txn"], r["overdue"]) for r in listed) == [
+        ("w2", "H1-w2-OLD", 1), ("w4", "H1-w4-001", 0), ("w4", "H1-w4-002", 0),
+        ("w4", "H1-w4-003", 0)]
+    assert {r["state"] for r in listed} == {"open", "rectified"}
+    assert all(isinstance(r["case_id"], int) for r in listed)  # the UI link's /ui/cases/<id>
+
+
+def test_names_from_the_directory(hall: Hall) -> None:
+    q = _target("evalterm-followup", "未办结案件（逾期在前）", "names_window")
+    assert {r["window"]: r["name"] for r in hall.q(q)} == WINDOW_NAMES
+    assert {r["window"]: r["name"] for r in hall.q(q, hall="other")} == {}
+    staff = _target("evalterm-detail", "差评明细", "names_staff")
+    assert {r["staff"]: r["name"] for r in hall.q(staff)}["s-w4"] == "张伟"  # from the feed
+    service = _target("evalterm-detail", "差评明细", "names_service")
+    assert {r["service"]: r["name"] for r in hall.q(service)} == {"sfz": "居民身份证换领",
+                                                               "hk": "居民身份证换领"}
+
+
 def _rule(uid: str) -> dict[str, Any]:
     return next(r for r in alerts.rules() if r["uid"] == uid)
 
@@ -369,6 +474,24 @@ def test_alert_device_offline_and_outbox(hall: Hall) -> None:
                                 hall.now - 14 * MIN)) == set()
 
 
+def test_alert_cases_overdue_fires_and_stops_once_closed(hall: Hall) -> None:
+    rule = _rule("evalterm-cases-overdue")
+    values = evaluate_rule(hall.cfg, rule, int(time.time() * 1000) + MIN)
+    assert _windows(values) == {"w2"}
+    assert {dict(k)["window"] for k in values} == {"w1", "w2", "w4"}  # 0: not firing
+    conn = connect(hall.cfg.state_db)
+    svc = CaseService(conn, DeadlineRule(5), lambda: int(time.time() * 1000))
+    old = conn.execute("SELECT case_id FROM mgr_case WHERE txn = 'H1-w2-OLD'").fetchone()[0]
+    svc.verify("mgr", old, "f")
+    svc.rectify("mgr", old, "a")
+    svc.callback("mgr", old, False, "")
+    svc.close("mgr", old)
+    conn.close()
+    wait_for(lambda: _last_open(hall.cfg, "w2") == (0, 0), what="w2 counted again")
+    values = evaluate_rule(hall.cfg, rule, int(time.time() * 1000) + MIN)
+    assert _windows(values) == set() and dict(values)  # still evaluated, no longer firing
+
+
 def test_indicator_names_match_the_detector() -> None:
     from collector.detection.indicators import INDICATORS
     from collector.grafana.integrity import INDICATORS as LABELS
@@ -378,6 +501,6 @@ def test_indicator_names_match_the_detector() -> None:
 
 def test_every_alert_query_is_exercised() -> None:
     tested = {"evalterm-window-flagged", "evalterm-bad-surge", "evalterm-device-offline",
-              "evalterm-outbox-growing"}
+              "evalterm-outbox-growing", "evalterm-cases-overdue"}
     assert {r["uid"] for r in alerts.rules()} == tested
-    assert json.dumps(alerts.rules()).count('"query"') == 6
+    assert json.dumps(alerts.rules()).count('"query"') == 7

@@ -73,7 +73,8 @@ def test_a_version_1_database_is_upgraded_in_place_once(tmp_path: Path,
 
     caplog.set_level(logging.INFO, logger="collector.db")
     conn = connect(db)
-    assert SCHEMA_VERSION == 3 and _version(conn) == 3
+    assert SCHEMA_VERSION == 4 and _version(conn) == 4
+    assert "integrity_flag" in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     assert [r.getMessage() for r in caplog.records] == [
         f"state database {db} migrated from schema 1 to {SCHEMA_VERSION}"]
     assert _columns(conn, "device_log")[-1] == "boot"

@@ -281,7 +281,7 @@ def test_report_month_pdf_and_xlsx(svc: CaseService, tmp_path: Path) -> None:
     wb = load_workbook(out / "h1-2026-10.xlsx")
     rows = {r[0]: r for r in wb["窗口"].iter_rows(min_row=3, values_only=True)}
     assert rows["二号窗口"][1:5] == ("10", "80.0%", "87.5%", "84.4")
-    assert set(wb.sheetnames) == {"窗口", "人员"}
+    assert set(wb.sheetnames) == {"窗口", "人员", "诚信标记"}
     bad = _cli("report", "month", "--state-db", str(tmp_path / "state.db"), "--hall", "h1",
                "--month", "Oct")
     assert bad.returncode == 2 and "YYYY-MM" in bad.stderr

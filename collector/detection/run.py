@@ -17,7 +17,12 @@ from collector.config import Config
 from collector.db import connect, transaction
 from collector.detection.facts import HallFacts, Unit, halls, load_hall_facts
 from collector.detection.indicators import Indicator, compute_indicators
-from collector.detection.points import evidence_points, indicator_point, verdict_point
+from collector.detection.points import (
+    ALL_STAFF,
+    evidence_points,
+    indicator_point,
+    verdict_point,
+)
 from collector.detection.settings import DAY_MS, DetectionSettings, Period
 from collector.detection.verdict import Combined, Verdict, combine, judge
 from collector.outbox import add_lines
@@ -108,6 +113,7 @@ def run_detection(conn: sqlite3.Connection, cfg: Config | DetectionSettings, now
     periods = settings.periods(now_ms)
     earliest = min(p.start_ms for p in periods)
     verdicts: list[Verdict] = []
+    days: list[str] = []  # each verdict's local day (its period's last day)
     lines: list[str] = []
     for hall in halls(conn):
         facts = load_hall_facts(conn, hall, earliest, now_ms,
@@ -116,19 +122,36 @@ def run_detection(conn: sqlite3.Connection, cfg: Config | DetectionSettings, now
             found = detect_hall(restrict(facts, period.start_ms), period, settings,
                                 per_staff=per_staff)
             verdicts += found
+            days += [period.day.isoformat()] * len(found)
             midnight = settings.midnight_ms(period.day)
             for v in found if write_points else ():
                 lines.append(verdict_point(v, midnight, now_ms, settings.language))
                 lines += [indicator_point(v, i, midnight, now_ms) for i in range(len(v.indicators))]
                 lines += evidence_points(v, now_ms)
-    if write_points and lines:
+    if write_points and verdicts:
         with transaction(conn):
             add_lines(conn, lines)
+            _store_flags(conn, verdicts, days, now_ms)
     flagged = [v for v in verdicts if v.flagged and v.staff is None]
     if flagged:
         _LOG.info("integrity: %d window verdict(s) flagged: %s", len(flagged),
                   ", ".join(f"{v.hall}/{v.window} ({v.period})" for v in flagged))
     return verdicts
+
+
+def _store_flags(conn: sqlite3.Connection, verdicts: list[Verdict], days: list[str],
+                 now_ms: int) -> None:
+    """Keep each unit's flag of the day in `integrity_flag` (the monthly report reads it): a
+    flagged verdict replaces the day's row, one that no longer flags deletes it."""
+    for v, day in zip(verdicts, days, strict=True):
+        key = (v.hall, v.window, v.staff or ALL_STAFF, v.period, day)
+        if v.flagged:
+            conn.execute("INSERT OR REPLACE INTO integrity_flag VALUES (?,?,?,?,?,?,?,?,?,?)",
+                         (*key, v.severity, "；".join(v.reasons_zh), "; ".join(v.reasons_en),
+                          ",".join(v.strong), now_ms))
+        else:
+            conn.execute("DELETE FROM integrity_flag WHERE hall=? AND window=? AND staff=? "
+                         "AND period=? AND day=?", key)
 
 
 def flagged_windows(verdicts: list[Verdict]) -> dict[tuple[str, str], Verdict]:

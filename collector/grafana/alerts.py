@@ -41,6 +41,9 @@ CONFIG = {
     "outbox_range_s": 30 * 60,
     "outbox_growth": 5,
     "outbox_depth": 10,
+    # 差评 follow-up cases past their deadline: the latest count the service wrote per window
+    # (`followup_open`, every [manager] interval_s) in the last hour.
+    "overdue_range_s": 3600,
     # Opening hours (local, Asia/Shanghai) outside which device-offline alerts are muted.
     "timezone": "Asia/Shanghai",
     "open_times": [("08:30", "12:00"), ("13:30", "17:30")],
@@ -160,11 +163,25 @@ def outbox_growing(t: T) -> al.Rule:
                   _threshold("F", "E", "gt", 0)], "F", "0s")
 
 
+def cases_overdue(t: T) -> al.Rule:
+    q = ('SELECT last("overdue") FROM "followup_open" WHERE $timeFilter AND "staff" = \'*\' '
+         'GROUP BY "hall", "window"')
+    return _rule(t, "evalterm-cases-overdue", t("差评整改逾期", "差评 follow-up overdue"),
+                 t("{{ $labels.hall }} {{ $labels.window }} 有逾期未办结的差评案件",
+                   "{{ $labels.hall }} {{ $labels.window }} has overdue 差评 cases"),
+                 t("差评须在期限内核实、整改、回访并办结：打开“差评整改”看板或管理界面处理",
+                   "Every 差评 must be verified, rectified, called back and closed by its "
+                   "deadline: see the Follow-up dashboard or the web UI"),
+                 "overdue",
+                 [_q("A", q, CONFIG["overdue_range_s"]), _reduce("B", "A", "last"),
+                  _threshold("C", "B", "gt", 0)], "C", "0s")
+
+
 def rules(lang: str = "zh") -> list[dict[str, Any]]:
     """The alert rules in the provisioning HTTP API shape."""
     t = T(lang)
     return [to_dict(fn(t).build()) for fn in (window_flagged, device_offline, bad_surge,
-                                              outbox_growing)]
+                                              outbox_growing, cases_overdue)]
 
 
 def file_groups(lang: str = "zh", folder_title: str = "评价器") -> dict[str, Any]:
@@ -211,6 +228,8 @@ def policy_tree() -> dict[str, Any]:
             {"receiver": RECEIVER, "object_matchers": [["evalterm", "=~", "flagged|bad_surge"]],
              "repeat_interval": "12h"},
             {"receiver": RECEIVER, "object_matchers": [["evalterm", "=", "outbox_growing"]]},
+            {"receiver": RECEIVER, "object_matchers": [["evalterm", "=", "overdue"]],
+             "repeat_interval": "24h"},
         ],
     }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.cog import builder as cogbuilder
@@ -34,6 +34,7 @@ __all__ = [
     "base_dashboard",
     "device_where",
     "level_mappings",
+    "names",
     "rating_where",
     "reason_mappings",
     "to_dict",
@@ -178,9 +179,12 @@ def thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
             .steps([dm.Threshold(value=v, color=c) for v, c in steps]))
 
 
+TODAY = ("now/d", "now")  # the default range of the dashboards a hall manager opens each day
+
+
 def base_dashboard(t: T, uid: str, title: str, description: str) -> db.Dashboard:
     return (db.Dashboard(title).uid(t.uid(uid)).description(description).tags(TAGS)
-            .timezone("browser").time("now-24h", "now").refresh("1m")
+            .timezone("browser").time(*TODAY).refresh("1m")
             .tooltip(dm.DashboardCursorSync.CROSSHAIR)
             .link(db.DashboardLink(t("评价器", "evalterm")).type(dm.DashboardLinkType.DASHBOARDS)
                   .tags(["evalterm"]).as_dropdown(True).include_vars(True).keep_time(True)))
@@ -197,6 +201,43 @@ def organize(rename: dict[str, str], exclude: tuple[str, ...] = ("Time",),
     if order:
         opts["indexByName"] = {name: i for i, name in enumerate(order)}
     return transformation("organize", opts)
+
+
+# -- names from the directory ---------------------------------------------------------------------
+# The service writes the directory (collector/manager/run.py) as `directory` points: tag `kind`
+# (window, staff, service), the id under the tag the other measurements use, field `name`. A
+# table panel gets one query per id column and Grafana's "Config from query results"
+# transformation (`configFromData`) turns its rows into value mappings id -> name on that
+# column: the table shows names, filters and links still use the ids.
+
+
+def names_query(column: str) -> str:
+    """The names of one kind (`window`, `staff`, `service`), as rows (id, name)."""
+    where = f'"kind" = \'{column}\''
+    if column == "window":
+        where += ' AND "hall" =~ /^${hall:regex}$/'
+    return f'SELECT last("name") AS "name" FROM "directory" WHERE {where} GROUP BY "{column}"'
+
+
+P = TypeVar("P", bound=cogbuilder.Builder[dm.Panel])
+
+
+def names(panel: P, *columns: str) -> P:
+    """Show the directory's names in place of the ids of `columns` (before the panel's other
+    transformations, which must not see the names' frames)."""
+    internal = panel._internal  # type: ignore[attr-defined]
+    maps = []
+    for col in columns:
+        ref = f"names_{col}"
+        internal.targets = [*(internal.targets or []), InfluxQuery(
+            " ".join(names_query(col).split()), ref, "table")]
+        maps.append(transformation("configFromData", {
+            "configRefId": ref,
+            "mappings": [{"fieldName": col, "handlerKey": "mappings.value"},
+                         {"fieldName": "name", "handlerKey": "mappings.text"}],
+            "applyTo": {"id": "byName", "options": col}}))
+    internal.transformations = [*maps, *(internal.transformations or [])]
+    return panel
 
 
 def to_dict(built: Any) -> Any:

@@ -17,6 +17,7 @@ from collector.grafana.common import (
     T,
     base_dashboard,
     level_mappings,
+    names,
     organize,
     rating_where,
     reason_mappings,
@@ -27,6 +28,13 @@ from collector.grafana.common import (
 from collector.grafana.overview import INDEX
 
 UID = "evalterm-detail"
+
+# Columns that show the directory's names instead of ids (common.names).
+NAMED: dict[str, tuple[str, ...]] = {
+    "bad_ratings": ("window", "staff", "service"),
+    "unrated": ("window",),
+    "unlinked": ("window",),
+}
 
 
 def _pct(name: str, decimals: int = 1) -> list[dm.DynamicConfigValue]:
@@ -46,9 +54,9 @@ def levels_over_time(t: T) -> timeseries.Panel:
          .legend(cb.VizLegendOptions().display_mode(cm.LegendDisplayMode.LIST)
                  .placement(cm.LegendPlacement.BOTTOM).show_legend(True))
          .height(9).span(12))
-    for k, names in LEVELS.items():
+    for k, level_names in LEVELS.items():
         p = p.override_by_name(str(k), [
-            dm.DynamicConfigValue(id_val="displayName", value=f"{k} {t(*names)}"),
+            dm.DynamicConfigValue(id_val="displayName", value=f"{k} {t(*level_names)}"),
             dm.DynamicConfigValue(id_val="color", value={"mode": "fixed",
                                                          "fixedColor": LEVEL_COLORS[k]})])
     return p
@@ -83,7 +91,7 @@ def staff_table(t: T) -> table.Panel:
 
 def bad_ratings(t: T) -> table.Panel:
     rename = {"Time": t("时间", "time"), "window": t("窗口", "window"),
-              "staff": t("工号", "staff"), "level": t("等级", "level"),
+              "staff": t("工作人员", "staff"), "level": t("等级", "level"),
               "reason": t("原因", "reason"), "txn": t("办件编号", "case number"),
               "service": t("事项", "service"), "link": t("关联", "link")}
     return (table.Panel().title(t("差评明细", "Bad ratings"))
@@ -154,5 +162,5 @@ def build(lang: str = "zh") -> db.Dashboard:
     for v in variables(t):
         d = d.with_variable(v)
     for fn in (levels_over_time, staff_table, bad_ratings, response_time, unrated, unlinked):
-        d = d.with_panel(fn(t))
+        d = d.with_panel(names(fn(t), *NAMED.get(fn.__name__, ())))
     return d

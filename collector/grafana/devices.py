@@ -13,12 +13,22 @@ from collector.grafana.common import (
     T,
     base_dashboard,
     device_where,
+    names,
     organize,
     thresholds,
     variables,
 )
 
 UID = "evalterm-devices"
+
+# Columns that show the directory's names instead of ids (common.names).
+NAMED: dict[str, tuple[str, ...]] = {
+    "status": ("window",),
+    "last_seen": ("window",),
+    "reboots": ("window",),
+    "reconnects": ("window",),
+    "stuck_keys": ("window",),
+}
 BY_DEVICE = 'GROUP BY "hall", "window", "device"'
 
 
@@ -185,9 +195,10 @@ def build(lang: str = "zh") -> db.Dashboard:
     d = base_dashboard(t, UID, t("评价器 · 设备", "evalterm · Devices"),
                        t("设备在线、最后上报、信号、内存、待发队列、重启、按键卡住",
                          "Online/offline, last seen, RSSI, heap, outbox, reboots, stuck keys"))
+    d = d.time("now-24h", "now")  # the devices' recent past, not only today
     for v in variables(t, ("hall", "window")):
         d = d.with_variable(v)
     for fn in (offline_count, online_count, status, last_seen, online_timeline, rssi, heap,
                outbox, reboots, reconnects, stuck_keys, rejections):
-        d = d.with_panel(fn(t))
+        d = d.with_panel(names(fn(t), *NAMED.get(fn.__name__, ())))
     return d

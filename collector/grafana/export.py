@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from collector.config import Config
-from collector.grafana import alerts, detail, devices, integrity, overview
+from collector.grafana import alerts, detail, devices, followup, integrity, overview
 from collector.grafana.common import DS_UID, FOLDER_UID, to_dict
 
 __all__ = ["DASHBOARDS", "FOLDERS", "build_all", "dashboards", "datasource", "dump", "write"]
 
-DASHBOARDS = {"overview": overview, "detail": detail, "integrity": integrity, "devices": devices}
+DASHBOARDS = {"overview": overview, "detail": detail, "followup": followup,
+              "integrity": integrity, "devices": devices}
 FOLDERS = {"zh": (FOLDER_UID, "评价器", "evalterm"), "en": (f"{FOLDER_UID}-en",
                                                           "evalterm (English)", "evalterm-en")}
 PROVISION_ROOT = "/etc/grafana/provisioning"

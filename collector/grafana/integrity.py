@@ -20,6 +20,7 @@ from collector.grafana.common import (
     T,
     _match,
     base_dashboard,
+    names,
     organize,
     rating_where,
     thresholds,
@@ -28,6 +29,15 @@ from collector.grafana.common import (
 )
 
 UID = "evalterm-integrity"
+
+# Columns that show the directory's names instead of ids (common.names).
+NAMED: dict[str, tuple[str, ...]] = {
+    "flagged_windows": ("window",),
+    "flagged_staff": ("window", "staff"),
+    "evidence": ("window",),
+    "evidence_list": ("window",),
+    "satisfaction_vs_coverage": ("window",),
+}
 SEVERITY = {0: ("正常", "ok", "green"), 1: ("关注", "notice", "yellow"),
             2: ("可疑", "suspect", "orange"), 3: ("严重", "serious", "red")}
 INDICATORS = {
@@ -286,5 +296,5 @@ def build(lang: str = "zh") -> db.Dashboard:
         d = d.with_variable(v)
     for fn in (flagged_windows, evidence_list, flagged_staff, severity_timeline, funnel,
                satisfaction_vs_coverage, evidence, indicator_over_time):
-        d = d.with_panel(fn(t))
+        d = d.with_panel(names(fn(t), *NAMED.get(fn.__name__, ())))
     return d

@@ -15,6 +15,7 @@ from collector.grafana.common import (
     T,
     base_dashboard,
     level_mappings,
+    names,
     organize,
     rating_where,
     reason_mappings,
@@ -25,6 +26,11 @@ from collector.grafana.common import (
 )
 
 UID = "evalterm-overview"
+
+# Columns that show the directory's names instead of ids (common.names).
+NAMED: dict[str, tuple[str, ...]] = {
+    "window_ranking": ("window",),
+}
 INDEX = '(mean("value") - 1) * 25'  # 0-100: level 1 -> 0, 5 -> 100 (HappyOrNot-style weights)
 
 
@@ -189,5 +195,5 @@ def build(lang: str = "zh") -> db.Dashboard:
         d = d.with_variable(v)
     for fn in (satisfaction, index, bad_count, coverage, ratings, completed,
                level_distribution, trend, bad_trend, window_ranking, reasons):
-        d = d.with_panel(fn(t))
+        d = d.with_panel(names(fn(t), *NAMED.get(fn.__name__, ())))
     return d

@@ -163,14 +163,18 @@ class CaseService:
     def open_cases(self, hall: str | None = None) -> list[int]:
         """Open a case for every rated transaction with a 差评 that has none (idempotent)."""
         opened: list[int] = []
+        sql = ("SELECT t.hall, t.txn, t.window, t.staff_id, t.service_code, t.level, "
+               "t.rating_id, r.reason, r.press_ms, t.completed_ms FROM txn t "
+               "LEFT JOIN rating r ON r.rating_id = t.rating_id "
+               "LEFT JOIN mgr_case m ON m.hall = t.hall AND m.txn = t.txn "
+               "WHERE t.state = 'rated' AND t.level <= 2 AND m.case_id IS NULL "
+               "AND (? IS NULL OR t.hall = ?) ORDER BY t.completed_ms")
+        # Read first without the write lock (the service calls this every minute; the ingest
+        # worker needs the lock), then again under it when there is something to open.
+        if not self.conn.execute(sql + " LIMIT 1", (hall, hall)).fetchone():
+            return opened
         with self._tx() as c:
-            rows = c.execute(
-                "SELECT t.hall, t.txn, t.window, t.staff_id, t.service_code, t.level, "
-                "t.rating_id, r.reason, r.press_ms, t.completed_ms FROM txn t "
-                "LEFT JOIN rating r ON r.rating_id = t.rating_id "
-                "LEFT JOIN mgr_case m ON m.hall = t.hall AND m.txn = t.txn "
-                "WHERE t.state = 'rated' AND t.level <= 2 AND m.case_id IS NULL "
-                "AND (? IS NULL OR t.hall = ?) ORDER BY t.completed_ms", (hall, hall)).fetchall()
+            rows = c.execute(sql, (hall, hall)).fetchall()
             for h, txn, window, staff, svc, level, rid, reason, press_ms, done_ms in rows:
                 at = press_ms if press_ms is not None else done_ms
                 due = self.rule.due(h, self._local_date(at))

@@ -55,15 +55,38 @@ def import_csv(conn: sqlite3.Connection, kind: str, path: str | Path) -> int:
     return len(rows)
 
 
-def learn_from_txn(conn: sqlite3.Connection) -> None:
-    """Fill names the directory lacks from what the feed said (txn.staff_name/service_name);
-    an imported name is never overwritten. Call inside or outside a transaction."""
-    conn.execute("INSERT OR IGNORE INTO dir_staff (staff_id, name, badge, hall, windows) "
-                 "SELECT staff_id, staff_name, staff_badge, hall, window FROM txn "
-                 "WHERE staff_name IS NOT NULL AND staff_name != '' GROUP BY staff_id")
-    conn.execute("INSERT OR IGNORE INTO dir_service (code, name) SELECT service_code, "
-                 "service_name FROM txn WHERE service_name IS NOT NULL AND service_name != '' "
-                 "GROUP BY service_code")
+def learn_from_txn(conn: sqlite3.Connection, after_rowid: int = 0) -> int:
+    """Fill names the directory lacks from what the feed said (txn.staff_name/service_name) of
+    the transactions stored after `after_rowid` (0: all); an imported name is never
+    overwritten. Reads first and writes only the missing names (the scan holds no write lock).
+    Returns the highest txn rowid looked at: pass it next time to read only the new ones.
+    Call outside a transaction, or inside one (then nothing else may write meanwhile)."""
+    top = conn.execute("SELECT coalesce(max(rowid), 0) FROM txn").fetchone()[0]
+    staff = conn.execute(
+        "SELECT staff_id, staff_name, staff_badge, hall, window FROM txn WHERE rowid > ? AND "
+        "rowid <= ? AND staff_name IS NOT NULL AND staff_name != '' AND staff_id NOT IN "
+        "(SELECT staff_id FROM dir_staff) GROUP BY staff_id", (after_rowid, top)).fetchall()
+    services = conn.execute(
+        "SELECT service_code, service_name FROM txn WHERE rowid > ? AND rowid <= ? AND "
+        "service_name IS NOT NULL AND service_name != '' AND service_code NOT IN (SELECT code "
+        "FROM dir_service) GROUP BY service_code", (after_rowid, top)).fetchall()
+    if not staff and not services:
+        return int(top)
+    outside = not conn.in_transaction
+    if outside:
+        conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany("INSERT OR IGNORE INTO dir_staff (staff_id, name, badge, hall, windows) "
+                         "VALUES (?,?,?,?,?)", staff)
+        conn.executemany("INSERT OR IGNORE INTO dir_service (code, name) VALUES (?,?)",
+                         services)
+    except BaseException:
+        if outside and conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    if outside:
+        conn.execute("COMMIT")
+    return int(top)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@ Figures (from the state database's transactions and cases of the month, hall-loc
 limits (binomial, 3 sigma around the hall's 满意率, narrowing with the unit's ratings): 正常 inside,
 偏高/偏低 outside; there is no ranking. Follow-up: 整改率 cases rectified or further / cases not
 voided; 按期整改率 closed on or before the due date / same; 回访率 called back (reached) / same;
-回访满意率 citizens reached whose view is 满意 (非常满意/满意/基本满意) / reached.
+回访满意率 citizens reached whose view is 满意 (非常满意/满意/基本满意) / reached (`case_flags`,
+also used for the `followup` points in InfluxDB). Integrity flags: the detector's day verdicts of
+severity >= 2 (可疑/严重) in the month, with their reasons, as kept in the state database's
+`integrity_flag` (collector/detection/run.py); a window's own flags and each staff member's.
 """
 
 from __future__ import annotations
@@ -17,14 +20,45 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
+from collector.detection.verdict import SEVERITY_NAMES
 from collector.manager import ManagerError
 from collector.manager.directory import lookup
 
-__all__ = ["FONT", "Unit", "month_figures", "write_pdf", "write_xlsx"]
+__all__ = ["FONT", "Flag", "Unit", "case_flags", "month_figures", "write_pdf", "write_xlsx"]
 
 FONT = "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc"
 _WEIGHT = {5: 100.0, 4: 75.0, 3: 50.0, 2: 25.0, 1: 0.0}
 _GOOD_VIEW = ("非常满意", "满意", "基本满意")
+
+
+def case_flags(state: str, due: date, closed_local: date | None, reached: bool | None,
+               citizen_view: str | None, today: date) -> dict[str, int]:
+    """One case's part in the follow-up figures (the one definition of them): cases, open,
+    overdue, rectified, on_time, called, called_good (a voided case counts nowhere)."""
+    if state == "voided":
+        return dict.fromkeys(("cases", "open", "overdue", "rectified", "on_time", "called",
+                              "called_good"), 0)
+    is_open = state != "closed"
+    called = bool(reached)
+    return {"cases": 1, "open": int(is_open), "overdue": int(is_open and today > due),
+            "rectified": int(state in ("rectified", "called", "closed")),
+            "on_time": int(state == "closed" and closed_local is not None and closed_local <= due),
+            "called": int(called),
+            "called_good": int(called and (citizen_view or "").strip() in _GOOD_VIEW)}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """An integrity flag of a day: severity 2 可疑 or 3 严重, and the detector's reasons."""
+
+    day: str
+    window: str
+    severity: int
+    reasons: str
+
+    @property
+    def severity_name(self) -> str:
+        return SEVERITY_NAMES[self.severity][0]
 
 
 @dataclass
@@ -42,6 +76,7 @@ class Unit:
     called: int = 0
     called_good: int = 0
     standing: str = ""
+    flags: list[Flag] = field(default_factory=list)
 
     @staticmethod
     def _r(a: float, b: float) -> float | None:
@@ -110,17 +145,24 @@ def month_figures(conn: sqlite3.Connection, hall: str, month: str,
             "SELECT window, staff_id, state, due, closed_ms, reached, citizen_view FROM mgr_case "
             "WHERE hall=? AND opened_ms >= ? AND opened_ms < ? AND state != 'voided'",
             (hall, lo, hi)):
+        closed = None if closed_ms is None else datetime.fromtimestamp(
+            closed_ms / 1000, UTC).astimezone(tz).date()
+        # (`today` only decides `overdue`, which is not a monthly figure)
+        f = case_flags(state, date.fromisoformat(due), closed, reached, view, date.min)
         for u in (total, get("windows", window), get("staff", staff)):
-            u.cases += 1
-            if state in ("rectified", "called", "closed"):
-                u.rectified += 1
-            if state == "closed" and closed_ms is not None and datetime.fromtimestamp(
-                    closed_ms / 1000, UTC).astimezone(tz).date() <= date.fromisoformat(due):
-                u.on_time += 1
-            if reached:
-                u.called += 1
-                if (view or "").strip() in _GOOD_VIEW:
-                    u.called_good += 1
+            u.cases += f["cases"]
+            u.rectified += f["rectified"]
+            u.on_time += f["on_time"]
+            u.called += f["called"]
+            u.called_good += f["called_good"]
+    first, last = (datetime.fromtimestamp(x / 1000, tz).date().isoformat() for x in (lo, hi - 1))
+    for window, staff, day, severity, reasons in conn.execute(
+            "SELECT window, staff, day, severity, reasons_zh FROM integrity_flag WHERE hall=? "
+            "AND period='day' AND day >= ? AND day <= ? ORDER BY day, window, staff",
+            (hall, first, last)):
+        flag = Flag(day, window, int(severity), reasons)
+        total.flags.append(flag)
+        (get("windows", window) if staff == "*" else get("staff", staff)).flags.append(flag)
     p = total.satisfaction
     for kind in units.values():
         for u in kind.values():
@@ -143,13 +185,30 @@ def _num(x: float | None) -> str:
 
 
 HEAD = ("名称", "办结数", "参评率", "满意率", "满意指数", "漏斗限内", "差评数", "差评原因",
-        "整改率", "按期整改率", "回访率", "回访满意率")
+        "整改率", "按期整改率", "回访率", "回访满意率", "诚信标记")
 
 
 def _row(u: Unit) -> list[str]:
     reasons = "、".join(f"{k}{v}" for k, v in sorted(u.bad_reasons.items())) or "—"
     return [u.name, str(u.completed), _pct(u.coverage), _pct(u.satisfaction), _num(u.index),
-            u.standing, str(u.bad), reasons, *(_pct(x) for x in u.follow())]
+            u.standing, str(u.bad), reasons, *(_pct(x) for x in u.follow()),
+            f"{len(u.flags)}天" if u.flags else "—"]
+
+
+FLAG_HEAD = ("日期", "对象", "级别", "理由")
+
+
+def flag_rows(figs: dict[str, list[Unit] | Unit]) -> list[list[str]]:
+    """Every integrity flag of the month: day, window or staff member, severity, reasons."""
+    rows = []
+    for kind in ("windows", "staff"):
+        units = figs[kind]
+        assert isinstance(units, list)
+        for u in units:
+            for f in u.flags:
+                who = f"窗口 {u.name}" if kind == "windows" else f"人员 {u.name}（{f.window}）"
+                rows.append([f.day, who, f.severity_name, f.reasons])
+    return sorted(rows)
 
 
 def write_xlsx(figs: dict[str, list[Unit] | Unit], hall: str, month: str, path: Path) -> None:
@@ -167,6 +226,11 @@ def write_xlsx(figs: dict[str, list[Unit] | Unit], hall: str, month: str, path: 
         assert isinstance(units, list)
         for u in units:
             sheet.append(_row(u))
+    flags = wb.create_sheet("诚信标记")
+    flags.append([f"{hall} {month} 评价真实性检测标记（可疑/严重）"])
+    flags.append(list(FLAG_HEAD))
+    for r in flag_rows(figs):
+        flags.append(r)
     wb.save(path)
 
 
@@ -189,8 +253,10 @@ def _chart(units: list[Unit], path: Path) -> None:
     plt.close(fig)
 
 
-def write_pdf(figs: dict[str, list[Unit] | Unit], hall: str, month: str, path: Path) -> int:
-    """Write the PDF; returns its page count."""
+def write_pdf(figs: dict[str, list[Unit] | Unit], hall: str, month: str, path: Path,
+              audit_head: tuple[int, str] | None = None) -> int:
+    """Write the PDF; returns its page count. `audit_head` (records, head hash of the audit log,
+    `audit.head`) is printed at the end, so the paper copy can check the log later."""
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4, landscape
     from reportlab.lib.styles import ParagraphStyle
@@ -227,7 +293,26 @@ def write_pdf(figs: dict[str, list[Unit] | Unit], hall: str, month: str, path: P
         story += [Paragraph(f"按{title}", h), t, Spacer(1, 10)]
         if kind == "windows":
             story += [Image(str(chart), width=480, height=205), Spacer(1, 10)]
-    story.append(Paragraph("诚信检测标记：本版本尚未接入（见 docs）。", body))
+    flags = flag_rows(figs)
+    story.append(Paragraph("评价真实性检测标记", h))
+    if flags:
+        cell = ParagraphStyle("c", fontName="WQY", fontSize=8, leading=11)
+        ft = Table([list(FLAG_HEAD), *([*r[:3], Paragraph(r[3], cell)] for r in flags)],
+                   colWidths=[70, 150, 40, 500], repeatRows=1)
+        ft.setStyle(TableStyle([("FONTNAME", (0, 0), (-1, -1), "WQY"),
+                                ("FONTSIZE", (0, 0), (-1, -1), 8),
+                                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                                ("GRID", (0, 0), (-1, -1), 0.4, colors.grey),
+                                ("BACKGROUND", (0, 0), (-1, 0), colors.lightgrey)]))
+        story += [Paragraph(f"本月共 {len(flags)} 条（按日的检测结论，可疑或严重）；"
+                            "标记是复核的线索，不是处分的依据。", body), Spacer(1, 4), ft]
+    else:
+        story.append(Paragraph("本月没有被标记（可疑或严重）的窗口或人员。", body))
+    if audit_head is not None:
+        n, head = audit_head
+        story += [Spacer(1, 10), Paragraph(
+            f"审计日志：生成本报告时最后一条记录为第 {n} 条，头哈希 {head}。日后核对记录未被删改："
+            f"evalterm audit verify --head {head}", body)]
     pages: list[int] = []
     doc = SimpleDocTemplate(str(path), pagesize=landscape(A4), title=f"{hall} {month} 月度考核")
     doc.build(story, onLaterPages=lambda c, d: pages.append(d.page),
