@@ -494,3 +494,21 @@ def test_healthz_degraded_without_the_broker(running: Callable[..., Collector],
     code, doc = _health(port)
     assert code == 503 and doc["parts"]["broker"]["state"] == "down"
     assert doc["parts"]["broker"]["reason"] and _part_up(port, "broker") == "0.0"
+
+
+def test_the_service_mounts_the_managers_ui_with_its_configuration(
+        make_config: Callable[..., Config]) -> None:
+    from collector.manager.run import ui_mounts
+
+    assert ui_mounts(make_config(manager__enabled=False)) == []
+    cfg = make_config()
+    mounts = ui_mounts(cfg)
+    server = WebServer(build_app(cfg.http, _NoFeed(), lambda: {"status": "ok"}, Metrics(),
+                                 mounts), cfg.http)
+    server.start()
+    try:
+        code, _headers, text = request(server.port, "GET", "/ui/login")
+        assert code == 200 and "登录" in text, (code, text[:200])
+        assert request(server.port, "GET", "/ui/cases")[0] in (302, 303, 307)  # sign in first
+    finally:
+        server.stop()

@@ -25,7 +25,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(cfg.collector.log_level)
     for warning in config_warnings(cfg):
         logging.getLogger("collector.config").warning("%s", warning)
-    Collector(cfg).run_forever()
+    from collector.manager.run import ui_mounts
+
+    Collector(cfg, mounts=ui_mounts(cfg)).run_forever()
     return 0
 
 def cmd_config_check(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
 from influxdb_client import Point, WritePrecision
+from starlette.routing import BaseRoute, Mount
 
 from collector.config import Config, parse_days_per_hall, parse_offset
 from collector.db import transaction
@@ -34,8 +35,9 @@ from collector.manager.directory import learn_from_txn
 from collector.manager.report import case_flags, month_figures, write_pdf, write_xlsx
 from collector.outbox import add_lines
 
-__all__ = ["ManagerRun", "RunResult", "case_service", "directory_lines", "followup_lines",
-           "hall_tz", "last_month", "report_paths", "write_month_report"]
+__all__ = ["ManagerRun", "RunResult", "case_service", "deadline_rule", "directory_lines",
+           "followup_lines", "hall_tz", "last_month", "report_paths", "ui_mounts",
+           "write_month_report"]
 
 _LOG = logging.getLogger(__name__)
 _NS = WritePrecision.NS
@@ -51,13 +53,28 @@ def hall_tz(cfg: Config) -> timezone:
     return timezone(timedelta(minutes=parse_offset(cfg.detection.utc_offset)))
 
 
-def case_service(cfg: Config, conn: sqlite3.Connection, clock: Callable[[], int]) -> CaseService:
-    """A CaseService with the configured deadline rule ([manager] followup_days, per hall,
-    holidays_file)."""
+def deadline_rule(cfg: Config) -> DeadlineRule:
+    """The configured deadline rule ([manager] followup_days, per hall, holidays_file)."""
     m = cfg.manager
     cal = load_calendar(m.holidays_file) if m.holidays_file else Calendar()
-    rule = DeadlineRule(m.followup_days, parse_days_per_hall(m.followup_days_per_hall), cal)
-    return CaseService(conn, rule, clock, hall_tz(cfg))
+    return DeadlineRule(m.followup_days, parse_days_per_hall(m.followup_days_per_hall), cal)
+
+
+def case_service(cfg: Config, conn: sqlite3.Connection, clock: Callable[[], int]) -> CaseService:
+    """A CaseService with the configured deadline rule and the halls' time zone."""
+    return CaseService(conn, deadline_rule(cfg), clock, hall_tz(cfg))
+
+
+def ui_mounts(cfg: Config) -> list[BaseRoute]:
+    """The manager's web UI at /ui on the collector's HTTP server, with the same deadline rule
+    and time zone as the service's cases; none when [manager] is off or nothing listens."""
+    if not (cfg.manager.enabled and cfg.http.listen):
+        return []
+    from collector.web.ui import UiSettings, build_ui
+
+    settings = UiSettings(rule=deadline_rule(cfg), tz=hall_tz(cfg),
+                          https_only=bool(cfg.http.tls_certfile))
+    return [Mount("/ui", app=build_ui(cfg.state_db, settings))]
 
 
 def _local(ms: int, tz: timezone) -> date:
