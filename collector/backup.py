@@ -403,14 +403,19 @@ def _restore_influx(cfg: Config, folder: Path, backup_db: str, say: Callable[[st
 
 def _wait_shards(cfg: Config, db: str, timeout_s: float = 120.0) -> None:
     """Wait until InfluxDB has opened the restored shards: for a moment after `influxd restore`
-    queries fail with "shard is disabled" (influxdata/influxdb#11935, #19510)."""
+    queries fail with "shard is disabled" (influxdata/influxdb#11935, #19510) or "engine is
+    closed" (the shard is being reopened)."""
     deadline = time.monotonic() + timeout_s
-    while True:
+    ok = 0
+    while ok < 3:  # three answers in a row: the shards are open, not just one of them yet
         try:
             _q(cfg, "SELECT * FROM /.*/ LIMIT 1", db)
-            return
+            ok += 1
+            time.sleep(0.2)
         except QueryRefused as exc:
-            if "shard is disabled" not in str(exc) or time.monotonic() > deadline:
+            ok = 0
+            transient = any(t in str(exc) for t in ("shard is disabled", "engine is closed"))
+            if not transient or time.monotonic() > deadline:
                 raise ServiceUnavailable(f"InfluxDB did not open the restored database {db!r}: "
                                          f"{exc}; see InfluxDB's log") from None
             time.sleep(0.5)
