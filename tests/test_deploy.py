@@ -180,3 +180,23 @@ def test_the_container_files_fit_together() -> None:
         assert needed not in ignored
     assert services["collector"]["build"]["dockerfile"] == "deploy/docker/Dockerfile"
     assert (d / services["collector"]["build"]["context"] / "pyproject.toml").is_file()
+
+
+@pytest.mark.skipif(not Path("/etc/influxdb/influxdb.conf").is_file()
+                    or shutil.which("influxd") is None,
+                    reason="needs Debian's influxdb package (its influxdb.conf and influxd)")
+def test_the_documented_influxdb_edit_binds_http_locally_and_turns_ifql_off(
+        tmp_path: Path) -> None:
+    """The docs' sed on a copy of Debian's own influxdb.conf, read back by influxd itself."""
+    m = re.search(r"```sh\n(sed -i -e '/\^\\\[http\\\]/.*?influxdb\.conf)\n", DOC, re.S)
+    assert m, "docs/deploy.md: the influxdb.conf edit is gone"
+    conf = tmp_path / "influxdb.conf"
+    shutil.copy("/etc/influxdb/influxdb.conf", conf)
+    cmd = m.group(1).replace("/etc/influxdb/influxdb.conf", str(conf))
+    subprocess.run(["bash", "-c", cmd], check=True, timeout=30)
+    shown = subprocess.run(["influxd", "config", "-config", str(conf)], capture_output=True,
+                           text=True, timeout=30).stdout
+    sections = dict(re.findall(r"^\[(\w+)\]\n((?:  .*\n)*)", shown, re.M))
+    assert 'bind-address = "127.0.0.1:8086"' in sections["http"]
+    assert "enabled = false" in sections["ifql"]
+    assert re.search(r'^bind-address = "127\.0\.0\.1:8088"', shown, re.M)  # backups: loopback
