@@ -54,6 +54,10 @@ CASES = [
     (["grafana", "deploy", "--url", "http://127.0.0.1:9", "--timeout", "2"], "unreachable"),
     (["simulate", "--windows", "1", "--duration", "1", "--hall", "sim01"], "refused"),
     (["audit", "verify", "--state-db", "/nonexistent/dir/state.db"], "error"),
+    (["backup", "/nonexistent/evalterm-backup"], "no state database"),
+    (["restore", "/nonexistent/evalterm-backup"], "no such folder"),
+    (["influx", "setup"], "is unreachable"),
+    (["influx", "rollup", "--days", "1"], "is unreachable"),
 ]
 
 
