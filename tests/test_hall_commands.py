@@ -80,6 +80,21 @@ def test_config_check_of_a_broken_file_is_one_line_per_problem(tmp_path: Path) -
     assert len(res.stderr.strip().splitlines()) == 1 and str(bad) in res.stderr
 
 
+def test_broker_render_with_an_unknown_file_group_is_one_line(cfg_file: Path,
+                                                            tmp_path: Path) -> None:
+    pki = str(tmp_path / "pki")
+    assert _run("pki", "init", "--dir", pki).returncode == 0
+    assert _run("pki", "issue", "server", "--dir", pki, "--name", "mq.example").returncode == 0
+    res = _run("-c", str(cfg_file), "broker", "render", "--out", str(tmp_path / "broker"),
+               "--pki", pki, "--file-group", "no-such-group-evalterm",
+               env={"EVALTERM_MQTT__USERNAME": "evalterm-collector",
+                    "EVALTERM_MQTT__PASSWORD": "x"})
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "no-such-group-evalterm" in res.stderr and "no such group" in res.stderr, res.stderr
+    assert not list((tmp_path / "broker").glob("*.tmp"))
+
+
 def test_simulate_against_a_secured_broker_asks_for_the_feed_password(cfg_file: Path) -> None:
     res = _run("-c", str(cfg_file), "simulate", "--hall", "sim01", "--duration", "1",
                env={"EVALTERM_MQTT__USERNAME": "evalterm-collector",
