@@ -147,6 +147,25 @@ class InfluxConfig:
         help="HTTP timeout of one write.")
     retry_max_s: float = _opt(30.0, minimum=0.1,
         help="Longest back-off between failed writes.")
+    retention_days: int = _opt(1830, minimum=0, maximum=36600,
+        help="1.x: days InfluxDB keeps every point (the database's default retention policy); 0 "
+             "keeps them forever. The default, five years, covers the assessment year, the "
+             "previous year for the annual assessment, and three more for appeals, disciplinary "
+             "inquiries and year-on-year comparison (docs/deploy.md, \"Retention\").")
+    rollup_days: int = _opt(0, minimum=0, maximum=36600,
+        help="1.x: days InfluxDB keeps the hourly rollups (retention policy \"rollup\": counts "
+             "of ratings, 差评 and transactions per window, staff and service); 0 keeps them "
+             "forever.")
+    rollup_every_s: int = _opt(600, minimum=1, maximum=3600,
+        help="1.x: how often InfluxDB's continuous queries recompute the hourly rollups of the "
+             "last two hours (`evalterm influx rollup` recomputes older days, for late ratings).")
+    manage_retention: bool = _opt(True,
+        help="1.x: set the retention policies and continuous queries when the drainer creates or "
+             "first writes the database (false: the database administrator manages them; "
+             "`evalterm influx setup` applies them by hand).")
+    backup_address: str = _opt("127.0.0.1:8088",
+        help="1.x: host:port of InfluxDB's backup and restore service (`bind-address` at the top "
+             "of influxdb.conf), used by `evalterm backup` and `evalterm restore`.")
 
 
 @dataclass(frozen=True)
@@ -518,6 +537,10 @@ def _cross_check(cfg: Config) -> list[str]:
             url.port  # noqa: B018  raises ValueError for a port out of range or not a number
         except ValueError:
             out.append(f"[influx] url = {cfg.influx.url!r}: the port must be 1-65535")
+    host, sep, port = cfg.influx.backup_address.rpartition(":")
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        out.append(f"[influx] backup_address: expected host:port, got "
+                   f"{cfg.influx.backup_address!r}")
     if cfg.http.listen:
         _host, sep, port = cfg.http.listen.rpartition(":")
         if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
@@ -625,6 +648,10 @@ def config_warnings(cfg: Config) -> list[str]:
                    "the collector (set EVALTERM_MQTT__PASSWORD)")
     if cfg.influx.version == 1 and cfg.influx.username and not cfg.influx.password:
         out.append("[influx] username is set but password is empty (set EVALTERM_INFLUX__PASSWORD)")
+    if cfg.influx.version == 1 and 0 < cfg.influx.retention_days < 731:
+        out.append(f"[influx] retention_days = {cfg.influx.retention_days}: InfluxDB deletes "
+                   "ratings before the next annual assessment can use the previous year's "
+                   "(docs/deploy.md, \"Retention\"); 1830 or 0 (forever) keeps them")
     if cfg.mqtt.password and not cfg.mqtt.username:
         out.append("[mqtt] password is set but username is empty: the password is not used")
     if cfg.http.feed_token:

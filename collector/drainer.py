@@ -20,6 +20,7 @@ from collector.config import Config, parse_config
 from collector.db import connect_drained, connect_reader, drained_path
 from collector.influx import OutboxDrainer, make_writer
 from collector.outbox import points_depth, prune_points
+from collector.retention import apply as apply_retention
 
 __all__ = ["DrainerProcess", "main"]
 
@@ -50,7 +51,11 @@ def main() -> int:
                 return
 
     threading.Thread(target=_orphaned, daemon=True).start()
-    writer = make_writer(cfg)
+    setup = None
+    if cfg.influx.version == 1 and cfg.influx.manage_retention:
+        def setup() -> object:
+            return apply_retention(cfg)
+    writer = make_writer(cfg, setup)
     drainer = OutboxDrainer(
         connect_reader(cfg.state_db), connect_drained(drained_path(cfg.state_db)), writer,
         batch_size=cfg.influx.batch_size,

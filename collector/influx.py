@@ -19,6 +19,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 from urllib.parse import urlencode
@@ -65,8 +66,11 @@ class Writer(Protocol):
 
 class V1Writer:
     def __init__(self, url: str, database: str, username: str = "", password: str = "",
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, setup: Callable[[], object] | None = None) -> None:
+        """`setup`: called once the database exists (the drainer's: retention policies and
+        continuous queries, collector/retention.py)."""
         self._base = url.rstrip("/")
+        self._setup = setup
         self._db = database
         self._http = urllib3.PoolManager(
             maxsize=2, timeout=urllib3.Timeout(total=timeout_s), retries=False
@@ -89,6 +93,15 @@ class V1Writer:
         resp = self._request("POST", f"/query?{q}")
         if resp.status != 200:
             raise WriteFailed(f"CREATE DATABASE answered HTTP {resp.status}")
+        if self._setup is not None:
+            try:
+                self._setup()
+            except QueryRefused as exc:
+                # Retention is not worth a single rating: write on, and say so.
+                _LOG.error("InfluxDB refused the retention policies or continuous queries; "
+                           "points are written to the default policy: %s", exc)
+            except QueryFailed as exc:
+                raise WriteFailed(str(exc)) from None
         self._db_ready = True
 
     def write(self, lines: list[str]) -> None:
@@ -152,10 +165,11 @@ class V2Writer:
         self._client.close()
 
 
-def make_writer(cfg: Config) -> Writer:
+def make_writer(cfg: Config, setup: Callable[[], object] | None = None) -> Writer:
+    """The writer for `[influx] version`; `setup` as in `V1Writer` (1.x only)."""
     i = cfg.influx
     if i.version == 1:
-        return V1Writer(i.url, i.database, i.username, i.password, i.timeout_s)
+        return V1Writer(i.url, i.database, i.username, i.password, i.timeout_s, setup)
     return V2Writer(i.url, i.token, i.org, i.bucket, i.timeout_s)
 
 

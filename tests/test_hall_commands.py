@@ -54,6 +54,10 @@ CASES = [
     (["grafana", "deploy", "--url", "http://127.0.0.1:9", "--timeout", "2"], "unreachable"),
     (["simulate", "--windows", "1", "--duration", "1", "--hall", "sim01"], "refused"),
     (["audit", "verify", "--state-db", "/nonexistent/dir/state.db"], "error"),
+    (["backup", "/nonexistent/evalterm-backup"], "no state database"),
+    (["restore", "/nonexistent/evalterm-backup"], "no such folder"),
+    (["influx", "setup"], "is unreachable"),
+    (["influx", "rollup", "--days", "1"], "is unreachable"),
 ]
 
 
@@ -74,6 +78,21 @@ def test_config_check_of_a_broken_file_is_one_line_per_problem(tmp_path: Path) -
     res = _run("-c", str(bad), "config", "check")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and str(bad) in res.stderr
+
+
+def test_broker_render_with_an_unknown_file_group_is_one_line(cfg_file: Path,
+                                                            tmp_path: Path) -> None:
+    pki = str(tmp_path / "pki")
+    assert _run("pki", "init", "--dir", pki).returncode == 0
+    assert _run("pki", "issue", "server", "--dir", pki, "--name", "mq.example").returncode == 0
+    res = _run("-c", str(cfg_file), "broker", "render", "--out", str(tmp_path / "broker"),
+               "--pki", pki, "--file-group", "no-such-group-evalterm",
+               env={"EVALTERM_MQTT__USERNAME": "evalterm-collector",
+                    "EVALTERM_MQTT__PASSWORD": "x"})
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "no-such-group-evalterm" in res.stderr and "no such group" in res.stderr, res.stderr
+    assert not list((tmp_path / "broker").glob("*.tmp"))
 
 
 def test_simulate_against_a_secured_broker_asks_for_the_feed_password(cfg_file: Path) -> None:

@@ -9,6 +9,7 @@
     sim       simulate, demo
     detect    detect run|simulate|evaluate
     grafana   grafana export|deploy
+    backup    backup, restore, influx setup|rollup (state database and InfluxDB)
     manager   audit verify, case ..., directory import, export day, report month
               (collector/manager/cli.py)
 
@@ -28,6 +29,7 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from collector.cli import backup as backup_group
     from collector.cli import broker, detect, device, grafana, pki, report, service, sim, txn
     from collector.manager import cli as manager
 
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", help="TOML config file (default: built-in defaults + "
                    "EVALTERM_* environment variables)")
     sub = p.add_subparsers(dest="command", required=True)
-    for group in (service, device, broker, pki, txn, sim, detect, grafana):
+    for group in (service, device, broker, pki, txn, sim, detect, grafana, backup_group):
         group.add_parsers(sub)
     report_sub = report.add_parsers(sub)
     manager.add_parsers(sub, report_sub)  # audit, case, directory, export, report month

@@ -164,7 +164,17 @@ def _write_atomic(path: Path, text: str, mode: int, group: str | None) -> None:
 
 def _protect(path: Path, mode: int, group: str | None) -> None:
     if group:
-        shutil.chown(path, group=group)  # the broker's group reads the file (mode 640)
+        try:
+            shutil.chown(path, group=group)  # the broker's group reads the file (mode 640)
+        except PermissionError:
+            path.unlink(missing_ok=True)
+            raise ProvisionError(f"cannot give {path.name} to group {group!r}: this user is not "
+                                 f"in it; add it (adduser USER {group}, then log in again), run "
+                                 "as root, or drop --file-group") from None
+        except LookupError:
+            path.unlink(missing_ok=True)
+            raise ProvisionError(f"--file-group {group!r}: no such group on this machine"
+                                 ) from None
     path.chmod(mode)
 
 

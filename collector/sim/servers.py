@@ -130,11 +130,24 @@ class MosquittoServer(_Server):
 class InfluxServer(_Server):
     name = "influxd"
 
-    def __init__(self, root: Path, port: int | None = None) -> None:
+    def __init__(self, root: Path, port: int | None = None,
+                 continuous_queries: bool = False) -> None:
         super().__init__(root)
         self.port = port or free_port()
-        self.rpc_port = free_port()
+        self.rpc_port = free_port()  # the backup and restore service (influxd backup -host)
         self.conf = self.root / "influxdb.conf"
+        # Off by default (they would run in every test's database); checked every second when on.
+        self.continuous_queries = continuous_queries
+
+    @property
+    def backup_address(self) -> str:
+        return f"127.0.0.1:{self.rpc_port}"
+
+    def wipe(self) -> None:
+        """Stop the server and delete every database (meta, data, WAL): a lost disk."""
+        self.stop()
+        for sub in ("meta", "data", "wal"):
+            shutil.rmtree(self.root / sub, ignore_errors=True)
 
     @property
     def url(self) -> str:
@@ -151,7 +164,8 @@ class InfluxServer(_Server):
             '[monitor]\n  store-enabled = false\n'
             f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
             '[logging]\n  level = "warn"\n'
-            '[continuous_queries]\n  enabled = false\n'
+            + ('[continuous_queries]\n  enabled = true\n  run-interval = "1s"\n'
+               if self.continuous_queries else '[continuous_queries]\n  enabled = false\n')
         )
 
     def start(self, timeout: float = 60) -> InfluxServer:
