@@ -296,3 +296,38 @@ def test_names_from_the_feed_and_lookup(svc: CaseService) -> None:
     n = lookup(svc.conn, "h1", "w01", "s7", "S1")
     assert (n.staff, n.badge, n.service, n.window) == ("张三", "A007", "社保", "w01")
     assert lookup(svc.conn, "h1", staff_id="nobody").staff == "nobody"
+
+
+def _rewrite_chain_from(db: str, seq: int, actor: str) -> None:
+    """What an attacker with the file does so that `verify` passes: edit record `seq` and
+    recompute every hash from it on."""
+    raw = sqlite3.connect(db)
+    raw.execute("DROP TRIGGER IF EXISTS mgr_audit_no_update")
+    raw.execute("DROP TRIGGER IF EXISTS mgr_audit_no_delete")
+    rows = raw.execute("SELECT seq, at_ms, actor, action, subject, data, prev FROM mgr_audit "
+                       "WHERE seq >= ? ORDER BY seq", (seq,)).fetchall()
+    prev = rows[0][6]
+    for s, at, who, action, subject, data, _ in rows:
+        who = actor if s == seq else who
+        h = audit.record_hash(s, at, who, action, subject, data, prev)
+        raw.execute("UPDATE mgr_audit SET actor=?, prev=?, hash=? WHERE seq=?", (who, prev, h, s))
+        prev = h
+    raw.commit()
+    raw.close()
+
+
+def test_anchors_catch_a_chain_rewritten_with_new_hashes(svc: CaseService, tmp_path: Path) -> None:
+    c1, _ = svc.open_cases()
+    anchors = [(*audit.head(svc.conn), 1000)]
+    svc.verify("mgr", c1, "finding")
+    anchors.append((*audit.head(svc.conn), 2000))
+    assert audit.check_anchors(svc.conn, anchors).ok
+    assert audit.check_anchors(svc.conn, []).ok
+    _rewrite_chain_from(str(tmp_path / "state.db"), 3, "mallory")
+    assert audit.verify(svc.conn).ok  # consistent on its own
+    res = audit.check_anchors(svc.conn, anchors)
+    assert not res.ok and res.seq == anchors[0][0] and "rewritten" in res.problem
+    svc.conn.execute("DROP TRIGGER IF EXISTS mgr_audit_no_delete")
+    svc.conn.execute("DELETE FROM mgr_audit WHERE seq >= ?", (anchors[0][0],))
+    res = audit.check_anchors(svc.conn, anchors)
+    assert not res.ok and "no longer in the log" in res.problem

@@ -322,3 +322,60 @@ def test_manager_options_are_checked(tmp_path: Path) -> None:
     ManagerRun(cfg, conn, clock).run_once()
     # Opened Monday 2026-10-26, 2 working days for h1, Tuesday the 27th a holiday: the 29th.
     assert {r[0] for r in conn.execute("SELECT due FROM mgr_case")} == {"2026-10-29"}
+
+
+def _heads(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT line FROM influx_outbox WHERE line LIKE "
+                                       "'audit_head %' ORDER BY id")]
+
+
+def test_a_run_anchors_the_audit_head_when_it_moves(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    conn, clock = _seed(cfg)
+    run = ManagerRun(cfg, conn, clock)
+    run.run_once()  # opens two cases: the log moves
+    heads = _heads(conn)
+    seq, h = audit.head(conn)
+    assert len(heads) == 1 and f"seq={seq}i" in heads[0] and h in heads[0]
+    run.run_once()
+    assert len(_heads(conn)) == 1  # unchanged: not queued again
+    svc = CaseService(conn, DeadlineRule(3), clock)
+    svc.add_user("admin", "mgr", "manager", "h1", "secret-password")
+    run.run_once()
+    assert len(_heads(conn)) == 2 and audit.head(conn)[1] in _heads(conn)[1]
+
+
+@pytest.mark.servers
+def test_audit_verify_holds_the_log_against_the_anchors_in_influxdb(
+        make_config: Callable[..., Config], tmp_path: Path) -> None:
+    import urllib3
+    from test_manager import _rewrite_chain_from
+
+    from collector.manager.run import anchor_line
+
+    cfg = make_config()
+    conn, clock = _seed(cfg)
+    CaseService(conn, DeadlineRule(3), clock).open_cases()
+    head = audit.head(conn)
+    conf = tmp_path / "collector.toml"
+    conf.write_text(f'[collector]\ndata_dir = "{cfg.collector.data_dir}"\n'
+                    f'[influx]\nurl = "{cfg.influx.url}"\ndatabase = "{cfg.influx.database}"\n')
+    http = urllib3.PoolManager()
+    http.request("POST", cfg.influx.url + "/query",
+                 fields={"q": f'CREATE DATABASE "{cfg.influx.database}"'}, encode_multipart=False)
+    empty = _cli("-c", str(conf), "audit", "verify", "--anchors")
+    assert empty.returncode == 0 and "no anchors" in empty.stdout, empty.stderr
+    r = http.request("POST", f"{cfg.influx.url}/write?db={cfg.influx.database}&precision=ns",
+                     body=anchor_line(head, clock.ms).encode())
+    assert r.status == 204, r.data
+    ok = _cli("-c", str(conf), "audit", "verify", "--anchors")
+    assert ok.returncode == 0 and "anchors ok: 1" in ok.stdout, ok.stdout + ok.stderr
+    conn.close()
+    _rewrite_chain_from(str(cfg.state_db), 2, "mallory")
+    assert _cli("-c", str(conf), "audit", "verify").returncode == 0  # the chain alone passes
+    bad = _cli("-c", str(conf), "audit", "verify", "--anchors")
+    assert bad.returncode == 1 and "rewritten" in bad.stderr, bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stderr
+    conf.write_text(conf.read_text().replace(cfg.influx.url, "http://127.0.0.1:9"))
+    down = _cli("-c", str(conf), "audit", "verify", "--anchors")
+    assert down.returncode != 0 and "unreachable" in down.stderr and "Traceback" not in down.stderr

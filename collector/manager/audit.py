@@ -4,6 +4,12 @@ Each record: seq, at_ms, actor, action, subject, data (JSON), prev (hash of the 
 hash = SHA-256 over the canonical JSON of all other fields. `verify` walks the chain and names the
 first record that was edited, removed or reordered; the head hash (`head`) is what the manager
 keeps elsewhere so a cut-off tail is evident too (`verify(expect_head=...)`).
+
+Anchors: the service writes the head (seq, hash) into InfluxDB whenever it moves (measurement
+`audit_head`, docs/storage.md), a store with other permissions than the state database. A
+chain rewritten from some record on, every later hash recomputed, passes `verify` on its own;
+`check_anchors` holds it against the anchors: each anchored record must still be in the log
+with the anchored hash.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["GENESIS", "VerifyResult", "append", "head", "record_hash", "verify"]
+__all__ = ["GENESIS", "VerifyResult", "append", "check_anchors", "head", "record_hash",
+           "verify"]
 
 GENESIS = "0" * 64
 
@@ -73,3 +80,22 @@ def verify(conn: sqlite3.Connection, expect_head: str | None = None) -> VerifyRe
         if not known:
             return VerifyResult(False, n, prev, where, n + 1)
     return VerifyResult(True, n, prev)
+
+
+def check_anchors(conn: sqlite3.Connection, anchors: list[tuple[int, str, int]]
+                  ) -> VerifyResult:
+    """Hold the log against anchors kept elsewhere: (seq, hash, at_ms) of heads seen earlier.
+    The first anchor whose record is gone or has another hash names where the log was
+    rewritten or cut."""
+    n = 0
+    for seq, h, at_ms in sorted(anchors):
+        row = conn.execute("SELECT hash FROM mgr_audit WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            return VerifyResult(False, n, h, f"record {seq}, anchored at {at_ms} (epoch ms), is "
+                                "no longer in the log: records were removed", seq)
+        if row[0] != h:
+            return VerifyResult(False, n, h, f"record {seq} has another hash than anchored at "
+                                f"{at_ms} (epoch ms): the log was rewritten up to it", seq)
+        n += 1
+    last = max(anchors)[:2] if anchors else (0, GENESIS)
+    return VerifyResult(True, n, last[1])

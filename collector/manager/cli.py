@@ -47,13 +47,40 @@ def _service(args: argparse.Namespace) -> CaseService:
     return CaseService(_conn(args), DeadlineRule(default_days=args.days, calendar=cal), now_ms)
 
 
+def _anchors(args: argparse.Namespace) -> list[tuple[int, str, int]]:
+    """The audit heads the service wrote into InfluxDB (`audit_head`)."""
+    from collector.cli.common import load
+    from collector.influx import influxql
+
+    i = load(args).influx
+    out = []
+    for s in influxql(i.url, i.database, 'SELECT "seq", "hash" FROM "audit_head"',
+                      username=i.username, password=i.password):
+        for at, seq, h in s.get("values") or []:  # type: ignore[attr-defined]
+            if isinstance(seq, int | float) and isinstance(h, str):
+                out.append((int(seq), h, int(at)))
+    return out
+
+
 def _audit_verify(args: argparse.Namespace) -> int:
-    res = audit.verify(_conn(args), expect_head=args.head)
+    conn = _conn(args)
+    res = audit.verify(conn, expect_head=args.head)
     if not res.ok:
         print(f"audit log BROKEN at record {res.seq}: {res.problem} "
               f"({res.records} records verified before it)", file=sys.stderr)
         return 1
     print(f"audit log ok: {res.records} records, head {res.head}")
+    if args.anchors:
+        anchors = _anchors(args)
+        a = audit.check_anchors(conn, anchors)
+        if not a.ok:
+            print(f"audit log BROKEN at record {a.seq}: {a.problem} ({a.records} anchors held "
+                  "before it)", file=sys.stderr)
+            return 1
+        if not anchors:
+            print("no anchors in InfluxDB yet (the service writes them as the log grows)")
+        else:
+            print(f"anchors ok: {a.records} heads kept in InfluxDB are in the log")
     return 0
 
 
@@ -274,6 +301,9 @@ def add_parsers(sub: argparse._SubParsersAction, report_sub: Any = None) -> None
     v = a.add_parser("verify", help="check the chain; report the first broken record")
     common(v)
     v.add_argument("--head", help="a head hash kept earlier: detects a removed tail")
+    v.add_argument("--anchors", action="store_true",
+                   help="also hold the log against the heads the service kept in InfluxDB "
+                        "(audit_head): detects a chain rewritten with new hashes")
     v.set_defaults(func=_wrap(_audit_verify))
 
     c = sub.add_parser("case", help="差评 follow-up cases").add_subparsers(dest="case_cmd",

@@ -35,7 +35,7 @@ from collector.manager.directory import learn_from_txn
 from collector.manager.report import case_flags, month_figures, write_pdf, write_xlsx
 from collector.outbox import add_lines
 
-__all__ = ["ManagerRun", "RunResult", "case_service", "deadline_rule", "directory_lines",
+__all__ = ["ManagerRun", "RunResult", "anchor_line", "case_service", "deadline_rule", "directory_lines",
            "followup_lines", "hall_tz", "last_month", "report_paths", "ui_mounts",
            "write_month_report"]
 
@@ -192,6 +192,13 @@ def write_month_report(conn: sqlite3.Connection, hall: str, month: str, out_dir:
     return pdf, xlsx, pages
 
 
+def anchor_line(head: tuple[int, str], now_ms: int) -> str:
+    """The audit log's head as an InfluxDB point (`audit_head`, docs/storage.md): the anchor
+    `evalterm audit verify --anchors` holds the log against."""
+    p = Point("audit_head").field("seq", head[0]).field("hash", head[1]).time(now_ms * 1_000_000, _NS)
+    return str(p.to_line_protocol())
+
+
 @dataclass
 class RunResult:
     opened: list[int] = field(default_factory=list)
@@ -215,6 +222,7 @@ class ManagerRun:
         self._dir_at = 0  # when the names were last queued
         self._txn_seen = 0  # the feed's names are learnt from the transactions after this rowid
         self._report_error = ""  # the last monthly report failure logged
+        self._anchored: tuple[int, str] = (0, audit.GENESIS)  # the audit head last queued
 
     def run_once(self) -> RunResult:
         """One run; call it from the thread that owns `conn`, outside a transaction."""
@@ -235,9 +243,13 @@ class ManagerRun:
         if digest != self._dir_hash or now - self._dir_at >= DIRECTORY_EVERY_MS:
             lines += directory_lines(self.conn, now)
             self._dir_hash, self._dir_at = digest, now
+        anchor = audit.head(self.conn)
+        if anchor[0] and anchor != self._anchored:
+            lines.append(anchor_line(anchor, now))
         if lines:
             with transaction(self.conn):
                 add_lines(self.conn, lines)
+        self._anchored = anchor
         self._written.update(per_case)  # (only once they are queued)
         self._counted.update(counted)
         self._max_id = max([self._max_id or 0, *per_case])
