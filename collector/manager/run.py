@@ -35,8 +35,8 @@ from collector.manager.directory import learn_from_txn
 from collector.manager.report import case_flags, month_figures, write_pdf, write_xlsx
 from collector.outbox import add_lines
 
-__all__ = ["ManagerRun", "RunResult", "anchor_line", "case_service", "deadline_rule", "directory_lines",
-           "followup_lines", "hall_tz", "last_month", "report_paths", "ui_mounts",
+__all__ = ["ManagerRun", "RunResult", "anchor_line", "case_service", "deadline_rule",
+           "directory_lines", "followup_lines", "hall_tz", "last_month", "report_paths", "ui_mounts",
            "write_month_report"]
 
 _LOG = logging.getLogger(__name__)
@@ -195,7 +195,8 @@ def write_month_report(conn: sqlite3.Connection, hall: str, month: str, out_dir:
 def anchor_line(head: tuple[int, str], now_ms: int) -> str:
     """The audit log's head as an InfluxDB point (`audit_head`, docs/storage.md): the anchor
     `evalterm audit verify --anchors` holds the log against."""
-    p = Point("audit_head").field("seq", head[0]).field("hash", head[1]).time(now_ms * 1_000_000, _NS)
+    p = (Point("audit_head").field("seq", head[0]).field("hash", head[1])
+         .time(now_ms * 1_000_000, _NS))
     return str(p.to_line_protocol())
 
 
