@@ -36,8 +36,8 @@ from collector.manager.report import case_flags, month_figures, write_pdf, write
 from collector.outbox import add_lines
 
 __all__ = ["ManagerRun", "RunResult", "anchor_line", "case_service", "deadline_rule",
-           "directory_lines", "followup_lines", "hall_tz", "last_month", "report_paths", "ui_mounts",
-           "write_month_report"]
+           "directory_lines", "followup_lines", "hall_tz", "last_month", "report_paths",
+           "ui_mounts", "write_month_report"]
 
 _LOG = logging.getLogger(__name__)
 _NS = WritePrecision.NS
