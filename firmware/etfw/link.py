@@ -6,9 +6,13 @@ is safe to call twice: it closes the socket and schedules the next attempt with 
 back-off and jitter. `poll()` is called from the main loop and never blocks for longer than
 the socket timeout; the watchdog period must be larger than that (see app.py).
 
-The outbox drains in order, one record per poll, each published with QoS 1 and retired only
-after its PUBACK. Commands arriving while umqtt waits for a PUBACK are only queued here;
-the app handles them between polls, so nothing re-enters the client.
+The outbox drains in order, one record per poll, each published with QoS 1; the PUBACK only
+paces the sending. A record is retired when the collector's receipt for it arrives (a
+command-topic message the app hands to the outbox), at most outbox._WINDOW wait for theirs
+at a time, and every connect sends the unconfirmed ones again from the oldest (a long wait
+without a receipt on one connection does the same, outbox.next). Commands and receipts
+arriving while umqtt waits for a PUBACK are only queued here; the app handles them between
+polls, so nothing re-enters the client.
 """
 
 try:
@@ -21,6 +25,7 @@ _TCP_NODELAY = const(1)  # the same value on Linux and lwIP
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(60000)
 _INBOX = const(4)  # commands queued between polls; more are dropped (and counted)
+# (a receipt dropped here costs a resend, not a rating: the record stays until one comes)
 
 
 class _TimedSocket:
@@ -195,18 +200,18 @@ class Link:
                 self._connect(now)
             except Exception as e:  # every failure takes the one path
                 self._drop(now, e)
+                return
+            outbox.unconfirmed = 0  # what has no receipt yet goes again, oldest first
             return
         c = self.client
         try:
             if not self._wlan.isconnected():
                 raise OSError("wifi lost")
             c.check_msg()
-            rec = outbox.peek()
+            rec = outbox.next(now)
             if rec is not None:
-                rid, topic, payload = rec
-                c.publish(topic, payload, False, 1)  # returns after the PUBACK
-                outbox.ack(rid)
-                self.published += 1
+                c.publish(rec[1], rec[2], False, 1)  # returns after the PUBACK, and the
+                self.published += 1  # record stays until the collector's receipt
                 self._last_tx = now
             elif now - self._last_tx >= self._b["keepalive"] * 500:
                 c.ping()
