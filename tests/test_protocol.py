@@ -179,7 +179,7 @@ def test_schema_files_are_valid_json_schemas() -> None:
 
     folder = Path(__file__).resolve().parents[1] / "collector" / "schemas" / "v1"
     names = sorted(p.stem for p in folder.glob("*.json"))
-    assert names == ["cmd", "event", "feed", "rating", "status"]
+    assert names == ["cmd", "event", "feed", "rating", "receipt", "status"]
     for name in names:
         schema = json.loads((folder / f"{name}.json").read_text())
         jsonschema.Draft7Validator.check_schema(schema)
