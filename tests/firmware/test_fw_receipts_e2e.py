@@ -202,10 +202,10 @@ def _service_password(path: pathlib.Path, user: str) -> str:
     raise AssertionError(f"no {user} in {path}")
 
 
-def _device(stack: dict[str, Any], sims: Callable[..., Sim], port: int | None = None,
+def _device(stack: dict[str, Any], make: Callable[..., Sim], port: int | None = None,
             **over: Any) -> Sim:
     cfg = stack["cfg"]
-    return sims(device_config(cfg, "kp-r1", stack["key"], port or stack["proxy"].port,
+    return make(device_config(cfg, "kp-r1", stack["key"], port or stack["proxy"].port,
                               standalone=True, min_interval_ms=0, thanks_ms=500, **over))
 
 
