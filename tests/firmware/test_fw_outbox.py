@@ -412,4 +412,3 @@ def test_flash_failure_while_replacing_sends_the_held_rating():
     assert sorted(_drain_all(ob)) == sorted(want)
     fs.restore(snap)  # or a power cut before any of it was sent
     assert _drain_all(Outbox(fs, "ob", 16, 16384)) == want
-
