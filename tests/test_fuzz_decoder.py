@@ -303,15 +303,14 @@ def test_string_escapes_never_escape_the_protocol(text: str) -> None:
        st.integers(0, 200), st.integers(0, 255))
 def test_receipts_any_content_or_changed_byte_is_refused_or_taken_never_a_crash(
         fields: dict[str, Any], at: int, xor: int) -> None:
-    """The firmware's receipt check (etfw/receipt.py, what decides that a rating leaves the
-    device's flash) on a signed receipt of any content, and on one changed byte of a real one:
-    it either accepts a well-formed receipt or raises CommandError, nothing else; a changed
-    byte is never accepted."""
+    """The firmware's receipt check (etfw/message.py Messages.command, what decides that a
+    rating leaves the device's flash) on a signed receipt of any content, and on one changed
+    byte of a real one: it either takes a well-formed receipt or raises CommandError, nothing
+    else; a changed byte is never taken."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "firmware"))
-    from etfw import receipt as fw_receipt
     from etfw.message import CommandError, Messages
 
     from collector.protocol import receipt_message
@@ -325,12 +324,11 @@ def test_receipts_any_content_or_changed_byte_is_refused_or_taken_never_a_crash(
     except ValueError:  # NaN or Infinity in json_values: not JSON at all
         return
     try:
-        c = fw_receipt.check(msgs, topic.encode(), payload)
-        assert isinstance(c["boot"], int) and c["boot"] >= 0 and 1 <= len(c["seqs"]) <= 64
+        msgs.command(topic.encode(), payload)  # a receipt (None), a command, or refused
     except CommandError:
         pass
     good = receipt_message(KEY, topic, boot=1 + at, seqs=[at, at + 1], ts=T0)
     tampered = bytearray(good)
     tampered[at % (len(good) - 2)] ^= xor or 1
     with pytest.raises(CommandError):
-        fw_receipt.check(msgs, topic.encode(), bytes(tampered))
+        msgs.command(topic.encode(), bytes(tampered))

@@ -20,7 +20,6 @@ from collector.ingest import Inbound, Ingest
 from collector.protocol import MAX_RECEIPT_SEQS, device_topic, receipt_message, verify
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "firmware"))
-from etfw import receipt as fw_receipt
 from etfw.message import CommandError, Messages
 
 
@@ -85,15 +84,14 @@ def test_receipts_are_chunked_and_the_firmware_accepts_them(setup: tuple) -> Non
     key = ingest.registry.get("kp1").key  # type: ignore[union-attr]
     msgs = Messages("evalterm", "h1", "w1", "kp1", key, 7, None)
     for topic, payload in got:
-        c = fw_receipt.check(msgs, topic.encode(), payload)
-        assert c["boot"] == 7
+        assert msgs.command(topic.encode(), payload) is None  # a receipt, taken
     tampered = bytearray(got[1][1])
     tampered[30] ^= 1
     with pytest.raises(CommandError):
-        fw_receipt.check(msgs, got[1][0].encode(), bytes(tampered))
+        msgs.command(got[1][0].encode(), bytes(tampered))
     other = device_topic("evalterm", "h1", "w1", "kp2", "cmd")  # another device's topic
     with pytest.raises(CommandError):
-        fw_receipt.check(msgs, other.encode(), receipt_message(key, other, boot=7, seqs=[1], ts=1))
+        msgs.command(other.encode(), receipt_message(key, other, boot=7, seqs=[1], ts=1))
 
 
 def test_a_device_coming_online_is_sent_the_windows_pause_state(setup: tuple) -> None:

@@ -52,11 +52,12 @@ class Messages:
         return self._seal(self._envelope("status").field("state", state).field("fw", fw),
                           self.t_status)
 
-    def command(self, topic: bytes, payload: bytes, outbox=None, now: int = 0) -> dict:
+    def command(self, topic: bytes, payload: bytes, outbox=None, now: int = 0):
         """Check a command (§5) and return it; raise CommandError if it must be ignored.
         A receipt (§5.1, which the collector writes beginning with these bytes) retires the
-        records of `outbox` it names. The checks (command.py, receipt.py) are loaded for
-        each message and dropped again: a running device does not keep them on its heap."""
+        records of `outbox` it names; it returns None. The checks (command.py, receipt.py)
+        are loaded for each message and dropped again: a running device does not keep them
+        on its heap."""
         from . import unload
 
         try:

@@ -14,8 +14,8 @@ discarded because the outbox was full. The pending records are a FIFO; a receipt
 one that is not the head (command.check; rare: the FIFO entries above it move down, so the
 order of the others is kept).
 
-Sending (link.py): records go out in FIFO order (`next`), at most _WINDOW of them published
-and still without a receipt at a time: the first `unconfirmed` of the FIFO (a receipt
+Sending (link.py): records go out in FIFO order, at most 8 of them published and still
+without a receipt at a time: the first `unconfirmed` of the FIFO (a receipt
 retires its record, so the ones left there are those in flight). Setting `unconfirmed` to 0
 (every connect, and when no receipt came for a while) sends them all again from the head.
 "Sent but unconfirmed" is RAM only: on flash such a record is simply pending (no ack
@@ -56,10 +56,6 @@ HELD = const(0x48)  # 'H'
 FMT = "<BBIBH"
 HLEN = const(13)  # 9 bytes of FMT + 4 bytes of check
 MAX_PAYLOAD = const(1024)  # protocol limit of a device message
-# (Private constants: MicroPython inlines them, no name is interned on the heap.)
-_WINDOW = const(8)  # records published and waiting for their receipt, at most
-_RESEND_MS = const(30000)  # no receipt for this long: send the unconfirmed ones again...
-_RESEND_MAX_MS = const(480000)  # ...doubling the wait up to this while none comes
 
 
 def check(head, body) -> bytes:
@@ -92,10 +88,10 @@ class Outbox:
         self.held = 0  # id of the held record (not in the FIFO), 0 = none
         self._held_at = (0, 0)  # its offset and length
         self._hdr = bytearray(HLEN)
-        # Sending (names MicroPython has built in, or shared with the heartbeat: a running
-        # device interns no new ones). The first `unconfirmed` records of the FIFO are
-        # published on this connection and wait for their receipt; `start` is when that
-        # wait began and `wait` how long it may last (0: _RESEND_MS); see next().
+        # Sending (link.py; names MicroPython has built in, or shared with the heartbeat: a
+        # running device interns no new ones). The first `unconfirmed` records of the FIFO
+        # are published on this connection and wait for their receipt; `start` is when that
+        # wait began and `wait` how long it may last (0: link._RESEND_MS; see Link.next).
         self.unconfirmed = 0
         self.start = 0
         self.wait = 0
@@ -275,28 +271,3 @@ class Outbox:
             recover._drop_id(self, self._ids[i])
         finally:
             unload("recover")
-
-    # --- sending (link.py) -----------------------------------------------------------------
-
-    def next(self, now: int):
-        """(id, topic, payload) of the next record to publish, or None: none left, or
-        _WINDOW records wait for their receipt. The record counts as published from now (if
-        publishing fails, the connection is gone, and every connect sets `unconfirmed` to 0:
-        all are sent again).
-
-        `start` is when the wait for a receipt began: the first publish into an empty
-        window, or the last receipt (command.check, which also sets `wait` back to 0).
-        No receipt for `wait`: all are sent again, and the next wait is twice as long (up
-        to _RESEND_MAX_MS)."""
-        wait = self.wait or _RESEND_MS
-        if self.unconfirmed and now - self.start >= wait:
-            self.wait = min(2 * wait, _RESEND_MAX_MS)
-            self.unconfirmed = 0
-        if self.unconfirmed >= _WINDOW:
-            return None
-        rec = self.peek(self.unconfirmed)
-        if rec is not None:
-            if not self.unconfirmed:
-                self.start = now
-            self.unconfirmed += 1
-        return rec

@@ -5,7 +5,6 @@ like command.py, and smaller than it: a receipt follows every rating and event t
 sends. `verify` checks the signature of commands too.
 """
 
-import json
 from binascii import hexlify
 
 from .message import CommandError
@@ -40,11 +39,14 @@ def verify(signer, topic: bytes, payload: bytes) -> bool:
     return diff == 0
 
 
-def check(msgs, topic: bytes, payload: bytes, outbox=None, now: int = 0) -> dict:
+def check(msgs, topic: bytes, payload: bytes, outbox=None, now: int = 0) -> None:
     """The receipt `payload` received on `topic` by the device of `msgs` (message.Messages),
     checked (raise CommandError if it must be ignored) and applied to `outbox`
-    (etfw.outbox.Outbox). No cseq: a receipt states a fact about one (boot, seq) for ever,
-    so an old one replayed is still true; the signature (device key, this topic) is what
+    (etfw.outbox.Outbox): the records in flight (its first `unconfirmed`) whose envelope has
+    the receipt's boot and one of its seqs leave it. Read from the bytes the collector writes
+    (`{"v":1,"kind":"receipt","boot":B,"seqs":[S,...],...`), not through JSON: a running
+    device interns no names for it. No cseq: a receipt states a fact about one message for
+    ever, so an old one replayed is harmless; the signature (device key, this topic) is what
     counts."""
     if topic != msgs.t_cmd:
         raise CommandError("topic")
@@ -53,51 +55,42 @@ def check(msgs, topic: bytes, payload: bytes, outbox=None, now: int = 0) -> dict
     if not verify(msgs.signer, topic, payload):
         raise CommandError("signature")
     try:
-        c = json.loads(payload)
+        i = payload.index(b'"seqs":[') + 8
+        seqs = [int(x) for x in payload[i:payload.index(b"]", i)].split(b",")]
+        boot = int(payload[31:payload.index(b",", 31)])  # after '..."receipt","boot":'
     except ValueError:
         raise CommandError("malformed") from None
-    if not isinstance(c, dict) or c.get("v") != 1 or c.get("kind") != "receipt":
+    if payload[:31] != b'{"v":1,"kind":"receipt","boot":' or not 1 <= len(seqs) <= _MAX_SEQS \
+            or min(seqs) < 0:
         raise CommandError("malformed")
-    boot = c.get("boot")
-    seqs = c.get("seqs")
-    if not (isinstance(seqs, list) and 1 <= len(seqs) <= _MAX_SEQS):
-        raise CommandError("malformed")
-    seqs.append(boot)  # checked with them, then taken off again
-    for v in seqs:
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise CommandError("malformed")
-    seqs.pop()
-    if outbox is not None:
-        # Retire the records it names among those in flight (the outbox's first
-        # `unconfirmed`; the identity is read from each record's envelope on flash).
-        k = 0
-        done = False
-        while k < outbox.unconfirmed:
-            rec = outbox.peek(k)  # (a damaged one is retired: the next takes its place)
-            if rec is None:
-                break
-            if field(rec[2], b'"boot":') == boot and field(rec[2], b',"seq":') in seqs:
-                if k:
-                    outbox._retire(k)  # the ones above move down to k
-                else:
-                    outbox.ack(rec[0])
-                done = True
+    k = 0
+    done = False
+    while outbox is not None and k < outbox.unconfirmed:
+        rec = outbox.peek(k)  # (a damaged one is retired: the next takes its place)
+        if rec is None:
+            break
+        if field(rec[2], b'"boot":') == boot and field(rec[2], b',"seq":') in seqs:
+            if k:
+                outbox._retire(k)  # the ones above move down to k
             else:
-                k += 1
-        if done:
-            outbox.start = now
-            outbox.wait = 0  # the first wait again (outbox._RESEND_MS)
-    return c
+                outbox.ack(rec[0])
+            done = True
+        else:
+            k += 1
+    if done and outbox is not None:
+        outbox.start = now
+        outbox.wait = 0  # the first wait again (link._RESEND_MS)
 
 
 def field(payload, name: bytes) -> int:
-    """The non-negative integer member `name` of a device message's envelope (boot, seq)."""
+    """The non-negative integer member `name` of a device message's envelope (boot, seq);
+    -1 if it has none."""
     i = payload.find(name)
+    if i < 0:
+        return -1
+    i += len(name)
     v = 0
-    if i >= 0:
-        i += len(name)
-        while i < len(payload) and 48 <= payload[i] <= 57:
-            v = v * 10 + payload[i] - 48
-            i += 1
+    while i < len(payload) and 48 <= payload[i] <= 57:
+        v = v * 10 + payload[i] - 48
+        i += 1
     return v
-

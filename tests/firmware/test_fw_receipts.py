@@ -1,7 +1,7 @@
 """End-to-end receipts on the device side (docs/protocol.md 5.1): the outbox keeps every
 record until the collector's receipt names it, whatever the broker acknowledged; the link
 sends the unconfirmed ones again on every connect (and after a long wait), in order, at most
-8 (outbox._WINDOW) at a time. (A module of its own: under MicroPython the test code shares
+8 (link._WINDOW) at a time. (A module of its own: under MicroPython the test code shares
 the heap with the firmware.)"""
 
 from etfw.link import Link
@@ -9,7 +9,7 @@ from etfw.message import Messages
 from etfw.outbox import Outbox
 from fwfakes import KEY
 from fwmemfs import MemFS
-from fwnet import Broker, FakeWLAN
+from fwnet import Broker, FakeClient, FakeWLAN
 
 T = b"p/dev/h/w/d/rating"
 BROKER = {"host": "h", "port": 1883, "user": None, "password": None, "keepalive": 30,
@@ -21,8 +21,17 @@ class Lossy(Broker):
 
     lossy = True
 
-    def receipt(self, topic, msg):
-        return not self.lossy and Broker.receipt(self, topic, msg)
+    def factory(self, *args, **kw):
+        Broker.factory(self, *args, **kw)
+        return _LossyClient(self)
+
+
+class _LossyClient(FakeClient):
+    def publish(self, topic, msg, retain=False, qos=0):
+        if self.b.lossy and not retain:
+            self._check()  # as a broker that answers with a PUBACK, and forgets it
+            return
+        FakeClient.publish(self, topic, msg, retain, qos)
 
 
 def _link(broker):
@@ -119,7 +128,7 @@ def test_a_broker_that_acknowledges_and_drops_loses_nothing():
 
 
 def test_at_most_a_window_waits_for_receipts_and_a_late_one_sends_again():
-    window, resend_ms = 8, 30000  # outbox._WINDOW, _RESEND_MS
+    window, resend_ms = 8, 30000  # link._WINDOW, _RESEND_MS
 
     b = Lossy()
     ln = _link(b)
@@ -165,7 +174,7 @@ def test_a_receipt_out_of_order_keeps_the_others_in_order_across_a_reboot():
     ob.unconfirmed = 0  # a new connection: this boot sends the rest again, in order, skipping seq 2
     out = []
     while True:
-        rec = ob.next(70)
+        rec = ln.next(70, ob)
         if rec is None:
             break
         out.append(rec[2])
@@ -174,10 +183,11 @@ def test_a_receipt_out_of_order_keeps_the_others_in_order_across_a_reboot():
 
 
 def _sent(ob, now=0):
-    """Publish (as the link does) every record next gives; their seqs."""
+    """Publish (as the link does) every record Link.next gives; their seqs."""
+    ln = _link(Broker())
     out = []
     while True:
-        rec = ob.next(now)
+        rec = ln.next(now, ob)
         if rec is None:
             return out
         out.append(rec[2])
