@@ -31,6 +31,7 @@ from collector.linking import (
 )
 from collector.metrics import Metrics
 from collector.protocol import (
+    MAX_RECEIPT_SEQS,
     DeviceTopic,
     ProtocolError,
     Rejection,
@@ -41,8 +42,9 @@ from collector.protocol import (
     invitation_message,
     open_device_message,
     parse_topic,
+    receipt_message,
 )
-from collector.registry import Registry
+from collector.registry import Device, Registry
 
 __all__ = ["Inbound", "Ingest", "Outcome"]
 
@@ -52,6 +54,16 @@ REGISTRY_REFRESH_MS = 2000
 
 class _RedoCarefully(Exception):
     """A message failed unexpectedly on the fast path: run the batch again, one savepoint each."""
+
+
+class _Replay(ProtocolError):
+    """A message already processed; `receipt` is its identity when the device keeps it on flash
+    until a receipt comes (its first receipt may have been lost: it is answered again)."""
+
+    def __init__(self, receipt: tuple[str, int, int] | None, detail: str) -> None:
+        super().__init__(Rejection.REPLAY, detail)
+        self.receipt = receipt
+
 
 _LOG = logging.getLogger(__name__)
 
@@ -71,6 +83,10 @@ class Outcome:
     reason: str = ""
     detail: str = ""
     decisions: list[Decision] = field(default_factory=list)
+    # (device, boot, seq) of a device message the device keeps on flash until the collector's
+    # receipt says it is committed (docs/protocol.md §5.1): a rating or a non-heartbeat event,
+    # accepted or a replay of one accepted before.
+    receipt: tuple[str, int, int] | None = None
 
 
 class Ingest:
@@ -137,7 +153,8 @@ class Ingest:
                         db.execute("ROLLBACK TO msg")
                         db.execute("RELEASE msg")
                     del self._lines[mark:]
-                    outcome = Outcome("rejected", exc.reason.value, exc.detail)
+                    outcome = Outcome("rejected", exc.reason.value, exc.detail,
+                                      receipt=getattr(exc, "receipt", None))
                     self._record_rejection(item, exc)
                 except sqlite3.OperationalError:
                     raise  # storage trouble (disk full, I/O): abort the batch, retry it later
@@ -209,11 +226,11 @@ class Ingest:
             "INSERT OR IGNORE INTO seen_msg (device, boot, seq) VALUES (?, ?, ?)",
             (msg["dev"], msg["boot"], msg["seq"]),
         )
+        kept = topic.kind == "rating" or (topic.kind == "event" and msg["type"] != "heartbeat")
+        receipt = (topic.device, msg["boot"], msg["seq"]) if kept else None
         if cur.rowcount == 0:
-            raise ProtocolError(
-                Rejection.REPLAY,
-                f"{msg['dev']} boot {msg['boot']} seq {msg['seq']} already processed",
-            )
+            raise _Replay(receipt,
+                          f"{msg['dev']} boot {msg['boot']} seq {msg['seq']} already processed")
         event_ms = self._event_time(msg, item.received_ms)
         if topic.kind == "rating":
             r = RatingIn(
@@ -224,7 +241,7 @@ class Ingest:
             )
             decisions = self.linker.rating(r, item.received_ms)
             self._apply(decisions, item.received_ms, "")
-            return Outcome("accepted", decisions=decisions)
+            return Outcome("accepted", decisions=decisions, receipt=receipt)
         if topic.kind == "event":
             lines = [points.device_event_point(topic.hall, topic.window, msg, event_ms)]
             if msg["type"] == "heartbeat":
@@ -234,13 +251,47 @@ class Ingest:
         else:
             self._queue_points([points.status_point(topic.hall, topic.window, msg, event_ms)])
             kind, data = "status", {"state": msg["state"], "fw": msg["fw"]}
+            if msg["state"] == "online":
+                self._resend_state(topic, item.received_ms)
         self._db.execute(
             "INSERT INTO device_log (device, hall, window, kind, at_ms, received_ms, data, boot) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (topic.device, topic.hall, topic.window, kind, event_ms, item.received_ms,
              compact_json(data), msg["boot"]),
         )
-        return Outcome("accepted")
+        return Outcome("accepted", receipt=receipt)
+
+    def _resend_state(self, topic: DeviceTopic, now_ms: int) -> None:
+        """A device (re)connected: send it the window's state (pause or resume) again, which it
+        may have missed while offline. A command is not state until a window was paused or
+        staffed once (no window_state row): then there is nothing to restore."""
+        paused = self.linker.paused(topic.hall, topic.window)
+        dev = self.registry.get(topic.device)
+        if paused is None or dev is None:
+            return
+        self._queue_command(topic.hall, topic.window,
+                            partial(command_message, cmd="pause" if paused else "resume",
+                                    ts=now_ms), now_ms, 3600_000, [dev])
+
+    def receipts(self, outcomes: Iterable[Outcome], now_ms: int) -> list[tuple[str, bytes]]:
+        """The signed receipts (topic, payload) for the device messages of committed outcomes,
+        one per device and boot (up to MAX_RECEIPT_SEQS seqs each), in the order received.
+        Not stored: a receipt that is lost costs a resend, which is answered again."""
+        seqs: dict[tuple[str, int], list[int]] = {}
+        for o in outcomes:
+            if o.receipt is not None:
+                dev, boot, seq = o.receipt
+                seqs.setdefault((dev, boot), []).append(seq)
+        out: list[tuple[str, bytes]] = []
+        for (device, boot), got in seqs.items():
+            d = self.registry.get(device)
+            if d is None:
+                continue
+            topic = device_topic(self.prefix, d.hall, d.window, device, "cmd")
+            for i in range(0, len(got), MAX_RECEIPT_SEQS):
+                out.append((topic, receipt_message(d.key, topic, boot=boot,
+                                                   seqs=got[i:i + MAX_RECEIPT_SEQS], ts=now_ms)))
+        return out
 
     def _event_time(self, msg: dict[str, Any], received_ms: int) -> int:
         """Device time when it is plausible, else the collector's receive time."""
@@ -313,9 +364,10 @@ class Ingest:
             self._lines = []
 
     def _queue_command(self, hall: str, window: str, build: Callable[..., bytes], now_ms: int,
-                       ttl_ms: int) -> None:
-        """One command per active device of the window: `build(key, topic, cseq=...)` signs it."""
-        for dev in self.registry.active_at(hall, window):
+                       ttl_ms: int, devices: list[Device] | None = None) -> None:
+        """One command per active device of the window (or per device of `devices`):
+        `build(key, topic, cseq=...)` signs it."""
+        for dev in self.registry.active_at(hall, window) if devices is None else devices:
             row = self._db.execute(
                 "INSERT INTO cmd_seq (device, cseq) VALUES (?, 1) "
                 "ON CONFLICT (device) DO UPDATE SET cseq = cseq + 1 RETURNING cseq",

@@ -235,6 +235,13 @@ class Linker:
         return self._judge(r, now_ms, final=self.grace_ms == 0,
                            context=(paused, signed_on, staff_id))
 
+    def paused(self, hall: str, window: str) -> bool | None:
+        """Whether a window is paused now; None if no pause or staff event was ever seen."""
+        row = self._db.execute(
+            "SELECT paused FROM window_state WHERE hall=? AND window=?", (hall, window)
+        ).fetchone()
+        return None if row is None else bool(row[0])
+
     def _window_context(self, hall: str, window: str) -> tuple[bool, bool | None, str | None]:
         """(paused, staff signed on (None: unknown), signed-on staff id) of a window now."""
         row = self._db.execute(

@@ -37,6 +37,10 @@ class Metrics:
         self.commands_sent = Counter(
             "evalterm_commands_acked", "Commands acknowledged by the broker", registry=r
         )
+        self.receipts_sent = Counter(
+            "evalterm_receipts", "Receipts published to devices (each names the committed "
+            "messages of one device boot, docs/protocol.md 5.1)", registry=r,
+        )
         self.held = Gauge("evalterm_held_ratings", "Ratings waiting for their transaction",
                           registry=r)
         self.stalls = Counter(

@@ -53,6 +53,7 @@ __all__ = [
     "parse_device_payload",
     "parse_topic",
     "rating_message",
+    "receipt_message",
     "sign",
     "signed_bytes",
     "status_message",
@@ -67,6 +68,8 @@ MAX_FEED_PAYLOAD = 4096
 # Topic suffixes a device publishes on, and the one it listens on.
 DEVICE_KINDS = ("rating", "event", "status")
 COMMAND_KIND = "cmd"
+RECEIPT_KIND = "receipt"  # on the command topic too (§5.1)
+MAX_RECEIPT_SEQS = 64  # seqs in one receipt (the firmware refuses more)
 FEED_KINDS = (
     "txn_completed",
     "staff_signon",
@@ -415,6 +418,14 @@ def command_message(key: bytes, topic: str, *, cmd: str, cseq: int, ts: int,
     body: dict[str, Any] = {"v": PROTOCOL_VERSION, "kind": COMMAND_KIND, "cmd": cmd, "cseq": cseq,
                             "ts": ts}
     body.update(fields)
+    return build_signed(key, topic, body)
+
+
+def receipt_message(key: bytes, topic: str, *, boot: int, seqs: list[int], ts: int) -> bytes:
+    """A signed receipt (§5.1): the collector committed the messages `(boot, s)`, s in `seqs`,
+    of the device whose command topic is `topic`; the device may delete them from flash."""
+    body: dict[str, Any] = {"v": PROTOCOL_VERSION, "kind": RECEIPT_KIND, "boot": boot,
+                            "seqs": list(seqs), "ts": ts}
     return build_signed(key, topic, body)
 
 

@@ -5,13 +5,16 @@ Threads and who owns what:
 * paho's network thread receives PUBLISH packets and only queues them (`_on_message`);
 * the ingest worker owns the main SQLite connection: it takes queued messages in order, commits a
   batch through `Ingest.process_batch`, and only then acknowledges each message to the broker
-  (paho manual ack) or answers the waiting HTTP request; it also publishes queued commands;
+  (paho manual ack) or answers the waiting HTTP request and sends the devices their receipts
+  (docs/protocol.md §5.1); it also publishes queued commands;
 * the drainer owns a second connection and moves points from the outbox to InfluxDB;
 * the HTTP server thread (uvicorn, collector/web/) serves /healthz, /metrics, the feed webhook
   and any mounted application; blocking calls run in its bounded worker threads.
 
 A kill at any moment loses nothing: an unacknowledged message is delivered again by the broker
-(persistent session), a committed one is in SQLite, and its replay is refused harmlessly.
+(persistent session), a committed one is in SQLite, and its replay is refused harmlessly (and
+answered with a receipt). A message the broker acknowledged and then lost is still on the
+device's flash, which keeps it until a receipt comes and sends it again.
 """
 
 from __future__ import annotations
@@ -372,7 +375,21 @@ class Collector:
                 elif isinstance(item.token, _Waiter):
                     item.token.outcome = outcome
                     item.token.done.set()
+            self._send_receipts(outcomes)
         self._run(self._publish_commands)
+
+    def _send_receipts(self, outcomes: list[Outcome]) -> None:
+        """Tell the devices what is committed, so they delete it from flash (protocol §5.1).
+        Fire and forget: a receipt that is lost makes the device send the message again, and
+        the replay is answered with a receipt again."""
+        try:
+            receipts = self.ingest.receipts(outcomes, self.clock())
+        except Exception:  # a registry read failing: the devices resend, nothing is lost
+            _LOG.exception("building receipts failed")
+            return
+        for topic, payload in receipts:
+            self._client.publish(topic, payload, qos=1)
+        self.metrics.receipts_sent.inc(len(receipts))
 
     def _publish_commands(self) -> None:
         now = self.clock()

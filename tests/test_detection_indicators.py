@@ -649,10 +649,13 @@ def test_steady_or_merely_happier_windows_are_not_selective_over_the_rolling_per
 # -- key counters: exact between two heartbeats of one boot ----------------------------------------
 
 
-def _exact(u: Unit, *, boot_at: str | None = None, outbox_at_end: int = 0) -> Unit:
-    """The firmware's heartbeats (their outbox size), and a reboot at `boot_at` if given."""
+def _exact(u: Unit, *, boot_at: str | None = None, outbox_at_end: int = 0,
+           receipts: bool = True) -> Unit:
+    """The firmware's heartbeats (their outbox size; `unconfirmed` when it keeps records until
+    the collector's receipt), and a reboot at `boot_at` if given."""
     beats = [d for d in u.device_log if d.kind == "heartbeat"]
-    out = [replace(d, data={**d.data, "outbox": outbox_at_end if d is beats[-1] else 0})
+    more = {"unconfirmed": 0} if receipts else {}
+    out = [replace(d, data={**d.data, **more, "outbox": outbox_at_end if d is beats[-1] else 0})
            if d.kind == "heartbeat" else d for d in u.device_log]
     if boot_at is not None:
         t = hm(boot_at)
@@ -687,6 +690,23 @@ def test_one_hidden_negative_across_a_restart_or_in_flight_does_not_fire():
     # Honest devices agree exactly, with or without a restart.
     for u in (_exact(honest("x", 4)), _exact(honest("y", 5), boot_at="12:30")):
         assert indicator(hall(u, excellent()), u.window, "key_counters").strength == "none"
+
+
+def test_negatives_a_broker_lost_after_its_puback_are_not_hidden_while_the_device_holds_them():
+    # A broker (a client taking the collector's id, a fake one) acknowledged three 差评 and
+    # lost them; the device keeps them until the collector's receipt: its heartbeat says 3.
+    held = _exact(_counter_change(honest("u", 4), "15:00", 1, 3), outbox_at_end=3)
+    ind = indicator(hall(held, excellent()), "u", "key_counters")
+    assert ind.strength == "none" and ind.evidence["negatives_hidden"] == 0
+    assert ind.evidence["lost"] >= 3
+    # The same with nothing held: three presses that became nothing.
+    gone = _exact(_counter_change(honest("v", 4), "15:00", 1, 3))
+    assert indicator(hall(gone, excellent()), "v", "key_counters").strength == "strong"
+    # A firmware that deletes on the broker's PUBACK (no `unconfirmed`): an outbox of 0 does
+    # not say the collector has it, so one such press is within the tolerance.
+    old = _exact(_counter_change(honest("w", 4), "15:00", 1), receipts=False)
+    ind = indicator(hall(old, excellent()), "w", "key_counters")
+    assert ind.strength == "none" and ind.evidence["negative_tolerance"] == 1
 
 
 def test_a_restart_in_the_morning_does_not_excuse_the_afternoon():

@@ -295,3 +295,40 @@ def test_string_escapes_never_escape_the_protocol(text: str) -> None:
         assert exc.reason.value in REASONS
     else:
         msg["reason"].encode("utf-8")  # what went in is storable text
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(["boot", "seqs", "ts", "kind", "v", "x"]), json_values,
+                       max_size=5),
+       st.integers(0, 200), st.integers(0, 255))
+def test_receipts_any_content_or_changed_byte_is_refused_or_taken_never_a_crash(
+        fields: dict[str, Any], at: int, xor: int) -> None:
+    """The firmware's receipt check (etfw/message.py Messages.command, what decides that a
+    rating leaves the device's flash) on a signed receipt of any content, and on one changed
+    byte of a real one: it either takes a well-formed receipt or raises CommandError, nothing
+    else; a changed byte is never taken."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "firmware"))
+    from etfw.message import CommandError, Messages
+
+    from collector.protocol import receipt_message
+
+    _count("receipt")
+    topic = device_topic("evalterm", "h1", "w1", "kp1", "cmd")
+    msgs = Messages("evalterm", "h1", "w1", "kp1", KEY, 1, None, 256)
+    body = {"v": 1, "kind": "receipt", **fields}
+    try:
+        payload = build_signed(KEY, topic, body)
+    except ValueError:  # NaN or Infinity in json_values: not JSON at all
+        return
+    try:
+        msgs.command(topic.encode(), payload)  # a receipt (None), a command, or refused
+    except CommandError:
+        pass
+    good = receipt_message(KEY, topic, boot=1 + at, seqs=[at, at + 1], ts=T0)
+    tampered = bytearray(good)
+    tampered[at % (len(good) - 2)] ^= xor or 1
+    with pytest.raises(CommandError):
+        msgs.command(topic.encode(), bytes(tampered))

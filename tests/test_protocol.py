@@ -28,6 +28,7 @@ from collector.protocol import (
     parse_device_payload,
     parse_topic,
     rating_message,
+    receipt_message,
     signed_bytes,
     status_message,
     validate_device_message,
@@ -50,7 +51,7 @@ def doc_vectors() -> list[dict[str, str]]:
 
 def test_doc_has_vectors_for_every_signed_kind() -> None:
     kinds = {json.loads(v["payload"])["kind"] for v in doc_vectors()}
-    assert kinds == {"rating", "status", "cmd"}
+    assert kinds == {"rating", "status", "cmd", "receipt"}
 
 
 @pytest.mark.parametrize("vector", doc_vectors(), ids=lambda v: v["topic"].rsplit("/", 1)[1])
@@ -179,7 +180,7 @@ def test_schema_files_are_valid_json_schemas() -> None:
 
     folder = Path(__file__).resolve().parents[1] / "collector" / "schemas" / "v1"
     names = sorted(p.stem for p in folder.glob("*.json"))
-    assert names == ["cmd", "event", "feed", "rating", "status"]
+    assert names == ["cmd", "event", "feed", "rating", "receipt", "status"]
     for name in names:
         schema = json.loads((folder / f"{name}.json").read_text())
         jsonschema.Draft7Validator.check_schema(schema)
@@ -216,6 +217,8 @@ def _rebuilt(payload: bytes, topic: str) -> bytes:
             return invitation_message(KEY, topic, staff_name=staff["name"],
                                       staff_badge=staff["badge"], **f)
         return command_message(KEY, topic, **f)
+    if kind == "receipt":
+        return receipt_message(KEY, topic, **f)
     return DEVICE_BUILDERS[kind](KEY, topic, **f)
 
 

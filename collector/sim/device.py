@@ -232,7 +232,7 @@ class SimTerminal:
         data = {"fw": FW, "rssi": -60, "heap_free": 60000, "outbox": len(self.outbox),
                 "discards": 0, "reconnects": 0, "keys": list(self.keys),
                 "uninvited": self.uninvited, "state": self.term.state,
-                "filtered": self.term.filtered}
+                "filtered": self.term.filtered, "unconfirmed": 0}
         self._send(self.topic("event"), self.msgs.event("heartbeat", data), t)
 
     # -- commands --

@@ -2,7 +2,8 @@
 (main.py on the ESP32, the simulator or the tests elsewhere), so this runs anywhere.
 
 Main loop step: feed the watchdog, debounce keys, advance the state machine, handle queued
-commands, one link step (connect, or read + send one outbox record + keep-alive), heartbeat,
+commands and receipts, one link step (connect, or read + send one outbox record +
+keep-alive), heartbeat,
 NTP, indicators. No step blocks longer than the socket timeout (broker.timeout_s), so the
 watchdog period (etfw.WDT_MS) is chosen well above it.
 """
@@ -162,10 +163,12 @@ class Device:
 
     def command(self, topic: bytes, payload: bytes, now: int) -> None:
         try:
-            c = self.msgs.command(topic, payload)
+            c = self.msgs.command(topic, payload, self.outbox, now)
         except CommandError as e:
             self.cmd_bad += 1
             self.cmd_error = e.args[0]
+            return
+        if c is None:  # a receipt: the records it names left the outbox
             return
         self.term.command(c, now)
 
@@ -183,6 +186,7 @@ class Device:
             "filtered": self.term.filtered, "stuck": self.keys.stuck_now,
             "lost": self.lost, "cmd_bad": self.cmd_bad,
             "damaged": self.outbox.damaged, "ntp": self.clock.synced,
+            "unconfirmed": self.outbox.unconfirmed,  # of `outbox`: out, no receipt yet
         }
 
     def step(self) -> None:

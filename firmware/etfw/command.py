@@ -1,42 +1,16 @@
 """Checking a received command (docs/protocol.md section 5): topic, size, signature, fields,
 cseq and expiry. Loaded by Messages.command for each command and dropped again after it
 (etfw.unload): commands are rare next to the main loop's steps, so a running device does
-not keep this code on its heap. The checked command goes to Terminal.command.
+not keep this code on its heap. The checked command goes to Terminal.command. (The
+signature check is receipt.verify: receipts, far more frequent, load only that module.)
 """
 
 import json
-from binascii import hexlify
 
 from .message import CommandError
-from .sign import SIG_HEAD
+from .receipt import verify
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-    const = int
-
-_SIG_LEN = const(74)  # len(',"sig":"') + 64 hex digits + '"}'
 COMMANDS = ("invite", "cancel", "pause", "resume", "display")
-
-
-def verify(signer, topic: bytes, payload: bytes) -> bool:
-    """True if `payload` ends in a well-formed sig member that matches `signer`'s key
-    (constant time)."""
-    n = len(payload)
-    if n < _SIG_LEN + 2:
-        return False
-    if payload[n - _SIG_LEN:n - 66] != SIG_HEAD or payload[n - 2:] != b'"}':
-        return False
-    mv = memoryview(payload)
-    want = hexlify(signer.mac((topic, b"\n", mv[:n - _SIG_LEN], b"}")))
-    diff = 0
-    for i in range(64):
-        c = payload[n - 66 + i]
-        # Uppercase or non-hex digits are malformed, not merely different.
-        if not (48 <= c <= 57 or 97 <= c <= 102):
-            return False
-        diff |= c ^ want[i]
-    return diff == 0
 
 
 def _is_str(v, lo: int, hi: int) -> bool:

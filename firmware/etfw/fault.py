@@ -35,7 +35,9 @@ def clean_detail(detail: str) -> str:
 class _NoOutbox:
     """Nothing is kept on flash in this mode: the event is sent again after a reconnect."""
 
-    def peek(self):
+    unconfirmed = start = wait = 0
+
+    def peek(self, k: int = 0):
         return None
 
 

@@ -6,9 +6,13 @@ is safe to call twice: it closes the socket and schedules the next attempt with 
 back-off and jitter. `poll()` is called from the main loop and never blocks for longer than
 the socket timeout; the watchdog period must be larger than that (see app.py).
 
-The outbox drains in order, one record per poll, each published with QoS 1 and retired only
-after its PUBACK. Commands arriving while umqtt waits for a PUBACK are only queued here;
-the app handles them between polls, so nothing re-enters the client.
+The outbox drains in order, one record per poll, each published with QoS 1; the PUBACK only
+paces the sending. A record is retired when the collector's receipt for it arrives (a
+command-topic message the app hands to the outbox), at most _WINDOW wait for theirs at a
+time, and every connect sends the unconfirmed ones again from the oldest (a long wait
+without a receipt on one connection does the same, `next`). Commands and receipts
+arriving while umqtt waits for a PUBACK are only queued here; the app handles them between
+polls, so nothing re-enters the client.
 """
 
 import gc
@@ -23,6 +27,10 @@ _TCP_NODELAY = const(1)  # the same value on Linux and lwIP
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(60000)
 _INBOX = const(4)  # commands queued between polls; more are dropped (and counted)
+_WINDOW = const(8)  # outbox records published and waiting for their receipt, at most
+_RESEND_MS = const(30000)  # no receipt for this long: send the unconfirmed ones again...
+_RESEND_MAX_MS = const(480000)  # ...doubling the wait up to this while none comes
+# (a receipt dropped here costs a resend, not a rating: the record stays until one comes)
 
 
 class _TimedSocket:
@@ -201,24 +209,47 @@ class Link:
                 self._connect(now)
             except Exception as e:  # every failure takes the one path
                 self._drop(now, e)
+                return
+            outbox.unconfirmed = 0  # what has no receipt yet goes again, oldest first
             return
         c = self.client
         try:
             if not self._wlan.isconnected():
                 raise OSError("wifi lost")
             c.check_msg()
-            rec = outbox.peek()
+            rec = self.next(now, outbox)
             if rec is not None:
-                rid, topic, payload = rec
-                c.publish(topic, payload, False, 1)  # returns after the PUBACK
-                outbox.ack(rid)
-                self.published += 1
+                c.publish(rec[1], rec[2], False, 1)  # returns after the PUBACK, and the
+                self.published += 1  # record stays until the collector's receipt
                 self._last_tx = now
             elif now - self._last_tx >= self._b["keepalive"] * 500:
                 c.ping()
                 self._last_tx = now
         except Exception as e:
             self._drop(now, e)
+
+    def next(self, now: int, ob):
+        """(id, topic, payload) of the next record of outbox `ob` to publish, or None: none
+        left, or _WINDOW records wait for their receipt (ob.unconfirmed: the first ones of
+        its FIFO). The record counts as published from now (if publishing fails, the
+        connection is gone, and every connect sets ob.unconfirmed to 0: all go again).
+
+        ob.start is when the wait for a receipt began: the first publish into an empty
+        window, or the last receipt (receipt.check, which also sets ob.wait back to 0). No
+        receipt for ob.wait: all are sent again, and the next wait is twice as long (up to
+        _RESEND_MAX_MS)."""
+        wait = ob.wait or _RESEND_MS
+        if ob.unconfirmed and now - ob.start >= wait:
+            ob.wait = min(2 * wait, _RESEND_MAX_MS)
+            ob.unconfirmed = 0
+        if ob.unconfirmed >= _WINDOW:
+            return None
+        rec = ob.peek(ob.unconfirmed)
+        if rec is not None:
+            if not ob.unconfirmed:
+                ob.start = now
+            ob.unconfirmed += 1
+        return rec
 
     def send(self, now: int, topic: bytes, payload: bytes) -> bool:
         """Publish a message that is not kept on flash (heartbeats); False if offline."""

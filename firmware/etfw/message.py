@@ -52,13 +52,22 @@ class Messages:
         return self._seal(self._envelope("status").field("state", state).field("fw", fw),
                           self.t_status)
 
-    def command(self, topic: bytes, payload: bytes) -> dict:
+    def command(self, topic: bytes, payload: bytes, outbox=None, now: int = 0):
         """Check a command (§5) and return it; raise CommandError if it must be ignored.
-        The checks (command.py) are loaded for each command and dropped again: commands
-        are rare, and a running device does not keep that code on its heap."""
-        from . import command, unload
+        A receipt (§5.1, which the collector writes beginning with these bytes) retires the
+        records of `outbox` it names; it returns None. The checks (command.py, receipt.py)
+        are loaded for each message and dropped again: a running device does not keep them
+        on its heap."""
+        from . import unload
 
         try:
+            if payload.startswith(b'{"v":1,"kind":"receipt",'):
+                from . import receipt
+
+                return receipt.check(self, topic, payload, outbox, now)
+            from . import command
+
             return command.check(self, topic, payload)
         finally:
             unload("command")
+            unload("receipt")

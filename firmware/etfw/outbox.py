@@ -1,5 +1,7 @@
 """The flash outbox: every rating is on flash before it is published, and leaves only after
-the broker's PUBACK.
+the collector's signed receipt says it committed it (docs/protocol.md section 5.1), never on
+the broker's PUBACK: a broker that acknowledges and then loses a message (crash, a client
+taking the collector's place, a fake broker) cannot make a rating disappear.
 
 The file is an append-only log of checksummed records:
 
@@ -7,8 +9,18 @@ The file is an append-only log of checksummed records:
     body    topic bytes + payload bytes (the exact signed message, so a resend is identical)
 
 `check` is the first 4 bytes of SHA-256 over the first 9 header bytes and the body. An 'A'
-(ack) record with no body retires the record with its id: delivered, or discarded because
-the outbox was full. Records leave in order, so the pending ones are always a FIFO.
+(ack) record with no body retires the record with its id: confirmed by a receipt, or
+discarded because the outbox was full. The pending records are a FIFO; a receipt may retire
+one that is not the head (command.check; rare: the FIFO entries above it move down, so the
+order of the others is kept).
+
+Sending (link.py): records go out in FIFO order, at most 8 of them published and still
+without a receipt at a time: the first `unconfirmed` of the FIFO (a receipt
+retires its record, so the ones left there are those in flight). Setting `unconfirmed` to 0
+(every connect, and when no receipt came for a while) sends them all again from the head.
+"Sent but unconfirmed" is RAM only: on flash such a record is simply pending (no ack
+record), so after a reboot it is sent again. The collector refuses a second copy as a
+replay and answers it with a receipt again.
 
 An 'H' (held) record is a 1-2 rating waiting for its reason, signed with reason "none" when
 the key was pressed (`hold`). It is not sent while held. The final rating is stored as an
@@ -21,7 +33,8 @@ Power cuts (see docs/firmware.md, failure model):
 - during an append: the torn record fails its check and is skipped at recovery; only that
   record is lost, and the log is rewritten without the damage.
 - during an ack append: the record is still pending and is sent again, byte-identical;
-  the collector refuses the second copy as a replay of the same (dev, boot, seq).
+  the collector refuses the second copy as a replay of the same (dev, boot, seq) and
+  confirms it again.
 - during compaction: the new log is written to a temporary file and renamed over the old
   one (atomic on LittleFS and POSIX); an unfinished temporary file is deleted at boot.
 Nothing is ever rewritten in place, so no power cut can turn one record into another.
@@ -75,6 +88,13 @@ class Outbox:
         self.held = 0  # id of the held record (not in the FIFO), 0 = none
         self._held_at = (0, 0)  # its offset and length
         self._hdr = bytearray(HLEN)
+        # Sending (link.py; names MicroPython has built in, or shared with the heartbeat: a
+        # running device interns no new ones). The first `unconfirmed` records of the FIFO
+        # are published on this connection and wait for their receipt; `start` is when that
+        # wait began and `wait` how long it may last (0: link._RESEND_MS; see Link.next).
+        self.unconfirmed = 0
+        self.start = 0
+        self.wait = 0
         self.discards = 0  # records dropped because the outbox was full (this boot)
         self.damaged = 0  # damaged regions skipped at recovery (torn writes)
         self.write_errors = 0
@@ -85,6 +105,7 @@ class Outbox:
         recover(self)
 
     def __len__(self) -> int:
+        """Records kept: not yet confirmed by the collector (published or not)."""
         return self.count
 
     # --- the FIFO -------------------------------------------------------------------------
@@ -101,6 +122,8 @@ class Outbox:
         self._pending_bytes -= self._lens[self._head]
         self._head = (self._head + 1) % self.cap
         self.count -= 1
+        if self.unconfirmed:
+            self.unconfirmed -= 1
 
     # --- file format ----------------------------------------------------------------------
 
@@ -134,11 +157,6 @@ class Outbox:
 
     # --- the API ---------------------------------------------------------------------------
 
-    def _retire_head(self) -> None:
-        self._append(ACK, self._ids[self._head], b"", b"")  # a cut here: resend, not loss
-        self._size += HLEN
-        self._pop()
-
     def _store(self, rtype: int, rid: int, topic: bytes, payload: bytes) -> int:
         """Append a record with a body; returns its length. Raises OSError if flash fails."""
         try:
@@ -164,7 +182,7 @@ class Outbox:
         n = HLEN + len(topic) + len(payload)
         # Bounded: make room by discarding the oldest (counted, reported in heartbeats).
         while self.count and (self.count >= self.cap or self._pending_bytes + n > self.max_bytes):
-            self._retire_head()
+            self._retire(0)
             self.discards += 1
         rid = self._next_id
         if replace and self.held:
@@ -204,10 +222,12 @@ class Outbox:
         self._size += n
         return rid
 
-    def peek(self):
-        """(id, topic, payload) of the oldest pending record, or None."""
-        while self.count:
-            i = self._head
+    def peek(self, k: int = 0):
+        """(id, topic, payload) of the pending record at FIFO position k (the oldest by
+        default), or None. A record flash went bad under is retired, counted as damaged,
+        and the next one takes its place."""
+        while k < self.count:
+            i = (self._head + k) % self.cap
             f = self._fs.open(self.path, "rb")
             try:
                 f.seek(self._offs[i])
@@ -222,16 +242,32 @@ class Outbox:
                     return rid, bytes(body[:tlen]), bytes(body[tlen:])
             # Flash went bad under a stored record: drop it, count it, go on.
             self.damaged += 1
-            self._retire_head()
+            self._retire(k)
         return None
 
     def ack(self, rid: int) -> None:
-        """The broker acknowledged record `rid` (the head): retire it."""
+        """Retire record `rid` if it is the head (a receipt names it: command.confirm)."""
         if not self.count or self._ids[self._head] != rid:
             return
-        self._retire_head()
+        self._retire(0)
         if not self.count and not self.held:
             self._fs.remove(self.path)
             self._size = 0
         elif self._size > self.max_bytes:
             self._compact()
+
+    def _retire(self, k: int) -> None:
+        """Retire the record at FIFO position k: an ack record, then out of the FIFO (not
+        the head: recover._drop_id, which moves the entries above it down)."""
+        i = (self._head + k) % self.cap
+        self._append(ACK, self._ids[i], b"", b"")  # a cut here: resend, not loss
+        self._size += HLEN
+        if k == 0:
+            self._pop()
+            return
+        from . import recover, unload
+
+        try:
+            recover._drop_id(self, self._ids[i])
+        finally:
+            unload("recover")

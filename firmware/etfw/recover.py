@@ -82,8 +82,9 @@ def recover(ob) -> None:
 
 
 def _drop_id(ob, rid: int) -> None:
-    # An ack that is not for the head happens only next to damage (or for a held record
-    # replaced): remove that id from the FIFO, keeping the order of the others.
+    # An ack that is not for the head: a receipt out of order (outbox._retire), a record
+    # next to damage, or a held record replaced. Remove that id from the FIFO, keeping the
+    # order of the others; the send positions past it move down with them.
     for k in range(ob.count):
         i = (ob._head + k) % ob.cap
         if ob._ids[i] == rid:
@@ -95,6 +96,8 @@ def _drop_id(ob, rid: int) -> None:
                 ob._offs[a] = ob._offs[b]
                 ob._lens[a] = ob._lens[b]
             ob.count -= 1
+            if k < ob.unconfirmed:
+                ob.unconfirmed -= 1
             return
 
 

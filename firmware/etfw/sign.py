@@ -1,5 +1,5 @@
 """HMAC-SHA256 signatures exactly as docs/protocol.md section 3 defines them (checking a
-received signature is command.verify: only commands need it).
+received signature is receipt.verify: only commands and receipts need it).
 
 MicroPython has no hmac module, so HMAC (RFC 2104) is built here over hashlib.sha256.
 The pads are computed once per key; hashing takes the parts of the signed bytes one by one

@@ -116,6 +116,22 @@ class FakeClient:
                 raise OSError(104)
             b.fail_after -= 1
         heap_sample()
+        if not retain and not topic.endswith(b"/status"):
+            # The collector's part: a signed receipt for every rating and event received
+            # (docs/protocol.md 5.1), delivered with the next check_msg.
+            from etfw.sign import Signer
+            from fwfakes import KEY
+
+            ident = []
+            for name in (b'"boot":', b',"seq":'):
+                i = j = msg.find(name) + len(name)
+                while j < len(msg) and 48 <= msg[j] <= 57:
+                    j += 1
+                ident.append(int(msg[i:j]))
+            t = topic[:topic.rfind(b"/") + 1] + b"cmd"
+            body = b'{"v":1,"kind":"receipt","boot":%d,"seqs":[%d],"ts":1}' % tuple(ident)
+            b.pending_in.append((t, body[:-1] + b',"sig":"' + Signer(KEY).hexmac(t, body)
+                                 + b'"}'))
         with open(b._log, "ab") as f:
             f.write(b"%d %d %d\n" % (1 if retain else 0, len(topic), len(msg)))
             f.write(topic)

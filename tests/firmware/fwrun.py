@@ -28,11 +28,11 @@ import sys
 
 import fwfakes
 
-# One string (one object on the heap, not seventeen), split only when no module is named.
+# One string (one object on the heap, not eighteen), split only when no module is named.
 MODULES = ("test_fw_sign test_fw_message test_fw_config test_fw_keys test_fw_terminal "
            "test_fw_voice test_fw_screen test_fw_store test_fw_outbox test_fw_link "
-           "test_fw_fault test_fw_app test_fw_app_cmd test_fw_app_ops test_fw_app_keys "
-           "test_fw_app_hold test_fw_app_av")
+           "test_fw_receipts test_fw_fault test_fw_app test_fw_app_cmd test_fw_app_ops "
+           "test_fw_app_keys test_fw_app_hold test_fw_app_av")
 
 
 def main(names):

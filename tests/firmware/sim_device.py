@@ -3,7 +3,8 @@
     micropython sim_device.py FIRMWARE_DIR CONFIG_JSON DATA_DIR CONTROL_UDP_PORT
 
 Key presses come in as UDP datagrams on 127.0.0.1:CONTROL_UDP_PORT ("press 5"; "quit").
-State changes are printed as "STATE <state>" and "LINK <0|1>" lines for the test to follow;
+State changes are printed as "STATE <state>", "LINK <0|1>" and "OUTBOX <records kept>" lines
+for the test to follow;
 at "quit", "HEAP <peak> <size>": the highest live heap (bytes, after a collection) seen at
 those changes, and the heap's size.
 """
@@ -62,6 +63,7 @@ def main():
     release = [None] * 5
     state = link = None
     pubs = fails = peak = 0
+    kept = -1
     print("BOOT", dev.boot)
     dev.start()  # what dev.run() does first; this loop steps the device itself
     while True:
@@ -96,6 +98,10 @@ def main():
         if dev.link.published != pubs:
             pubs = dev.link.published
             print("PUBLISHED", pubs, "outbox", len(dev.outbox))
+            changed = True
+        if len(dev.outbox) != kept:
+            kept = len(dev.outbox)
+            print("OUTBOX", kept)
             changed = True
         if dev.link.failures != fails:
             fails = dev.link.failures

@@ -37,7 +37,7 @@ def test_invited_rating_end_to_end():
     assert (m["level"], m["txn"], m["reason"], m["mode"]) == (4, "BJ-1", None, "invited")
     assert 0 < m["rt"] < 1000
     raw = r.broker.payloads("rating")[0]
-    from etfw.command import verify  # here: a running device loads it only for a command
+    from etfw.receipt import verify  # here: a running device loads it only for a command
 
     assert verify(Signer(KEY), r.dev.msgs.t_rating, raw)
     assert r.dev.keys.counts == [0, 0, 0, 1, 0]

@@ -11,8 +11,8 @@ from fwfakes import KEY, Ticks, cmd_payload, config_error, tmpdir
 BAD = config_error(board={"keys": [32, 33, 25, 26], "leds": None, "rgb": None, "buzzer": 23},
                    lang="fr", reason_ms=5)
 
-from etfw.command import verify  # noqa: E402
 from etfw.fault import DETAIL_MAX, ConfigFault, clean_detail  # noqa: E402
+from etfw.receipt import verify  # noqa: E402
 from etfw.sign import Signer  # noqa: E402
 from etfw.store import RealFS, Store  # noqa: E402
 from fwnet import Broker, FakeWLAN  # noqa: E402

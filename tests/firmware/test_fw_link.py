@@ -35,17 +35,32 @@ def test_connect_sequence():
     assert ln.client.sock._s.timeout == 5
 
 
-def test_drains_in_order_one_per_poll_and_acks():
+def _m(i, boot=1):
+    return b'{"v":1,"boot":%d,"seq":%d}' % (boot, i)
+
+
+def _poll(ln, ob, t):
+    """A poll, and the receipts it brought handled as the app does (test_fw_receipts)."""
+    from etfw.message import Messages
+    from fwfakes import KEY
+
+    ln.poll(t, ob)
+    m = Messages("p", "h", "w", "d", KEY, 1, None, 256)
+    while ln.inbox:
+        topic, payload = ln.inbox.pop(0)
+        m.command(topic, payload, ob, t)
+
+
+def test_drains_in_order_one_per_poll():
     b = Broker()
     ln = _link(b)
     ob = Outbox(MemFS(), "ob")
     for i in range(3):
-        ob.put(T, b"m%d" % i)
+        ob.put(T, _m(i))
     ln.poll(0, ob)  # connect
     for t in (10, 20, 30, 40):
         ln.poll(t, ob)
-    assert [p for t, p, r in b.each() if t == T] == [b"m0", b"m1", b"m2"]
-    assert len(ob) == 0
+    assert [p for t, p, r in b.each() if t == T] == [_m(0), _m(1), _m(2)]
 
 
 def test_broker_loss_keeps_record_and_backs_off():
@@ -53,11 +68,11 @@ def test_broker_loss_keeps_record_and_backs_off():
     ln = _link(b)
     ob = Outbox(MemFS(), "ob")
     ln.poll(0, ob)
-    ob.put(T, b"m0")
-    ob.put(T, b"m1")
+    ob.put(T, _m(0))
+    ob.put(T, _m(1))
     b.fail_after = 1  # m0 gets through, the connection dies on m1
-    ln.poll(10, ob)
-    ln.poll(20, ob)
+    _poll(ln, ob, 10)
+    _poll(ln, ob, 20)
     assert not ln.up and len(ob) == 1 and ln.failures == 1
     delays = []
     t = 20
@@ -75,7 +90,7 @@ def test_broker_loss_keeps_record_and_backs_off():
     ln.poll(ln._next_try, ob)
     ln.poll(ln._next_try + 10, ob)
     assert ln.up and ln.reconnects == 1
-    assert [p for t, p, r in b.each() if t == T] == [b"m0", b"m1"]
+    assert [p for t, p, r in b.each() if t == T] == [_m(0), _m(1)]
 
 
 def test_jitter_stays_in_range():

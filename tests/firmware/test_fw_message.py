@@ -3,8 +3,8 @@
 import json
 
 from etfw.clock import Clock
-from etfw.command import verify
 from etfw.message import CommandError, Messages
+from etfw.receipt import verify
 from fwfakes import KEY, cmd_payload
 
 

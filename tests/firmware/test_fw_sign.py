@@ -1,8 +1,8 @@
 """Signatures: the protocol's test vectors, on the device side."""
 
 from etfw.clock import Clock
-from etfw.command import verify
 from etfw.message import Messages
+from etfw.receipt import verify
 from etfw.sign import Signer
 from fwfakes import KEY
 from fwvectors import vectors

@@ -33,16 +33,28 @@ HEAP = "64K"
 # contiguous heap left. Not the several boots per module: a single test in a fresh
 # interpreter (fwrun's `module:test`) needs 68-70 KiB as well. They pass from 70-78 KiB
 # (which allocations land where varies, even with the length of the temporary folder's
-# path); the cap is 88 KiB, 8 KiB above the largest minimum seen, so that a new machine's
-# layout cannot turn it red. See docs/firmware.md, "Memory budget".
-_WHOLE_DEVICE = "88K"
+# path); the cap was 88 KiB, 8 KiB above the largest minimum seen, so that a new machine's
+# layout cannot turn it red. With the receipts and the tamper inputs the largest of these tests
+# (with the harness's ~100 names a device does not have) crosses the name pool's next block,
+# 7.2 KiB at once at about the 620th name: the cap is 96 KiB, the 88 plus that block.
+# See docs/firmware.md, "Memory budget".
+_WHOLE_DEVICE = "96K"
 HEAP_FOR = {m: _WHOLE_DEVICE for m in ("test_fw_app", "test_fw_app_cmd", "test_fw_app_ops",
                                        "test_fw_app_keys", "test_fw_app_hold",
                                        "test_fw_app_av", "test_fw_tamper")}
+# test_fw_app_av (display, voice, confirm mode: the most names) crossed that block at the
+# merge of the receipts and the tamper inputs: peak live 83.8 KiB (75.1 before), and a 640-byte
+# string in the screen's drawing fails in heaps up to 128K in the suite's layout (not
+# explained yet: docs/firmware.md, "Memory budget"); it passes from 136K: 152K.
+HEAP_FOR["test_fw_app_av"] = "152K"
+# test_fw_receipts holds the link, the outbox, a device's messages and the fake broker's
+# receipt signer next to its test code: it passes at 64 KiB on one run and fails on another
+# (where the temporary folder's path puts its allocations), so 8 KiB more.
+HEAP_FOR["test_fw_receipts"] = "72K"
 
 MODULES = ["test_fw_sign", "test_fw_message", "test_fw_config", "test_fw_keys",
            "test_fw_terminal", "test_fw_voice", "test_fw_screen", "test_fw_store",
-           "test_fw_outbox", "test_fw_link",
+           "test_fw_outbox", "test_fw_link", "test_fw_receipts",
            "test_fw_fault", "test_fw_app", "test_fw_app_cmd", "test_fw_app_ops",
            "test_fw_app_keys", "test_fw_app_hold", "test_fw_app_av", "test_fw_tamper"]
 HELPERS = ["fwrun", "fwfakes", "fwmemfs", "fwnet", "fwrig", "fwvectors"]

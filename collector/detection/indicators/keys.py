@@ -128,8 +128,12 @@ def _account(u: Unit, dev: str, first: DeviceRecord, last: DeviceRecord
 
     stray, filtered = grew("uninvited"), grew("filtered")
     # Messages the device itself reports lost (outbox full, unreadable records): each may
-    # have been a rating, so each excuses one press.
-    lost = grew("discards") + grew("lost") + grew("damaged")
+    # have been a rating, so each excuses one press. So does each record it still held
+    # without the collector's receipt at the end (sent or not: in flight, or lost by a broker
+    # after its PUBACK; the device sends it again, docs/protocol.md §5.1).
+    held = last.data.get("outbox", 0)
+    lost = (grew("discards") + grew("lost") + grew("damaged")
+            + (held if isinstance(held, int) and held > 0 else 0))
     slack = stray + filtered + lost
     # A 差评 waits for its reason tag (or the timeout) before it is published: a heartbeat
     # in state "reason" at the end means one 差评 press whose rating is not out yet; at the
@@ -170,7 +174,9 @@ def _key_counters(u: Unit, c: _Ctx) -> _Raw | None:
     are reported), so one 差评 press that became nothing is evidence; across a restart (a power
     cut between the count and the heartbeat, a held record that flash refused) up to
     `negative_key_tolerance` such presses are not. A heartbeat that still had messages in its
-    outbox may be followed by ratings pressed before it: its span is judged with the tolerance."""
+    outbox may be followed by ratings pressed before it: each excuses one press, and its span
+    is judged with the tolerance; so is every span of a firmware that does not wait for the
+    collector's receipts (no `unconfirmed` in its heartbeats)."""
     if not u.has_device:
         return None
     worst: dict[str, Any] | None = None
@@ -192,7 +198,11 @@ def _key_counters(u: Unit, c: _Ctx) -> _Raw | None:
                     if _restart_between(chain[i], chain[i + 1], boots)]
 
             def tolerance(end: DeviceRecord, restarted: bool) -> int:
-                exact = not restarted and end.data.get("outbox") == 0
+                # Exact only for a firmware that keeps every record until the collector's
+                # receipt (its heartbeats report `unconfirmed`): an older one deletes it on
+                # the broker's PUBACK, and a broker can lose it after that.
+                exact = (not restarted and end.data.get("outbox") == 0
+                         and "unconfirmed" in end.data)
                 return 0 if exact else c.s.negative_key_tolerance
 
             acc.update(negative_tolerance=tolerance(chain[-1], bool(cuts)), restart=bool(cuts))
