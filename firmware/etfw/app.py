@@ -86,6 +86,12 @@ class Device:
         self._hb_every = cfg.heartbeat_s * 1000
         self._next_hb = 0
         self._reset_cause = reset_cause
+        # Over-the-air updates (etfw/ota.py, loaded only while it has work): the slot this
+        # boot runs, (slot, on trial, note) from otaboot.boot, and how to reboot.
+        self._data_dir = data_dir
+        self._slot = hw.get("ota") or ("", False, "")
+        self._reset = hw.get("reset")
+        self.ota = None
 
     def start(self) -> None:
         """The first screen and the signed boot event; run() starts with it. Not part of
@@ -95,6 +101,8 @@ class Device:
         self.event("boot", {"fw": FW_VERSION, "reset_cause": self._reset_cause})
         if self.tamper is not None:
             self.tamper.start(self.clock.up(), self)
+        if self._slot[1] or self._slot[2]:  # on trial, or a trial's outcome to report
+            self._ota()
 
     # --- persistence ------------------------------------------------------------------------
 
@@ -160,12 +168,39 @@ class Device:
         elif kind == RELEASED:
             self.event("key_released", {"key": key, "held_ms": held})
 
+    def _ota(self):
+        if self.ota is None:
+            gc.collect()  # loaded on a collected heap: it needs a few KiB (memory budget)
+            from .ota import Ota
+
+            self.ota = Ota(self, self._data_dir, self._slot, self._reset)
+        return self.ota
+
     def command(self, topic: bytes, payload: bytes, now: int) -> None:
         try:
-            c = self.msgs.command(topic, payload)
-        except CommandError as e:
-            self.cmd_bad += 1
-            self.cmd_error = e.args[0]
+            if payload[:1] == b"\xe7":  # a chunk of an update (etfw/ota.py), not a command
+                if self.ota is not None:
+                    self.ota.chunk(topic, payload, now)
+                return
+            try:
+                c = self.msgs.command(topic, payload)
+            except CommandError as e:
+                self.cmd_bad += 1
+                self.cmd_error = e.args[0]
+                if b'"cmd":"update"' in payload:
+                    self._ota().refused(e.args[0])  # reported; nothing changes
+                return
+            if self.ota is not None and self.ota.trial:
+                self.ota.confirm()  # a signed command reached the new firmware
+            if c["cmd"] in ("update", "confirm"):
+                self._ota().command(c, now)
+                return
+        except MemoryError:
+            # The update did not fit in the heap now: dropped (the collector asks again),
+            # the device goes on rating.
+            self.cmd_error = "ota_memory"
+            self.ota = None
+            unload("ota")
             return
         self.term.command(c, now)
 
@@ -210,6 +245,11 @@ class Device:
                 gc.collect()
                 payload = self.msgs.event("heartbeat", self.heartbeat_data())
                 self.link.send(now, self.msgs.t_event, payload)
+        if self.ota is not None:
+            self.ota.tick(now)
+            if self.ota.idle():
+                self.ota = None
+                unload("ota")
         self.out.tick(now)
 
     def run(self, sleep_ms, should_stop=None) -> None:
