@@ -160,8 +160,8 @@ def _device(cfg):
         "buzzer": machine.Pin(board["buzzer"], machine.Pin.OUT, value=0)
         if board.get("buzzer") is not None else None,
         "display": _console,
-        "ota": _OTA,
-        "reset": machine.reset,
+        # MicroPython has no starred tuple display: concatenation.
+        "update": ("/", machine.reset) + _OTA,  # noqa: RUF005  (etfw/update.py)
     }
     _panels(cfg, board, hw)
     _tamper(cfg, board, hw)

@@ -179,8 +179,14 @@ def cmd_update(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"dry run: nothing was sent; {len(plan.devices)} device(s) would be updated")
         return 0
+    password = ""
+    if args.mqtt_password_file:
+        password = Path(args.mqtt_password_file).read_text().strip()
+        if ":" in password:  # a service-users line (user:password)
+            password = password.split(":", 1)[1]
     rollout = run_update(cfg, plan, wait_s=args.wait, timeout_s=args.timeout,
-                         out=lambda line: print(line, flush=True))
+                         out=lambda line: print(line, flush=True), user=args.mqtt_user,
+                         password=password)
     failed = rollout.failed
     for r in failed:
         print(f"evalterm: error: {r.name}: {r.detail}", file=sys.stderr)
@@ -260,6 +266,10 @@ def add_parsers(sub: Any) -> None:
                     "from the collector before the device rolls back (default 600)")
     up.add_argument("--timeout", type=int, default=600, help="seconds without progress before a "
                     "device counts as failed (default 600)")
+    up.add_argument("--mqtt-user", help="the update's broker user (`ota` on a rendered "
+                    "broker; default: the collector's, only on a broker without users)")
+    up.add_argument("--mqtt-password-file", help="a file holding its password (or its "
+                    "user:password line)")
     up.set_defaults(func=cmd_update)
 
     rep = dev_sub.add_parser("report", help="the hall's provisioning report (CSV)")

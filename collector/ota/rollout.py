@@ -3,8 +3,8 @@ progress lines out; the MQTT side is collector/ota/server.py).
 
 Stage 1 is one window (the canary); stage 2, the rest of the hall, starts only when the canary
 runs the new version and confirmed it (its `ota` event `confirmed`, signed by the new firmware
-after it received the collector's `confirm`). A canary that fails stops the rollout: the rest
-is not touched. Within a stage the devices update at the same time.
+once the collector confirmed it with an `update` to the version it runs). A canary that fails
+stops the rollout: the rest is not touched. Within a stage the devices update at the same time.
 
 Per device: update sent -> downloading (chunk requests, `progress` events) -> ready (verified,
 rebooting) -> the boot event with the new version (on trial) -> confirm sent -> confirmed.

@@ -74,12 +74,13 @@ def describe(plan: Plan, conn: sqlite3.Connection) -> list[str]:
 
 def run_update(cfg: Config, plan: Plan, *, out: Callable[[str], None] = print,
                wait_s: int = 600, timeout_s: int = 600, stall_s: int = 15,
-               should_stop: Callable[[], bool] | None = None) -> Rollout:
+               should_stop: Callable[[], bool] | None = None, user: str | None = None,
+               password: str = "") -> Rollout:
     """Run the rollout to its end; returns it (its `failed` runs say what went wrong)."""
     conn = connect(cfg.state_db)
     try:
         server = OtaServer(cfg, plan.devices, plan.image, secrets.randbelow(0xFFFFFFFE) + 1,
-                           lambda dev: outbox.next_cseq(conn, dev), now_ms)
+                           lambda dev: outbox.next_cseq(conn, dev), now_ms, user, password)
         rollout = Rollout.plan(plan.image.version, plan.canary, plan.rest,
                                timeout_s=timeout_s, stall_s=stall_s)
         server.start()
@@ -122,7 +123,7 @@ def _loop(server: OtaServer, rollout: Rollout, out: Callable[[str], None], wait_
             if what == "update":
                 server.send_update(run.dev, wait_s)
             else:
-                server.send_confirm(run.dev)
+                server.send_confirm(run.dev, wait_s)
         for line in rollout.lines:
             out(line)
         rollout.lines.clear()

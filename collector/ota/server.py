@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.config import Config
 from collector.errors import ServiceUnavailable
+from collector.ota import OtaError
 from collector.ota.image import CHUNK_MAX, Image
 from collector.protocol import (
     ProtocolError,
@@ -51,7 +52,10 @@ def chunk_payload(update_id: int, index: int, offset: int, data: bytes) -> bytes
 
 class OtaServer:
     def __init__(self, cfg: Config, devices: list[Device], image: Image, update_id: int,
-                 next_cseq: Callable[[str], int], now_ms: Callable[[], int]) -> None:
+                 next_cseq: Callable[[str], int], now_ms: Callable[[], int],
+                 user: str | None = None, password: str = "") -> None:
+        """`user`/`password`: the broker user of the update (`ota` on a broker rendered by
+        `evalterm broker render`); None: the collector's own, for a broker without users."""
         self.cfg = cfg
         self.prefix = cfg.mqtt.topic_prefix
         self.devices = {d.device: d for d in devices}
@@ -66,8 +70,14 @@ class OtaServer:
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2,
                                    client_id=f"{m.client_id}-ota", clean_session=True,
                                    protocol=mqtt.MQTTv311)
-        if m.username:
-            self._client.username_pw_set(m.username, m.password or None)
+        if user:
+            self._client.username_pw_set(user, password or None)
+        elif m.username:
+            # A broker that binds client ids to user names would hand this connection the
+            # collector's session and drop the collector: the update needs a user of its own.
+            raise OtaError(f"the broker has users ([mqtt] username {m.username!r}): give the "
+                           "update its own, --mqtt-user ota --mqtt-password-file FILE (the ota "
+                           "line of `evalterm broker render`'s service-users)")
         if m.tls_ca_file:
             self._client.tls_set(ca_certs=m.tls_ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self._client.on_connect = self._on_connect
@@ -117,11 +127,10 @@ class OtaServer:
             id=self.update_id, ver=img.version, size=len(img.manifest), sha=img.manifest_sha,
             wait=wait_s), qos=1)
 
-    def send_confirm(self, d: Device) -> None:
-        topic = self._cmd_topic(d)
-        self._client.publish(topic, command_message(
-            d.key, topic, cmd="confirm", cseq=self._next_cseq(d.device), ts=self._now(),
-            id=self.update_id, ver=self.image.version), qos=1)
+    def send_confirm(self, d: Device, wait_s: int) -> None:
+        """The confirmation: any signed command confirms a slot on trial; this one is the
+        same update again (to the version the device now runs, so it changes nothing)."""
+        self.send_update(d, wait_s)
 
     # --- in -------------------------------------------------------------------------------------
 

@@ -86,12 +86,11 @@ class Device:
         self._hb_every = cfg.heartbeat_s * 1000
         self._next_hb = 0
         self._reset_cause = reset_cause
-        # Over-the-air updates (etfw/ota.py, loaded only while it has work): the slot this
-        # boot runs, (slot, on trial, note) from otaboot.boot, and how to reboot.
-        self._data_dir = data_dir
-        self._slot = hw.get("ota") or ("", False, "")
-        self._reset = hw.get("reset")
-        self.ota = None
+        # Over-the-air updates (etfw/update.py, loaded only while it has work): None (not
+        # supported), otaboot's (data_dir, reset, slot, on trial, note), or the loaded Ota.
+        # One name for all three, and one MicroPython has built in: an interned name costs
+        # heap on every boot, and a new one can grow the name pool (memory budget).
+        self.update = hw.get("update")
 
     def start(self) -> None:
         """The first screen and the signed boot event; run() starts with it. Not part of
@@ -101,8 +100,9 @@ class Device:
         self.event("boot", {"fw": FW_VERSION, "reset_cause": self._reset_cause})
         if self.tamper is not None:
             self.tamper.start(self.clock.up(), self)
-        if self._slot[1] or self._slot[2]:  # on trial, or a trial's outcome to report
-            self._ota()
+        u = self.update
+        if u is not None and (u[3] or u[4]):  # on trial, or a trial's outcome to report
+            self.command(b"", b"", 0)  # loads etfw.update
 
     # --- persistence ------------------------------------------------------------------------
 
@@ -168,39 +168,28 @@ class Device:
         elif kind == RELEASED:
             self.event("key_released", {"key": key, "held_ms": held})
 
-    def _ota(self):
-        if self.ota is None:
-            gc.collect()  # loaded on a collected heap: it needs a few KiB (memory budget)
-            from .ota import Ota
-
-            self.ota = Ota(self, self._data_dir, self._slot, self._reset)
-        return self.ota
-
     def command(self, topic: bytes, payload: bytes, now: int) -> None:
-        try:
-            if payload[:1] == b"\xe7":  # a chunk of an update (etfw/ota.py), not a command
-                if self.ota is not None:
-                    self.ota.chunk(topic, payload, now)
-                return
+        u = self.update
+        if u is not None and (type(u) is not tuple or payload[:1] in (b"\xe7", b"")
+                              or b'"update"' in payload):
+            # An update's chunk or command, or any command while one is under way:
+            # etfw.update takes it (and hands an ordinary command on to the terminal).
+            gc.collect()  # loaded on a collected heap: a few KiB (memory budget)
             try:
-                c = self.msgs.command(topic, payload)
-            except CommandError as e:
-                self.cmd_bad += 1
-                self.cmd_error = e.args[0]
-                if b'"cmd":"update"' in payload:
-                    self._ota().refused(e.args[0])  # reported; nothing changes
-                return
-            if self.ota is not None and self.ota.trial:
-                self.ota.confirm()  # a signed command reached the new firmware
-            if c["cmd"] in ("update", "confirm"):
-                self._ota().command(c, now)
-                return
-        except MemoryError:
-            # The update did not fit in the heap now: dropped (the collector asks again),
-            # the device goes on rating.
-            self.cmd_error = "ota_memory"
-            self.ota = None
-            unload("ota")
+                from .update import update
+
+                update(self, topic, payload, now)
+            except MemoryError:  # dropped (the collector asks again); the device rates on
+                u = self.update
+                if u is not None and type(u) is not tuple:
+                    self.update = u.hw
+                unload("update")
+            return
+        try:
+            c = self.msgs.command(topic, payload)
+        except CommandError as e:
+            self.cmd_bad += 1
+            self.cmd_error = e.args[0]
             return
         self.term.command(c, now)
 
@@ -245,11 +234,10 @@ class Device:
                 gc.collect()
                 payload = self.msgs.event("heartbeat", self.heartbeat_data())
                 self.link.send(now, self.msgs.t_event, payload)
-        if self.ota is not None:
-            self.ota.tick(now)
-            if self.ota.idle():
-                self.ota = None
-                unload("ota")
+        u = self.update
+        if u is not None and type(u) is not tuple and u.tick(now):  # done: the module goes
+            self.update = u.hw
+            unload("update")
         self.out.tick(now)
 
     def run(self, sleep_ms, should_stop=None) -> None:

@@ -16,7 +16,7 @@ except ImportError:  # CPython
     const = int
 
 _SIG_LEN = const(74)  # len(',"sig":"') + 64 hex digits + '"}'
-COMMANDS = ("invite", "cancel", "pause", "resume", "display", "update", "confirm")
+COMMANDS = ("invite", "cancel", "pause", "resume", "display", "update")  # update: etfw/update.py
 
 
 def verify(signer, topic: bytes, payload: bytes) -> bool:
@@ -94,25 +94,3 @@ def _check_fields(msgs, name: str, c: dict, ts: int) -> None:
     elif name == "display":
         if not _is_str(c.get("text"), 0, 64):
             raise CommandError("malformed")
-    elif name == "update":
-        _check_update(msgs, c, ts)
-
-
-def _int(v, lo: int, hi: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
-
-def _check_update(msgs, c: dict, ts: int) -> None:
-    """An update (etfw/ota.py): the manifest's size and SHA-256, the version, the trial time.
-    An update older than an hour is refused when the clock is synced (a replayed one)."""
-    sha = c.get("sha")
-    if not (_int(c.get("id"), 1, 0xFFFFFFFF) and _is_str(c.get("ver"), 1, 32)
-            and _int(c.get("size"), 1, 8192) and _int(c.get("wait"), 10, 86400)
-            and _is_str(sha, 64, 64)):
-        raise CommandError("malformed")
-    for ch in str(sha):
-        if ch not in "0123456789abcdef":
-            raise CommandError("malformed")
-    now = msgs.clock.ts()
-    if now is not None and ts + 3600000 < now:
-        raise CommandError("expired")

@@ -64,7 +64,8 @@ def main():
 
     keys = [Pin(1) for _ in range(5)]
     hw = {"keys": keys, "leds": [Pin(0) for _ in range(5)], "rgb": None, "buzzer": Pin(0),
-          "display": lambda a, b: print("DISPLAY", a, "|", b), "ota": OTA, "reset": reset}
+          "display": lambda a, b: print("DISPLAY", a, "|", b),
+          "update": (sys.argv[3] + "/", reset) + OTA}  # noqa: RUF005  (no starred display)
     dev = Device(cfg, hw, RealFS(), WLAN(), umqtt_factory, data_dir=sys.argv[3] + "/",
                  rand=lambda n: time.ticks_us() % n if n > 0 else 0,
                  ntp=lambda: time.time_ns() // 1000000, reset_cause="power_on")

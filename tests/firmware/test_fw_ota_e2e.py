@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from helpers import query, wait_for
-from test_fw_e2e import HEAP, Sim, collector_for, device_config, mpy_dir, register  # noqa: F401
+from test_fw_e2e import Sim, collector_for, device_config, mpy_dir, register  # noqa: F401
 from test_micropython import mpy_cross
 
 from collector.cli import main as cli_main
@@ -37,9 +37,10 @@ pytestmark = pytest.mark.servers
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 NEW = "1.1.0-ota"
-# The device's heap cap in these tests (FW_OTA_HEAP tries another; docs/firmware.md,
-# "Memory budget": what the update costs on top of the running device).
-OTA_HEAP = os.environ.get("FW_OTA_HEAP", HEAP)
+# The device's heap cap in these tests (FW_OTA_HEAP tries another). A download needs 84K on
+# this 64-bit port (80K fails: the ota module and a chunk on top of the running device, whose
+# own cap is 80K); the cap keeps the usual 8 KiB above that (docs/firmware.md, "Memory budget").
+OTA_HEAP = os.environ.get("FW_OTA_HEAP", "92K")
 
 
 def build_image(out: pathlib.Path, version: str = NEW, *, crash: bool = False) -> pathlib.Path:
@@ -361,10 +362,14 @@ def test_update_while_ratings_wait_in_the_outbox_loses_none(
             time.sleep(0.7)
         late = [3, 5]
 
+        once: list[bool] = []
+
         def at_ready(line: str) -> None:
             # The device verified the slot and reboots within 2 s (once idle): the broker
             # dies now and ratings are pressed, so they wait in the outbox across the switch.
-            if "rebooting into" in line:
+            # Once: the `ready` event may come again (its PUBACK died with the broker).
+            if "rebooting into" in line and not once:
+                once.append(True)
                 mq.kill()
                 for lv in late:
                     b.press(lv)

@@ -1,13 +1,14 @@
 """Over-the-air update, the device's side (docs/firmware.md "Over-the-air updates").
 
 Loaded only while it has work: an `update` command arrived, the running slot is on trial, or
-the last trial's outcome is still to be reported (etfw.app loads it, and drops it again once
-`idle()`). The slot choice at boot and the state file are otaboot's (outside the slots).
+the last trial's outcome is still to be reported (etfw.app loads it, and drops it again when
+`tick()` says it is done). The slot choice at boot and the state file are otaboot's (outside
+the slots).
 
 1. A signed `update` command (docs/protocol.md §5: `id`, `ver`, `size` and `sha` of the
    manifest, `wait`) names the manifest by its SHA-256: the command's HMAC under the device
    key covers the manifest, and the manifest lists every file with its size and SHA-256.
-2. The device fetches the manifest (file 0), then each file it lists, in 512-byte chunks:
+2. The device fetches the manifest (file 0), then each file it lists, in 256-byte chunks:
    one request at a time on its `ota` topic (signed, `{"id","f","o","n"}`), the chunk comes
    back on its `cmd` topic as binary (0xE7, id u32, file u8, offset u32, data). Stop and
    wait: one chunk on the heap at a time; a lost request or chunk is asked for again.
@@ -19,9 +20,10 @@ the last trial's outcome is still to be reported (etfw.app loads it, and drops i
 4. Only when every file verified is the slot named in ota.json as the trial slot; the device
    reboots into it when the terminal is idle (never during a rating). Nothing outside the slot
    is touched: the outbox, the counters and the config stay on flash as they are.
-5. On trial: the first accepted signed command confirms the slot (the collector sends
-   `confirm` when it sees the new version); no command within `wait` seconds rolls back, and
-   so does otaboot after 3 boots that did not confirm (a crash loop).
+5. On trial: the first accepted signed command confirms the slot (the collector sends an
+   `update` to the version the slot runs when it sees its boot event); no command within
+   `wait` seconds rolls back, and so does otaboot after 3 boots that did not confirm (a
+   crash loop).
 
 Every step is reported as an `ota` event: start, progress, ready, current, confirmed, trial,
 refused, failed, rolled_back.
@@ -44,7 +46,7 @@ except ImportError:  # CPython
 MAGIC = const(0xE7)
 HDR = "<BIBI"  # magic, update id, file index, offset
 HLEN = const(10)
-CHUNK = const(512)
+CHUNK = const(256)
 _RETRY_MS = const(3000)  # no chunk after a request: ask again
 _RETRIES = const(20)  # times one chunk is asked for before the update is given up
 _FILE_TRIES = const(3)  # a file that fails its hash is fetched again this often
@@ -97,20 +99,71 @@ def _wipe(d: str) -> None:
         pass
 
 
+def _fields_ok(c: dict) -> bool:
+    """An update command's own fields (docs/protocol.md §5); command.check did the rest."""
+    sha = c.get("sha")
+    for k, lo, hi in (("id", 1, 0xFFFFFFFF), ("size", 1, 8192), ("wait", 10, 86400)):
+        v = c.get(k)
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            return False
+    ver = c.get("ver")
+    if not isinstance(ver, str) or not 0 < len(ver) <= 32 or " " in ver \
+            or not isinstance(sha, str) or len(sha) != 64:
+        return False
+    for ch in sha:
+        if ch not in "0123456789abcdef":
+            return False
+    return True
+
+
+def update(dev, topic: bytes, payload: bytes, now: int) -> None:
+    """A message on the cmd topic that app.Device.command hands over (b"": just load). A chunk
+    goes to the download; a command is checked as any command (command.check): an accepted
+    one confirms a trial slot, an update is handled here, the others go to the terminal."""
+    from .message import CommandError
+
+    o = dev.update
+    if type(o) is tuple:
+        o = dev.update = Ota(dev, o)
+    if not payload:
+        return
+    if payload[0] == MAGIC:
+        o.chunk(topic, payload, now)
+        return
+    try:
+        c = dev.msgs.command(topic, payload)
+    except CommandError as e:
+        dev.cmd_bad += 1
+        dev.cmd_error = e.args[0]
+        if b'"cmd":"update"' in payload:
+            o.refused(e.args[0])  # reported; nothing changes
+        return
+    confirmed = o.trial
+    if confirmed:
+        o.confirm()  # a signed command reached the new firmware
+    if c["cmd"] != "update":
+        dev.term.command(c, now)
+    elif not _fields_ok(c):
+        dev.cmd_bad += 1
+        dev.cmd_error = "malformed"
+        o.refused("malformed")
+    elif not confirmed:  # (the collector confirms with an update to the running version)
+        o.command(c, now)
+
+
 class Ota:
-    def __init__(self, dev, data_dir: str, slot, reset) -> None:
-        """dev: the app.Device (events, link, messages, terminal state); slot: (running slot,
-        on trial, note) from otaboot.boot; reset(): reboots the device."""
+    def __init__(self, dev, hw) -> None:
+        """dev: the app.Device (events, link, messages, terminal state); hw: otaboot's
+        (data folder, reset function, running slot, on trial, note), which the device keeps
+        while this module is not loaded."""
         self._dev = dev
-        self._d = data_dir
-        self.slot, self.trial, note = slot
-        self._reset = reset
+        self._d, self._reset, self.slot, self.trial, note = hw
         self.job = {}  # the download in progress (empty: none)
         self.stale = 0  # chunks that were not the one asked for (late copies), ignored
         self._reboot_at = -1
         self._buf = bytearray(0)
         self._topic = dev.msgs.t_cmd[:-3] + b"ota"
-        st = otaboot.load(data_dir)
+        st = otaboot.load(self._d)
         self._wait_ms = -1
         if self.trial:
             w = st.get("wait", 600)
@@ -121,12 +174,12 @@ class Ota:
             self._event("rolled_back", parts[2] if len(parts) > 2 else "",
                         why=parts[1] if len(parts) > 1 else "")
             st["note"] = ""
-            otaboot.save(data_dir, st)
-        dev._slot = (self.slot, self.trial, "")  # reported: a reload must not say it again
+            otaboot.save(self._d, st)
 
-    def idle(self) -> bool:
-        """Nothing left to do: the app may drop this module."""
-        return not self.job and not self.trial and self._reboot_at < 0
+    @property
+    def hw(self):
+        """What the device keeps when this module is dropped (nothing left to report)."""
+        return (self._d, self._reset, self.slot, self.trial, "")
 
     def _event(self, state: str, ver: str, **more) -> None:
         data = {"state": state, "ver": ver}
@@ -140,14 +193,16 @@ class Ota:
     # --- commands -----------------------------------------------------------------------------
 
     def command(self, c: dict, now: int) -> None:
-        if c["cmd"] == "confirm":
-            return  # the accepted command itself confirmed a trial slot (app.command)
         ver = c["ver"]
         if self.trial:  # one change at a time: the trial slot must confirm first
             self._event("refused", ver, why="trial")
             return
         if ver == FW_VERSION:
             self._event("current", ver)
+            return
+        now_ts = self._dev.clock.ts()
+        if now_ts is not None and c["ts"] + 3600000 < now_ts:
+            self._event("refused", ver, why="expired")  # older than an hour: a replay
             return
         job = self.job
         if job and job["id"] == c["id"] and job["sha"] == c["sha"]:
@@ -177,7 +232,6 @@ class Ota:
         st["tries"] = 0
         otaboot.save(self._d, st)
         self.trial = False
-        self._dev._slot = (self.slot, False, "")  # once this module is dropped and reloaded
         self._event("confirmed", FW_VERSION)
 
     # --- the download ---------------------------------------------------------------------------
@@ -205,7 +259,7 @@ class Ota:
         n = 0
         try:
             with open(job["dir"] + "/" + MANIFEST) as f:
-                if f.readline() != "evalterm-fw 1\n" or f.readline() != "ver %s\n" % job["ver"]:
+                if f.readline() != "evalterm-fw 1\n" or f.readline() != "ver " + job["ver"] + "\n":
                     return "manifest"
                 for line in f:
                     sha, size, name = line.split()
@@ -321,7 +375,8 @@ class Ota:
 
     # --- the main loop --------------------------------------------------------------------------
 
-    def tick(self, now: int) -> None:
+    def tick(self, now: int) -> bool:
+        """One main-loop step; True when nothing is left to do (the app drops the module)."""
         job = self.job
         if job and now >= job["next"] and self._dev.link.up:
             job["retries"] += 1
@@ -340,3 +395,4 @@ class Ota:
             st["note"] = "rolled_back:timeout:" + FW_VERSION
             otaboot.save(self._d, st)
             self._reset()
+        return not self.job and not self.trial and self._reboot_at < 0
