@@ -21,6 +21,7 @@ def _image(root: Path, version: str = "2.0.0", **extra: bytes) -> Path:
     (root / "etfw").mkdir(parents=True)
     (root / "etfw" / "__init__.py").write_text(f'FW_VERSION = "{version}"\n')
     (root / "etfw" / "app.py").write_bytes(b"x = 1\n")
+    (root / "etfw" / "update.py").write_bytes(b"")
     for name, data in extra.items():
         (root / name).write_bytes(data)
     return root
@@ -31,7 +32,7 @@ def test_manifest_lists_every_file_with_size_and_sha(tmp_path: Path) -> None:
     assert img.version == "2.0.0"
     ver, entries = parse_manifest(img.manifest)
     assert ver == "2.0.0"
-    assert [e[0] for e in entries] == ["etfw/__init__.py", "etfw/app.py"]
+    assert [e[0] for e in entries] == ["etfw/__init__.py", "etfw/app.py", "etfw/update.py"]
     assert entries[1] == ("etfw/app.py", 6, hashlib.sha256(b"x = 1\n").hexdigest())
     assert img.manifest.startswith(b"evalterm-fw 1\nver 2.0.0\n")
     assert img.manifest_sha == hashlib.sha256(img.manifest).hexdigest()
@@ -50,9 +51,11 @@ def test_version_file_wins_for_compiled_images(tmp_path: Path) -> None:
     root = tmp_path / "i"
     (root / "etfw").mkdir(parents=True)
     (root / "etfw" / "__init__.mpy").write_bytes(b"M\x06")
+    (root / "etfw" / "update.mpy").write_bytes(b"M\x06")
     (root / "VERSION").write_text("2.1.0\n")
     img = load_image(root)
-    assert img.version == "2.1.0" and [n for n, _ in img.files] == ["etfw/__init__.mpy"]
+    assert img.version == "2.1.0"
+    assert [n for n, _ in img.files] == ["etfw/__init__.mpy", "etfw/update.mpy"]
 
 
 @pytest.mark.parametrize(("make", "message"), [
@@ -62,6 +65,7 @@ def test_version_file_wins_for_compiled_images(tmp_path: Path) -> None:
     (lambda r: (_image(r), (r / "a b").write_text("")), "paths are 1-2 levels"),
     (lambda r: ((r / "x").mkdir(parents=True), (r / "VERSION").write_text("1\n")),
      "has no etfw/__init__"),
+    (lambda r: (_image(r), (r / "etfw" / "update.py").unlink()), "has no etfw/update"),
 ])
 def test_bad_images_fail_with_one_line(tmp_path: Path, make, message: str) -> None:
     root = tmp_path / "i"

@@ -114,6 +114,9 @@ def load_image(path: Path) -> Image:
     if not any(n in files for n in ("etfw/__init__.py", "etfw/__init__.mpy")):
         raise OtaError(f"image {path} has no etfw/__init__.py or .mpy: a slot without the "
                        "firmware package cannot boot")
+    if not any(n in files for n in ("etfw/update.py", "etfw/update.mpy")):
+        raise OtaError(f"image {path} has no etfw/update.py or .mpy: the new version could "
+                       "not be confirmed and would roll back; build it from firmware/etfw")
     named = sorted((_check_path(n), b) for n, b in files.items())
     if len(named) > MAX_FILES:
         raise OtaError(f"image has {len(named)} files, the device takes at most {MAX_FILES}")

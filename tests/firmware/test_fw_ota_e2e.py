@@ -432,6 +432,7 @@ def test_cli_dry_run_and_one_line_errors(tmp_path: pathlib.Path,
         (deep / "x.py").write_text("")
         (tmp_path / "deep" / "VERSION").write_text("2\n")
         (tmp_path / "deep" / "etfw" / "__init__.py").write_text("")
+        (tmp_path / "deep" / "etfw" / "update.py").write_text("")
         load_image(tmp_path / "deep")
 
 
