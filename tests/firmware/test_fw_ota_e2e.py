@@ -135,7 +135,8 @@ def _plan(cfg: Config, image: pathlib.Path, window: str | None = None) -> object
 
 
 def _rollout(cfg: Config, image: pathlib.Path, window: str | None = None,
-             out: Callable[[str], None] | None = None, **kw: int) -> tuple[Rollout, list[str]]:
+             out: Callable[[str], None] | None = None, **kw: object
+             ) -> tuple[Rollout, list[str]]:
     lines: list[str] = []
 
     def say(line: str) -> None:
@@ -341,6 +342,33 @@ def test_build_that_crashes_at_boot_is_rolled_back(
     wait_for(lambda: _states_until(cfg, "kp-sim1", "rolled_back"), what="rollback ingested")
     rolled = [e for e in _log(cfg, "kp-sim1", "ota") if e["state"] == "rolled_back"]
     assert rolled == [{"state": "rolled_back", "ver": "1.1.0-crash", "why": "boots"}]
+
+
+def test_new_version_that_never_hears_from_the_collector_rolls_back(
+        tmp_path: pathlib.Path, make_config: Callable[..., Config], broker: MosquittoServer,
+        collector_for: Callable[[Config], Collector], boards: Callable[..., Board]  # noqa: F811
+        ) -> None:
+    """The rollout stops as the device reboots (no confirmation is ever sent): the new version
+    runs, hears nothing signed within `wait` seconds, and goes back to the old one."""
+    cfg = make_config()
+    image = build_image(tmp_path / "img")
+    key = register(cfg, "kp-sim1")
+    collector_for(cfg)
+    b = boards(device_config(cfg, "kp-sim1", key, broker.port))
+    b.wait_line("LINK 1")
+    gone: list[bool] = []
+    rollout, lines = _rollout(cfg, image, wait_s=12,
+                              out=lambda s: gone.append(True) if "rebooting" in s else None,
+                              should_stop=lambda: bool(gone))
+    assert gone and not rollout.done, lines
+    wait_for(lambda: _states_until(cfg, "kp-sim1", "rolled_back"), timeout=60,
+             what="the rollback reported")
+    rolled = [e for e in _log(cfg, "kp-sim1", "ota") if e["state"] == "rolled_back"]
+    assert rolled == [{"state": "rolled_back", "ver": NEW, "why": "timeout"}]
+    boots = [(x[3], x[7]) for x in b.boots()]
+    assert boots == [("1.0.0", "0"), (NEW, "1"), ("1.0.0", "0")], boots
+    state = json.loads((b.dir / "data" / "ota.json").read_text())
+    assert (state["cur"], state["new"]) == ("", ""), state
 
 
 def test_update_while_ratings_wait_in_the_outbox_loses_none(
