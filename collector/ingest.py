@@ -368,13 +368,9 @@ class Ingest:
         """One command per active device of the window (or per device of `devices`):
         `build(key, topic, cseq=...)` signs it."""
         for dev in self.registry.active_at(hall, window) if devices is None else devices:
-            row = self._db.execute(
-                "INSERT INTO cmd_seq (device, cseq) VALUES (?, 1) "
-                "ON CONFLICT (device) DO UPDATE SET cseq = cseq + 1 RETURNING cseq",
-                (dev.device,),
-            ).fetchone()
             topic = device_topic(self.prefix, hall, window, dev.device, "cmd")
-            outbox.add_command(self._db, topic, build(dev.key, topic, cseq=row[0]),
+            cseq = outbox.next_cseq(self._db, dev.device)
+            outbox.add_command(self._db, topic, build(dev.key, topic, cseq=cseq),
                                now_ms + ttl_ms)
 
     def _record_rejection(self, item: Inbound, exc: ProtocolError) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "commands_after",
     "delete_commands",
     "discard_points",
+    "next_cseq",
     "points_depth",
     "prune_points",
     "read_points",
@@ -67,6 +68,19 @@ def prune_points(state: sqlite3.Connection, drained: sqlite3.Connection) -> int:
     if not up_to:
         return 0
     return state.execute("DELETE FROM influx_outbox WHERE id <= ?", (up_to,)).rowcount
+
+
+def next_cseq(conn: sqlite3.Connection, device: str) -> int:
+    """The next command counter of `device` (docs/protocol.md §5), persisted: one statement, so
+    two processes (the collector, `evalterm device update`) never hand out the same one."""
+    # fetchall: a RETURNING statement read only up to its first row is still running, and in
+    # autocommit mode its write transaction (the database's write lock) stays open until then.
+    rows = conn.execute(
+        "INSERT INTO cmd_seq (device, cseq) VALUES (?, 1) "
+        "ON CONFLICT (device) DO UPDATE SET cseq = cseq + 1 RETURNING cseq",
+        (device,),
+    ).fetchall()
+    return int(rows[0][0])
 
 
 def add_command(conn: sqlite3.Connection, topic: str, payload: bytes, expires_ms: int) -> None:

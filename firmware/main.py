@@ -8,7 +8,13 @@ import time
 
 import machine
 import network
-from etfw import WDT_MS  # the package only (small): etfw.config is loaded before the rest
+import otaboot
+
+# The firmware slot of this boot (over-the-air updates: otaboot.py), chosen before the first
+# import of etfw so that the chosen slot's package is the one imported.
+_OTA = otaboot.boot("/")
+
+from etfw import WDT_MS  # noqa: E402  the package only (small): etfw.config comes first
 
 CONFIG = "config.json"
 _RESET_CAUSES = {
@@ -154,6 +160,8 @@ def _device(cfg):
         "buzzer": machine.Pin(board["buzzer"], machine.Pin.OUT, value=0)
         if board.get("buzzer") is not None else None,
         "display": _console,
+        # MicroPython has no starred tuple display: concatenation.
+        "update": ("/", machine.reset) + _OTA,  # noqa: RUF005  (etfw/update.py)
     }
     _panels(cfg, board, hw)
     _tamper(cfg, board, hw)
@@ -176,4 +184,11 @@ def main() -> None:
     dev.run(time.sleep_ms)  # starts with the boot event, the boot's heap peak: no Config then
 
 
-main()
+try:
+    main()
+except Exception as e:  # a slot that fails to run: reboot, otaboot counts the boot
+    import sys
+
+    sys.print_exception(e)  # pyright: ignore[reportAttributeAccessIssue]
+    time.sleep_ms(1000)
+    machine.reset()

@@ -114,7 +114,7 @@ def _dev(hall: dict[str, Any], name: str) -> Dev:
 def test_rendered_files_list_active_devices_only(hall: dict[str, Any]) -> None:
     passwd = (hall["out"] / "passwd").read_text()
     users = sorted(line.split(":")[0] for line in passwd.splitlines())
-    assert users == ["collector", "feed-h1", "feed-h2", "kp-a", "kp-b", "monitor"]
+    assert users == ["collector", "feed-h1", "feed-h2", "kp-a", "kp-b", "monitor", "ota"]
     assert "$7$" in passwd and mqtt_password(hall["devs"]["kp-a"].key) not in passwd  # hashed
     acl = (hall["out"] / "acl").read_text()
     assert "user kp-r" not in acl and "kp-r" not in acl
@@ -201,6 +201,31 @@ def test_revoked_wrong_password_and_anonymous_cannot_connect(hall: dict[str, Any
     assert anonymous.connack.is_failure
     old311 = hall["client"]("kp-r", v5=False)
     assert not old311.accepted
+
+
+def test_update_user_serves_chunks_and_reads_progress_only(hall: dict[str, Any]) -> None:
+    """`evalterm device update` (collector/ota) connects as `ota`: it reads the devices' chunk
+    requests, events and status, writes their cmd topics, and reads no ratings."""
+    users = dict(line.split(":", 1) for line in
+                 (hall["out"] / "service-users").read_text().splitlines()
+                 if not line.startswith("#"))
+    ota = hall["client"]("ota", users["ota"])
+    assert ota.accepted
+    assert ota.subscribe(f"{P}/dev/+/+/+/ota", f"{P}/dev/+/+/+/event") == [1, 1]
+    ota.subscribe(f"{P}/dev/+/+/+/rating")  # granted or not, nothing may arrive (below)
+    a = hall["client"]("kp-a")
+    base = f"{P}/dev/h1/w1/kp-a"
+    assert a.publish(f"{base}/ota", b'{"id":1}').value < 128  # a chunk request
+    assert a.publish(f"{P}/dev/h1/w2/kp-b/ota", b"{}").value == NOT_AUTHORIZED
+    topic, payload = _dev(hall, "kp-a").rating(5)
+    assert a.publish(topic, payload).value < 128
+    wait_for(lambda: len(ota.messages) == 1, 10, what="the chunk request")
+    time.sleep(0.3)
+    assert [t for t, _ in ota.messages] == [f"{base}/ota"]
+    a.subscribe(f"{base}/cmd")
+    assert ota.publish(f"{base}/cmd", b"\xe7chunk").value < 128
+    wait_for(lambda: a.messages, 10, what="the chunk at the device")
+    assert ota.publish(f"{P}/feed/h1", b"{}").value == NOT_AUTHORIZED
 
 
 def test_business_system_writes_only_its_halls_feed(hall: dict[str, Any]) -> None:

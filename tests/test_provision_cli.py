@@ -39,7 +39,7 @@ def test_broker_render_dry_run_then_real(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["-c", cfg, "broker", "render", "--out", str(out), "--pki", _pki(tmp_path),
                  "--hall-listen", "10.20.0.2:8884"]) == 0
     printed = capsys.readouterr().out
-    assert "1 active devices, 3 service users" in printed
+    assert "1 active devices, 4 service users" in printed
     assert "new user feed-h1" in printed
     assert sorted(p.name for p in out.iterdir()) == ["acl", "evalterm.conf", "passwd",
                                                      "service-users"]

@@ -1,7 +1,7 @@
 """The `evalterm` command: one module per command group, each with `add_parsers(sub)`.
 
     service   run, config check|sample
-    device    device add|list|revoke|flash|provision|rotate-key|replace|report
+    device    device add|list|revoke|flash|provision|rotate-key|replace|report|update
     broker    broker render
     pki       pki init|issue|rotate|revoke (the hall's TLS certificates)
     txn       txn import

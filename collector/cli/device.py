@@ -1,5 +1,6 @@
-"""`evalterm device ...`: the device registry (add, list, revoke) and the technicians'
-commands on a board (flash, provision, rotate-key, replace, report; docs/provisioning.md).
+"""`evalterm device ...`: the device registry (add, list, revoke), the technicians'
+commands on a board (flash, provision, rotate-key, replace, report; docs/provisioning.md) and
+the over-the-air update of a hall (update; collector/ota).
 
 Every command that touches a board takes --dry-run: commands that would change something are
 printed, not run; read-only ones (chip detection, reading the board back, local compilation)
@@ -162,6 +163,38 @@ def cmd_report(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     return 0
 
+def cmd_update(args: argparse.Namespace) -> int:
+    """A staged over-the-air update of a hall (collector/ota): one window, then the rest."""
+    from collector.db import connect
+    from collector.ota.run import describe, plan_update, run_update
+
+    cfg = load(args)
+    conn = connect(cfg.state_db)
+    try:
+        plan = plan_update(conn, args.hall, args.window, Path(args.image))
+        for line in describe(plan, conn):
+            print(line)
+    finally:
+        conn.close()
+    if args.dry_run:
+        print(f"dry run: nothing was sent; {len(plan.devices)} device(s) would be updated")
+        return 0
+    password = ""
+    if args.mqtt_password_file:
+        password = Path(args.mqtt_password_file).read_text().strip()
+        if ":" in password:  # a service-users line (user:password)
+            password = password.split(":", 1)[1]
+    rollout = run_update(cfg, plan, wait_s=args.wait, timeout_s=args.timeout,
+                         out=lambda line: print(line, flush=True), user=args.mqtt_user,
+                         password=password)
+    failed = rollout.failed
+    for r in failed:
+        print(f"evalterm: error: {r.name}: {r.detail}", file=sys.stderr)
+    ok = len(rollout.runs) - len(failed)
+    print(f"{ok} of {len(rollout.runs)} device(s) run {plan.image.version}")
+    return 1 if failed else 0
+
+
 def _common(sp: argparse.ArgumentParser, *, board: bool = True) -> None:
     sp.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
     sp.add_argument("--dry-run", action="store_true", help="print what would change, change "
@@ -220,6 +253,24 @@ def add_parsers(sub: Any) -> None:
     rp.add_argument("--device", help="the new board's id (default: kp-<unique id>)")
     rp.add_argument("--force", action="store_true")
     rp.set_defaults(func=cmd_replace)
+
+    up = dev_sub.add_parser("update", help="over-the-air firmware update of a hall: one "
+                            "window first, the rest after it runs the new version")
+    up.add_argument("--hall", required=True)
+    up.add_argument("--window", help="update this window only (default: the whole hall, its "
+                    "first window first)")
+    up.add_argument("--image", required=True, help="the firmware to install: a folder or a tar "
+                    "file holding etfw/ (docs/firmware.md, \"Over-the-air updates\")")
+    up.add_argument("--dry-run", action="store_true", help="print the plan, send nothing")
+    up.add_argument("--wait", type=int, default=600, help="seconds the new version has to hear "
+                    "from the collector before the device rolls back (default 600)")
+    up.add_argument("--timeout", type=int, default=600, help="seconds without progress before a "
+                    "device counts as failed (default 600)")
+    up.add_argument("--mqtt-user", help="the update's broker user (`ota` on a rendered "
+                    "broker; default: the collector's, only on a broker without users)")
+    up.add_argument("--mqtt-password-file", help="a file holding its password (or its "
+                    "user:password line)")
+    up.set_defaults(func=cmd_update)
 
     rep = dev_sub.add_parser("report", help="the hall's provisioning report (CSV)")
     rep.add_argument("--hall", required=True)

@@ -7,7 +7,9 @@
     acl               explicit per-user entries: a device writes only its own rating, event and
                       status topics and reads only its own cmd; the collector reads device
                       topics and feeds and writes commands; feed-{hall} writes only P/feed/{hall}.
-                      `monitor` reads device status and $SYS only.
+                      `monitor` reads device status and $SYS only; `ota` (evalterm device
+                      update, collector/ota) writes commands and reads the devices' ota,
+                      event and status topics.
     evalterm.conf     the lines that make Mosquitto use them (include from mosquitto.conf):
                       plain MQTT on 127.0.0.1 only, a TLS listener for the hall network with
                       the certificates of `evalterm pki` (optionally mutual TLS), every
@@ -15,7 +17,7 @@
                       can take over another client's session), size limits matched to the
                       protocol, persistence.
     service-users     the plain passwords of the non-device users (mode 600): feed-{hall}
-                      and monitor passwords are created once and kept; give the feed ones to
+                      monitor and ota passwords are created once and kept; give the feed ones to
                       the business system.
 
 Files are replaced atomically (write, then rename), so a reload never reads half a file.
@@ -37,12 +39,14 @@ from collector.provision.devconfig import mqtt_password
 from collector.provision.runner import ProvisionError, ToolRunner
 from collector.registry import Device
 
-__all__ = ["DEVICE_WRITES", "MONITOR_USER", "BrokerFiles", "Listeners", "feed_user",
+__all__ = ["DEVICE_WRITES", "MONITOR_USER", "OTA_USER", "BrokerFiles", "Listeners", "feed_user",
            "max_packet_size", "reload_broker", "render_acl", "render_broker"]
 
 MONITOR_USER = "monitor"
-DEVICE_WRITES = ("rating", "event", "status")
+OTA_USER = "ota"  # `evalterm device update`: a connection of its own next to the collector's
+DEVICE_WRITES = ("rating", "event", "status", "ota")  # ota: chunk requests of an update
 COLLECTOR_READS = ("rating", "event", "status")
+OTA_READS = ("ota", "event", "status")
 
 
 def feed_user(hall: str) -> str:
@@ -62,6 +66,9 @@ def render_acl(prefix: str, devices: Iterable[Device], collector_user: str,
     # events (staff names, case numbers in invitations) or commands.
     lines += [f"user {MONITOR_USER}", f"topic read {prefix}/dev/+/+/+/status",
               "topic read $SYS/#", ""]
+    # Over-the-air updates: signed commands and file chunks out, requests and progress in.
+    lines += [f"user {OTA_USER}", f"topic write {prefix}/dev/+/+/+/cmd"]
+    lines += [f"topic read {prefix}/dev/+/+/+/{kind}" for kind in OTA_READS] + [""]
     for d in sorted(devices, key=lambda d: (d.hall, d.window, d.device)):
         if d.state != "active":
             continue
@@ -202,7 +209,7 @@ def render_broker(runner: ToolRunner, out_dir: Path, prefix: str, devices: list[
         raise ProvisionError(f"topic prefix {prefix!r}: non-empty, no wildcards")
     active = [d for d in devices if d.state == "active"]
     all_halls = sorted({*halls, *(d.hall for d in active)})
-    clash = ({collector_user, MONITOR_USER, *(feed_user(h) for h in all_halls)}
+    clash = ({collector_user, MONITOR_USER, OTA_USER, *(feed_user(h) for h in all_halls)}
              & {d.device for d in active})
     if clash:
         raise ProvisionError(f"device id(s) {', '.join(sorted(clash))} equal a service user name")
@@ -211,11 +218,11 @@ def render_broker(runner: ToolRunner, out_dir: Path, prefix: str, devices: list[
                         out_dir / "service-users", [], [])
     service = _read_service_users(files.service_users)
     service[collector_user] = collector_password
-    if collector_user in {MONITOR_USER, *(feed_user(h) for h in all_halls)}:
+    if collector_user in {MONITOR_USER, OTA_USER, *(feed_user(h) for h in all_halls)}:
         raise ProvisionError(f"[mqtt] username {collector_user!r} is reserved: choose e.g. "
                              "evalterm-collector")
     new_users = []
-    for user in [*(feed_user(h) for h in all_halls), MONITOR_USER]:
+    for user in [*(feed_user(h) for h in all_halls), MONITOR_USER, OTA_USER]:
         if user not in service:
             service[user] = secrets.token_urlsafe(18)
             new_users.append(user)

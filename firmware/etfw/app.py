@@ -87,6 +87,11 @@ class Device:
         self._hb_every = cfg.heartbeat_s * 1000
         self._next_hb = 0
         self._reset_cause = reset_cause
+        # Over-the-air updates (etfw/update.py, loaded only while it has work): None (not
+        # supported), otaboot's (data_dir, reset, slot, on trial, note), or the loaded Ota.
+        # One name for all three, and one MicroPython has built in: an interned name costs
+        # heap on every boot, and a new one can grow the name pool (memory budget).
+        self.update = hw.get("update")
 
     def start(self) -> None:
         """The first screen and the signed boot event; run() starts with it. Not part of
@@ -96,6 +101,9 @@ class Device:
         self.event("boot", {"fw": FW_VERSION, "reset_cause": self._reset_cause})
         if self.tamper is not None:
             self.tamper.start(self.clock.up(), self)
+        u = self.update
+        if u is not None and (u[3] or u[4]):  # on trial, or a trial's outcome to report
+            self.command(b"", b"", 0)  # loads etfw.update
 
     # --- persistence ------------------------------------------------------------------------
 
@@ -162,6 +170,22 @@ class Device:
             self.event("key_released", {"key": key, "held_ms": held})
 
     def command(self, topic: bytes, payload: bytes, now: int) -> None:
+        u = self.update
+        if u is not None and (type(u) is not tuple or payload[:1] in (b"\xe7", b"")
+                              or b'"update"' in payload):
+            # An update's chunk or command, or any command while one is under way:
+            # etfw.update takes it (and hands an ordinary command on to the terminal).
+            gc.collect()  # loaded on a collected heap: a few KiB (memory budget)
+            try:
+                from .update import update
+
+                update(self, topic, payload, now)
+            except MemoryError:  # dropped (the collector asks again); the device rates on
+                u = self.update
+                if u is not None and type(u) is not tuple:
+                    self.update = u.hw
+                unload("update")
+            return
         try:
             c = self.msgs.command(topic, payload, self.outbox, now)
         except CommandError as e:
@@ -214,6 +238,10 @@ class Device:
                 gc.collect()
                 payload = self.msgs.event("heartbeat", self.heartbeat_data())
                 self.link.send(now, self.msgs.t_event, payload)
+        u = self.update
+        if u is not None and type(u) is not tuple and u.tick(now):  # done: the module goes
+            self.update = u.hw
+            unload("update")
         self.out.tick(now)
 
     def run(self, sleep_ms, should_stop=None) -> None:

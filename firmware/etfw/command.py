@@ -10,7 +10,7 @@ import json
 from .message import CommandError
 from .receipt import verify
 
-COMMANDS = ("invite", "cancel", "pause", "resume", "display")
+COMMANDS = ("invite", "cancel", "pause", "resume", "display", "update")  # update: etfw/update.py
 
 
 def _is_str(v, lo: int, hi: int) -> bool:

@@ -15,6 +15,9 @@ import sys
 import time
 
 sys.path.insert(0, sys.argv[1])
+import otaboot  # as main.py: the firmware slot is chosen before etfw is imported
+
+OTA = otaboot.boot(sys.argv[3] + "/")
 
 
 def load_config():
@@ -41,6 +44,16 @@ class WLAN:
         raise OSError("no radio")
 
 
+DEV = []  # the running device, for reset()
+
+
+def reset():
+    """machine.reset(): the test starts the process again (tests/firmware/test_fw_ota_e2e.py).
+    Says how many records wait in the outbox on flash."""
+    print("RESET outbox", len(DEV[0].outbox) if DEV else -1)
+    sys.exit(3)
+
+
 def main():
     cfg = load_config()
     gc.collect()
@@ -52,11 +65,13 @@ def main():
 
     keys = [Pin(1) for _ in range(5)]
     hw = {"keys": keys, "leds": [Pin(0) for _ in range(5)], "rgb": None, "buzzer": Pin(0),
-          "display": lambda a, b: print("DISPLAY", a, "|", b)}
+          "display": lambda a, b: print("DISPLAY", a, "|", b),
+          "update": (sys.argv[3] + "/", reset) + OTA}  # noqa: RUF005  (no starred display)
     dev = Device(cfg, hw, RealFS(), WLAN(), umqtt_factory, data_dir=sys.argv[3] + "/",
                  rand=lambda n: time.ticks_us() % n if n > 0 else 0,
                  ntp=lambda: time.time_ns() // 1000000, reset_cause="power_on")
     cfg = None  # as main.py does: the device keeps what it uses, not the Config
+    DEV.append(dev)
     ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     ctl.bind(socket.getaddrinfo("127.0.0.1", int(sys.argv[4]))[0][-1])
     ctl.setblocking(False)
@@ -64,7 +79,9 @@ def main():
     state = link = None
     pubs = fails = peak = 0
     kept = -1
-    print("BOOT", dev.boot)
+    from etfw import FW_VERSION
+
+    print("BOOT", dev.boot, "fw", FW_VERSION, "slot", OTA[0] or "-", "trial", int(OTA[1]))
     dev.start()  # what dev.run() does first; this loop steps the device itself
     while True:
         dev.step()

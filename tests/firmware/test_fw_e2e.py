@@ -80,6 +80,7 @@ def mpy_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     sources = [(p, p.relative_to(firmware)) for p in (firmware / "etfw").glob("*.py")]
     sources += [(ensure_umqtt() / "umqtt" / "simple.py", pathlib.Path("umqtt/simple.py"))]
     sources += [(HERE / f, pathlib.Path(f)) for f in ("sim_device.py", "fwfakes.py")]
+    sources += [(firmware / "otaboot.py", pathlib.Path("otaboot.py"))]
     for src, rel in sources:
         mpy_cross(src, out, rel)
     return out
