@@ -131,12 +131,14 @@ def update(dev, topic: bytes, payload: bytes, now: int) -> None:
         o.chunk(topic, payload, now)
         return
     try:
-        c = dev.msgs.command(topic, payload)
+        c = dev.msgs.command(topic, payload, dev.outbox, now)
     except CommandError as e:
         dev.cmd_bad += 1
         dev.cmd_error = e.args[0]
         if b'"cmd":"update"' in payload:
             o.refused(e.args[0])  # reported; nothing changes
+        return
+    if c is None:  # a receipt (§5.1): its records left the outbox; it confirms nothing
         return
     confirmed = o.trial
     if confirmed:
