@@ -1190,3 +1190,33 @@ def test_response_shift_allows_for_a_day_faster_as_a_whole():
     ind = indicator(h, "t", "response_shift")
     assert ind.strength == "strong" and ind.value >= 25
     assert verdict(h, "t").flagged
+
+
+def test_response_shift_with_two_staff_strata_allows_for_a_faster_day():
+    # Two staff members today, each with a past of their own at the window (two strata, one
+    # shared day shift): both shifts' citizens 40 % faster as a whole is no shift; one of them
+    # rating 40 citizens at 1.1 s still is (25 are weak: the pile moves the upper quartiles
+    # the day's shift is read from, and the hall's days vary by 15 %).
+    def two(u: Unit) -> Unit:
+        rs = [replace(r, staff_id="t-a" if i % 2 else "t-s") for i, r in enumerate(u.ratings)]
+        u = replace(u, ratings=tuple(rs))
+        rng = random.Random(8)
+        past = [(max(450, int(4000 * math.exp(rng.gauss(0, 0.45)))), ("t-a", "t-s")[i % 2])
+                for i in range(200)]
+        return replace(u, history_rts=tuple(x for x, _ in past),
+                       history_rt_staff=tuple(w for _, w in past),
+                       history_rt_press=tuple(hm("09:00") - (4 - i * 4 // 200) * 86_400_000
+                                              + i * 1000 for i in range(200)))
+
+    faster = two(honest("t", 21, n_txn=90, rt_median=2400, rt_sigma=0.45))
+    h = _spread_hall(0.15, faster, excellent())
+    ind = indicator(h, "t", "response_shift")
+    assert len(ind.evidence["honest_shift_sd"]) == 2 and ind.evidence["by_staff"]
+    assert ind.value >= 3 * ind.evidence["expected"] and ind.strength != "strong"
+    assert not verdict(h, "t").flagged
+    staff = two(_counted(_staff_presses(honest("t", 21, n_txn=60), 1100, 120, 40,
+                                        every_ms=250_000)))
+    h = _spread_hall(0.15, staff, excellent())
+    ind = indicator(h, "t", "response_shift")
+    assert len(ind.evidence["honest_shift_sd"]) == 2
+    assert ind.strength == "strong" and verdict(h, "t").flagged

@@ -408,36 +408,20 @@ _MIX_FROM = 0.01
 _BODY_SE = 1.36
 
 
-# Most honest days move by about the hall's day-to-day spread; a few move far more (an event,
-# a rush with the staff prompting every citizen): the prior of a stratum's shift is a mixture,
-# N(0, tau^2) with weight 1 - WIDE_WEIGHT and N(0, WIDE_SD^2) with WIDE_WEIGHT, so that a day
-# whose whole distribution clearly moved is read as such (the data outweigh the narrow part)
-# while a pile at the bottom, which moves the upper quartile little, is not explained away.
-WIDE_SD = 0.5
-WIDE_WEIGHT = 0.02
-
-
-def _body_shift(stratum: _Stratum, tau: float) -> list[tuple[float, float, float]]:
-    """The law of the honest log shift of today's response times against the past in one
-    stratum, as (likelihood, mean, standard deviation) per component of the prior mixture
-    (tau: `_spreads`; then WIDE_SD): each component updated with what today's body shows, the
-    log ratio of the upper quartiles with its sampling variance (normal-normal), and the
-    marginal likelihood of that ratio under it. With fewer than 4 current response times: the
-    prior (likelihood 1)."""
+def _body_shift(stratum: _Stratum, tau: float) -> tuple[float, float]:
+    """(mean, standard deviation) of the honest log shift of today's response times against the
+    past in one stratum: the prior N(0, tau^2) (`_spreads`) updated with what today's body
+    shows, the log ratio of the upper quartiles with its sampling variance (normal-normal).
+    With fewer than 4 current response times: the prior."""
     now, _lv, past, _plv = stratum
-    prior = [tau, max(tau, WIDE_SD)]
     if len(now) < 4 or len(past) < 4:
-        return [(1.0, 0.0, sd) for sd in prior]
+        return 0.0, tau
     logs = [math.log(max(x, 1)) for x in past]
     d = (math.log(max(1.0, statistics.quantiles(now, n=4)[2]))
          - math.log(max(1.0, statistics.quantiles(past, n=4)[2])))
     v = (_BODY_SE * _robust_sd(logs)) ** 2 * (1 / len(now) + 1 / len(past))
-    out = []
-    for sd in prior:
-        t2 = sd * sd
-        like = math.exp(-d * d / (2 * (t2 + v))) / math.sqrt(t2 + v)
-        out.append((like, t2 / (t2 + v) * d, math.sqrt(t2 * v / (t2 + v))))
-    return out
+    t2 = tau * tau
+    return t2 / (t2 + v) * d, math.sqrt(t2 * v / (t2 + v))
 
 
 def _times_p(strata: list[_Stratum], share: float, below: int,
@@ -456,7 +440,7 @@ def _times_p(strata: list[_Stratum], share: float, below: int,
     statistics around it (`_k_of`)."""
     memo: dict[tuple[int, int, int], list[float]] = {}
 
-    def law(now: int, past: int, k: int) -> list[float]:
+    def pmf_of(now: int, past: int, k: int) -> list[float]:
         key = (now, past, k)
         if key not in memo:
             memo[key] = stats.below_order_statistic_pmf(now, past, k)
@@ -470,25 +454,17 @@ def _times_p(strata: list[_Stratum], share: float, below: int,
             if len(strata) == 1:
                 return (w1 * stats.below_order_statistic_sf(below, n, m, k1)
                         + (w2 * stats.below_order_statistic_sf(below, n, m, k2) if w2 else 0.0))
-            a, b = law(n, m, k1), law(n, m, k2)
+            a, b = pmf_of(n, m, k1), pmf_of(n, m, k2)
             pmfs.append([w1 * x + w2 * y for x, y in zip(a, b, strict=True)] if w2 else a)
         return stats.convolution_sf(pmfs, below)
 
     p0 = at([1.0] * len(strata))
     if not spreads or p0 >= _MIX_FROM or max(spreads) <= 0:
         return p0
-    # The day is an ordinary one or one of the few that move far, for all strata alike: each
-    # component's posterior weight is its prior weight times the strata's likelihoods.
     laws = [_body_shift(st, tau) for st, tau in zip(strata, spreads, strict=True)]
-    weights = [1 - WIDE_WEIGHT, WIDE_WEIGHT]
-    for law in laws:
-        weights = [w * comp[0] for w, comp in zip(weights, law, strict=True)]
-    norm = sum(weights) or 1.0
     total = 2 * stats.normal_sf(6.0)
-    for c_i, weight in enumerate(weights):
-        for z, w in _SHIFT_NODES:
-            total += weight / norm * w * at([math.exp(-(law[c_i][1] + z * law[c_i][2]))
-                                             for law in laws])
+    for z, w in _SHIFT_NODES:
+        total += w * at([math.exp(-(mu + z * sd)) for mu, sd in laws])
     return min(1.0, total)
 
 
