@@ -408,29 +408,24 @@ _MIX_FROM = 0.01
 _BODY_SE = 1.36
 
 
-def _body_shift(stratum: _Stratum, tau: float, mirrored: bool = False) -> tuple[float, float]:
+def _body_shift(stratum: _Stratum, tau: float) -> tuple[float, float]:
     """(mean, standard deviation) of the honest log shift of today's response times against the
     past in one stratum: the prior N(0, tau^2) (`_spreads`) updated with what today's body
     shows, the log ratio of the upper quartiles with its sampling variance (normal-normal).
-    `mirrored`: the stratum's times are negated (`_late_response`, whose late ones pile at the
-    top): the lower quartiles of the response times instead. With fewer than 4 current response
-    times: the prior."""
+    With fewer than 4 current response times: the prior."""
     now, _lv, past, _plv = stratum
     if len(now) < 4 or len(past) < 4:
         return 0.0, tau
-    if mirrored:
-        now, past = [-x for x in now], [-x for x in past]
-    q = 0 if mirrored else 2
     logs = [math.log(max(x, 1)) for x in past]
-    d = (math.log(max(1.0, statistics.quantiles(now, n=4)[q]))
-         - math.log(max(1.0, statistics.quantiles(past, n=4)[q])))
+    d = (math.log(max(1.0, statistics.quantiles(now, n=4)[2]))
+         - math.log(max(1.0, statistics.quantiles(past, n=4)[2])))
     v = (_BODY_SE * _robust_sd(logs)) ** 2 * (1 / len(now) + 1 / len(past))
     t2 = tau * tau
     return t2 / (t2 + v) * d, math.sqrt(t2 * v / (t2 + v))
 
 
 def _times_p(strata: list[_Stratum], share: float, below: int,
-             spreads: list[float] | None, mirrored: bool = False) -> float:
+             spreads: list[float] | None) -> float:
     """P(at least `below` current response times under the strata's thresholds) when now and
     before come from one distribution up to an honest shift of the log response times by a
     factor e^d (`spreads`: the prior standard deviation of d per stratum; None: no shift
@@ -442,9 +437,7 @@ def _times_p(strata: list[_Stratum], share: float, below: int,
     the strata (a day's shift moves them together). Under a shift d the threshold's place in
     the past is that of threshold e^-d: the count's law is that of the count below an order
     statistic (`below_order_statistic_pmf`, exact), interpolated between the two order
-    statistics around it (`_k_of`). `mirrored`: negated times (the slow tail, `_late_response`):
-    the same shift, read from the lower quartile (`_body_shift`); a negated threshold scaled by
-    e^-d is the slow threshold scaled by e^-d, so the count's law is the same."""
+    statistics around it (`_k_of`)."""
     memo: dict[tuple[int, int, int], list[float]] = {}
 
     def pmf_of(now: int, past: int, k: int) -> list[float]:
@@ -468,7 +461,7 @@ def _times_p(strata: list[_Stratum], share: float, below: int,
     p0 = at([1.0] * len(strata))
     if not spreads or p0 >= _MIX_FROM or max(spreads) <= 0:
         return p0
-    laws = [_body_shift(st, tau, mirrored) for st, tau in zip(strata, spreads, strict=True)]
+    laws = [_body_shift(st, tau) for st, tau in zip(strata, spreads, strict=True)]
     total = 2 * stats.normal_sf(6.0)
     for z, w in _SHIFT_NODES:
         total += w * at([math.exp(-(mu + z * sd)) for mu, sd in laws])
@@ -496,8 +489,8 @@ def _k_of(stratum: _Stratum, share: float, f: float) -> tuple[tuple[int, float],
     return (r, 1.0 - x), (r + 1, x)
 
 
-def _shift_at(strata: list[_Stratum], share: float, spreads: list[float] | None = None,
-              mirrored: bool = False) -> _Shift:
+def _shift_at(strata: list[_Stratum], share: float, spreads: list[float] | None = None
+              ) -> _Shift:
     """The response-shift count and level test at one share of the past, summed over the
     strata (each against its own past; exact laws convolved); `spreads`: allow for an honest
     day-level shift of that standard deviation per stratum (`_times_p`)."""
@@ -527,7 +520,7 @@ def _shift_at(strata: list[_Stratum], share: float, spreads: list[float] | None 
         f_past = sum(1 for x in past_levels[:bf] if x == 5)
         fives_before += f_past
         level_pmfs.append(stats.hypergeom_pmf(b + bf, f_now + f_past, b))
-    p_times = _times_p(strata, share, below, spreads, mirrored)
+    p_times = _times_p(strata, share, below, spreads)
     p_level, known_before = 1.0, None
     if levels_known and below and before:
         p_level = stats.convolution_sf(level_pmfs, fives)
@@ -676,8 +669,7 @@ def _mirror(ref: _RtRef) -> _RtRef:
     `_shift_at` then counts the slow tail."""
     return _RtRef([-x for x in reversed(ref.now)], list(reversed(ref.now_levels)),
                   [-x for x in reversed(ref.past)], list(reversed(ref.past_levels)), ref.since,
-                  list(reversed(ref.now_staff)), list(reversed(ref.past_staff)),
-                  list(reversed(ref.past_press)))
+                  list(reversed(ref.now_staff)), list(reversed(ref.past_staff)))
 
 
 def _unshifted(stratum: tuple[list[int], list[int], list[int], list[int | None]]
@@ -713,19 +705,16 @@ def _late_response(u: Unit, c: _Ctx) -> _Raw | None:
     later, and mostly with a 5. The whole current distribution is judged, not only the fast tail.
     Strong evidence needs a pile: at least shift_min late ones, twice what the past predicts
     (one and a half times with the late ones newly 非常满意). Bonferroni as `_response_shift`.
-    A current distribution far slower as a whole is scaled back to the past's first
-    (`_unshifted`), and what remains of the day's shift is allowed for as in `_response_shift`,
-    read from the lower quartile (`_times_p`, mirrored): honest drift moves every response
-    time, a fill-in only adds late ones."""
+    A current distribution slower as a whole is scaled back to the past's median first
+    (`_unshifted`): honest drift moves every response time, a fill-in only adds late ones."""
     refs = [_mirror(r) for r in _rt_refs(u, c)]
     if not refs:
         return None
     found: list[dict[str, Any]] = []  # each reading with its reference and share
     for ref in refs:
         strata = [_unshifted(s) for s in _staff_strata(ref)]
-        spreads = _spreads(ref, c)
         for share in LATE_QUANTILES:
-            f = _shift_at(strata, share, spreads, mirrored=True)
+            f = _shift_at(strata, share)
             pile = f["below"] >= c.s.shift_min and (
                 f["below"] >= 2 * f["expected"]
                 or (f["levels_known"] and f["p_level"] < c.s.q_weak
