@@ -1220,3 +1220,15 @@ def test_response_shift_with_two_staff_strata_allows_for_a_faster_day():
     ind = indicator(h, "t", "response_shift")
     assert len(ind.evidence["honest_shift_sd"]) == 2
     assert ind.strength == "strong" and verdict(h, "t").flagged
+
+
+def test_late_responses_against_a_single_past_day_are_weak_at_most():
+    # The same fill-in as above, but the window's past is one business day: its slow tail is
+    # not established (a quick first day), so the late ones are a weak signal, not a flag.
+    def case(days: int) -> Unit:
+        return with_past_rts(_fill_in(honest("t", 31, n_txn=70, coverage=0.6), 0.6,
+                                      (20_000, 70_000)), 4000, 0.5, days=days)
+    for days, strength in ((1, "weak"), (3, "strong")):
+        h = hall(case(days), with_past_rts(excellent(), 3000, 0.5, seed=4))
+        ind = indicator(h, "t", "late_response")
+        assert ind.strength == strength and ind.evidence["past_days"] == days

@@ -669,7 +669,8 @@ def _mirror(ref: _RtRef) -> _RtRef:
     `_shift_at` then counts the slow tail."""
     return _RtRef([-x for x in reversed(ref.now)], list(reversed(ref.now_levels)),
                   [-x for x in reversed(ref.past)], list(reversed(ref.past_levels)), ref.since,
-                  list(reversed(ref.now_staff)), list(reversed(ref.past_staff)))
+                  list(reversed(ref.now_staff)), list(reversed(ref.past_staff)),
+                  list(reversed(ref.past_press)))
 
 
 def _unshifted(stratum: tuple[list[int], list[int], list[int], list[int | None]]
@@ -704,7 +705,8 @@ def _late_response(u: Unit, c: _Ctx) -> _Raw | None:
     invitations of citizens who walked away does it when they get round to it, tens of seconds
     later, and mostly with a 5. The whole current distribution is judged, not only the fast tail.
     Strong evidence needs a pile: at least shift_min late ones, twice what the past predicts
-    (one and a half times with the late ones newly 非常满意). Bonferroni as `_response_shift`.
+    (one and a half times with the late ones newly 非常满意) and a past of more than one
+    business day. Bonferroni as `_response_shift`.
     A current distribution slower as a whole is scaled back to the past's median first
     (`_unshifted`): honest drift moves every response time, a fill-in only adds late ones."""
     refs = [_mirror(r) for r in _rt_refs(u, c)]
@@ -724,6 +726,12 @@ def _late_response(u: Unit, c: _Ctx) -> _Raw | None:
             found.append({**f, "ref": ref, "share": share, "pile": pile})
     best = min(found, key=lambda f: (not f["pile"], f["p"]))
     ref, share, late = best["ref"], best["share"], best["below"]
+    # One business day of past does not establish a window's slow tail (a quick first day,
+    # citizens who linger on the next): against a past of a single day the slow tail is weak
+    # evidence at most (under honest drift every late_response false flag was a window's second
+    # day). Facts without press times are not held back.
+    days = {c.s.local_day(at) for at in ref.past_press if at is not None}
+    one_day = len(days) == 1
     p = min(1.0, best["p"] * len(LATE_QUANTILES) * len(refs) * 2)
     threshold = -max(best["thresholds"])  # the lowest of the strata's slow thresholds
     since = ref.since
@@ -746,5 +754,6 @@ def _late_response(u: Unit, c: _Ctx) -> _Raw | None:
     slow = sorted((r for r in _invited(u, c) if r.rt_ms is not None and r.rt_ms > threshold
                    and (since is None or r.press_ms >= since)),
                   key=lambda r: -r.rt_ms)  # type: ignore[operator]
-    return _Raw(late, p, best["pile"], ev, (zh, en), events=late,
+    ev["past_days"] = len(days) or None
+    return _Raw(late, p, best["pile"] and not one_day, ev, (zh, en), events=late,
                 items=rating_items(slow, "邀请后很久才评价 late"))
