@@ -93,6 +93,7 @@ class Unit:
     history_rts: tuple[int, ...] = ()  # response times of invited ratings before the period
     history_rt_levels: tuple[int, ...] = ()  # ... and their levels, in the same order (or ())
     history_rt_staff: tuple[str | None, ...] = ()  # ... and who served (or ())
+    history_rt_press: tuple[int, ...] = ()  # ... and when they were pressed (or ())
     held: tuple[RatingFact, ...] = ()  # ratings the linking engine holds (not judged yet)
 
     @property
@@ -106,7 +107,8 @@ class Unit:
             ratings=tuple(r for r in self.ratings if r.staff_id == staff),
             txns=tuple(t for t in self.txns if t.staff_id == staff),
             device_log=(), has_device=False, history=(), history_rated=0, history_decided=0,
-            history_rts=(), history_rt_levels=(), history_rt_staff=(), held=(),
+            history_rts=(), history_rt_levels=(), history_rt_staff=(), history_rt_press=(),
+            held=(),
         )
 
 
@@ -135,6 +137,7 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
     history_rts: dict[str, list[int]] = {}
     history_rt_levels: dict[str, list[int]] = {}
     history_rt_staff: dict[str, list[str | None]] = {}
+    history_rt_press: dict[str, list[int]] = {}
     held: dict[str, list[RatingFact]] = {}
     for row in conn.execute(
         "SELECT r.window, r.press_ms, r.level, r.reason, r.mode, r.rt_ms, r.state, "
@@ -156,6 +159,7 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
                 history_rts.setdefault(window, []).append(row[5])
                 history_rt_levels.setdefault(window, []).append(row[2])
                 history_rt_staff.setdefault(window, []).append(row[8])
+                history_rt_press.setdefault(window, []).append(press)
         else:
             ratings.setdefault(window, []).append(RatingFact(press, *row[2:]))
     txns: dict[str, list[TxnFact]] = {}
@@ -204,6 +208,7 @@ def load_hall_facts(conn: sqlite3.Connection, hall: str, start_ms: int, end_ms: 
             has_device=w in devices or w in dlog, history_rts=tuple(history_rts.get(w, ())),
             history_rt_levels=tuple(history_rt_levels.get(w, ())),
             history_rt_staff=tuple(history_rt_staff.get(w, ())),
+            history_rt_press=tuple(history_rt_press.get(w, ())),
             held=tuple(held.get(w, ())))
 
     units = tuple(unit(w) for w in windows)

@@ -49,6 +49,8 @@ def restrict(hall: HallFacts, start_ms: int) -> HallFacts:
                                if len(u.history_rt_levels) == len(u.history_rts) else ()),
             history_rt_staff=(u.history_rt_staff + tuple(r.staff_id for r in moved)
                               if len(u.history_rt_staff) == len(u.history_rts) else ()),
+            history_rt_press=(u.history_rt_press + tuple(r.press_ms for r in moved)
+                              if len(u.history_rt_press) == len(u.history_rts) else ()),
             ratings=tuple(r for r in u.ratings if r.press_ms >= start_ms),
             txns=tuple(t for t in u.txns if t.completed_ms >= start_ms),
         ))

@@ -150,7 +150,8 @@ class _RtRef:
     """One own-past reference for response times: the current invited ratings' response times
     and levels, and the past ones (levels None where the past's levels are not known), each
     sorted by response time; `since` is the change-point (None: the whole period against the
-    window's history)."""
+    window's history). `past_press`: when each past rating was pressed (None where not known),
+    to count the business days the past spans."""
 
     now: list[int]
     now_levels: list[int]
@@ -159,12 +160,13 @@ class _RtRef:
     since: int | None
     now_staff: list[str | None] = field(default_factory=list)
     past_staff: list[str | None] = field(default_factory=list)  # None where not known
+    past_press: list[int | None] = field(default_factory=list)
 
 
 # A current invited rating's (response time, level, staff), and a past one's (level None
-# where the past's levels are not known).
+# where the past's levels are not known; press time None where not known).
 _NowRt = tuple[int, int, str | None]
-_PastRt = tuple[int, int | None, str | None]
+_PastRt = tuple[int, int | None, str | None, int | None]
 
 
 def _rt_refs(u: Unit, c: _Ctx) -> list[_RtRef]:
@@ -177,14 +179,16 @@ def _rt_refs(u: Unit, c: _Ctx) -> list[_RtRef]:
         m = len(u.history_rts)
         levels = u.history_rt_levels if len(u.history_rt_levels) == m else [None] * m
         staff = u.history_rt_staff if len(u.history_rt_staff) == m else [None] * m
-        history: list[_PastRt] = list(zip(u.history_rts, levels, staff, strict=True))
+        press: tuple[int | None, ...] | list[None] = (
+            u.history_rt_press if len(u.history_rt_press) == m else [None] * m)
+        history: list[_PastRt] = list(zip(u.history_rts, levels, staff, press, strict=True))
         # (response time, level, staff, press): _invited keeps only ratings with a response time.
         timed = [(r.rt_ms, r.level, r.staff_id, r.press_ms) for r in invited
                  if r.rt_ms is not None]
         triples: list[_NowRt] = [(rt, lv, st) for rt, lv, st, _ in timed]
         cuts: list[tuple[list[_NowRt], list[_PastRt], int | None]] = [(triples, history, None)]
         for split in _splits(c):
-            before: list[_PastRt] = [(rt, lv, st) for rt, lv, st, at in timed if at < split]
+            before: list[_PastRt] = [(rt, lv, st, at) for rt, lv, st, at in timed if at < split]
             cuts.append(([(rt, lv, st) for rt, lv, st, at in timed if at >= split],
                          history + before, split))
         refs = []
@@ -195,7 +199,8 @@ def _rt_refs(u: Unit, c: _Ctx) -> list[_RtRef]:
             past = sorted(past, key=lambda x: x[0])
             refs.append(_RtRef([x[0] for x in now], [x[1] for x in now],
                                [x[0] for x in past], [x[1] for x in past], since,
-                               [x[2] for x in now], [x[2] for x in past]))
+                               [x[2] for x in now], [x[2] for x in past],
+                               [x[3] for x in past]))
         return refs
     return c.once("rt_refs", u, build)
 
@@ -211,31 +216,167 @@ def _since_words(c: _Ctx, since: int | None) -> tuple[str, str]:
 STAFF_PAST_MIN = 10
 
 
-def _staff_strata(ref: _RtRef) -> list[tuple[list[int], list[int], list[int], list[int | None]]]:
-    """(now response times, now levels, past response times, past levels), sorted by response
-    time, per staff member with at least STAFF_PAST_MIN past ones at the window; the other
-    current ratings against the rest of the past (the whole past if the rest is too small).
-    A single stratum when who served is not known."""
+_Stratum = tuple[list[int], list[int], list[int], list[int | None]]
+
+
+def _strata_index(ref: _RtRef) -> list[tuple[list[int], list[int], bool]]:
+    """(indices into now, indices into past, whether the current ratings' staff member has a
+    past of their own) of each stratum: one per staff member with at least STAFF_PAST_MIN past
+    response times at the window, then the other current ratings against the rest of the past
+    (the whole past if the rest is too small). A single stratum when who served is not known."""
     if not ref.past_staff or None in ref.past_staff:
-        return [(ref.now, ref.now_levels, ref.past, ref.past_levels)]
+        # Who served is not known: the past mixes staff members as today does, and the day
+        # deviations of `_honest_spread` were measured on such mixes too.
+        return [(list(range(len(ref.now))), list(range(len(ref.past))), True)]
     counts: dict[str | None, int] = {}
     for x in ref.past_staff:
         counts[x] = counts.get(x, 0) + 1
     own = {x for x in set(ref.now_staff) if x is not None and counts.get(x, 0) >= STAFF_PAST_MIN}
     strata = []
     for who in sorted(own):
-        now = [i for i, x in enumerate(ref.now_staff) if x == who]
-        past = [i for i, x in enumerate(ref.past_staff) if x == who]
-        strata.append(([ref.now[i] for i in now], [ref.now_levels[i] for i in now],
-                       [ref.past[i] for i in past], [ref.past_levels[i] for i in past]))
+        strata.append(([i for i, x in enumerate(ref.now_staff) if x == who],
+                       [i for i, x in enumerate(ref.past_staff) if x == who], True))
     rest_now = [i for i, x in enumerate(ref.now_staff) if x not in own]
     if rest_now:
         rest_past = [i for i, x in enumerate(ref.past_staff) if x not in own]
         if len(rest_past) < STAFF_PAST_MIN:
             rest_past = list(range(len(ref.past)))
-        strata.append(([ref.now[i] for i in rest_now], [ref.now_levels[i] for i in rest_now],
-                       [ref.past[i] for i in rest_past], [ref.past_levels[i] for i in rest_past]))
+        strata.append((rest_now, rest_past, False))
     return strata
+
+
+def _staff_strata(ref: _RtRef) -> list[_Stratum]:
+    """(now response times, now levels, past response times, past levels), sorted by response
+    time, per stratum of `_strata_index`."""
+    return [([ref.now[i] for i in now], [ref.now_levels[i] for i in now],
+             [ref.past[i] for i in past], [ref.past_levels[i] for i in past])
+            for now, past, _own in _strata_index(ref)]
+
+
+# Honest response times move from day to day as a whole (a rush, who is waiting, the staff
+# member's manner): the response-shift test allows for a day-level shift of the log response
+# times, normal with a standard deviation estimated from the hall's own past days
+# (`_honest_spread`). Without enough past days to estimate it: the prior below; never less
+# than the floor (an estimate from few days may come out near 0 by chance).
+DAY_SD_PRIOR = 0.2
+DAY_SD_MIN = 0.05
+# The same for the difference between one staff member's citizens and another's at a window,
+# used where the current ratings' staff member has no past of their own there.
+STAFF_SD_PRIOR = 0.25
+STAFF_SD_MIN = 0.05
+# Least response times of one (staff member, day) for its median to count in the estimate, and
+# least such deviations for an estimate (else the prior).
+SPREAD_GROUP_MIN = 8
+SPREAD_GROUPS_MIN = 6
+_CHI2_1_MEDIAN = 0.454936  # the median of a chi-square with one degree of freedom
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def _robust_sd(xs: list[float]) -> float:
+    """The interquartile range over 1.349: the standard deviation of a normal sample, not
+    moved by a few outliers (citizens who linger)."""
+    if len(xs) < 4:
+        return 0.5
+    q = statistics.quantiles(xs, n=4)
+    return max(0.05, (q[2] - q[0]) / 1.349)
+
+
+def _re_sd(devs: list[tuple[float, float, float]], prior: float, floor: float) -> float:
+    """The between-group standard deviation tau of a random effect from (deviation, its
+    sampling variance, the factor on tau^2 in its variance) triples: the tau at which the
+    median of dev^2 / (factor tau^2 + variance) is the chi-square(1) median (robust: a minority
+    of manipulated windows cannot inflate it). The prior with too few deviations; at least the
+    floor."""
+    if len(devs) < SPREAD_GROUPS_MIN:
+        return prior
+
+    def med(t2: float) -> float:
+        return _median([d * d / (f * t2 + v) for d, v, f in devs])
+
+    if med(0.0) <= _CHI2_1_MEDIAN:
+        return floor
+    lo, hi = 0.0, 4.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if med(mid) > _CHI2_1_MEDIAN:
+            lo = mid
+        else:
+            hi = mid
+    return max(floor, math.sqrt((lo + hi) / 2))
+
+
+def _honest_spread(c: _Ctx) -> tuple[float, float]:
+    """(tau_day, tau_staff): how much the log response times of honest citizens move between
+    business days (one staff member's citizens, one day against that staff member's other
+    days at the window) and between staff members of one window, estimated once per run from
+    every unit's response times before today (the history and the period's earlier days).
+
+    Each (window, staff member, day) with at least SPREAD_GROUP_MIN response times gives the
+    deviation of its median log response time from the median of the same staff member's other
+    days at the window, with the sampling variance of the two medians (pi/2 s^2/n, s the robust
+    spread of the logs); each pair of staff members of a window, the deviation of their
+    medians. `_re_sd` turns them into tau."""
+    def build() -> tuple[float, float]:
+        today = c.s.midnight_ms(c.period.day)
+        day_devs: list[tuple[float, float, float]] = []
+        staff_devs: list[tuple[float, float, float]] = []
+        for u in c.units:
+            rows: list[tuple[int, str | None, int]] = []  # (rt, staff, local day ordinal)
+            if len(u.history_rt_press) == len(u.history_rts):
+                staff = (u.history_rt_staff if len(u.history_rt_staff) == len(u.history_rts)
+                         else (None,) * len(u.history_rts))
+                rows += [(rt, st, c.s.local_day(at).toordinal())
+                         for rt, st, at in zip(u.history_rts, staff, u.history_rt_press,
+                                               strict=True)]
+            rows += [(r.rt_ms, r.staff_id, c.s.local_day(r.press_ms).toordinal())
+                     for r in _invited(u, c) if r.rt_ms is not None and r.press_ms < today]
+            by_staff: dict[str | None, dict[int, list[float]]] = {}
+            for rt, st, day in rows:
+                by_staff.setdefault(st, {}).setdefault(day, []).append(math.log(max(rt, 1)))
+            medians: list[tuple[float, float]] = []  # (median, its sampling variance) per staff
+            for days in by_staff.values():
+                logs = [x for xs in days.values() for x in xs]
+                sd2 = _robust_sd(logs) ** 2
+                if len(logs) >= 2 * SPREAD_GROUP_MIN:
+                    medians.append((_median(logs), math.pi / 2 * sd2 / len(logs)))
+                for day, xs in days.items():
+                    others = [x for d, ys in days.items() if d != day for x in ys]
+                    if len(xs) < SPREAD_GROUP_MIN or len(others) < SPREAD_GROUP_MIN:
+                        continue
+                    var = math.pi / 2 * sd2 * (1 / len(xs) + 1 / len(others))
+                    # The other days' median averages their own day effects.
+                    day_devs.append((_median(xs) - _median(others), var,
+                                     1 + 1 / (len(days) - 1)))
+            for i, (a, va) in enumerate(medians):
+                for b, vb in medians[i + 1:]:
+                    # Both medians carry day effects too: twice tau_day^2 is left in (a
+                    # conservative, i.e. larger, tau_staff).
+                    staff_devs.append((a - b, va + vb, 2.0))
+        return (_re_sd(day_devs, DAY_SD_PRIOR, DAY_SD_MIN),
+                _re_sd(staff_devs, STAFF_SD_PRIOR, STAFF_SD_MIN))
+    return c.once("honest_spread", c.units[0] if c.units else _NO_UNIT, build)
+
+
+_NO_UNIT = Unit("", None, (), ())
+
+
+def _spreads(ref: _RtRef, c: _Ctx) -> list[float]:
+    """Per stratum (`_strata_index`), the standard deviation of the honest shift of today's log
+    response times against its past: tau_day^2 (1 + 1/D) for a past of D business days (the
+    past's own day effects average over D), plus tau_staff^2 where the current ratings' staff
+    member has no past of their own at the window."""
+    tau_day, tau_staff = _honest_spread(c)
+    out = []
+    for _now, past, own in _strata_index(ref):
+        days = {c.s.local_day(at) for at in (ref.past_press[i] for i in past) if at is not None}
+        var = tau_day ** 2 * (1 + 1 / max(1, len(days)))
+        if not own:
+            var += tau_staff ** 2
+        out.append(math.sqrt(var))
+    return out
 
 
 class _Shift(TypedDict):
@@ -253,13 +394,109 @@ class _Shift(TypedDict):
     levels_known: bool
 
 
-def _shift_at(strata: list[tuple[list[int], list[int], list[int], list[int | None]]],
-              share: float) -> _Shift:
+# The honest shift is integrated over its normal law (below) in bins of half a standard
+# deviation out to 6 on each side (beyond: p = 1, a weight of 2e-9), each bin at its middle.
+_SHIFT_NODES = tuple((z + 0.25, stats.normal_sf(z) - stats.normal_sf(z + 0.5))
+                     for z in (0.5 * i for i in range(-12, 12)))
+# Only a p-value that could matter is integrated (skipping it never lowers a p-value: the
+# unshifted law is used instead, as before).
+_MIX_FROM = 0.01
+# The quantile of today's response times that measures how much faster the day is as a whole:
+# the upper quartile, which a pile of fast presses at the bottom moves least (a share s of
+# them moves it to the citizens' (0.75 - s) / (1 - s) quantile); its sampling standard
+# deviation on the log scale is sqrt(q (1 - q)) / phi(z_q) s / sqrt(n) = 1.36 s / sqrt(n).
+_BODY_SE = 1.36
+
+
+def _body_shift(stratum: _Stratum, tau: float) -> tuple[float, float]:
+    """(mean, standard deviation) of the honest log shift of today's response times against the
+    past in one stratum: the prior N(0, tau^2) (`_spreads`) updated with what today's body
+    shows, the log ratio of the upper quartiles with its sampling variance (normal-normal).
+    With fewer than 4 current response times: the prior."""
+    now, _lv, past, _plv = stratum
+    if len(now) < 4 or len(past) < 4:
+        return 0.0, tau
+    logs = [math.log(max(x, 1)) for x in past]
+    d = (math.log(max(1.0, statistics.quantiles(now, n=4)[2]))
+         - math.log(max(1.0, statistics.quantiles(past, n=4)[2])))
+    v = (_BODY_SE * _robust_sd(logs)) ** 2 * (1 / len(now) + 1 / len(past))
+    t2 = tau * tau
+    return t2 / (t2 + v) * d, math.sqrt(t2 * v / (t2 + v))
+
+
+def _times_p(strata: list[_Stratum], share: float, below: int,
+             spreads: list[float] | None) -> float:
+    """P(at least `below` current response times under the strata's thresholds) when now and
+    before come from one distribution up to an honest shift of the log response times by a
+    factor e^d (`spreads`: the prior standard deviation of d per stratum; None: no shift
+    allowed, the exact distribution-free law).
+
+    An honest day that is faster as a whole shows in the body of today's response times, a
+    pile of presses by a hand already on the device only at the bottom: d is integrated over
+    its law given the upper quartile's shift (`_body_shift`), one standard normal z shared by
+    the strata (a day's shift moves them together). Under a shift d the threshold's place in
+    the past is that of threshold e^-d: the count's law is that of the count below an order
+    statistic (`below_order_statistic_pmf`, exact), interpolated between the two order
+    statistics around it (`_k_of`)."""
+    memo: dict[tuple[int, int, int], list[float]] = {}
+
+    def pmf_of(now: int, past: int, k: int) -> list[float]:
+        key = (now, past, k)
+        if key not in memo:
+            memo[key] = stats.below_order_statistic_pmf(now, past, k)
+        return memo[key]
+
+    def at(scale: list[float]) -> float:
+        pmfs = []
+        for st, f in zip(strata, scale, strict=True):
+            n, m = len(st[0]), len(st[2])
+            (k1, w1), (k2, w2) = _k_of(st, share, f)
+            if len(strata) == 1:
+                return (w1 * stats.below_order_statistic_sf(below, n, m, k1)
+                        + (w2 * stats.below_order_statistic_sf(below, n, m, k2) if w2 else 0.0))
+            a, b = pmf_of(n, m, k1), pmf_of(n, m, k2)
+            pmfs.append([w1 * x + w2 * y for x, y in zip(a, b, strict=True)] if w2 else a)
+        return stats.convolution_sf(pmfs, below)
+
+    p0 = at([1.0] * len(strata))
+    if not spreads or p0 >= _MIX_FROM or max(spreads) <= 0:
+        return p0
+    laws = [_body_shift(st, tau) for st, tau in zip(strata, spreads, strict=True)]
+    total = 2 * stats.normal_sf(6.0)
+    for z, w in _SHIFT_NODES:
+        total += w * at([math.exp(-(mu + z * sd)) for mu, sd in laws])
+    return min(1.0, total)
+
+
+def _k_of(stratum: _Stratum, share: float, f: float) -> tuple[tuple[int, float],
+                                                              tuple[int, float]]:
+    """Where the threshold (the k-th smallest of the past, k its share) scaled by f falls among
+    the past's order statistics: between the r-th and the (r+1)-th, as ((r, 1 - x), (r + 1, x))
+    with x its linear place between them (`_times_p` mixes the two laws by these weights)."""
+    past = stratum[2]
+    m = len(past)
+    k = max(1, round(share * m))
+    if f == 1.0:
+        return (k, 1.0), (k, 0.0)
+    v = past[k - 1] * f
+    r = bisect.bisect_left(past, v)  # past[r - 1] < v <= past[r]
+    if r >= m:
+        return (m, 1.0), (m, 0.0)
+    lo = past[r - 1] if r else 0
+    x = (v - lo) / (past[r] - lo) if past[r] > lo else 1.0
+    if r == 0:
+        return (1, 1.0), (1, 0.0)
+    return (r, 1.0 - x), (r + 1, x)
+
+
+def _shift_at(strata: list[_Stratum], share: float, spreads: list[float] | None = None
+              ) -> _Shift:
     """The response-shift count and level test at one share of the past, summed over the
-    strata (each against its own past; exact laws convolved)."""
+    strata (each against its own past; exact laws convolved); `spreads`: allow for an honest
+    day-level shift of that standard deviation per stratum (`_times_p`)."""
     below = fives = before = fives_before = 0
     expected = 0.0
-    pmfs, level_pmfs, thresholds = [], [], []
+    level_pmfs, thresholds = [], []
     levels_known = True
     for now, now_levels, past, past_levels in strata:
         n, m = len(now), len(past)
@@ -269,7 +506,6 @@ def _shift_at(strata: list[tuple[list[int], list[int], list[int], list[int | Non
         below += b
         expected += n * k / (m + 1)
         thresholds.append(threshold)
-        pmfs.append(stats.below_order_statistic_pmf(n, m, k))
         # The fast ones are 非常满意 far more often than this window's fast ones were: a hand
         # already on the device presses 5. The reference is the past's faster half (or its
         # ratings below the threshold, if more): a window whose quick citizens are also its
@@ -284,17 +520,16 @@ def _shift_at(strata: list[tuple[list[int], list[int], list[int], list[int | Non
         f_past = sum(1 for x in past_levels[:bf] if x == 5)
         fives_before += f_past
         level_pmfs.append(stats.hypergeom_pmf(b + bf, f_now + f_past, b))
-    p_times = stats.convolution_sf(pmfs, below) if len(pmfs) > 1 else \
-        stats.below_order_statistic_sf(below, len(strata[0][0]), len(strata[0][2]),
-                                       max(1, round(share * len(strata[0][2]))))
+    p_times = _times_p(strata, share, below, spreads)
     p_level, known_before = 1.0, None
     if levels_known and below and before:
         p_level = stats.convolution_sf(level_pmfs, fives)
         known_before = fives_before
     # The response times alone, or with the levels (Fisher: under honest operation the level
     # test, conditional on the response times, is independent of the count). Citizens of one
-    # window may answer faster on some days for honest reasons (who serves, a rush): the guard
-    # (in _response_shift) then asks for the fast ones to be newly 非常满意 too.
+    # window may answer faster on some days for honest reasons (who serves, a rush): the
+    # count's law allows for the hall's honest day-to-day shift (`spreads`), and the guard
+    # (in _response_shift) asks for the fast ones to be newly 非常满意 too.
     p = min(p_times, stats.truncated_product_p([p_times, p_level], 1.0))
     return {"p": p, "p_times": p_times, "p_level": p_level, "below": below, "expected": expected,
             "fives": fives, "fives_before": known_before, "before": before,
@@ -337,9 +572,10 @@ def _response_shift(u: Unit, c: _Ctx) -> _Raw | None:
     found: list[dict[str, Any]] = []  # each reading with its reference and share
     for ref in refs:
         strata = _staff_strata(ref)
+        spreads = _spreads(ref, c)
         for share in SHIFT_QUANTILES:
-            f = _shift_at(strata, share)
-            found.append({**f, "ref": ref, "share": share, "pile": pile(f),
+            f = _shift_at(strata, share, spreads)
+            found.append({**f, "ref": ref, "share": share, "pile": pile(f), "spreads": spreads,
                           "by_staff": bool(ref.past_staff) and None not in ref.past_staff})
     # The clearest reading that shows a pile, else the clearest reading; its p-value with the
     # Bonferroni factor of all readings (shares, references, the count alone or with levels).
@@ -356,7 +592,8 @@ def _response_shift(u: Unit, c: _Ctx) -> _Raw | None:
           "past_share": share, "past_invited": m, "expected": round(expected, 1),
           "very_satisfied": top, "since": None if since is None else str(c.s.local_day(since)),
           "p_times": best["p_times"], "p_levels": p_level, "past_fast": before,
-          "past_fast_very_satisfied": fives_before}
+          "past_fast_very_satisfied": fives_before,
+          "honest_shift_sd": [round(x, 3) for x in best["spreads"]]}
     when_zh, when_en = _since_words(c, since)
     past_zh, past_en = ("本窗口以往", "this window's own") if since is None else (
         "本窗口此前", "this window's earlier")
@@ -432,7 +669,8 @@ def _mirror(ref: _RtRef) -> _RtRef:
     `_shift_at` then counts the slow tail."""
     return _RtRef([-x for x in reversed(ref.now)], list(reversed(ref.now_levels)),
                   [-x for x in reversed(ref.past)], list(reversed(ref.past_levels)), ref.since,
-                  list(reversed(ref.now_staff)), list(reversed(ref.past_staff)))
+                  list(reversed(ref.now_staff)), list(reversed(ref.past_staff)),
+                  list(reversed(ref.past_press)))
 
 
 def _unshifted(stratum: tuple[list[int], list[int], list[int], list[int | None]]
@@ -467,7 +705,8 @@ def _late_response(u: Unit, c: _Ctx) -> _Raw | None:
     invitations of citizens who walked away does it when they get round to it, tens of seconds
     later, and mostly with a 5. The whole current distribution is judged, not only the fast tail.
     Strong evidence needs a pile: at least shift_min late ones, twice what the past predicts
-    (one and a half times with the late ones newly 非常满意). Bonferroni as `_response_shift`.
+    (one and a half times with the late ones newly 非常满意) and a past of more than one
+    business day. Bonferroni as `_response_shift`.
     A current distribution slower as a whole is scaled back to the past's median first
     (`_unshifted`): honest drift moves every response time, a fill-in only adds late ones."""
     refs = [_mirror(r) for r in _rt_refs(u, c)]
@@ -487,6 +726,12 @@ def _late_response(u: Unit, c: _Ctx) -> _Raw | None:
             found.append({**f, "ref": ref, "share": share, "pile": pile})
     best = min(found, key=lambda f: (not f["pile"], f["p"]))
     ref, share, late = best["ref"], best["share"], best["below"]
+    # One business day of past does not establish a window's slow tail (a quick first day,
+    # citizens who linger on the next): against a past of a single day the slow tail is weak
+    # evidence at most (under honest drift every late_response false flag was a window's second
+    # day). Facts without press times are not held back.
+    days = {c.s.local_day(at) for at in ref.past_press if at is not None}
+    one_day = len(days) == 1
     p = min(1.0, best["p"] * len(LATE_QUANTILES) * len(refs) * 2)
     threshold = -max(best["thresholds"])  # the lowest of the strata's slow thresholds
     since = ref.since
@@ -509,5 +754,6 @@ def _late_response(u: Unit, c: _Ctx) -> _Raw | None:
     slow = sorted((r for r in _invited(u, c) if r.rt_ms is not None and r.rt_ms > threshold
                    and (since is None or r.press_ms >= since)),
                   key=lambda r: -r.rt_ms)  # type: ignore[operator]
-    return _Raw(late, p, best["pile"], ev, (zh, en), events=late,
+    ev["past_days"] = len(days) or None
+    return _Raw(late, p, best["pile"] and not one_day, ev, (zh, en), events=late,
                 items=rating_items(slow, "邀请后很久才评价 late"))
