@@ -76,7 +76,7 @@ def _bad_txn(conn: sqlite3.Connection, txn: str, staff: str, level: int, ms: int
                  (txn, staff, ms - 60_000, ms, ms + 1, f"d:1:{txn}", level))
     conn.execute("INSERT INTO rating (rating_id, hall, window, device, boot, seq, level, reason, "
                  "mode, press_ms, received_ms, state, txn) VALUES (?, 'h1', 'w01', 'd', 1, 1, ?, "
-                 "'服务态度', 'linked', ?, ?, 'linked', ?)", (f"d:1:{txn}", level, ms, ms, txn))
+                 "'attitude', 'linked', ?, ?, 'linked', ?)", (f"d:1:{txn}", level, ms, ms, txn))
 
 
 @pytest.fixture
@@ -246,7 +246,7 @@ def test_report_month_pdf_and_xlsx(svc: CaseService, tmp_path: Path) -> None:
             conn.execute("INSERT INTO rating (rating_id, hall, window, device, boot, seq, level, "
                          "reason, mode, press_ms, received_ms, state, txn) VALUES (?, 'h1', "
                          "'w02', 'x', 1, ?, ?, ?, 'linked', ?, ?, 'linked', ?)",
-                         (f"x:{t}", i, level, "办事效率" if level == 1 else None, ms, ms, t))
+                         (f"x:{t}", i, level, "efficiency" if level == 1 else None, ms, ms, t))
     conn.execute("INSERT INTO dir_window VALUES ('h1', 'w02', '二号窗口', 'S1')")
     c = svc.open_cases()  # T1, T2 (w01) and W2-7 (w02)
     assert len(c) == 3
@@ -269,7 +269,7 @@ def test_report_month_pdf_and_xlsx(svc: CaseService, tmp_path: Path) -> None:
     line = next(ln for ln in text.splitlines() if "二号窗口" in ln and "%" in ln).split()
     # columns: 名称 办结数 参评率 满意率 满意指数 漏斗限内 差评数 差评原因,
     # then 整改率 按期整改率 回访率 回访满意率
-    assert line[1:8] == ["10", "80.0%", "87.5%", "84.4", "正常", "1", "办事效率1"]
+    assert line[1:8] == ["10", "80.0%", "87.5%", "84.4", "正常", "1", "办事效率1"]  # a tag in words
     assert line[8:12] == ["100.0%", "100.0%", "100.0%", "100.0%"]
     subprocess.run(["pdftoppm", "-png", "-r", "60", str(pdf), str(out / "page")], check=True)
     pngs = sorted(out.glob("page*.png"))

@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 from collector.manager.directory import lookup
+from collector.reasons import REASON_LABELS
 
 __all__ = ["FIELDS", "LEVEL_NAMES", "day_rows", "render"]
 
@@ -49,7 +50,8 @@ def day_rows(conn: sqlite3.Connection, hall: str, day: date,
             "办件编号": txn, "事项名称": n.service if n.service != code else (sname or code),
             "事项编码": code, "部门": n.department or "", "评价渠道": "评价器",
             "评价时间": datetime.fromtimestamp(at / 1000, UTC).astimezone(tz).isoformat(),
-            "等级": level, "等级名称": LEVEL_NAMES.get(level, ""), "差评原因": reason or "",
+            "等级": level, "等级名称": LEVEL_NAMES.get(level, ""),
+            "差评原因": REASON_LABELS.get(reason, (reason,))[0] if reason else "",
             "整改情况": "" if cstate is None else (_CASE_STATE[cstate]
                                                 + (("：" + action) if action else "")),
             "回访结果": callback,

@@ -14,6 +14,7 @@ severity >= 2 (可疑/严重) in the month, with their reasons, as kept in the s
 
 from __future__ import annotations
 
+import logging
 import math
 import sqlite3
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pathlib import Path
 from collector.detection.verdict import SEVERITY_NAMES
 from collector.manager import ManagerError
 from collector.manager.directory import lookup
+from collector.reasons import REASON_LABELS, TIMEOUT_TAG
 
 __all__ = ["FONT", "Flag", "Unit", "case_flags", "month_figures", "write_pdf", "write_xlsx"]
 
@@ -139,7 +141,7 @@ def month_figures(conn: sqlite3.Connection, hall: str, month: str,
                 if level >= 3:
                     u.good += 1
                 else:
-                    k = reason or "未选原因"
+                    k = reason or TIMEOUT_TAG
                     u.bad_reasons[k] = u.bad_reasons.get(k, 0) + 1
     for window, staff, state, due, closed_ms, reached, view in conn.execute(
             "SELECT window, staff_id, state, due, closed_ms, reached, citizen_view FROM mgr_case "
@@ -189,7 +191,9 @@ HEAD = ("名称", "办结数", "参评率", "满意率", "满意指数", "漏斗
 
 
 def _row(u: Unit) -> list[str]:
-    reasons = "、".join(f"{k}{v}" for k, v in sorted(u.bad_reasons.items())) or "—"
+    # The citizens' reasons in words (服务态度2), never the protocol's tags.
+    reasons = "、".join(f"{REASON_LABELS.get(k, (k, k))[0]}{v}"
+                       for k, v in sorted(u.bad_reasons.items())) or "—"
     return [u.name, str(u.completed), _pct(u.coverage), _pct(u.satisfaction), _num(u.index),
             u.standing, str(u.bad), reasons, *(_pct(x) for x in u.follow()),
             f"{len(u.flags)}天" if u.flags else "—"]
@@ -241,6 +245,9 @@ def _chart(units: list[Unit], path: Path) -> None:
     from matplotlib import font_manager
     from matplotlib import pyplot as plt
 
+    # The font has one weight; matplotlib says so on stderr at every chart ("findfont: Failed
+    # to find font weight normal"), which a user running `report month` need not read.
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     font_manager.fontManager.addfont(FONT)
     plt.rcParams["font.family"] = font_manager.FontProperties(fname=FONT).get_name()
     fig, ax = plt.subplots(figsize=(7, 3))
