@@ -143,6 +143,7 @@ class SimDevice(SimTerminal):
         self.lock = threading.RLock()
         self.sent: list[dict[str, Any]] = []  # ratings published (for tests and the demo)
         self.acked = 0
+        self._acked_lock = threading.Lock()
         self.invites = 0
         self.truth: dict[str, int] = {}  # what the profile did (ground truth)
         self.on_invite: Any = None  # callback(device, shown_ms)
@@ -204,7 +205,10 @@ class SimDevice(SimTerminal):
             self.connected = False
 
     def _on_publish(self, *_a: Any) -> None:
-        with self.lock:
+        # Not under self.lock: paho calls this holding its outgoing-message mutex, which a
+        # publish() from another thread holding self.lock waits for (a lock-order deadlock
+        # that hung test_simulated_hall_links_ratings). Its own lock, taken by nothing else.
+        with self._acked_lock:
             self.acked += 1
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
