@@ -360,4 +360,4 @@ def add_parsers(sub: argparse._SubParsersAction, report_sub: Any = None) -> None
 
     from collector.manager import users  # evalterm user add|list|passwd (the web UI's accounts)
 
-    users.add_parsers(sub, common, _wrap)
+    users.add_parsers(sub, common, _wrap, _service, _conn)

@@ -14,6 +14,7 @@ import hashlib
 import sqlite3
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from collector.db import transaction
@@ -21,6 +22,9 @@ from collector.manager import ManagerError, audit
 from collector.manager.cases import ROLES, CaseService, User, check_new_password, hash_password
 
 __all__ = ["add_parsers", "list_users", "session_stamp", "set_password"]
+
+_Service = Callable[[argparse.Namespace], CaseService]
+_Conn = Callable[[argparse.Namespace], sqlite3.Connection]
 
 
 def list_users(conn: sqlite3.Connection, hall: str | None = None) -> list[User]:
@@ -56,27 +60,21 @@ def _read_password() -> str:
     return pw
 
 
-def _user_add(args: argparse.Namespace) -> int:
-    from collector.manager.cli import _service
-
+def _user_add(service: _Service, args: argparse.Namespace) -> int:
     pw = _read_password()
-    u = _service(args).add_user("admin", args.username, args.role, args.hall, pw, args.staff_id)
+    u = service(args).add_user("admin", args.username, args.role, args.hall, pw, args.staff_id)
     print(f"user {u.username} added ({u.role}, hall {u.hall})")
     return 0
 
 
-def _user_list(args: argparse.Namespace) -> int:
-    from collector.manager.cli import _conn
-
-    for u in list_users(_conn(args), args.hall):
+def _user_list(conn: _Conn, args: argparse.Namespace) -> int:
+    for u in list_users(conn(args), args.hall):
         print(f"{u.username}\t{u.role}\t{u.hall}\t{u.staff_id or ''}")
     return 0
 
 
-def _user_passwd(args: argparse.Namespace) -> int:
-    from collector.manager.cli import _service
-
-    svc = _service(args)
+def _user_passwd(service: _Service, args: argparse.Namespace) -> int:
+    svc = service(args)
     svc.user(args.username)  # say "no user" before asking for a password
     set_password(svc, "admin", args.username, _read_password())
     print(f"password of {args.username} changed")
@@ -84,8 +82,10 @@ def _user_passwd(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None],
-                wrap: Callable[[object], object]) -> None:
-    """`evalterm user add|list|passwd` (registered by collector/manager/cli.py)."""
+                wrap: Callable[[object], object], service: _Service, conn: _Conn) -> None:
+    """`evalterm user add|list|passwd`, registered by collector/manager/cli.py, which hands in
+    how it opens the state database (`conn`) and the CaseService (`service`) from the
+    arguments: this module does not import the CLI back."""
     g = sub.add_parser("user", help="accounts of the web UI").add_subparsers(
         dest="user_cmd", required=True)
     a = g.add_parser("add", help="add an account (password from the terminal or stdin)")
@@ -96,12 +96,12 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None],
     a.add_argument("--hall", required=True)
     a.add_argument("--staff-id", help="the user's own staff id, if they serve at a window too: "
                    "they never decide an appeal about themselves")
-    a.set_defaults(func=wrap(_user_add), days=5, holidays=None)
+    a.set_defaults(func=wrap(partial(_user_add, service)), days=5, holidays=None)
     lst = g.add_parser("list", help="list the accounts")
     common(lst)
     lst.add_argument("--hall")
-    lst.set_defaults(func=wrap(_user_list))
+    lst.set_defaults(func=wrap(partial(_user_list, conn)))
     p = g.add_parser("passwd", help="set a new password (from the terminal or stdin)")
     common(p)
     p.add_argument("username")
-    p.set_defaults(func=wrap(_user_passwd), days=5, holidays=None)
+    p.set_defaults(func=wrap(partial(_user_passwd, service)), days=5, holidays=None)
