@@ -404,7 +404,10 @@ def test_update_while_ratings_wait_in_the_outbox_loses_none(
                     time.sleep(0.6)
                 threading.Timer(4, mq.start).start()
 
-        rollout, lines = _rollout(cfg, image, out=at_ready)
+        # The broker is down a while: the keypad's reconnect back-off grows to 60 s
+        # (etfw/link.py, _BACKOFF_MAX_MS), so "no progress" must allow more than that (the
+        # CLI's default is 600 s); 60 s failed once on a loaded machine.
+        rollout, lines = _rollout(cfg, image, out=at_ready, timeout_s=150)
         assert not rollout.failed, lines
         resets = [s for s in b.lines if s.startswith("RESET")]
         assert resets and int(resets[0].split()[2]) >= 1, resets  # records waited on flash
