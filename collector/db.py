@@ -7,18 +7,32 @@ and only then are those messages acknowledged to the broker.
 
 The schema has a version (meta 'schema_version'): `connect` upgrades an older database in place
 (`_MIGRATIONS`) and refuses a newer one; `connect_reader` (the drainer) accepts only the current.
+
+The same database can live in PostgreSQL instead ([state] url, docs/storage.md): `connect` and
+`connect_reader` take a file path or a postgresql:// URL and give a connection with the same API
+either way (collector/pgstate.py), so every statement has one text for both.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import secrets
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
+
+from collector.pgstate import PgConnection, ddl_statements, is_url, open_pg, redacted_url
 
 __all__ = ["SCHEMA_VERSION", "connect", "connect_drained", "connect_reader", "drained_path",
-           "drained_up_to", "state_instance", "transaction"]
+           "drained_up_to", "is_postgres", "outbox_high_water", "state_instance", "transaction",
+           "try_lock_partition"]
+
+# What `connect` takes: an SQLite file path (or ":memory:"), or a postgresql:// URL.
+StateTarget = str | Path
 
 _LOG = logging.getLogger(__name__)
 
@@ -237,36 +251,54 @@ def _open(path: str | Path, check_same_thread: bool) -> sqlite3.Connection:
     return conn
 
 
-def connect(path: str | Path, *, check_same_thread: bool = True,
+def is_postgres(conn: sqlite3.Connection) -> bool:
+    return isinstance(conn, PgConnection)
+
+
+def _open_pg(url: str) -> sqlite3.Connection:
+    # A PgConnection implements the part of sqlite3.Connection the collector uses
+    # (collector/pgstate.py); the callers keep their sqlite3.Connection annotations.
+    return cast(sqlite3.Connection, open_pg(url))
+
+
+def connect(path: StateTarget, *, check_same_thread: bool = True,
             max_mb: int = 0) -> sqlite3.Connection:
-    """Open (creating if needed) the state database in WAL mode with the current schema.
+    """Open (creating if needed) the state database with the current schema: an SQLite file in
+    WAL mode, or (`path` a postgresql:// URL) a PostgreSQL database.
 
     Transactions are explicit (`isolation_level=None`; callers use `BEGIN IMMEDIATE`), and
     `synchronous=FULL` so a committed transaction survives a power cut, not just a process kill.
+    On PostgreSQL `max_mb` is not applied (a quota there is the database administrator's).
     """
-    conn = _open(path, check_same_thread)
-    conn.execute("PRAGMA foreign_keys=ON")
+    if is_url(path):
+        conn = _open_pg(str(path))
+        where = redacted_url(str(path))
+    else:
+        conn = _open(path, check_same_thread)
+        conn.execute("PRAGMA foreign_keys=ON")
+        where = str(path)
     found = _schema_version(conn)
     if found is not None and found > SCHEMA_VERSION:
         conn.close()
-        raise RuntimeError(f"state database {path} has schema {found}, newer than this collector's "
+        raise RuntimeError(f"state database {where} has schema {found}, newer than this collector's "
                            f"{SCHEMA_VERSION}: run the version that wrote it, or restore a backup")
     if found is None:  # a new database: version 1, then the same upgrades as an old one
-        conn.executescript(_SCHEMA)
-        conn.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1'), "
-            "('instance', lower(hex(randomblob(16)))), ('registry_version', '0')")
+        try:
+            _create(conn)
+        except BaseException:
+            conn.close()
+            raise
     if (found or 1) < SCHEMA_VERSION:
         try:
-            _migrate(conn, path, announce=found is not None)
+            _migrate(conn, where, announce=found is not None)
         except BaseException:
             conn.close()
             raise
     row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     if int(row[0]) != SCHEMA_VERSION:
         conn.close()
-        raise RuntimeError(f"state database {path} has schema {row[0]}, expected {SCHEMA_VERSION}")
-    if max_mb > 0:
+        raise RuntimeError(f"state database {where} has schema {row[0]}, expected {SCHEMA_VERSION}")
+    if max_mb > 0 and not is_postgres(conn):
         # A bound on the file, so that a long InfluxDB outage fills neither the disk nor this
         # database: past it, writes fail with SQLITE_FULL and the collector stops acknowledging
         # (the broker keeps the messages) until the outbox drains.
@@ -275,10 +307,46 @@ def connect(path: str | Path, *, check_same_thread: bool = True,
     return conn
 
 
+def _create(conn: sqlite3.Connection) -> None:
+    """Schema version 1 in a new database, in one transaction (two processes starting on one new
+    PostgreSQL database: the second waits, then finds it made)."""
+    with transaction(conn):
+        if _schema_version(conn) is not None:
+            return
+        for sql in _schema_statements(conn, _SCHEMA):
+            conn.execute(sql)
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', '1'), ('instance', ?), "
+            "('registry_version', '0') ON CONFLICT DO NOTHING", (secrets.token_hex(16),))
+
+
+def _schema_statements(conn: sqlite3.Connection, script: str) -> list[str]:
+    """The statements of a schema script in the connection's dialect (collector/pgstate.py)."""
+    if is_postgres(conn):
+        return ddl_statements(script)
+    return _split_sqlite(script)
+
+
+def _split_sqlite(script: str) -> list[str]:
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip() and not all(ln.strip().startswith("--") for ln in buf.strip().splitlines()):
+        out.append(buf.strip())  # one statement without its ';' (a _MIGRATIONS entry)
+    return out
+
+
 def _schema_version(conn: sqlite3.Connection) -> int | None:
     """The database's schema version; None for a new (empty) database."""
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
-                    ).fetchone() is None:
+    if is_postgres(conn):
+        exists = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]
+    else:
+        exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+                              ).fetchone() is not None
+    if not exists:
         return None
     row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     return None if row is None else int(row[0])
@@ -293,21 +361,29 @@ def _migrate(conn: sqlite3.Connection, path: str | Path, announce: bool) -> None
         assert found is not None
         if found < SCHEMA_VERSION:
             for statements in _MIGRATIONS[found - 1:]:
-                for sql in statements:
-                    conn.execute(sql)
+                for step in statements:
+                    for sql in _schema_statements(conn, step):
+                        conn.execute(sql)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                          (str(SCHEMA_VERSION),))
     if found < SCHEMA_VERSION and announce:
         _LOG.info("state database %s migrated from schema %d to %d", path, found, SCHEMA_VERSION)
 
 
-def connect_reader(path: str | Path) -> sqlite3.Connection:
+def connect_reader(path: StateTarget) -> sqlite3.Connection:
     """Open an existing state database for reading only (the drainer): no schema statements, so
     opening it never waits for the ingest worker's write lock. Only the current schema is
     accepted: the collector upgrades an older database (`connect`) before it starts the drainer."""
+    if is_url(path):
+        reader = cast(sqlite3.Connection, open_pg(str(path), read_only=True))
+        return _current_only(reader, redacted_url(str(path)))
     conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, isolation_level=None,
                            # the drainer reads ahead in a thread
                            timeout=30.0, check_same_thread=False)
+    return _current_only(conn, str(path))
+
+
+def _current_only(conn: sqlite3.Connection, path: str) -> sqlite3.Connection:
     row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     if row is None or int(row[0]) != SCHEMA_VERSION:
         conn.close()
@@ -341,10 +417,70 @@ def drained_up_to(state: sqlite3.Connection, drained: sqlite3.Connection) -> int
         return 0
     instance, up_to = row
     mine = state.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
-    seq = state.execute("SELECT seq FROM sqlite_sequence WHERE name = 'influx_outbox'").fetchone()
-    if mine is None or mine[0] != instance or up_to > (seq[0] if seq else 0):
+    if mine is None or mine[0] != instance or up_to > outbox_high_water(state):
         return 0
     return int(up_to)
+
+
+def outbox_high_water(state: sqlite3.Connection) -> int:
+    """The highest influx_outbox id ever handed out (deleted rows included; 0: none)."""
+    if is_postgres(state):
+        row = state.execute("SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence("
+                            "'influx_outbox', 'id')), 0)").fetchone()
+    else:
+        row = state.execute("SELECT seq FROM sqlite_sequence WHERE name = 'influx_outbox'"
+                            ).fetchone()
+    return int(row[0]) if row else 0
+
+
+# Partition locks: PostgreSQL advisory locks in their two-key form (classid, objid), this class
+# id, so they never meet the single-key WRITE_LOCK_KEY of collector/pgstate.py.
+_PARTITION_LOCK_CLASS = 0x65767074  # "evpt"
+# The SQLite partition locks' open files, by connection: held while the connection lives.
+_SQLITE_LOCKS: dict[int, dict[int, int]] = {}
+
+
+def partition_lock_path(state_db: str | Path, k: int) -> Path:
+    """The file an SQLite state database's partition `k` is locked on (beside the database)."""
+    return Path(state_db).with_name(f"{Path(state_db).name}.partition-{k}.lock")
+
+
+def try_lock_partition(conn: sqlite3.Connection, k: int) -> bool:
+    """Take the ownership lock of partition `k` for the process holding `conn`, without waiting:
+    True if it is now held (or was already held through this connection), False if another
+    connection holds it.
+
+    PostgreSQL: a session-level `pg_try_advisory_lock`, held until the connection ends (closed,
+    or dropped by the server: a crashed owner's lock is freed when PostgreSQL notices the dead
+    connection) and shared by no other session. SQLite: an exclusive `flock` on
+    `partition_lock_path` (beside the database file), held while `conn` is open in this process
+    (the kernel frees it when the process dies); a second connection, of this process or another,
+    is refused. `:memory:` databases have no file: always True."""
+    if is_postgres(conn):
+        row = conn.execute("SELECT pg_try_advisory_lock(?, ?)",
+                           (_PARTITION_LOCK_CLASS, int(k))).fetchone()
+        return bool(row[0])
+    db_file = conn.execute("PRAGMA database_list").fetchone()[2]
+    if not db_file:
+        return True
+    held = _SQLITE_LOCKS.setdefault(id(conn), {})
+    if k in held:
+        return True
+    fd = os.open(partition_lock_path(db_file, k), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    held[k] = fd
+    return True
+
+
+def release_partition_locks(conn: sqlite3.Connection) -> None:
+    """Close an SQLite connection's partition lock files (call before closing `conn`; a
+    PostgreSQL connection's locks end with it)."""
+    for fd in _SQLITE_LOCKS.pop(id(conn), {}).values():
+        os.close(fd)
 
 
 def state_instance(state: sqlite3.Connection) -> str:

@@ -223,7 +223,7 @@ class Ingest:
     def _device_message(self, item: Inbound) -> Outcome:
         topic, msg = open_device_message(self.prefix, item.topic, item.payload, self.registry.get)
         cur = self._db.execute(
-            "INSERT OR IGNORE INTO seen_msg (device, boot, seq) VALUES (?, ?, ?)",
+            "INSERT INTO seen_msg (device, boot, seq) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
             (msg["dev"], msg["boot"], msg["seq"]),
         )
         kept = topic.kind == "rating" or (topic.kind == "event" and msg["type"] != "heartbeat")
@@ -306,7 +306,7 @@ class Ingest:
     def _feed_message(self, hall: str, item: Inbound) -> Outcome:
         msg = decode_feed_message(item.payload)
         cur = self._db.execute(
-            "INSERT OR IGNORE INTO seen_feed (hall, id) VALUES (?, ?)", (hall, msg["id"])
+            "INSERT INTO seen_feed (hall, id) VALUES (?, ?) ON CONFLICT DO NOTHING", (hall, msg["id"])
         )
         if cur.rowcount == 0:
             return Outcome("duplicate")

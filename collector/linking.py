@@ -330,7 +330,8 @@ class Linker:
     def window_event(self, e: WindowEvent) -> list[Decision]:
         db = self._db
         db.execute(
-            "INSERT OR IGNORE INTO window_state (hall, window, updated_ms) VALUES (?, ?, ?)",
+            "INSERT INTO window_state (hall, window, updated_ms) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             (e.hall, e.window, e.ts_ms),
         )
         if e.kind == "staff_signon":

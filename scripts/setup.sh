@@ -24,6 +24,9 @@ command -v pdftotext >/dev/null 2>&1 || need_pkgs+=(poppler-utils)
 # The web UI's end-to-end tests (tests/test_web_ui_browser.py): Debian's headless Chromium, driven
 # by Playwright (pip); Playwright never downloads a browser of its own here.
 command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
+# PostgreSQL 15 server binaries (initdb, pg_ctl, pg_basebackup): the tests start private clusters
+# of the state database (tests/helpers.py PostgresServer), never the system service.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_pkgs+=(postgresql)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_pkgs[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

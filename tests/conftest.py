@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Publisher
+from helpers import PgPair, PostgresServer, Publisher
 
 from collector.config import Config, load_config
 from collector.sim.servers import InfluxServer, MosquittoServer
@@ -33,6 +33,39 @@ def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
     server = InfluxServer(tmp_path_factory.mktemp("influxd")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server for the whole session; each test takes a database of its own
+    (`state_target`, `pg_database`)."""
+    server = PostgresServer("pg").init().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg_database(pg_server: PostgresServer) -> str:
+    """The URL of a new, empty PostgreSQL database."""
+    return pg_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's state database is, once per backend: a file path, or a postgresql:// URL of
+    a new database (collector.db.connect takes either)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db")
+    server: PostgresServer = request.getfixturevalue("pg_server")
+    return server.create_database()
+
+
+@pytest.fixture
+def pg_pair() -> Iterator[PgPair]:
+    """A primary with a synchronous standby, for this test alone (it may promote the standby)."""
+    pair = PgPair()
+    yield pair
+    pair.destroy()
 
 
 @pytest.fixture

@@ -148,7 +148,11 @@ def _store_flags(conn: sqlite3.Connection, verdicts: list[Verdict], days: list[s
     for v, day in zip(verdicts, days, strict=True):
         key = (v.hall, v.window, v.staff or ALL_STAFF, v.period, day)
         if v.flagged:
-            conn.execute("INSERT OR REPLACE INTO integrity_flag VALUES (?,?,?,?,?,?,?,?,?,?)",
+            conn.execute("INSERT INTO integrity_flag VALUES (?,?,?,?,?,?,?,?,?,?) "
+                         "ON CONFLICT (hall, window, staff, period, day) DO UPDATE SET "
+                         "severity = excluded.severity, reasons_zh = excluded.reasons_zh, "
+                         "reasons_en = excluded.reasons_en, strong = excluded.strong, "
+                         "computed_ms = excluded.computed_ms",
                          (*key, v.severity, "；".join(v.reasons_zh), "; ".join(v.reasons_en),
                           ",".join(v.strong), now_ms))
         else:

@@ -180,9 +180,10 @@ class CaseService:
                 due = self.rule.due(h, self._local_date(at))
                 cur = c.execute(
                     "INSERT INTO mgr_case (hall, txn, window, staff_id, service_code, level, "
-                    "reason, rating_id, opened_ms, due, state) VALUES (?,?,?,?,?,?,?,?,?,?,'open')",
+                    "reason, rating_id, opened_ms, due, state) VALUES (?,?,?,?,?,?,?,?,?,?,'open') "
+                    "RETURNING case_id",  # not lastrowid: PostgreSQL has none
                     (h, txn, window, staff, svc, level, reason, rid, at, due.isoformat()))
-                cid = int(cur.lastrowid or 0)
+                cid = int(cur.fetchall()[0][0])
                 audit.append(c, self.clock_ms(), "system", "case.open", f"case:{cid}",
                              {"hall": h, "txn": txn, "level": level, "reason": reason,
                               "due": due.isoformat()})
@@ -258,9 +259,9 @@ class CaseService:
         now = self.clock_ms()
         with self._tx() as c:
             cur = c.execute("INSERT INTO mgr_appeal (case_id, filed_by, grounds, filed_ms, state) "
-                            "VALUES (?,?,?,?,'pending')",
+                            "VALUES (?,?,?,?,'pending') RETURNING appeal_id",
                             (case_id, username, _text(grounds, "grounds"), now))
-            aid = int(cur.lastrowid or 0)
+            aid = int(cur.fetchall()[0][0])
             audit.append(c, now, username, "appeal.file", f"case:{case_id}",
                          {"appeal": aid, "grounds": grounds})
         return aid

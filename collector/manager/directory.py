@@ -25,6 +25,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "staff": ("staff_id", "name", "badge", "department", "hall", "windows"),
 }
 _TABLE = {"service": "dir_service", "window": "dir_window", "staff": "dir_staff"}
+_KEY = {"service": ("code",), "window": ("hall", "window"), "staff": ("staff_id",)}
 
 
 def import_csv(conn: sqlite3.Connection, kind: str, path: str | Path) -> int:
@@ -46,8 +47,11 @@ def import_csv(conn: sqlite3.Connection, kind: str, path: str | Path) -> int:
             rows.append(vals)
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.executemany(f"INSERT OR REPLACE INTO {_TABLE[kind]} ({','.join(cols)}) "  # noqa: S608
-                         f"VALUES ({','.join('?' * len(cols))})", rows)
+        # every column is given: updating the others on conflict replaces the row
+        update = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in _KEY[kind])
+        conn.executemany(f"INSERT INTO {_TABLE[kind]} ({','.join(cols)}) "  # noqa: S608
+                         f"VALUES ({','.join('?' * len(cols))}) "
+                         f"ON CONFLICT ({','.join(_KEY[kind])}) DO UPDATE SET {update}", rows)
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -76,10 +80,10 @@ def learn_from_txn(conn: sqlite3.Connection, after_rowid: int = 0) -> int:
     if outside:
         conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.executemany("INSERT OR IGNORE INTO dir_staff (staff_id, name, badge, hall, windows) "
-                         "VALUES (?,?,?,?,?)", staff)
-        conn.executemany("INSERT OR IGNORE INTO dir_service (code, name) VALUES (?,?)",
-                         services)
+        conn.executemany("INSERT INTO dir_staff (staff_id, name, badge, hall, windows) "
+                         "VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING", staff)
+        conn.executemany("INSERT INTO dir_service (code, name) VALUES (?,?) "
+                         "ON CONFLICT DO NOTHING", services)
     except BaseException:
         if outside and conn.in_transaction:
             conn.execute("ROLLBACK")

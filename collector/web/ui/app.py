@@ -92,8 +92,8 @@ class _Refused(Exception):
 def _session_key(open_db: Callable[[], sqlite3.Connection]) -> str:
     conn = open_db()
     try:
-        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('ui_session_key', "
-                     "lower(hex(randomblob(32))))")
+        conn.execute("INSERT INTO meta (key, value) VALUES ('ui_session_key', ?) "
+                     "ON CONFLICT DO NOTHING", (secrets.token_hex(32),))
         return str(conn.execute("SELECT value FROM meta WHERE key='ui_session_key'").fetchone()[0])
     finally:
         conn.close()
