@@ -183,6 +183,9 @@ def backup(cfg: Config, folder: Path, *, influx: bool = True, dated: bool = Fals
     """Back up the state database and (1.x) InfluxDB into `folder` (new or empty; `dated`: a new
     folder `YYYYmmddTHHMMSSZ` under it, written as `.partial-...` and renamed when complete;
     `keep`: then delete all but the newest `keep` dated backups there)."""
+    if cfg.state.url:
+        raise UsageError("the state database is in PostgreSQL ([state] url): back it up with "
+                         "pg_dump or the server's own backups (docs/storage.md)")
     state = cfg.state_db
     if not state.is_file():
         raise UsageError(f"no state database at {state}: check [collector] data_dir (-c "
@@ -325,6 +328,9 @@ def restore(cfg: Config, folder: Path, *, influx: bool = True, state: bool = Tru
             raise ServiceUnavailable(f"{exc} (or pass --no-influx)") from None
         _check_rpc(cfg)
     target = cfg.state_db
+    if state and cfg.state.url:
+        raise UsageError("the state database is in PostgreSQL ([state] url): restore it with "
+                         "pg_restore (docs/storage.md), and pass --no-state here")
     if state:
         if db_in_use(target) and not live:
             raise UsageError(f"{target} is open by a running process (the collector or its "

@@ -34,6 +34,7 @@ __all__ = [
     "ManagerConfig",
     "MqttConfig",
     "Option",
+    "StateConfig",
     "check_data_dir",
     "config_warnings",
     "feed_tokens",
@@ -328,6 +329,17 @@ class ManagerConfig:
              "once the month has ended in the hall's time ([detection] utc_offset); empty: off.")
 
 
+@dataclass(frozen=True)
+class StateConfig:
+    """The [state] section: where the state database is (docs/storage.md)."""
+
+    url: str = _opt("",
+        help="Empty: the embedded SQLite database in [collector] data_dir (state.db). Else a "
+             "PostgreSQL URL, e.g. postgresql://evalterm@db1:5432,db2:5432/evalterm?"
+             "target_session_attrs=read-write (several hosts: the writable one is used). No "
+             "password in it: libpq takes it from PGPASSWORD or the PGPASSFILE file.")
+
+
 # The sections in file order: (name in the file and in `cfg.<name>`, dataclass).
 SECTIONS: tuple[tuple[str, type], ...] = (
     ("collector", CollectorConfig),
@@ -337,6 +349,7 @@ SECTIONS: tuple[tuple[str, type], ...] = (
     ("http", HttpConfig),
     ("detection", DetectionConfig),
     ("manager", ManagerConfig),
+    ("state", StateConfig),
 )
 
 
@@ -369,6 +382,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     manager: ManagerConfig = field(default_factory=ManagerConfig)
+    state: StateConfig = field(default_factory=StateConfig)
     source: str = "defaults"
 
     @property
@@ -415,7 +429,14 @@ class Config:
 
     @property
     def state_db(self) -> Path:
+        """The SQLite state database's file (with [state] url set: its drainer's drained.db and
+        the partition lock files still live beside it)."""
         return Path(self.collector.data_dir) / "state.db"
+
+    @property
+    def state_target(self) -> str | Path:
+        """What collector.db.connect opens: [state] url, or else the SQLite file."""
+        return self.state.url or self.state_db
 
     @property
     def unrated_default(self) -> int | None:
@@ -493,6 +514,7 @@ def _build(file_values: Mapping[str, Any], env: Mapping[str, str], source: str) 
         except ConfigError as exc:
             problems.extend(exc.problems)
     problems += _bind_client_id(values)
+    problems += _check_state_url(values)
     kwargs: dict[str, Any] = {"source": source}
     for section, cls in SECTIONS:
         kwargs[section] = cls(**{k: v for (s, k), v in values.items() if s == section})
@@ -638,6 +660,19 @@ def _check_http(http: HttpConfig) -> list[str]:
         if value and not Path(value).is_file():
             out.append(f"[http] {key} = {value!r}: no such file")
     return out
+
+
+def _check_state_url(values: Mapping[tuple[str, str], Any]) -> list[str]:
+    url = str(values[("state", "url")])
+    if not url:
+        return []
+    if not url.startswith(("postgresql://", "postgres://")):
+        return ["[state] url: expected empty (SQLite) or a postgresql:// URL"]
+    if re.match(r"^[a-z]+://[^/@]*:[^/@]*@", url) or re.search(r"[?&]password=", url):
+        # never shown: the URL holds a password
+        return ["[state] url holds a password: remove it, and give it in PGPASSWORD or a "
+                "PGPASSFILE file (docs/config.md)"]
+    return []
 
 
 def config_warnings(cfg: Config) -> list[str]:

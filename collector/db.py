@@ -280,8 +280,9 @@ def connect(path: StateTarget, *, check_same_thread: bool = True,
     found = _schema_version(conn)
     if found is not None and found > SCHEMA_VERSION:
         conn.close()
-        raise RuntimeError(f"state database {where} has schema {found}, newer than this collector's "
-                           f"{SCHEMA_VERSION}: run the version that wrote it, or restore a backup")
+        raise RuntimeError(f"state database {where} has schema {found}, newer than this "
+                           f"collector's {SCHEMA_VERSION}: run the version that wrote it, or "
+                           "restore a backup")
     if found is None:  # a new database: version 1, then the same upgrades as an old one
         try:
             _create(conn)

@@ -57,7 +57,7 @@ def main() -> int:
             return apply_retention(cfg)
     writer = make_writer(cfg, setup)
     drainer = OutboxDrainer(
-        connect_reader(cfg.state_db), connect_drained(drained_path(cfg.state_db)), writer,
+        connect_reader(cfg.state_target), connect_drained(drained_path(cfg.state_db)), writer,
         batch_size=cfg.influx.batch_size,
         flush_interval_s=cfg.influx.flush_interval_ms / 1000, retry_max_s=cfg.influx.retry_max_s,
     )

@@ -306,7 +306,8 @@ class Ingest:
     def _feed_message(self, hall: str, item: Inbound) -> Outcome:
         msg = decode_feed_message(item.payload)
         cur = self._db.execute(
-            "INSERT INTO seen_feed (hall, id) VALUES (?, ?) ON CONFLICT DO NOTHING", (hall, msg["id"])
+            "INSERT INTO seen_feed (hall, id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (hall, msg["id"]),
         )
         if cur.rowcount == 0:
             return Outcome("duplicate")

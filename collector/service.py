@@ -46,6 +46,7 @@ from collector.ingest import Inbound, Ingest, Outcome
 from collector.manager.run import ManagerRun
 from collector.metrics import Metrics
 from collector.mqttclient import BufferedClient
+from collector.pgstate import redacted_url
 from collector.protocol import feed_topic
 from collector.web.app import COMMIT_TIMEOUT_S, build_app
 from collector.web.server import WebServer
@@ -94,7 +95,8 @@ class Collector:
         self.cfg = cfg
         self.clock = clock
         self.metrics = Metrics()
-        self._db = connect(cfg.state_db, check_same_thread=False, max_mb=cfg.collector.max_db_mb)
+        self._db = connect(cfg.state_target, check_same_thread=False,
+                           max_mb=cfg.collector.max_db_mb)
         self.ingest = Ingest(self._db, cfg, self.metrics)
         self._queue: queue.Queue[Inbound | None] = queue.Queue()
         # MQTT messages received but not yet committed and acknowledged, at most two batches:
@@ -103,7 +105,7 @@ class Collector:
         # takes the interpreter from the ingest worker at each SQLite statement.
         self._unacked = threading.BoundedSemaphore(2 * cfg.collector.batch_max)
         self._stop = threading.Event()
-        self._drainer = DrainerProcess(cfg, connect(cfg.state_db, check_same_thread=False))
+        self._drainer = DrainerProcess(cfg, connect(cfg.state_target, check_same_thread=False))
         self.metrics.registry.register(_DrainerMetrics(self._drainer))
         self.metrics.registry.register(PartsMetrics(self.parts))
         self._client = self._make_client()
@@ -202,7 +204,7 @@ class Collector:
         self._client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False,
                                    properties=props)
         self._client.loop_start()
-        _LOG.info("collector started (state %s)", self.cfg.state_db)
+        _LOG.info("collector started (state %s)", redacted_url(str(self.cfg.state_target)))
 
     def stop(self) -> None:
         # The HTTP server first: requests in progress still get their commit from the worker.
@@ -282,7 +284,7 @@ class Collector:
         in a thread and on a connection of its own, like the detector. (ManagerRun is imported
         at the top: imported here, it would race the detector thread's import of
         collector.detection, which it also needs, and one could see it half-initialised.)"""
-        conn = connect(self.cfg.state_db, max_mb=self.cfg.collector.max_db_mb)
+        conn = connect(self.cfg.state_target, max_mb=self.cfg.collector.max_db_mb)
         try:
             try:
                 run = ManagerRun(self.cfg, conn, self.clock)

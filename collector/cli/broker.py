@@ -25,7 +25,7 @@ def cmd_broker_render(args: argparse.Namespace) -> int:
     from collector.cli.device import tool_runner
 
     runner = tool_runner(args)
-    devices = Registry(connect(cfg.state_db)).list()
+    devices = Registry(connect(cfg.state_target)).list()
     files = render_broker(runner, Path(args.out), cfg.mqtt.topic_prefix, devices,
                           cfg.mqtt.username, cfg.mqtt.password, file_group=args.file_group,
                           halls=args.hall or (), listeners=_listeners(args, Listeners))

@@ -27,5 +27,5 @@ def load(args: argparse.Namespace) -> Config:
 
 
 def open_registry(cfg: Config) -> tuple[Registry, sqlite3.Connection]:
-    conn = connect(cfg.state_db)
+    conn = connect(cfg.state_target)
     return Registry(conn), conn

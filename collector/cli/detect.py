@@ -35,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from collector.detection import run_detection
 
     cfg = _config(args)
-    conn = connect(cfg.state_db)
+    conn = connect(cfg.state_target)
     verdicts = run_detection(conn, cfg, _at_ms(args.at), write_points=not args.dry_run,
                              per_staff=not args.windows_only)
     lang = args.lang or cfg.detection.language

@@ -79,7 +79,7 @@ def _provisioner(args: argparse.Namespace) -> Any:
     from collector.registry import Registry
 
     cfg = load(args)
-    return Provisioner(Registry(connect(cfg.state_db)), MpRemote(tool_runner(args)),
+    return Provisioner(Registry(connect(cfg.state_target)), MpRemote(tool_runner(args)),
                        Path(args.firmware) if args.firmware else default_firmware_dir(),
                        cfg.state_db.parent / "provisioning", now_ms)
 
@@ -169,7 +169,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     from collector.ota.run import describe, plan_update, run_update
 
     cfg = load(args)
-    conn = connect(cfg.state_db)
+    conn = connect(cfg.state_target)
     try:
         plan = plan_update(conn, args.hall, args.window, Path(args.image))
         for line in describe(plan, conn):

@@ -123,7 +123,7 @@ def cmd_txn_import(args: argparse.Namespace) -> int:
               "imported. Correct them and import again, or add --partial to import the good "
               "rows only", file=sys.stderr)
         return 1
-    ingest = Ingest(connect(cfg.state_db), cfg)
+    ingest = Ingest(connect(cfg.state_target), cfg)
     topic = feed_topic(cfg.mqtt.topic_prefix, args.hall)
     counts: dict[str, int] = {}
     errors = len(bad)

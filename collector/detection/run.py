@@ -102,7 +102,7 @@ def connect_detector(cfg: Config) -> sqlite3.Connection:
     """The detector's own connection to the state database, bounded by `[collector] max_db_mb`
     like the ingest worker's (SQLite applies `max_page_count` per connection: a connection
     opened without it could grow the file past the bound)."""
-    return connect(cfg.state_db, max_mb=cfg.collector.max_db_mb)
+    return connect(cfg.state_target, max_mb=cfg.collector.max_db_mb)
 
 
 def run_detection(conn: sqlite3.Connection, cfg: Config | DetectionSettings, now_ms: int, *,

@@ -29,6 +29,8 @@ def _conn(args: argparse.Namespace) -> sqlite3.Connection:
     from collector.db import connect
     from collector.manager import ManagerError
 
+    if not args.state_db and load(args).state.url:
+        return connect(load(args).state.url)
     path = Path(args.state_db) if args.state_db else load(args).state_db
     if not path.exists():
         raise ManagerError("not_found", f"no state database at {path}: give the collector's "

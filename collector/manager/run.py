@@ -74,7 +74,7 @@ def ui_mounts(cfg: Config) -> list[BaseRoute]:
 
     settings = UiSettings(rule=deadline_rule(cfg), tz=hall_tz(cfg),
                           https_only=bool(cfg.http.tls_certfile))
-    return [Mount("/ui", app=build_ui(cfg.state_db, settings))]
+    return [Mount("/ui", app=build_ui(cfg.state_target, settings))]
 
 
 def _local(ms: int, tz: timezone) -> date:

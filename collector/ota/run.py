@@ -77,7 +77,7 @@ def run_update(cfg: Config, plan: Plan, *, out: Callable[[str], None] = print,
                should_stop: Callable[[], bool] | None = None, user: str | None = None,
                password: str = "") -> Rollout:
     """Run the rollout to its end; returns it (its `failed` runs say what went wrong)."""
-    conn = connect(cfg.state_db)
+    conn = connect(cfg.state_target)
     try:
         server = OtaServer(cfg, plan.devices, plan.image, secrets.randbelow(0xFFFFFFFE) + 1,
                            lambda dev: outbox.next_cseq(conn, dev), now_ms, user, password)

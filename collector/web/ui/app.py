@@ -109,10 +109,10 @@ def build_ui(db: str | Path | Callable[[], sqlite3.Connection],
     else:
         from collector.db import connect
 
-        path = Path(db)
+        target: str | Path = db if str(db).startswith(("postgresql:", "postgres:")) else Path(db)
 
         def open_db() -> sqlite3.Connection:
-            return connect(path)
+            return connect(target)
 
     ui = _Ui(open_db, s)
     key = s.secret_key or _session_key(open_db)
