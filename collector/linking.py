@@ -389,7 +389,7 @@ class Linker:
         """When `tick` next has something to do (for the service's timer)."""
         row = self._db.execute(
             "SELECT min(x) FROM (SELECT min(hold_until_ms) AS x FROM rating WHERE state='held' "
-            "UNION ALL SELECT min(deadline_ms) FROM txn WHERE state='awaiting')"
+            "UNION ALL SELECT min(deadline_ms) FROM txn WHERE state='awaiting') AS due"
         ).fetchone()
         due: int | None = row[0]
         return due

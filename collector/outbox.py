@@ -77,7 +77,7 @@ def next_cseq(conn: sqlite3.Connection, device: str) -> int:
     # autocommit mode its write transaction (the database's write lock) stays open until then.
     rows = conn.execute(
         "INSERT INTO cmd_seq (device, cseq) VALUES (?, 1) "
-        "ON CONFLICT (device) DO UPDATE SET cseq = cseq + 1 RETURNING cseq",
+        "ON CONFLICT (device) DO UPDATE SET cseq = cmd_seq.cseq + 1 RETURNING cseq",
         (device,),
     ).fetchall()
     return int(rows[0][0])

@@ -25,8 +25,9 @@ MIN = 60_000
 
 
 @pytest.fixture
-def db() -> Iterator[sqlite3.Connection]:
-    conn = connect(":memory:")
+def db(state_target: str) -> Iterator[sqlite3.Connection]:
+    """The state database, on SQLite and on PostgreSQL (conftest.py state_target)."""
+    conn = connect(state_target)
     yield conn
     conn.close()
 
@@ -198,8 +199,8 @@ def test_window_context_is_recorded(db: sqlite3.Connection) -> None:
     assert m.signed_on is False and m.staff_id is None
 
 
-def test_state_survives_reopen(tmp_path: object) -> None:
-    path = f"{tmp_path}/state.db"
+def test_state_survives_reopen(state_target: str) -> None:
+    path = state_target
     conn = connect(path)
     lk = make_linker(conn)
     step(conn, lk.txn_completed, txn("T1"), T0)

@@ -32,7 +32,7 @@ class RecordingWriter:
         pass
 
 
-def _queue(state_db: Path, n: int, start: int = 0) -> None:
+def _queue(state_db: Path | str, n: int, start: int = 0) -> None:
     conn = connect(state_db)
     conn.executemany("INSERT INTO influx_outbox (line) VALUES (?)",
                      [(f"m v={i}i {i}",) for i in range(start, start + n)])
@@ -52,12 +52,18 @@ def _drainer(state_db: Path, writer: RecordingWriter, batch: int = 4) -> OutboxD
                          batch_size=batch)
 
 
-def test_points_leave_the_outbox_only_after_influxdb_confirmed(tmp_path: Path) -> None:
-    db = tmp_path / "state.db"
+def test_points_leave_the_outbox_only_after_influxdb_confirmed(tmp_path: Path,
+                                                              state_target: str) -> None:
+    db = state_target  # SQLite or PostgreSQL; drained.db stays an SQLite file of the drainer's
+    drained_db = tmp_path / "drained.db"
+
+    def _drainer(db: str, writer: RecordingWriter) -> OutboxDrainer:
+        return OutboxDrainer(connect_reader(db), connect_drained(drained_db), writer, batch_size=4)
+
     _queue(db, 10)
     writer = RecordingWriter()
     drainer = _drainer(db, writer)
-    state, drained = connect(db), connect_drained(drained_path(db))
+    state, drained = connect(db), connect_drained(drained_db)
     writer.fail = True
     with pytest.raises(WriteFailed):
         drainer.drain_once()

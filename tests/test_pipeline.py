@@ -1,8 +1,7 @@
-"""The ingest pipeline in process (SQLite on disk, no servers): batches, dead letters, outbox."""
+"""The ingest pipeline in process (SQLite on disk, or PostgreSQL; no other servers): batches, dead
+letters, outbox."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from helpers import T0, Dev, feed, feed_bytes, txn_msg
 
@@ -23,9 +22,9 @@ class BuggyLinker(Linker):
         return out
 
 
-def test_unexpected_error_dead_letters_only_that_message(tmp_path: Path) -> None:
+def test_unexpected_error_dead_letters_only_that_message(state_target: str) -> None:
     cfg = load_config(None, env={}).with_overrides(linking__grace_s=0)
-    conn = connect(tmp_path / "state.db")
+    conn = connect(state_target)
     ingest = Ingest(conn, cfg, linker=BuggyLinker(conn, rating_window_ms=600_000, grace_ms=0))
     conn.execute("BEGIN")
     key = ingest.registry.add("kp1", "h1", "w1", T0).key
@@ -51,11 +50,11 @@ def test_unexpected_error_dead_letters_only_that_message(tmp_path: Path) -> None
     conn.close()
 
 
-def test_queue_calls_and_the_hardwares_tamper_events_are_accepted_and_kept(tmp_path: Path) -> None:
+def test_queue_calls_and_the_hardwares_tamper_events_are_accepted_and_kept(state_target: str) -> None:
     from collector.detection.facts import load_hall_facts
 
     cfg = load_config(None, env={}).with_overrides(linking__grace_s=0)
-    conn = connect(tmp_path / "state.db")
+    conn = connect(state_target)
     ingest = Ingest(conn, cfg)
     conn.execute("BEGIN")
     key = ingest.registry.add("kp1", "h1", "w1", T0).key
