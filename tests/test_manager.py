@@ -79,9 +79,15 @@ def _bad_txn(conn: sqlite3.Connection, txn: str, staff: str, level: int, ms: int
                  "'attitude', 'linked', ?, ?, 'linked', ?)", (f"d:1:{txn}", level, ms, ms, txn))
 
 
+# The test opens the SQLite file itself (the CLI's --state-db, sqlite3 as an attacker would).
+_SQLITE_FILE = pytest.mark.parametrize("state_target", ["sqlite"], indirect=True)
+
+
 @pytest.fixture
-def svc(tmp_path: Path) -> CaseService:
-    conn = connect(tmp_path / "state.db")
+def svc(state_target: str) -> CaseService:
+    """On SQLite ({tmp_path}/state.db) and PostgreSQL; tests that open the file itself are
+    parametrized to SQLite alone."""
+    conn = connect(state_target)
     clock = Clock()
     s = CaseService(conn, DeadlineRule(default_days=3), clock)
     for name, role, staff in (("mgr", "manager", None), ("mgr2", "manager", "s7"),
@@ -147,6 +153,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           cwd=Path(__file__).parents[1], check=False)
 
 
+@_SQLITE_FILE
 def test_audit_verify_detects_edit_delete_truncation(svc: CaseService, tmp_path: Path) -> None:
     c1, _ = svc.open_cases()
     svc.verify("mgr", c1, "finding")
@@ -184,6 +191,7 @@ def test_audit_verify_detects_edit_delete_truncation(svc: CaseService, tmp_path:
     assert _cli("audit", "verify", "--state-db", db, "--head", head).returncode == 1
 
 
+@_SQLITE_FILE
 def test_directory_and_export(svc: CaseService, tmp_path: Path) -> None:
     import csv
     import json
@@ -227,6 +235,7 @@ def test_directory_and_export(svc: CaseService, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr
 
 
+@_SQLITE_FILE
 def test_report_month_pdf_and_xlsx(svc: CaseService, tmp_path: Path) -> None:
     import shutil
 
@@ -316,6 +325,7 @@ def _rewrite_chain_from(db: str, seq: int, actor: str) -> None:
     raw.close()
 
 
+@_SQLITE_FILE
 def test_anchors_catch_a_chain_rewritten_with_new_hashes(svc: CaseService, tmp_path: Path) -> None:
     c1, _ = svc.open_cases()
     anchors = [(*audit.head(svc.conn), 1000)]

@@ -50,7 +50,8 @@ def test_unexpected_error_dead_letters_only_that_message(state_target: str) -> N
     conn.close()
 
 
-def test_queue_calls_and_the_hardwares_tamper_events_are_accepted_and_kept(state_target: str) -> None:
+def test_queue_calls_and_the_hardwares_tamper_events_are_accepted_and_kept(
+        state_target: str) -> None:
     from collector.detection.facts import load_hall_facts
 
     cfg = load_config(None, env={}).with_overrides(linking__grace_s=0)

@@ -168,7 +168,7 @@ class CaseService:
                "LEFT JOIN rating r ON r.rating_id = t.rating_id "
                "LEFT JOIN mgr_case m ON m.hall = t.hall AND m.txn = t.txn "
                "WHERE t.state = 'rated' AND t.level <= 2 AND m.case_id IS NULL "
-               "AND (? IS NULL OR t.hall = ?) ORDER BY t.completed_ms")
+               "AND (CAST(? AS TEXT) IS NULL OR t.hall = ?) ORDER BY t.completed_ms")
         # Read first without the write lock (the service calls this every minute; the ingest
         # worker needs the lock), then again under it when there is something to open.
         if not self.conn.execute(sql + " LIMIT 1", (hall, hall)).fetchone():

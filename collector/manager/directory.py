@@ -15,6 +15,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from collector.db import is_postgres
 from collector.manager import ManagerError
 
 __all__ = ["COLUMNS", "Names", "import_csv", "learn_from_txn", "lookup"]
@@ -65,15 +66,22 @@ def learn_from_txn(conn: sqlite3.Connection, after_rowid: int = 0) -> int:
     overwritten. Reads first and writes only the missing names (the scan holds no write lock).
     Returns the highest txn rowid looked at: pass it next time to read only the new ones.
     Call outside a transaction, or inside one (then nothing else may write meanwhile)."""
-    top = conn.execute("SELECT coalesce(max(rowid), 0) FROM txn").fetchone()[0]
+    if is_postgres(conn):
+        # No rowid there: every call reads all transactions (the NOT IN filters keep it
+        # correct; a cursor column would take a schema step). Always returns 0.
+        top, rows, span = 0, "", ()
+    else:
+        top = conn.execute("SELECT coalesce(max(rowid), 0) FROM txn").fetchone()[0]
+        rows, span = "rowid > ? AND rowid <= ? AND ", (after_rowid, top)
+    # min(): one row per id in both dialects (SQLite would take any row's bare columns)
     staff = conn.execute(
-        "SELECT staff_id, staff_name, staff_badge, hall, window FROM txn WHERE rowid > ? AND "
-        "rowid <= ? AND staff_name IS NOT NULL AND staff_name != '' AND staff_id NOT IN "
-        "(SELECT staff_id FROM dir_staff) GROUP BY staff_id", (after_rowid, top)).fetchall()
+        "SELECT staff_id, min(staff_name), min(staff_badge), min(hall), min(window) FROM txn "  # noqa: S608
+        f"WHERE {rows}staff_name IS NOT NULL AND staff_name != '' AND staff_id NOT IN "
+        "(SELECT staff_id FROM dir_staff) GROUP BY staff_id", span).fetchall()
     services = conn.execute(
-        "SELECT service_code, service_name FROM txn WHERE rowid > ? AND rowid <= ? AND "
+        f"SELECT service_code, min(service_name) FROM txn WHERE {rows}"  # noqa: S608
         "service_name IS NOT NULL AND service_name != '' AND service_code NOT IN (SELECT code "
-        "FROM dir_service) GROUP BY service_code", (after_rowid, top)).fetchall()
+        "FROM dir_service) GROUP BY service_code", span).fetchall()
     if not staff and not services:
         return int(top)
     outside = not conn.in_transaction

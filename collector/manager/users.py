@@ -29,7 +29,8 @@ _Conn = Callable[[argparse.Namespace], sqlite3.Connection]
 
 def list_users(conn: sqlite3.Connection, hall: str | None = None) -> list[User]:
     rows = conn.execute("SELECT username, role, hall, staff_id FROM mgr_user "
-                        "WHERE ? IS NULL OR hall = ? ORDER BY hall, username", (hall, hall))
+                        "WHERE CAST(? AS TEXT) IS NULL OR hall = ? ORDER BY hall, username",
+                        (hall, hall))
     return [User(*r) for r in rows]
 
 
