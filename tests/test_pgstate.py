@@ -1,0 +1,261 @@
+"""The state database on PostgreSQL (collector/pgstate.py, collector/db.py): statement
+translation, the schema and its upgrade, bytes, lost connections, the partition locks, and a
+primary with a synchronous standby that is promoted (real PostgreSQL 15 servers: helpers.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+from helpers import T0, PgPair, PostgresServer, wait_for
+
+from collector.config import ConfigError, load_config
+from collector.db import (
+    _MIGRATIONS,
+    _SCHEMA,
+    SCHEMA_VERSION,
+    connect,
+    connect_reader,
+    partition_lock_path,
+    release_partition_locks,
+    transaction,
+    try_lock_partition,
+)
+from collector.errors import ServiceUnavailable
+from collector.pgstate import StateUnavailable, ddl_statements, open_pg, translate
+
+
+def test_translate_placeholders_percent_and_the_reserved_window() -> None:
+    assert translate("SELECT a FROM t WHERE b = ? AND window = ?") == (
+        'SELECT a FROM t WHERE b = %s AND "window" = %s')
+    # quoted text keeps its ? and its words; every % is doubled (psycopg reads them all)
+    assert translate("SELECT '?', 'window', x % 2, '5%' FROM t WHERE w.window=?") == (
+        "SELECT '?', 'window', x %% 2, '5%%' FROM t WHERE w.\"window\"=%s")
+    assert translate('SELECT "window", window_state.hall FROM dir_window, window_state') == (
+        'SELECT "window", window_state.hall FROM dir_window, window_state')
+
+
+def test_ddl_of_the_schema_and_an_unknown_trigger() -> None:
+    ddl = ddl_statements(_SCHEMA)
+    text = "\n".join(ddl)
+    assert "AUTOINCREMENT" not in text and "BLOB" not in text and "WITHOUT ROWID" not in text
+    assert "INTEGER" not in text.replace("AS INTEGER", "")
+    assert sum(s.startswith("CREATE TRIGGER device_") for s in ddl) == 3
+    assert "payload BYTEA NOT NULL" in text
+    with pytest.raises(RuntimeError, match="no PostgreSQL form of trigger t_new"):
+        ddl_statements("CREATE TRIGGER t_new AFTER INSERT ON device BEGIN SELECT 1; END")
+
+
+def test_schema_bytes_and_wide_integers_round_trip(pg_database: str) -> None:
+    conn = connect(pg_database)
+    payload = bytes(range(256))
+    with transaction(conn):
+        conn.execute("INSERT INTO cmd_outbox (topic, payload, expires_ms) VALUES (?, ?, ?)",
+                     ("t/a", payload, 2**53))
+    assert conn.execute("SELECT payload, expires_ms FROM cmd_outbox").fetchall() == [
+        (payload, 2**53)]
+    # sum() of a bigint column is numeric in PostgreSQL: read back as int, like SQLite's
+    row = conn.execute("SELECT sum(expires_ms), avg(expires_ms) / 2 FROM cmd_outbox").fetchone()
+    assert row == (2**53, 2**52) and type(row[0]) is int
+    # the registry triggers bump registry_version, the audit log is append-only
+    before = conn.execute("SELECT value FROM meta WHERE key='registry_version'").fetchone()[0]
+    conn.execute("INSERT INTO device (device, hall, window, key_hex, state, created_ms) "
+                 "VALUES ('d', 'h', 'w', '00', 'active', 1)")
+    conn.execute("DELETE FROM device")
+    assert int(conn.execute("SELECT value FROM meta WHERE key='registry_version'"
+                            ).fetchone()[0]) == int(before) + 2
+    conn.execute("INSERT INTO mgr_audit VALUES (1, 1, 'a', 'x', 's', '{}', '', 'h')")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE mgr_audit SET actor = 'b'")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("DELETE FROM mgr_audit")
+    assert not conn.in_transaction
+    conn.close()
+    again = connect(pg_database)  # opening an existing current database changes nothing
+    assert again.execute("SELECT count(*) FROM mgr_audit").fetchone()[0] == 1
+    again.close()
+
+
+def _v1_pg(url: str) -> None:
+    raw = psycopg.connect(url, autocommit=True)
+    for sql in ddl_statements(_SCHEMA):
+        raw.execute(translate(sql), ())  # type: ignore[arg-type]
+    raw.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1'), "
+                "('instance', 'i1'), ('registry_version', '0')")
+    raw.execute("INSERT INTO device_log (device, hall, \"window\", kind, at_ms, received_ms, "
+                "data) VALUES ('kp1', 'h1', 'w1', 'heartbeat', %s, %s, '{}')", (T0, T0))
+    raw.close()
+
+
+def test_a_version_1_postgres_database_is_upgraded_and_a_failed_upgrade_changes_nothing(
+        pg_server: PostgresServer) -> None:
+    url = pg_server.create_database()
+    _v1_pg(url)
+    with pytest.raises(RuntimeError, match=f"has schema 1, expected {SCHEMA_VERSION}"):
+        connect_reader(url)
+    conn = connect(url)  # the same _MIGRATIONS as SQLite
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
+        str(SCHEMA_VERSION),)
+    assert conn.execute("SELECT kind, boot FROM device_log").fetchall() == [("heartbeat", None)]
+    assert conn.execute("SELECT to_regclass('integrity_flag') IS NOT NULL").fetchone() == (True,)
+    conn.close()
+    connect_reader(url).close()
+
+    broken = pg_server.create_database()
+    _v1_pg(broken)
+    raw = psycopg.connect(broken, autocommit=True)
+    raw.execute("CREATE TABLE dir_service (x TEXT)")  # step 3 cannot run: all steps or none
+    with pytest.raises(sqlite3.ProgrammingError, match="already exists"):
+        connect(broken)
+    assert raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
+    cols = raw.execute("SELECT column_name FROM information_schema.columns WHERE "
+                       "table_name = 'device_log' AND column_name = 'boot'").fetchall()
+    assert cols == []  # step 2 (the boot column) was undone with the rest
+    raw.close()
+    assert len(_MIGRATIONS) == SCHEMA_VERSION - 1
+
+
+def test_a_lost_connection_is_state_unavailable_and_its_commit_not_taken(
+        pg_server: PostgresServer, pg_database: str) -> None:
+    conn = connect(pg_database)
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    with pytest.raises(StateUnavailable) as lost:
+        with transaction(conn):
+            conn.execute("INSERT INTO seen_feed (hall, id) VALUES ('h1', 'e1')")
+            pg_server.sql(f"SELECT pg_terminate_backend({int(pid)})")
+            conn.execute("INSERT INTO seen_feed (hall, id) VALUES ('h1', 'e2')")
+    # a user command shows it as one line; the ingest worker aborts the batch unacknowledged
+    assert isinstance(lost.value, ServiceUnavailable)
+    assert isinstance(lost.value, sqlite3.OperationalError)
+    again = connect(pg_database)
+    assert again.execute("SELECT count(*) FROM seen_feed").fetchone() == (0,)
+    again.close()
+    # unreachable: the same error, naming the server without a password
+    with pytest.raises(StateUnavailable, match="unreachable") as down:
+        open_pg("postgresql://someone@127.0.0.1:1/x", connect_timeout_s=2)
+    assert "127.0.0.1:1" in str(down.value)
+
+
+def test_a_partition_lock_fences_a_second_connection_until_its_holder_dies(
+        pg_server: PostgresServer, pg_database: str) -> None:
+    holder, other = connect(pg_database), connect(pg_database)
+    assert try_lock_partition(holder, 7) is True
+    assert try_lock_partition(holder, 7) is True  # re-entrant for its own session
+    assert try_lock_partition(other, 7) is False
+    assert try_lock_partition(other, 8) is True  # another partition is free
+    pid = holder.execute("SELECT pg_backend_pid()").fetchone()[0]
+    pg_server.sql(f"SELECT pg_terminate_backend({int(pid)})")  # the owner's connection dies
+    wait_for(lambda: try_lock_partition(other, 7), timeout=20)
+    third = connect(pg_database)
+    assert try_lock_partition(third, 7) is False and try_lock_partition(third, 8) is False
+    other.close()
+    third.close()
+
+
+def test_an_sqlite_partition_lock_is_a_file_lock_held_by_the_living_process(
+        tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    first, second = connect(db), connect(db)
+    assert try_lock_partition(first, 1) is True and try_lock_partition(first, 1) is True
+    assert try_lock_partition(second, 1) is False
+    assert partition_lock_path(db, 1).exists()
+    release_partition_locks(first)
+    assert try_lock_partition(second, 1) is True
+    release_partition_locks(second)
+    # a process that holds the lock and is killed: the kernel frees it
+    code = ("import sys, time; from collector.db import connect, try_lock_partition; "
+            f"c = connect({str(db)!r}); print(try_lock_partition(c, 2), flush=True); "
+            "time.sleep(600)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "True"
+        assert try_lock_partition(first, 2) is False
+    finally:
+        child.kill()
+        child.wait()
+    assert try_lock_partition(first, 2) is True
+    release_partition_locks(first)
+    first.close()
+    second.close()
+
+
+def test_state_url_config() -> None:
+    cfg = load_config(None, env={"EVALTERM_STATE__URL": "postgresql://ev@db1:5432,db2/ev?"
+                                 "target_session_attrs=read-write"})
+    assert str(cfg.state_target).startswith("postgresql://ev@db1")
+    assert load_config(None, env={}).state_target == load_config(None, env={}).state_db
+    with pytest.raises(ConfigError, match="holds a password") as e:
+        load_config(None, env={"EVALTERM_STATE__URL": "postgresql://ev:hunter2@db1/ev"})
+    assert "hunter2" not in str(e.value)
+    with pytest.raises(ConfigError, match="holds a password"):
+        load_config(None, env={"EVALTERM_STATE__URL": "postgresql://db1/ev?password=hunter2"})
+    with pytest.raises(ConfigError, match="postgresql:// URL"):
+        load_config(None, env={"EVALTERM_STATE__URL": "mysql://db1/ev"})
+
+
+def _commit_in_thread(url: str, row: str) -> threading.Thread:
+    def run() -> None:
+        conn = connect(url)
+        with transaction(conn):
+            conn.execute("INSERT INTO seen_feed (hall, id) VALUES ('h1', ?)", (row,))
+        conn.close()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_commit_on_the_primary_is_on_the_synchronous_standby(pg_pair: PgPair) -> None:
+    url = pg_pair.primary.create_database()
+    conn = connect(url)
+    with transaction(conn):
+        conn.execute("INSERT INTO seen_feed (hall, id) VALUES ('h1', 'e1')")
+        before_commit = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+    # synchronous_commit = on: the commit returned after the standby flushed its WAL
+    db = url.rsplit("/", 1)[1]
+    flushed = pg_pair.standby.sql(
+        f"SELECT pg_last_wal_receive_lsn() >= '{before_commit}'::pg_lsn")
+    assert flushed == [(True,)]
+    assert pg_pair.primary.sql("SELECT sync_state FROM pg_stat_replication") == [("sync",)]
+    wait_for(lambda: pg_pair.standby.sql("SELECT id FROM seen_feed", db) == [("e1",)])
+    # the standby is read-only: the collector's multi-host URL picks the primary
+    assert pg_pair.standby.sql("SELECT pg_is_in_recovery()") == [(True,)]
+    multi = connect(pg_pair.url(db))
+    assert multi.execute("SELECT count(*) FROM seen_feed").fetchone() == (1,)
+    assert multi.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+    multi.close()
+    # with the standby gone, a commit waits (it is not acknowledged): the synchronous guarantee
+    pg_pair.standby.stop("immediate")
+    waiting = _commit_in_thread(url, "e2")
+    waiting.join(timeout=5)
+    assert waiting.is_alive()
+    pg_pair.primary.sql("ALTER SYSTEM SET synchronous_standby_names = ''")
+    pg_pair.primary.sql("SELECT pg_reload_conf()")
+    waiting.join(timeout=60)
+    assert not waiting.is_alive()
+    conn.close()
+
+
+def test_after_promote_standby_a_commit_on_the_new_primary_returns(pg_pair: PgPair) -> None:
+    url = pg_pair.primary.create_database()
+    db = url.rsplit("/", 1)[1]
+    conn = connect(url)
+    with transaction(conn):
+        conn.execute("INSERT INTO seen_feed (hall, id) VALUES ('h1', 'before')")
+    conn.close()
+    # the standby copied synchronous_standby_names; promote_standby() clears it
+    assert pg_pair.standby.sql("SHOW synchronous_standby_names") == [("*",)]
+    pg_pair.promote_standby()
+    assert pg_pair.standby.sql("SHOW synchronous_standby_names") == [("",)]
+    assert pg_pair.standby.sql("SELECT pg_is_in_recovery()") == [(False,)]
+    # the same multi-host URL now finds the promoted server (the old primary is down)
+    done = _commit_in_thread(pg_pair.url(db), "after")
+    done.join(timeout=60)
+    assert not done.is_alive(), "the commit on the promoted primary hangs"
+    rows = pg_pair.standby.sql("SELECT id FROM seen_feed ORDER BY id", db)
+    assert rows == [("after",), ("before",)]
