@@ -4,17 +4,32 @@ primary with a synchronous standby that is promoted (real PostgreSQL 15 servers:
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import T0, PgPair, PostgresServer, wait_for
+from helpers import (
+    T0,
+    Dev,
+    PgPair,
+    PostgresServer,
+    Publisher,
+    feed,
+    feed_bytes,
+    query,
+    txn_msg,
+    wait_for,
+)
 
-from collector.config import ConfigError, load_config
+from collector.clock import now_ms
+from collector.config import Config, ConfigError, load_config
 from collector.db import (
     _MIGRATIONS,
     _SCHEMA,
@@ -28,6 +43,7 @@ from collector.db import (
 )
 from collector.errors import ServiceUnavailable
 from collector.pgstate import StateUnavailable, ddl_statements, open_pg, translate
+from collector.registry import Registry
 
 
 def test_translate_placeholders_percent_and_the_reserved_window() -> None:
@@ -259,3 +275,42 @@ def test_after_promote_standby_a_commit_on_the_new_primary_returns(pg_pair: PgPa
     assert not done.is_alive(), "the commit on the promoted primary hangs"
     rows = pg_pair.standby.sql("SELECT id FROM seen_feed ORDER BY id", db)
     assert rows == [("after",), ("before",)]
+
+
+@pytest.mark.servers
+def test_the_collector_service_on_postgres(make_config: Callable[..., Config],
+                                           publisher: Publisher, pg_database: str) -> None:
+    """The whole service with [state] url: a transaction from the feed, its invite, a rating in,
+    linked, in InfluxDB; the state in PostgreSQL; the drained outbox pruned there."""
+    from collector.service import Collector
+
+    cfg = make_config(state__url=pg_database)
+    conn = connect(cfg.state_target)
+    dev_row = Registry(conn).add("kp1", "h1", "w1", now_ms())
+    conn.close()
+    dev = Dev(cfg.mqtt.topic_prefix, "kp1", dev_row.key, "h1", "w1")
+    c = Collector(cfg)
+    c.start()
+    try:
+        wait_for(lambda: c.health()["mqtt_connected"], what="collector connected")
+        time.sleep(0.3)  # subscriptions granted
+        publisher.subscribe(dev.topic("cmd"))
+        publisher.publish(feed(cfg.mqtt.topic_prefix),
+                          feed_bytes(txn_msg("BJ-0001", completed=now_ms())))
+        invite = wait_for(lambda: [m for m in publisher.received
+                                   if m.topic == dev.topic("cmd")], what="invite")[0]
+        assert json.loads(invite.payload)["txn"] == "BJ-0001"
+        publisher.publish(*dev.rating(5, "BJ-0001", ts=now_ms()))
+        rows = wait_for(lambda: query(cfg, 'SELECT * FROM "rating"'), what="rating in InfluxDB")
+        assert [(r["link"], r["txn"], r["level"]) for r in rows] == [("linked", "BJ-0001", "5")]
+        state = psycopg.connect(pg_database, autocommit=True)
+        assert state.execute("SELECT state, txn, level FROM rating").fetchall() == [
+            ("linked", "BJ-0001", 5)]
+        assert state.execute("SELECT state FROM txn").fetchall() == [("rated",)]
+        # the drainer's progress lets the collector delete what InfluxDB has
+        wait_for(lambda: state.execute("SELECT count(*) FROM influx_outbox").fetchone() == (0,),
+                 timeout=60, what="outbox pruned")
+        state.close()
+        assert c.health()["mqtt_connected"]
+    finally:
+        c.stop()
