@@ -49,7 +49,7 @@ def _outbox(conn: sqlite3.Connection, measurement: str) -> list[str]:
 
 
 def _seed(cfg: Config) -> tuple[sqlite3.Connection, Clock]:
-    conn = connect(cfg.state_db)
+    conn = connect(cfg.state_target)
     clock = Clock()  # 2026-10-26 15:33 Beijing, a Monday
     _bad_txn(conn, "T1", "s7", 1, clock.ms)
     _bad_txn(conn, "T2", "s8", 2, clock.ms)
@@ -59,8 +59,9 @@ def _seed(cfg: Config) -> tuple[sqlite3.Connection, Clock]:
     return conn, clock
 
 
-def test_a_run_opens_cases_and_queues_followup_points_once(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path)
+def test_a_run_opens_cases_and_queues_followup_points_once(tmp_path: Path,
+                                                          state_target: str) -> None:
+    cfg = _cfg(tmp_path, state__url=state_target if "://" in state_target else "")
     conn, clock = _seed(cfg)
     run = ManagerRun(cfg, conn, clock)
     res = run.run_once()
