@@ -241,13 +241,13 @@ class PgConnection:
                 return PgCursor(self.raw.cursor(), self)
             cur = self.raw.cursor()
             # always a parameter tuple: psycopg then reads %% as % (translate doubled them)
-            cur.execute(translate(sql), tuple(params))  # type: ignore[arg-type]
+            cur.execute(translate(sql), tuple(params))
             return PgCursor(cur, self)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> PgCursor:
         with self._lock, self.errors():
             cur = self.raw.cursor()
-            cur.executemany(translate(sql), [tuple(r) for r in rows])  # type: ignore[arg-type]
+            cur.executemany(translate(sql), [tuple(r) for r in rows])
             return PgCursor(cur, self)
 
     def executescript(self, script: str) -> None:
@@ -292,7 +292,7 @@ def open_pg(url: str, *, read_only: bool = False, connect_timeout_s: int = 10) -
     options = "-c default_transaction_read_only=on" if read_only else None
     try:
         raw = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout_s,
-                              options=options)  # type: ignore[arg-type]
+                              options=options)
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StateUnavailable(f"PostgreSQL state database {redacted_url(url)} unreachable: "
