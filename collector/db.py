@@ -458,8 +458,11 @@ def try_lock_partition(conn: sqlite3.Connection, k: int) -> bool:
     (the kernel frees it when the process dies); a second connection, of this process or another,
     is refused. `:memory:` databases have no file: always True."""
     if is_postgres(conn):
+        pg = cast(PgConnection, conn)
         row = conn.execute("SELECT pg_try_advisory_lock(?, ?)",
                            (_PARTITION_LOCK_CLASS, int(k))).fetchone()
+        if row[0]:
+            pg.partition_locks.add(int(k))  # a broken connection then stays broken
         return bool(row[0])
     db_file = conn.execute("PRAGMA database_list").fetchone()[2]
     if not db_file:

@@ -213,15 +213,36 @@ class PgConnection:
 
     Autocommit mode, as the collector's SQLite connections (`isolation_level=None`): a statement
     outside BEGIN ... COMMIT is its own transaction. One lock makes it usable from two threads
-    like an SQLite connection opened with check_same_thread=False (never concurrently)."""
+    like an SQLite connection opened with check_same_thread=False (never concurrently).
+
+    After the connection broke (the statement then raised StateUnavailable, and the open
+    transaction, if any, is gone), the next statement connects again to the same URL, so a
+    caller that retries (the service's worker) goes on once the server is back, possibly a
+    promoted standby behind a multi-host URL. Not if the session held partition locks
+    (`partition_locks`): those died with it, and taking them again is the owner's decision,
+    so it stays broken and the owner makes a new connection."""
 
     is_postgres = True
 
-    def __init__(self, raw: psycopg.Connection[Any], url: str) -> None:
-        self.raw = raw
+    def __init__(self, raw: psycopg.Connection[Any], url: str, read_only: bool = False) -> None:
         self.url = url
+        self.read_only = read_only
+        self.partition_locks: set[int] = set()
         self._lock = threading.RLock()
+        self._use(raw)
+
+    def _use(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
         raw.adapters.register_loader("numeric", _IntOrFloatNumeric)
+
+    def _reconnect_if_broken(self) -> None:
+        if not self.raw.broken:
+            return
+        if self.partition_locks:
+            raise StateUnavailable(
+                "PostgreSQL state database connection lost with the partition locks "
+                f"{sorted(self.partition_locks)}: open a new connection and take them again")
+        self._use(open_pg(self.url, read_only=self.read_only).raw)
 
     def errors(self) -> _Errors:
         return _Errors(self)
@@ -235,6 +256,7 @@ class PgConnection:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
         head = sql.strip().upper()
         with self._lock, self.errors():
+            self._reconnect_if_broken()
             if head == "BEGIN IMMEDIATE":
                 self.raw.execute("BEGIN")
                 self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
@@ -246,6 +268,7 @@ class PgConnection:
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> PgCursor:
         with self._lock, self.errors():
+            self._reconnect_if_broken()
             cur = self.raw.cursor()
             cur.executemany(translate(sql), [tuple(r) for r in rows])
             return PgCursor(cur, self)
@@ -297,4 +320,4 @@ def open_pg(url: str, *, read_only: bool = False, connect_timeout_s: int = 10) -
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StateUnavailable(f"PostgreSQL state database {redacted_url(url)} unreachable: "
                                f"{first}") from None
-    return PgConnection(raw, url)
+    return PgConnection(raw, url, read_only)

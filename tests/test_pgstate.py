@@ -4,6 +4,7 @@ primary with a synchronous standby that is promoted (real PostgreSQL 15 servers:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -151,6 +152,12 @@ def test_a_lost_connection_is_state_unavailable_and_its_commit_not_taken(
     again = connect(pg_database)
     assert again.execute("SELECT count(*) FROM seen_feed").fetchone() == (0,)
     again.close()
+    # the next statement on the same connection connects again (the service's worker retries)
+    with transaction(conn):
+        conn.execute("INSERT INTO seen_feed (hall, id) VALUES ('h1', 'e3')")
+    assert conn.execute("SELECT id FROM seen_feed").fetchall() == [("e3",)]
+    assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
+    conn.close()
     # unreachable: the same error, naming the server without a password
     with pytest.raises(StateUnavailable, match="unreachable") as down:
         open_pg("postgresql://someone@127.0.0.1:1/x", connect_timeout_s=2)
@@ -167,6 +174,12 @@ def test_a_partition_lock_fences_a_second_connection_until_its_holder_dies(
     pid = holder.execute("SELECT pg_backend_pid()").fetchone()[0]
     pg_server.sql(f"SELECT pg_terminate_backend({int(pid)})")  # the owner's connection dies
     wait_for(lambda: try_lock_partition(other, 7), timeout=20)
+    # the old owner does not silently reconnect without its lock: it must take it again
+    with pytest.raises(StateUnavailable, match="connection lost"):
+        holder.execute("SELECT 1")  # it learns of the loss here
+    for _ in range(2):
+        with pytest.raises(StateUnavailable, match="partition locks"):
+            holder.execute("SELECT 1")
     third = connect(pg_database)
     assert try_lock_partition(third, 7) is False and try_lock_partition(third, 8) is False
     other.close()
@@ -310,7 +323,27 @@ def test_the_collector_service_on_postgres(make_config: Callable[..., Config],
         # the drainer's progress lets the collector delete what InfluxDB has
         wait_for(lambda: state.execute("SELECT count(*) FROM influx_outbox").fetchone() == (0,),
                  timeout=60, what="outbox pruned")
+        # Every connection of the collector and its drainer is cut: they connect again on their
+        # next statement, and the next transaction and rating go the whole way.
+        db = pg_database.rsplit("/", 1)[1]
+        cut = state.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                            "datname = %s AND pid <> pg_backend_pid()", (db,)).fetchall()
+        assert len(cut) >= 2  # the ingest worker's and the drainer's at least
+        publisher.publish(feed(cfg.mqtt.topic_prefix),
+                          feed_bytes(txn_msg("BJ-0002", completed=now_ms())))
+        wait_for(lambda: [m for m in publisher.received if m.topic == dev.topic("cmd")
+                          and json.loads(m.payload).get("txn") == "BJ-0002"], what="invite 2")
+        publisher.publish(*dev.rating(4, "BJ-0002", ts=now_ms()))
+        rows = wait_for(lambda: [r for r in query(cfg, 'SELECT * FROM "rating"')
+                                 if r["txn"] == "BJ-0002"], timeout=60, what="rating 2 in InfluxDB")
+        assert [(r["link"], r["level"]) for r in rows] == [("linked", "4")]
+        assert state.execute("SELECT count(*) FROM rating WHERE state = 'linked'").fetchone() == (
+            2,)
         state.close()
-        assert c.health()["mqtt_connected"]
+        # health()'s own connection (the outbox depth) learns of the cut on its first use after
+        # it, and is connected again on the next
+        with contextlib.suppress(StateUnavailable):
+            c.health()
+        assert c.health()["mqtt_connected"] and c.health()["outbox_depth"] >= 0
     finally:
         c.stop()
