@@ -64,8 +64,9 @@ class Browserless:
 
 
 @pytest.fixture
-def hall(tmp_path: Path) -> Iterator[tuple[str, dict[str, int], Path]]:
-    db = tmp_path / "state.db"
+def hall(state_target: str) -> Iterator[tuple[str, dict[str, int], Path]]:
+    """The UI over a seeded hall, on SQLite and on PostgreSQL (the "path" then a URL)."""
+    db: Any = state_target if "://" in state_target else Path(state_target)
     ids = seed(db)
     with serve(db) as base:
         yield base, ids, db
