@@ -375,15 +375,15 @@ def test_the_detector_and_the_monthly_figures_agree_on_both_backends(
     copied = 0
     with transaction(pg):
         for table in tables:
-            rows = lite.execute(f"SELECT * FROM {table}").fetchall()  # noqa: S608
+            rows = lite.execute(f"SELECT * FROM {table}").fetchall()
             if rows:
                 marks = ",".join("?" * len(rows[0]))
-                pg.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)  # noqa: S608
+                pg.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
                 copied += len(rows)
         # explicit ids leave the identity sequences behind: move them past the copied rows
         for table, column in pg.execute("SELECT table_name, column_name FROM "
                                         "information_schema.columns WHERE is_identity = 'YES'"):
-            pg.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "  # noqa: S608
+            pg.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
                        f"(SELECT coalesce(max({column}), 0) + 1 FROM {table}), false)")
     assert copied > 1000 and pg.execute("SELECT count(*) FROM rating").fetchone()[0] > 50
     on_sqlite = run_detection(lite, hall.cfg, close)
