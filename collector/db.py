@@ -273,6 +273,7 @@ def connect(path: StateTarget, *, check_same_thread: bool = True,
     if is_url(path):
         conn = _open_pg(str(path))
         where = redacted_url(str(path))
+        _warn_collation(conn, where)
     else:
         conn = _open(path, check_same_thread)
         conn.execute("PRAGMA foreign_keys=ON")
@@ -306,6 +307,16 @@ def connect(path: StateTarget, *, check_same_thread: bool = True,
         page = conn.execute("PRAGMA page_size").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count={max(1, max_mb * 2**20 // page)}")
     return conn
+
+
+def _warn_collation(conn: sqlite3.Connection, where: str) -> None:
+    """Text sorts by bytes in SQLite; a PostgreSQL database with a language collation sorts
+    the same rows (registry lists, reports) in another order."""
+    collate = conn.execute("SELECT datcollate FROM pg_database WHERE datname = current_database()"
+                           ).fetchone()[0]
+    if str(collate).lower() not in ("c", "posix", "c.utf-8", "c.utf8"):
+        _LOG.warning("state database %s has collation %s: lists sort in another order than on "
+                     "SQLite; create it with LC_COLLATE 'C' (docs/storage.md)", where, collate)
 
 
 def _create(conn: sqlite3.Connection) -> None:

@@ -397,3 +397,31 @@ def test_the_detector_and_the_monthly_figures_agree_on_both_backends(
     tz = timezone(timedelta(hours=8))
     assert month_figures(pg, "h1", month, tz) == month_figures(lite, "h1", month, tz)
     pg.close()
+
+
+def test_the_registry_on_both_backends(state_target: str) -> None:
+    from collector.registry import Registry, RegistryError
+
+    conn = connect(state_target)
+    reg = Registry(conn)
+    version = "SELECT value FROM meta WHERE key = 'registry_version'"
+    v0 = int(conn.execute(version).fetchone()[0])
+    a = reg.add("kp-b", "h1", "w2", T0)
+    reg.add("kp-a", "h1", "w2", T0, key=bytes(range(32)))
+    reg.add("KP-c", "h1", "w1", T0)
+    assert [d.device for d in reg.list()] == ["KP-c", "kp-a", "kp-b"]  # byte order
+    assert [d.device for d in reg.active_at("h1", "w2")] == ["kp-a", "kp-b"]
+    assert reg.get("kp-a") is not None and reg.get("kp-a").key == bytes(range(32))  # type: ignore[union-attr]
+    rotated = reg.rotate_key("kp-b")
+    assert rotated.key != a.key and len(rotated.key) == 32
+    assert reg.revoke("kp-b", T0 + 1).state == "revoked"
+    with pytest.raises(RegistryError, match="no new key"):
+        reg.rotate_key("kp-b")
+    reg.invalidate()
+    assert [d.device for d in reg.active_at("h1", "w2")] == ["kp-a"]
+    assert reg.remove("KP-c").device == "KP-c" and reg.get("KP-c") is None
+    with pytest.raises(RegistryError, match="already registered"):
+        reg.add("kp-a", "h1", "w1", T0)
+    # every change bumped registry_version (3 adds, a rotation, a revocation, a removal)
+    assert int(conn.execute(version).fetchone()[0]) == v0 + 6
+    conn.close()
