@@ -31,7 +31,8 @@ from typing import Any
 
 import psycopg
 from psycopg import pq
-from psycopg.adapt import Loader
+from psycopg.adapt import Dumper, Loader
+from psycopg.types.numeric import Int8Dumper
 
 from collector.errors import ServiceUnavailable
 
@@ -153,6 +154,16 @@ class _IntOrFloatNumeric(Loader):
         return int(d) if d == d.to_integral_value() else float(d)
 
 
+class _BoolAsInt(Dumper):
+    """A Python bool as 0/1, as sqlite3 stores it: the flag columns (paused, reached) are
+    integers in both schemas."""
+
+    oid = Int8Dumper.oid
+
+    def dump(self, obj: Any) -> bytes:
+        return b"1" if obj else b"0"
+
+
 def _sqlite_error(exc: psycopg.Error, conn: psycopg.Connection[Any]) -> Exception:
     """`exc` as the sqlite3 (or evalterm) error the collector's callers catch."""
     if conn.broken or conn.closed or isinstance(exc, psycopg.errors.AdminShutdown):
@@ -234,6 +245,7 @@ class PgConnection:
     def _use(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
         raw.adapters.register_loader("numeric", _IntOrFloatNumeric)
+        raw.adapters.register_dumper(bool, _BoolAsInt)
 
     def _reconnect_if_broken(self) -> None:
         if not self.raw.broken:

@@ -76,6 +76,11 @@ def test_schema_bytes_and_wide_integers_round_trip(pg_database: str) -> None:
                      ("t/a", payload, 2**53))
     assert conn.execute("SELECT payload, expires_ms FROM cmd_outbox").fetchall() == [
         (payload, 2**53)]
+    # a bool parameter is 0/1, as sqlite3 stores it
+    conn.execute("UPDATE cmd_outbox SET expires_ms = expires_ms + ? WHERE ? = 1 AND ? = 0",
+                 (True, True, False))
+    assert conn.execute("SELECT expires_ms FROM cmd_outbox").fetchone() == (2**53 + 1,)
+    conn.execute("UPDATE cmd_outbox SET expires_ms = expires_ms - ?", (True,))
     # sum() of a bigint column is numeric in PostgreSQL: read back as int, like SQLite's
     row = conn.execute("SELECT sum(expires_ms), avg(expires_ms) / 2 FROM cmd_outbox").fetchone()
     assert row == (2**53, 2**52) and type(row[0]) is int
