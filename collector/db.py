@@ -25,7 +25,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
-from collector.pgstate import PgConnection, ddl_statements, is_url, open_pg, redacted_url
+from collector.pgstate import (
+    PgConnection,
+    ddl_statements,
+    is_url,
+    open_pg,
+    redacted_url,
+    split_script,
+)
 
 __all__ = ["SCHEMA_VERSION", "connect", "connect_drained", "connect_reader", "drained_path",
            "drained_up_to", "is_postgres", "outbox_high_water", "state_instance", "transaction",
@@ -336,19 +343,7 @@ def _schema_statements(conn: sqlite3.Connection, script: str) -> list[str]:
     """The statements of a schema script in the connection's dialect (collector/pgstate.py)."""
     if is_postgres(conn):
         return ddl_statements(script)
-    return _split_sqlite(script)
-
-
-def _split_sqlite(script: str) -> list[str]:
-    out, buf = [], ""
-    for line in script.splitlines(keepends=True):
-        buf += line
-        if sqlite3.complete_statement(buf):
-            out.append(buf.strip())
-            buf = ""
-    if buf.strip() and not all(ln.strip().startswith("--") for ln in buf.strip().splitlines()):
-        out.append(buf.strip())  # one statement without its ';' (a _MIGRATIONS entry)
-    return out
+    return list(split_script(script))
 
 
 def _schema_version(conn: sqlite3.Connection) -> int | None:

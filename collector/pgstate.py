@@ -37,7 +37,7 @@ from psycopg.types.numeric import Int8Dumper
 from collector.errors import ServiceUnavailable
 
 __all__ = ["WRITE_LOCK_KEY", "PgConnection", "StateUnavailable", "ddl_statements", "is_url",
-           "open_pg", "redacted_url", "translate"]
+           "open_pg", "redacted_url", "split_script", "translate"]
 
 # pg_advisory_xact_lock key of "BEGIN IMMEDIATE" (any constant; the partition locks of
 # collector/db.py `try_lock_partition` use another key space: (classid, objid) pairs).
@@ -112,8 +112,9 @@ _DDL_REWRITES: tuple[tuple[re.Pattern[str], str], ...] = (
 _TRIGGER_NAME = re.compile(r"^\s*CREATE\s+TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I)
 
 
-def _split(script: str) -> Iterator[str]:
-    """The statements of an SQLite script (a trigger's body holds `;` too)."""
+def split_script(script: str) -> Iterator[str]:
+    """The statements of an SQLite script (a trigger's body holds `;` too), without the comment
+    lines; a last statement may lack its `;` (a _MIGRATIONS entry)."""
     buf = ""
     for line in script.splitlines(keepends=True):
         if line.lstrip().startswith("--"):
@@ -130,7 +131,7 @@ def ddl_statements(script: str) -> list[str]:
     """SQLite schema statements (a script, or one statement) as PostgreSQL statements, ready
     for `translate` (which still quotes `window`)."""
     out: list[str] = []
-    for stmt in _split(script):
+    for stmt in split_script(script):
         stmt = stmt.rstrip(";").strip()
         trigger = _TRIGGER_NAME.match(stmt)
         if trigger:
