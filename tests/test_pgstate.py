@@ -256,7 +256,14 @@ def test_a_commit_on_the_primary_is_on_the_synchronous_standby(pg_pair: PgPair) 
         f"SELECT pg_last_wal_receive_lsn() >= '{before_commit}'::pg_lsn")
     assert flushed == [(True,)]
     assert pg_pair.primary.sql("SELECT sync_state FROM pg_stat_replication") == [("sync",)]
-    wait_for(lambda: pg_pair.standby.sql("SELECT id FROM seen_feed", db) == [("e1",)])
+
+    def replayed() -> bool:  # flushed is not yet replayed: the table may not be there yet
+        try:
+            return pg_pair.standby.sql("SELECT id FROM seen_feed", db) == [("e1",)]
+        except (psycopg.errors.UndefinedTable, psycopg.OperationalError):  # nor the database
+            return False
+
+    wait_for(replayed)
     # the standby is read-only: the collector's multi-host URL picks the primary
     assert pg_pair.standby.sql("SELECT pg_is_in_recovery()") == [(True,)]
     multi = connect(pg_pair.url(db))
