@@ -198,7 +198,9 @@ def family_variant(plan: WindowPlan) -> str:
     """The variant of the window's family that the frontier shows apart ("" if none)."""
     p = plan.params
     if plan.profile == "tampering":
-        return f"{p['mode']}, {'seen' if p['seen'] else 'not seen'} by the firmware"
+        if p["seen"]:
+            return f"{p['mode']}, seen by the firmware"
+        return f"{p['mode']}, keypad altered ({p.get('how', 'switch')})"
     if plan.profile == "interruption":
         return f"{p['mode']} cut"
     if plan.profile == "selection":
@@ -263,8 +265,15 @@ def _family_params(rng: random.Random, profile: str) -> dict[str, Any]:
     if profile == "tampering":
         mode = rng.choice(("dead", "remap"))
         keys = rng.choice(((1,), (2,), (1, 2)))
+        # `seen`: tampered firmware (its counter counts the physical key); else the keypad was
+        # altered inside its case: `how` "wire" (a key's GPIO wire cut or moved, its switch
+        # still on the key ladder: the self-test sees it) or "switch" (the switch rewired
+        # with its ladder resistor, blocked, or its cap moved: nothing sees it); `opened`
+        # "powered" (the lid opened with the device running: the enclosure switch reports
+        # it) or "unplugged" (power cut first: a restart before opening hours, nothing else).
         return {"mode": mode, "keys": keys, "to": rng.choice((3, 4, 5)),
-                "seen": rng.random() < 0.5}
+                "seen": rng.random() < 0.5, "how": rng.choice(("wire", "switch")),
+                "opened": rng.choice(("powered", "unplugged"))}
     return {}
 
 

@@ -4,6 +4,7 @@ peers, invitations given selectively."""
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -264,10 +265,13 @@ def _durations(u: Unit, c: _Ctx, cut: float) -> tuple[int, int, int, int, list[T
 def _duration_selection(u: Unit, c: _Ctx) -> _Raw | None:
     """Long (difficult) services rated less often than the others, beyond the hall's own
     difference: citizens with long cases are not asked to rate. The window's coverage of its
-    longest half, quarter and eighth of services against the rest of them, each with the
-    peers' pooled difference at that cut as the null (one-sided z), the clearest cut with a
-    Bonferroni factor of 3; strong evidence needs a gap of coverage_gap beyond the peers' and
-    at least 3 citizens missing."""
+    longest half, quarter and eighth of services against the rest of them. The null: the long
+    ones are rated as often as the window's short ones less the hall's gap at that cut (the
+    median of the other windows' gaps, so the hall's manipulated windows do not set it), the
+    short ones' coverage known only from their counts: the long ones rated then follow a
+    beta-binomial law (exact at a handful of long services, where a normal approximation
+    accused honest windows); the clearest cut with a Bonferroni factor of 3. Strong evidence
+    needs a gap of coverage_gap beyond the hall's and at least 3 citizens missing."""
     if not c.hall.has_feed:
         return None
     found = []
@@ -275,19 +279,22 @@ def _duration_selection(u: Unit, c: _Ctx) -> _Raw | None:
         kl, nl, ks, ns, unrated = _durations(u, c, cut)
         if nl < 4 or ns < c.s.min_ratings // 2:
             continue
-        pk = [0, 0, 0, 0]
+        gaps = []
         for x in c.units:
-            if x is not u:
-                for i, v in enumerate(_durations(x, c, cut)[:4]):
-                    pk[i] += v
-        peer_gap = max(0.0, pk[2] / pk[3] - pk[0] / pk[1]) if pk[1] and pk[3] else 0.0
+            if x is not u and x.staff is None:
+                xkl, xnl, xks, xns, _ = _durations(x, c, cut)
+                if xnl >= 4 and xns:
+                    gaps.append(xks / xns - xkl / xnl)
+        peer_gap = max(0.0, statistics.median(gaps)) if gaps else 0.0
         cl, cs = kl / nl, ks / ns
-        pooled = (kl + ks) / (nl + ns)
-        se = math.sqrt(max(pooled * (1 - pooled), 1e-9) * (1 / nl + 1 / ns))
-        z = (cs - cl - peer_gap) / se
+        expect = min(1.0, max(0.01, cs - peer_gap))
+        a, b = expect * ns + 1, (1 - expect) * ns + 1
+        p_cut = stats.beta_binomial_cdf(kl, nl, a, b)
+        sd = math.sqrt(max(expect * (1 - expect), 1e-9) / nl)
+        z = (cs - cl - peer_gap) / sd
         missing = max(0, round((cs - peer_gap - cl) * nl))
         guard = cs - cl - peer_gap >= c.s.coverage_gap and missing >= 3
-        found.append((not guard, stats.normal_sf(z), cut, cl, cs, peer_gap, nl, ns, z, missing,
+        found.append((not guard, p_cut, cut, cl, cs, peer_gap, nl, ns, z, missing,
                       unrated, guard))
     if not found:
         return None
