@@ -140,22 +140,32 @@ def test_interruption_cuts_after_bad_ratings_with_the_dosed_probability(
 
 
 def test_selection_by_outcome_leaves_no_rating_below_4(tmp_path: Path) -> None:
-    full = _hall(tmp_path, "selection", 1.0, {"by": "outcome"}, bad=0.2, coverage=0.95)
+    # The window's levels 1-3 are 35 % of its citizens: a dose of 0.35 is all of them.
+    full = _hall(tmp_path, "selection", 0.35, {"by": "outcome", "misjudged": 0.0}, bad=0.2,
+                 coverage=0.95)
     levels = [r[0] for r in _q(full, "SELECT level FROM rating WHERE window=? AND "
                                "mode='invited'", TARGET)]
     assert levels and min(levels) >= 4
-    part = _hall(tmp_path, "selection", 0.3, {"by": "outcome"}, bad=0.2, coverage=0.95)
+    asked = len(levels) / (len(levels) + _truth(full, "not_asked")
+                           + _truth(full, "unhappy_not_asked"))
+    assert 0.5 < asked < 0.8  # about 65 % still asked
+    part = _hall(tmp_path, "selection", 0.1, {"by": "outcome", "misjudged": 0.0}, bad=0.2,
+                 coverage=0.95)
     assert min(r[0] for r in _q(part, "SELECT level FROM rating WHERE window=?", TARGET)) <= 3
 
 
 def test_selection_by_duration_spares_short_cases(tmp_path: Path) -> None:
-    hall = _hall(tmp_path, "selection", 1.0, {"by": "duration"}, coverage=0.95)
+    # 15 % of the citizens not asked: those whose service took longer than about 12 minutes.
+    hall = _hall(tmp_path, "selection", 0.15, {"by": "duration", "misjudged": 0.0},
+                 coverage=0.95)
     rows = _q(hall, "SELECT completed_ms - started_ms, state FROM txn WHERE window=?", TARGET)
-    long = [s for d, s in rows if d > 720_000]
+    long = [s for d, s in rows if d > 840_000]
     short = [s for d, s in rows if d <= 600_000]
     # A long case may still be rated by the previous citizen's late press on its invitation.
     assert long and long.count("rated") <= 0.15 * len(long)
     assert short.count("rated") >= 0.8 * len(short)
+    not_asked = _truth(hall, "not_asked") + _truth(hall, "unhappy_not_asked")
+    assert 0.08 < not_asked / len(rows) < 0.25
 
 
 @pytest.mark.parametrize(("mode", "seen"), [("dead", False), ("dead", True),

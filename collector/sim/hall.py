@@ -144,7 +144,7 @@ class VirtualHall:
         self.truth: dict[tuple[str, int], dict[str, int]] = {}
         self.paused: dict[str, bool] = {p.window: False for p in plans}
         self.tokens: dict[str, list[int]] = {p.window: [] for p in plans}  # drip: fakes due
-        self._long: dict[str, bool] = {}  # transaction -> its service took long
+        self._long: dict[str, int] = {}  # transaction -> how long its service took (ms)
 
         tz_min = int(cfg.get("detection", "utc_offset")[1:3]) * 60 + int(
             cfg.get("detection", "utc_offset")[4:6])
@@ -225,7 +225,7 @@ class VirtualHall:
         # Service durations: log-normal, median 6 minutes; a long case (over 12 minutes, about
         # a seventh of them) ends in a 差评 three times as often (see _citizen).
         dur = int(min(3600_000, max(60_000, 360_000 * math.exp(self.rng.gauss(0, 0.65)))))
-        self._long[txn] = dur > 720_000
+        self._long[txn] = dur
         self._feed(window, "txn_completed", txn=txn,
                    staff={"id": who[0], "name": who[1], "badge": who[2]},
                    service={"code": "sfz-hl", "name": "居民身份证换领"},
@@ -299,7 +299,8 @@ class VirtualHall:
         _, d_cov, d_bad, d_top = self._drift_of(plan)
         if not self.honest_drift:
             d_bad = d_top = 1.0
-        long_service = self._long.pop(txn, False)
+        service_ms = self._long.pop(txn, None)
+        long_service = service_ms is not None and service_ms > 720_000
         if long_service:
             d_bad *= 3.0
         if tr.get("bad_day") == self.day_index:
@@ -314,6 +315,7 @@ class VirtualHall:
         rate = rng.random() < min(0.99, max(0.3, plan.coverage + d_cov))
         acts = citizen_presses(rng, plan, plan.active(self.day_index), level, rate,
                                lambda: self._rt(plan), dev.note, long_service=long_service,
+                               service_ms=service_ms,
                                tokens=self.tokens[plan.window],
                                ttl_ms=self.cfg.linking.invite_ttl_s * 1000)
         self._schedule_actions(plan, dev, [(shown + t, a, arg) for t, a, arg in acts])

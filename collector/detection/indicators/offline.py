@@ -253,14 +253,27 @@ def _interrupted(u: Unit, c: _Ctx) -> _Raw | None:
     tries = len(INTERRUPT_WINDOWS_MS) * len(models)
     best: tuple[float, int, list[tuple[RatingFact, tuple[int, str]]], float, float, float,
                 float] | None = None
+    def away(x: Unit, of: Callable[[Unit], list[tuple[int, str]]], slack: int
+             ) -> tuple[int, int]:
+        """(changes not after a 差评 of the unit, the open time away from its 差评): its
+        honest rate, which a manipulator's cuts after 差评 do not raise."""
+        def find() -> tuple[int, int]:
+            xbad = [r for r in _judged(x, c) if r.level <= 2 and c.s.is_open(r.press_ms)]
+            changes = of(x)
+            after = {ch for _, ch in _followed(xbad, changes, INTERRUPT_WINDOWS_MS[-1], slack)}
+            widest = INTERRUPT_WINDOWS_MS[-1] + slack
+            return len(changes) - len(after), max(open_ms - len(xbad) * widest, open_ms // 4)
+        return c.once(f"interrupt_away:{slack}", x, find)
+
     for of, slack, floor in models:
         changes = of(u)
-        n_changes = sum(len(of(x)) for x in peers)
-        peer_rate = n_changes / (open_ms * len(peers)) if peers else 0.0
-        widest = INTERRUPT_WINDOWS_MS[-1] + slack
-        after_any = {ch for _, ch in _followed(bad, changes, INTERRUPT_WINDOWS_MS[-1], slack)}
-        own_time = max(open_ms - len(bad) * widest, open_ms // 4)
-        own_rate = (len(changes) - len(after_any)) / own_time
+        # The peers' rate away from their own 差评 too: the hall's other manipulated windows
+        # must not make cuts after 差评 look like the hall's habit.
+        peer_away = [away(x, of, slack) for x in peers]
+        peer_rate = (sum(n for n, _ in peer_away) / max(sum(t for _, t in peer_away), 1)
+                     if peers else 0.0)
+        own_n, own_time = away(u, of, slack)
+        own_rate = own_n / own_time
         rate = max(peer_rate, own_rate, floor / 3600_000)
         for w in INTERRUPT_WINDOWS_MS:
             fol = _followed(bad, changes, w, slack)
