@@ -3,6 +3,7 @@ peers, invitations given selectively."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -246,20 +247,25 @@ def _coverage_up(u: Unit, c: _Ctx) -> _Raw | None:
 
 # The longest shares of a window's services compared with the rest of them.
 DURATION_CUTS = (0.5, 0.25, 0.125)
+# Least long services for a peer's gap to count in the hall's median (fewer are noise).
+DURATION_PEER_MIN = 8
 
 
-def _durations(u: Unit, c: _Ctx, cut: float) -> tuple[int, int, int, int, list[TxnFact]]:
+def _durations(u: Unit, c: _Ctx, cut: float, since_ms: int = 0
+               ) -> tuple[int, int, int, int, list[TxnFact]]:
     """(rated, decided) of the window's longest `cut` share of services (by completed -
-    started) and of the rest, and the long ones' unrated transactions."""
+    started) completed from `since_ms` on, and of the rest, and the long ones' unrated
+    transactions."""
     def find() -> tuple[int, int, int, int, list[TxnFact]]:
-        started = [(t, t.started_ms) for t in _decided_txns(u, c) if t.started_ms is not None]
+        started = [(t, t.started_ms) for t in _decided_txns(u, c)
+                   if t.started_ms is not None and t.completed_ms >= since_ms]
         ts = [t for t, _ in sorted(started, key=lambda x: x[0].completed_ms - x[1])]
         n_long = int(len(ts) * cut)
         short, long = ts[:len(ts) - n_long], ts[len(ts) - n_long:]
         return (sum(1 for t in long if t.state == "rated"), len(long),
                 sum(1 for t in short if t.state == "rated"), len(short),
                 [t for t in long if t.state == "unrated"])
-    return c.once(f"durations:{cut}", u, find)
+    return c.once(f"durations:{cut}:{since_ms}", u, find)
 
 
 def _duration_selection(u: Unit, c: _Ctx) -> _Raw | None:
@@ -274,16 +280,21 @@ def _duration_selection(u: Unit, c: _Ctx) -> _Raw | None:
     needs a gap of coverage_gap beyond the hall's and at least 3 citizens missing."""
     if not c.hall.has_feed:
         return None
+    # Selection starts on some day: over the rolling period also its last one and two
+    # business days alone (the days before them would dilute it), Bonferroni over the spans.
+    days = list(c.period.days)
+    recent = days[-2:] if len(days) >= 3 else days[-1:] if len(days) == 2 else []
+    spans = [0] + [c.s.midnight_ms(d) for d in recent]
     found = []
-    for cut in DURATION_CUTS:
-        kl, nl, ks, ns, unrated = _durations(u, c, cut)
+    for since, cut in itertools.product(spans, DURATION_CUTS):
+        kl, nl, ks, ns, unrated = _durations(u, c, cut, since)
         if nl < 4 or ns < c.s.min_ratings // 2:
             continue
         gaps = []
         for x in c.units:
             if x is not u and x.staff is None:
-                xkl, xnl, xks, xns, _ = _durations(x, c, cut)
-                if xnl >= 4 and xns:
+                xkl, xnl, xks, xns, _ = _durations(x, c, cut, since)
+                if xnl >= DURATION_PEER_MIN and xns:
                     gaps.append(xks / xns - xkl / xnl)
         peer_gap = max(0.0, statistics.median(gaps)) if gaps else 0.0
         cl, cs = kl / nl, ks / ns
@@ -295,15 +306,16 @@ def _duration_selection(u: Unit, c: _Ctx) -> _Raw | None:
         missing = max(0, round((cs - peer_gap - cl) * nl))
         guard = cs - cl - peer_gap >= c.s.coverage_gap and missing >= 3
         found.append((not guard, p_cut, cut, cl, cs, peer_gap, nl, ns, z, missing,
-                      unrated, guard))
+                      unrated, guard, since))
     if not found:
         return None
-    _, p, cut, cl, cs, peer_gap, nl, ns, z, missing, unrated, guard = min(
+    _, p, cut, cl, cs, peer_gap, nl, ns, z, missing, unrated, guard, since = min(
         found, key=lambda f: (f[0], f[1]))
-    p = min(1.0, p * len(DURATION_CUTS))
+    p = min(1.0, p * len(DURATION_CUTS) * len(spans))
     ev = {"long_coverage": round(cl, 4), "short_coverage": round(cs, 4), "longest_share": cut,
           "peer_gap": round(peer_gap, 4), "long": nl, "short": ns, "z": round(z, 2),
-          "missing": missing}
+          "missing": missing,
+          "since": str(c.s.local_day(since)) if since else None}
     zh = (f"办理时间最长的 {cut:.0%} 办件参评率 {cl:.0%}，远低于其余办件的 {cs:.0%}"
           f"（同厅差距 {peer_gap:.0%}），"
           f"约 {missing} 位办理复杂业务的群众未被邀请评价")
