@@ -1060,6 +1060,32 @@ def test_other_windows_leaving_long_services_unrated_do_not_excuse_one():
     assert indicator(h, "exc", "duration_selection").strength == "none"
 
 
+def _with_durations(u: Unit, seed: int, skip_longest: float = 0.0,
+                    from_day: int = 0) -> Unit:
+    """Service durations (log-normal, median 6 min) on a `_days` window; from the rolling
+    period's day `from_day` on, the citizens of its longest `skip_longest` share are not asked."""
+    rng = random.Random(seed)
+    txns = [replace(t, started_ms=t.completed_ms - int(360_000 * math.exp(rng.gauss(0, 0.65))))
+            for t in u.txns]
+    since = S.midnight_ms(ROLLING.days[from_day])
+    recent = sorted((t for t in txns if t.completed_ms >= since),
+                    key=lambda t: t.completed_ms - t.started_ms)  # type: ignore[operator]
+    skipped = {t.completed_ms for t in recent[len(recent) - int(len(recent) * skip_longest):]}
+    return replace(u, txns=tuple(replace(t, state="unrated") if t.completed_ms in skipped else t
+                                 for t in txns),
+                   ratings=tuple(r for r in u.ratings if r.txn_completed_ms not in skipped))
+
+
+def test_long_services_unasked_from_some_day_on_fire_over_the_rolling_period():
+    # Three honest days, then two on which the longest 30 % of the citizens are not asked: over
+    # the whole period the long ones' coverage is diluted; the last two days alone show it.
+    t = _with_durations(_days("t", 12, [(40, 0.85, 0.75)] * 5), 5, 0.3, from_day=3)
+    h = _rolling_hall(t, _with_durations(_days("q", 13, [(40, 0.85, 0.75)] * 5), 6))
+    ind = _rolling_indicator(h, "t", "duration_selection")
+    assert ind.strength == "strong" and ind.evidence["since"] == str(ROLLING.days[3])
+    assert _rolling_indicator(h, "q", "duration_selection").strength == "none"
+
+
 def test_coverage_alike_over_service_durations_does_not_fire():
     h = _timeline_hall(honest("t", 34, n_txn=80, coverage=0.7), excellent())
     assert indicator(h, "t", "duration_selection").strength == "none"
