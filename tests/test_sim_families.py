@@ -22,11 +22,11 @@ TARGET = "w01"
 
 def _hall(tmp_path: Path, profile: str, dose: float, params: dict[str, Any] | None = None,
           days: int = 1, bad: float = 0.05, coverage: float = 0.7, seed: int = 3,
-          group: int = 1) -> VirtualHall:
+          group: int = 1, hardware: tuple[str, ...] | None = None) -> VirtualHall:
     """A busy target window (14 transactions an hour) with the family at `dose` from the first
     day, `group` windows of it (cooperation), and two honest windows."""
     cfg = load_config(None, env={}).with_overrides(
-        collector__data_dir=str(tmp_path / f"{profile}-{dose}-{seed}"))
+        collector__data_dir=str(tmp_path / f"{profile}-{dose}-{seed}-{hardware}"))
     rng = random.Random(seed)
     plans = []
     for i in range(group + 2):
@@ -38,7 +38,8 @@ def _hall(tmp_path: Path, profile: str, dose: float, params: dict[str, Any] | No
             plan.blips_per_day = 0.0
             plan.levels = (bad * 0.4, bad * 0.6, 0.15, 0.25, 0.6 - bad)
         plans.append(plan)
-    hall = VirtualHall(cfg, plans, hall="h", seed=seed)
+    hall = (VirtualHall(cfg, plans, hall="h", seed=seed) if hardware is None
+            else VirtualHall(cfg, plans, hall="h", seed=seed, hardware=hardware))
     for d in range(days):
         hall.schedule_day(d)
         hall.run_until(hall.day_bounds(d)[1] - 1)
@@ -139,22 +140,32 @@ def test_interruption_cuts_after_bad_ratings_with_the_dosed_probability(
 
 
 def test_selection_by_outcome_leaves_no_rating_below_4(tmp_path: Path) -> None:
-    full = _hall(tmp_path, "selection", 1.0, {"by": "outcome"}, bad=0.2, coverage=0.95)
+    # The window's levels 1-3 are 35 % of its citizens: a dose of 0.35 is all of them.
+    full = _hall(tmp_path, "selection", 0.35, {"by": "outcome", "misjudged": 0.0}, bad=0.2,
+                 coverage=0.95)
     levels = [r[0] for r in _q(full, "SELECT level FROM rating WHERE window=? AND "
                                "mode='invited'", TARGET)]
     assert levels and min(levels) >= 4
-    part = _hall(tmp_path, "selection", 0.3, {"by": "outcome"}, bad=0.2, coverage=0.95)
+    asked = len(levels) / (len(levels) + _truth(full, "not_asked")
+                           + _truth(full, "unhappy_not_asked"))
+    assert 0.5 < asked < 0.8  # about 65 % still asked
+    part = _hall(tmp_path, "selection", 0.1, {"by": "outcome", "misjudged": 0.0}, bad=0.2,
+                 coverage=0.95)
     assert min(r[0] for r in _q(part, "SELECT level FROM rating WHERE window=?", TARGET)) <= 3
 
 
 def test_selection_by_duration_spares_short_cases(tmp_path: Path) -> None:
-    hall = _hall(tmp_path, "selection", 1.0, {"by": "duration"}, coverage=0.95)
+    # 15 % of the citizens not asked: those whose service took longer than about 12 minutes.
+    hall = _hall(tmp_path, "selection", 0.15, {"by": "duration", "misjudged": 0.0},
+                 coverage=0.95)
     rows = _q(hall, "SELECT completed_ms - started_ms, state FROM txn WHERE window=?", TARGET)
-    long = [s for d, s in rows if d > 720_000]
+    long = [s for d, s in rows if d > 840_000]
     short = [s for d, s in rows if d <= 600_000]
     # A long case may still be rated by the previous citizen's late press on its invitation.
     assert long and long.count("rated") <= 0.15 * len(long)
     assert short.count("rated") >= 0.8 * len(short)
+    not_asked = _truth(hall, "not_asked") + _truth(hall, "unhappy_not_asked")
+    assert 0.08 < not_asked / len(rows) < 0.25
 
 
 @pytest.mark.parametrize(("mode", "seen"), [("dead", False), ("dead", True),
@@ -162,7 +173,7 @@ def test_selection_by_duration_spares_short_cases(tmp_path: Path) -> None:
 def test_tampering_with_and_without_the_firmware_seeing_the_key(
         tmp_path: Path, mode: str, seen: bool) -> None:
     hall = _hall(tmp_path, "tampering", 1.0, {"mode": mode, "keys": (1, 2), "to": 5,
-                                              "seen": seen}, bad=0.3)
+                                              "seen": seen, "how": "switch"}, bad=0.3)
     assert _truth(hall, "tampered_press") > 5
     levels = [r[0] for r in _q(hall, "SELECT level FROM rating WHERE window=? AND "
                                "mode='invited'", TARGET)]
@@ -174,6 +185,76 @@ def test_tampering_with_and_without_the_firmware_seeing_the_key(
         # a cut wire counts nothing; a rewired key counts as 5 (reason tags aside, the
         # counters of 1-2 only hold stray presses and reason tags)
         assert keys[0] + keys[1] < _truth(hall, "tampered_press")
+
+
+def _events(hall: VirtualHall, kind: str, window: str = TARGET) -> list[tuple[int, Any]]:
+    return [(t, json.loads(d)) for t, d in _q(
+        hall, "SELECT at_ms, data FROM device_log WHERE window=? AND kind=? ORDER BY at_ms",
+        window, kind)]
+
+
+@pytest.mark.parametrize("mode", ["dead", "remap"])
+def test_a_keypad_altered_in_its_wiring_fails_the_firmwares_key_self_test(
+        tmp_path: Path, mode: str) -> None:
+    # A key's GPIO wire cut or moved while its switch still switches its ladder resistor:
+    # the firmware's own etfw/tamper.py compares the two and reports the key.
+    hall = _hall(tmp_path, "tampering", 1.0, {"mode": mode, "keys": (1,), "to": 5,
+                                              "seen": False, "how": "wire",
+                                              "opened": "powered"}, bad=0.3)
+    failed = _events(hall, "key_selftest_failed")
+    assert len(failed) >= 2 and all(1 in d["keys"] for _, d in failed)
+    assert all(d["keys"] == ([1] if mode == "dead" else [1, 5]) for _, d in failed)
+    opened = _events(hall, "enclosure_opened")  # opened with the device running, then shut
+    assert [d["closed"] for _, d in opened] == [False, True]
+    assert opened[0][0] < failed[0][0]
+    for w in ("w02", "w03"):  # honest keypads pass their self-test
+        assert not _events(hall, "key_selftest_failed", w)
+
+
+def test_a_keypad_altered_at_its_switches_passes_the_self_test(tmp_path: Path) -> None:
+    # The switch rewired along with its resistor (or blocked, or its cap moved): the ladder
+    # agrees with the GPIOs; unplugged before the lid was opened: a power loss and a restart
+    # before opening hours, no lid event (open and shut while the board had no power).
+    hall = _hall(tmp_path, "tampering", 1.0, {"mode": "remap", "keys": (1, 2), "to": 4,
+                                              "seen": False, "how": "switch",
+                                              "opened": "unplugged"}, bad=0.3)
+    assert _truth(hall, "tampered_press") > 5
+    assert not _events(hall, "key_selftest_failed")
+    assert not _events(hall, "enclosure_opened")
+    lost, boots = _events(hall, "power_lost"), _events(hall, "boot")
+    assert len(lost) == 1 and len(boots) == 1 and lost[0][0] < boots[0][0]
+    assert lost[0][0] < hall.local_ms(hall.business_day(0), "08:30")
+
+
+def test_a_power_cut_after_a_bad_rating_sends_the_last_gasp(tmp_path: Path) -> None:
+    hall = _hall(tmp_path, "interruption", 1.0, {"mode": "power", "minutes": 3.0,
+                                                 "after_ms": 5000}, bad=0.3)
+    lost = [t for t, _ in _events(hall, "power_lost")]
+    assert len(lost) >= _truth(hall, "interrupted") - 1 >= 4
+    bad = [t for (t,) in _q(hall, "SELECT press_ms FROM rating WHERE window=? AND level<=2",
+                            TARGET)]
+    # each power loss a few seconds after a 差评 was pressed (5-8 s: the family's delay)
+    assert all(any(0 < t - b <= 9000 for b in bad) for t in lost)
+    net = _hall(tmp_path, "interruption", 1.0, {"mode": "network", "minutes": 3.0}, bad=0.3,
+                seed=4)
+    assert not _events(net, "power_lost")  # the Wi-Fi gone, the power there
+
+
+def test_honest_hardware_incidents_are_reported_as_they_happen(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import collector.sim.hall as sim_hall
+
+    monkeypatch.setattr(sim_hall, "DEVICE_POWER_CUT", 1.0)
+    monkeypatch.setattr(sim_hall, "TECHNICIAN_VISIT", 1.0)
+    hall = _hall(tmp_path, "fill_in", 0.0)
+    for w in ("w01", "w02", "w03"):
+        assert len(_events(hall, "power_lost", w)) == 1
+        # opened, shut again (and, when the power cut fell within the visit, open at boot)
+        closed = [d["closed"] for _, d in _events(hall, "enclosure_opened", w)]
+        assert closed[0] is False and closed[-1] is True and closed.count(True) == 1
+        assert not _events(hall, "key_selftest_failed", w)
+    bare = _hall(tmp_path, "fill_in", 0.0, hardware=())  # a board without the parts
+    assert not _events(bare, "power_lost") and not _events(bare, "enclosure_opened")
 
 
 def test_honest_variation_draws_every_trait_and_batch_closes_are_bursts(tmp_path: Path) -> None:

@@ -31,15 +31,24 @@ try:  # the firmware package, installed with the collector or run from the repos
     from etfw import command as fw_command  # type: ignore[import-not-found, unused-ignore]
     from etfw import config as fw_config  # type: ignore[import-not-found, unused-ignore]
     from etfw import message as fw_message  # type: ignore[import-not-found, unused-ignore]
+    from etfw import tamper as fw_tamper  # type: ignore[import-not-found, unused-ignore]
     from etfw import terminal as fw_terminal  # type: ignore[import-not-found, unused-ignore]
 except ImportError:  # a checkout: firmware/ beside collector/, as the firmware tests use it
     sys.path.append(str(Path(__file__).resolve().parents[2] / "firmware"))
     from etfw import command as fw_command  # type: ignore[import-not-found, unused-ignore]
     from etfw import config as fw_config  # type: ignore[import-not-found, unused-ignore]
     from etfw import message as fw_message  # type: ignore[import-not-found, unused-ignore]
+    from etfw import tamper as fw_tamper  # type: ignore[import-not-found, unused-ignore]
     from etfw import terminal as fw_terminal  # type: ignore[import-not-found, unused-ignore]
 
-__all__ = ["THANKS_MS", "SimTerminal", "Tamper", "device_tamper"]
+__all__ = ["REFERENCE_TAMPER", "THANKS_MS", "SimTerminal", "Tamper", "device_tamper"]
+
+# The reference board's tamper inputs (docs/firmware.md, "Wiring"), all fitted.
+REFERENCE_TAMPER = ("enclosure", "power", "ladder")
+# How long a simulated press holds its key down, and when the loop samples the ladder (the
+# firmware samples every loop step; a mismatch counts once held for etfw.tamper._HOLD_MS).
+_PRESS_SAMPLES_MS = (0, 70, 140)
+_RELEASE_MS = 200
 
 # The terminal's settings: the firmware's defaults (etfw/config.py), as a device ships.
 _FW = fw_config.DEFAULTS
@@ -79,14 +88,19 @@ class Tamper:
     `seen`: whether the firmware's key counter still counts the physical key (tampered
     firmware that ignores or rewrites a press it saw) or not (the keypad itself altered: a cut
     wire counts nothing, a rewired key counts as the key it now closes); `share`: the share of
-    presses affected (an intermittent fault, a switch the staff flip)."""
+    presses affected (an intermittent fault, a switch the staff flip); `ladder_sees`: the
+    keypad's alteration is in a key's GPIO wire (cut, or moved to another key's line) while its
+    switch still switches its own resistor on the key ladder, so the firmware's self-test
+    (etfw/tamper.py) sees the physical key; False when the switch itself was rewired along with
+    its resistor, blocked, or its cap moved (the ladder agrees with the GPIOs)."""
 
     def __init__(self, dead: set[int] | None = None, remap: dict[int, int] | None = None,
-                 seen: bool = False, share: float = 1.0) -> None:
+                 seen: bool = False, share: float = 1.0, ladder_sees: bool = False) -> None:
         self.dead = set(dead or ())
         self.remap = dict(remap or {})
         self.seen = seen
         self.share = share
+        self.ladder_sees = ladder_sees and not seen
 
     def apply(self, key: int, rng: random.Random) -> tuple[int | None, int | None]:
         """(the key the counter counts or None, the key the terminal gets or None)."""
@@ -100,16 +114,42 @@ class Tamper:
         return (key if self.seen else other), other
 
 
+class _Pin:
+    """A board input as the firmware reads it (value(); read_uv() for the ladder's ADC)."""
+
+    def __init__(self, v: int = 0) -> None:
+        self.v = v
+
+    def value(self) -> int:
+        return self.v
+
+
+class _Ladder:
+    """The ADC on the key ladder: the level of the key whose resistor is switched (0: none)."""
+
+    def __init__(self) -> None:
+        self.key = 0
+
+    def read_uv(self) -> int:
+        return int(fw_tamper.LADDER_MV[self.key - 1 if self.key else 5]) * 1000
+
+
 class SimTerminal:
     """A simulated board running the firmware's terminal, emitting the firmware's signed
     messages. Shared by the simulated-time device (collector/sim/hall.py) and the real-time one
     (collector/sim/realtime.py); a subclass supplies `rng`, `note` and `_send`, and calls every
-    method with the time in epoch ms."""
+    method with the time in epoch ms. `fitted`: the tamper inputs the board has (the config's
+    `tamper`), read by the firmware's own etfw/tamper.py: the key ladder sampled around every
+    press, the enclosure switch, the supply sense at a power cut (`last_gasp`)."""
 
     rng: random.Random
 
-    def __init__(self, plan: WindowPlan, key: bytes, prefix: str, hall: str) -> None:
+    def __init__(self, plan: WindowPlan, key: bytes, prefix: str, hall: str,
+                 fitted: tuple[str, ...] = ()) -> None:
         self.plan, self.key, self.prefix, self.hall = plan, key, prefix, hall
+        self.fitted = tuple(fitted)
+        self._pins = {"keys": [_Pin() for _ in range(5)], "enclosure": _Pin(0),
+                      "power": _Pin(1), "ladder": _Ladder()}
         self.boot = 0
         self.keys = [0, 0, 0, 0, 0]  # physical counters, persisted (etfw/keys.py, app.py)
         self.uninvited = 0           # presses outside an invitation, persisted (app.py)
@@ -136,6 +176,11 @@ class SimTerminal:
                                          _FW["thanks_ms"], _FW["reason_keys"])
         self.term.start(t)
         self._held, self._dropping = None, False
+        self._pins["power"].v = 1
+        # The firmware's tamper module on the board's inputs (key GPIOs read 1 when down);
+        # None without fitted parts, as etfw/app.py builds it.
+        self.hw_tamper = (fw_tamper.Tamper(self._pins, self.fitted, 1) if self.fitted
+                          else None)
 
     @property
     def state(self) -> str:
@@ -207,6 +252,29 @@ class SimTerminal:
     def event(self, etype: str, data: dict[str, Any]) -> None:
         self._emit_bytes(self.topic("event"), self.msgs.event(etype, data))
 
+    def urgent_event(self, etype: str, data: dict[str, Any]) -> None:
+        """etfw/app.py: published now, ahead of the outbox (the last gasp); kept on flash
+        when the link is down."""
+        self._emit_bytes(self.topic("event"), self.msgs.event(etype, data))
+
+    # -- the board's tamper inputs (etfw/tamper.py) --
+    def _poll_tamper(self, t: int) -> None:
+        if self.hw_tamper is not None and self.powered:
+            self._at(t)
+            self.hw_tamper.poll(t, self)
+
+    def last_gasp(self, t: int) -> None:
+        """The supply is gone: the firmware's power sense reads 0 (`power_lost`, sent from
+        the hold-up capacitor while the link still stands); call before the power goes."""
+        self._pins["power"].v = 0
+        self._poll_tamper(t)
+
+    def enclosure(self, opened: bool, t: int) -> None:
+        """The lid opened or shut (the switch settles for etfw.tamper._SETTLE_MS)."""
+        self._pins["enclosure"].v = 1 if opened else 0
+        self._poll_tamper(t)
+        self._poll_tamper(t + 250)
+
     # -- power (unplugging) --
     def _keep_held(self) -> None:
         """A power cut while a 差评 waits for its reason: the held record is on flash and is
@@ -223,6 +291,8 @@ class SimTerminal:
         self._boot_firmware(t)
         self._at(t)
         self.event("boot", {"fw": FW, "reset_cause": "power_on"})
+        if self.hw_tamper is not None:
+            self.hw_tamper.start(t, self)  # a lid open at boot is reported
 
     def heartbeat(self, t: int) -> None:
         """Sent directly, only while connected (etfw/app.py: link.send, not the outbox)."""
@@ -268,6 +338,8 @@ class SimTerminal:
         counted, given = self.tamper.apply(key, self.rng)
         if (counted, given) != (key, key):
             self.note("tampered_press")
+        if self.hw_tamper is not None:
+            self._ladder_press(key, counted, given, t)
         if counted is not None:
             self.keys[counted - 1] += 1
         if given is None:
@@ -275,6 +347,25 @@ class SimTerminal:
         before = self.term.uninvited
         self.term.press(given, t)
         self.uninvited += self.term.uninvited - before
+
+    def _ladder_press(self, key: int, counted: int | None, given: int | None, t: int) -> None:
+        """The press as the board's inputs see it, sampled by the firmware's self-test: the
+        GPIO down is the one the firmware counts (the physical key's when tampered firmware
+        rewrites it afterwards: `seen`), the ladder's resistor the physical key's when the
+        alteration is in the GPIO wiring only (Tamper.ladder_sees), else the GPIO's."""
+        gpio = counted  # the key the firmware counts is the GPIO it saw down
+        ladder = key if (self.tamper.ladder_sees and (counted, given) != (key, key)) else gpio
+        pins, lad = self._pins["keys"], self._pins["ladder"]
+        if gpio:
+            pins[gpio - 1].v = 1
+        lad.key = ladder or 0
+        for dt in _PRESS_SAMPLES_MS:
+            self._poll_tamper(t + dt)
+        if gpio:
+            pins[gpio - 1].v = 0
+        lad.key = 0
+        self._poll_tamper(t + _RELEASE_MS)
+        self._at(t)
 
     def deadlines(self, t: int, ttl_s: int = 0) -> list[int]:
         """When the terminal may next need a tick after an input at `t` (the firmware's loop
@@ -292,7 +383,9 @@ def device_tamper(plan: WindowPlan, profile: str) -> Tamper:
         return Tamper(dead={1, 2})
     if profile == "tampering":
         keys = set(p["keys"])
+        wire = p.get("how") == "wire"
         if p["mode"] == "dead":
-            return Tamper(dead=keys, seen=p["seen"], share=p["dose"])
-        return Tamper(remap={k: p["to"] for k in keys}, seen=p["seen"], share=p["dose"])
+            return Tamper(dead=keys, seen=p["seen"], share=p["dose"], ladder_sees=wire)
+        return Tamper(remap={k: p["to"] for k in keys}, seen=p["seen"], share=p["dose"],
+                      ladder_sees=wire)
     return Tamper()

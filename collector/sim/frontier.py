@@ -130,6 +130,20 @@ def format_frontier(points: list[FrontierPoint], outcomes: list[WindowOutcome],
                      f"{p.acted / max(p.windows, 1):>7.0%}{p.day1 / max(p.windows, 1):>7.0%}"
                      f"{p.day2 / max(p.windows, 1):>7.0%}  {lo:>4.0%}-{hi:<7.0%}"
                      f"  {FAMILIES[p.family].dose}")
+    by_variant: dict[tuple[str, str], list[int]] = {}
+    for o in outcomes:
+        if o.variant and o.profile in {p.family for p in points}:
+            v = by_variant.setdefault((o.profile, o.variant), [0, 0, 0, 0])
+            d2 = o.first_flag_day is not None and o.first_flag_day <= 2
+            v[0] += 1
+            v[1] += d2
+            v[2] += o.acted(2)
+            v[3] += d2 and o.acted(2)
+    if by_variant:
+        lines.append("")
+        lines.append("by variant, all doses (<=2d of windows; of the windows that acted):")
+        lines += [f"  {fam:<13}{var:<36}{v[1]:>3}/{v[0]:<3}  acted {v[3]:>3}/{v[2]}"
+                  for (fam, var), v in sorted(by_variant.items())]
     f, t, ef, et = honest_rate(outcomes)
     lines.append("")
     lines.append(f"honest window-days falsely flagged (honest variation on): {f}/{t} = "

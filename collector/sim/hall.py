@@ -19,7 +19,7 @@ from collector.db import connect
 from collector.ingest import Inbound, Ingest
 from collector.protocol import feed_message, feed_topic
 from collector.registry import Registry
-from collector.sim.device import SimTerminal
+from collector.sim.device import REFERENCE_TAMPER, SimTerminal
 from collector.sim.profiles import (
     FW,
     WILL_DELAY_MS,
@@ -31,6 +31,14 @@ from collector.sim.profiles import (
 
 __all__ = ["VirtualHall"]
 
+# Honest hardware incidents (per business day): a device's power cut in opening hours (a cable
+# pulled, a socket switched off by the cleaners), the hall's power failing, a technician
+# opening a keypad's case. Assumptions (no published figures for service halls), kept so that
+# a power loss or an opened lid is never in itself proof.
+DEVICE_POWER_CUT = 0.02
+HALL_POWER_FAILURE = 0.01
+TECHNICIAN_VISIT = 0.005
+
 
 class _Device(SimTerminal):
     """The terminal in simulated time: messages reach the hall's event queue after a delay, the
@@ -38,7 +46,7 @@ class _Device(SimTerminal):
 
     def __init__(self, hall: VirtualHall, plan: WindowPlan, key: bytes) -> None:
         self.rng = hall.rng
-        super().__init__(plan, key, hall.prefix, hall.hall)
+        super().__init__(plan, key, hall.prefix, hall.hall, hall.hardware)
         self.h = hall
         self.will: bytes | None = None
 
@@ -64,6 +72,7 @@ class _Device(SimTerminal):
         self.connected = False
 
     def power_off(self, t: int) -> None:
+        self.last_gasp(t)  # the power sense, while the link still stands
         self.disconnect(t)
         self._keep_held()
         self._power_down()
@@ -91,8 +100,14 @@ class VirtualHall:
 
     def __init__(self, cfg: Config, plans: list[WindowPlan], *, hall: str = "vhall",
                  seed: int = 1, first_day: date = date(2026, 3, 2),
-                 honest_drift: bool = False) -> None:
+                 honest_drift: bool = False,
+                 hardware: tuple[str, ...] = REFERENCE_TAMPER) -> None:
         self.cfg = cfg
+        # The devices' tamper inputs (the reference board: all fitted), and the honest
+        # hardware incidents they report (power cuts, a technician opening the case), drawn
+        # from a generator of their own so the rest of the simulation's draws stay the same.
+        self.hardware = tuple(hardware)
+        self._hw_rng = random.Random(seed ^ 0xB0A2D)
         # Honest drift (off by default): each staff member, and each day, shifts the window's
         # citizens' response times, coverage and satisfaction a little (staff A lets citizens
         # wait at the device, staff B invites less insistently, a rush day), so an honest
@@ -129,7 +144,7 @@ class VirtualHall:
         self.truth: dict[tuple[str, int], dict[str, int]] = {}
         self.paused: dict[str, bool] = {p.window: False for p in plans}
         self.tokens: dict[str, list[int]] = {p.window: [] for p in plans}  # drip: fakes due
-        self._long: dict[str, bool] = {}  # transaction -> its service took long
+        self._long: dict[str, int] = {}  # transaction -> how long its service took (ms)
 
         tz_min = int(cfg.get("detection", "utc_offset")[1:3]) * 60 + int(
             cfg.get("detection", "utc_offset")[4:6])
@@ -210,7 +225,7 @@ class VirtualHall:
         # Service durations: log-normal, median 6 minutes; a long case (over 12 minutes, about
         # a seventh of them) ends in a 差评 three times as often (see _citizen).
         dur = int(min(3600_000, max(60_000, 360_000 * math.exp(self.rng.gauss(0, 0.65)))))
-        self._long[txn] = dur > 720_000
+        self._long[txn] = dur
         self._feed(window, "txn_completed", txn=txn,
                    staff={"id": who[0], "name": who[1], "badge": who[2]},
                    service={"code": "sfz-hl", "name": "居民身份证换领"},
@@ -284,7 +299,8 @@ class VirtualHall:
         _, d_cov, d_bad, d_top = self._drift_of(plan)
         if not self.honest_drift:
             d_bad = d_top = 1.0
-        long_service = self._long.pop(txn, False)
+        service_ms = self._long.pop(txn, None)
+        long_service = service_ms is not None and service_ms > 720_000
         if long_service:
             d_bad *= 3.0
         if tr.get("bad_day") == self.day_index:
@@ -299,6 +315,7 @@ class VirtualHall:
         rate = rng.random() < min(0.99, max(0.3, plan.coverage + d_cov))
         acts = citizen_presses(rng, plan, plan.active(self.day_index), level, rate,
                                lambda: self._rt(plan), dev.note, long_service=long_service,
+                               service_ms=service_ms,
                                tokens=self.tokens[plan.window],
                                ttl_ms=self.cfg.linking.invite_ttl_s * 1000)
         self._schedule_actions(plan, dev, [(shown + t, a, arg) for t, a, arg in acts])
@@ -379,8 +396,38 @@ class VirtualHall:
             for _ in range(_poisson(rng, 0.5)):
                 self.at(rng.randint(shifts[0][0], shifts[1][1]), self._press, dev,
                         rng.randint(1, 5))
+            self._hardware_day(plan, dev, index, shifts, wake)
             if active:
                 self._schedule_profile(plan, dev, day, shifts)
+        if self._hw_rng.random() < HALL_POWER_FAILURE:  # the hall's power fails for everyone
+            g = self._hw_rng
+            s = g.randint(shifts[0][0], shifts[1][1] - 3600_000)
+            e = s + g.randint(5, 40) * 60_000
+            for plan in self.plans:
+                self._schedule_actions(plan, self.devices[plan.window],
+                                       [(s + g.randint(0, 500), "power", 0),
+                                        (e + g.randint(0, 5000), "power", 1)])
+
+    def _hardware_day(self, plan: WindowPlan, dev: _Device, index: int,
+                      shifts: list[tuple[int, int]], wake: int) -> None:
+        """Honest hardware incidents of one device-day (a cable pulled, a technician's visit)
+        and, on its first day, the opening of a keypad altered inside its case (the tampering
+        family): what the board's tamper inputs then report."""
+        g = self._hw_rng
+        acts: list[Action] = []
+        if g.random() < DEVICE_POWER_CUT:
+            s = g.randint(shifts[0][0], shifts[1][1] - 1800_000)
+            acts += [(s, "power", 0), (s + g.randint(1, 20) * 60_000, "power", 1)]
+        if g.random() < TECHNICIAN_VISIT:
+            s = g.randint(shifts[0][0], shifts[1][1] - 3600_000)
+            acts += [(s, "lid", 1), (s + g.randint(10, 30) * 60_000, "lid", 0)]
+        p = plan.params
+        if plan.profile == "tampering" and index == plan.start_day and not p["seen"]:
+            s = wake - g.randint(10, 40) * 60_000  # before opening hours
+            e = s + g.randint(4, 12) * 60_000
+            kind = "lid" if p.get("opened") == "powered" else "power"
+            acts += [(s, kind, 1 if kind == "lid" else 0), (e, kind, 0 if kind == "lid" else 1)]
+        self._schedule_actions(plan, dev, acts)
 
     def _staff_of_day(self, plan: WindowPlan, index: int) -> tuple[tuple[str, str, str], ...]:
         """Who serves the morning and the afternoon: the window's two staff members; a new
@@ -415,6 +462,8 @@ class VirtualHall:
                 self.at(t, self.tokens[plan.window].append, t)
             elif action == "network":
                 self.at(t, lambda d=dev, up=bool(arg): d.network(up, self.now))
+            elif action == "lid":
+                self.at(t, lambda d=dev, up=bool(arg): d.powered and d.enclosure(up, self.now))
             elif arg:
                 self.at(t, lambda d=dev: (not d.powered) and d.power_on(self.now))
             else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,8 +79,8 @@ FAMILIES: dict[str, Family] = {
     "cooperation": Family("share of the partners' unrated invitations filled in", 0.1, 1.0,
                           (0.1, 0.2, 0.5, 1.0)),
     "interruption": Family("probability of a cut after a 差评", 0.2, 1.0, (0.25, 0.5, 1.0)),
-    "selection": Family("share of the targeted citizens not asked", 0.3, 1.0,
-                        (0.3, 0.5, 0.8, 1.0)),
+    "selection": Family("share of the window's citizens not asked", 0.1, 0.5,
+                        (0.1, 0.2, 0.3, 0.5)),
     "tampering": Family("share of the tampered key's presses affected", 0.25, 1.0,
                         (0.25, 0.5, 1.0)),
 }
@@ -198,7 +199,9 @@ def family_variant(plan: WindowPlan) -> str:
     """The variant of the window's family that the frontier shows apart ("" if none)."""
     p = plan.params
     if plan.profile == "tampering":
-        return f"{p['mode']}, {'seen' if p['seen'] else 'not seen'} by the firmware"
+        if p["seen"]:
+            return f"{p['mode']}, seen by the firmware"
+        return f"{p['mode']}, keypad altered ({p.get('how', 'switch')})"
     if plan.profile == "interruption":
         return f"{p['mode']} cut"
     if plan.profile == "selection":
@@ -259,12 +262,22 @@ def _family_params(rng: random.Random, profile: str) -> dict[str, Any]:
         return {"mode": rng.choice(("power", "network")), "minutes": rng.uniform(1, 15),
                 "after_ms": rng.randint(1500, 15_000)}
     if profile == "selection":
-        return {"by": rng.choice(("duration", "outcome"))}
+        # The staff member's judgement is imperfect: a share `misjudged` (0-30 %) of the
+        # citizens not asked are not the targeted ones (by_duration: a long case taken for a
+        # short one; by outcome: a satisfied citizen taken for an unhappy one).
+        return {"by": rng.choice(("duration", "outcome")), "misjudged": rng.uniform(0.0, 0.3)}
     if profile == "tampering":
         mode = rng.choice(("dead", "remap"))
         keys = rng.choice(((1,), (2,), (1, 2)))
+        # `seen`: tampered firmware (its counter counts the physical key); else the keypad was
+        # altered inside its case: `how` "wire" (a key's GPIO wire cut or moved, its switch
+        # still on the key ladder: the self-test sees it) or "switch" (the switch rewired
+        # with its ladder resistor, blocked, or its cap moved: nothing sees it); `opened`
+        # "powered" (the lid opened with the device running: the enclosure switch reports
+        # it) or "unplugged" (power cut first: a restart before opening hours, nothing else).
         return {"mode": mode, "keys": keys, "to": rng.choice((3, 4, 5)),
-                "seen": rng.random() < 0.5}
+                "seen": rng.random() < 0.5, "how": rng.choice(("wire", "switch")),
+                "opened": rng.choice(("powered", "unplugged"))}
     return {}
 
 
@@ -288,10 +301,12 @@ def _staff_delay(rng: random.Random, p: dict[str, Any], ttl_ms: int) -> int:
 
 def citizen_presses(rng: random.Random, plan: WindowPlan, active: bool, level: int, rate: bool,
                     rt: Callable[[], int], note: Note, *, long_service: bool = False,
+                    service_ms: int | None = None,
                     tokens: list[int] | None = None, ttl_ms: int = 120_000) -> list[Action]:
     """What follows one invitation, as (ms after it showed, action, arg): the citizen's presses
     (`level`, if they `rate`; `rt()` draws their response time) and, by profile, the staff's
     presses or power and network cuts. `long_service`: the citizen's case took long;
+    `service_ms`: how long it took (selection by duration);
     `tokens`: the drip's fake ratings still due today (one is taken when used). Presses on a
     dead key or while nothing is asked are still presses: the device decides."""
     p = plan.params
@@ -308,11 +323,9 @@ def citizen_presses(rng: random.Random, plan: WindowPlan, active: bool, level: i
         if rate and rng.random() >= keep:
             note("not_invited" if level >= 4 else "unhappy_not_invited", 1)
             return []
-    if prof == "selection" and rate:
-        target = long_service if p["by"] == "duration" else level <= 3
-        if target and rng.random() < p["dose"]:
-            note("not_asked" if level >= 3 else "unhappy_not_asked", 1)
-            return []
+    if prof == "selection" and rate and _not_asked(rng, plan, level, service_ms):
+        note("not_asked" if level >= 3 else "unhappy_not_asked", 1)
+        return []
     if not rate:
         if prof in ("fill_in", "cooperation") and rng.random() < p["dose"]:
             note("filled_in" if prof == "fill_in" else "cooperated", 1)
@@ -344,6 +357,29 @@ def citizen_presses(rng: random.Random, plan: WindowPlan, active: bool, level: i
     return out
 
 
+
+
+def _not_asked(rng: random.Random, plan: WindowPlan, level: int, service_ms: int | None) -> bool:
+    """Selection: whether the staff member does not ask this citizen, so that about `dose` of
+    the window's citizens are not asked, the ones whose service took longest (the duration's
+    upper `dose` quantile: log-normal, median 6 minutes, σ 0.65, as VirtualHall draws them)
+    or went worst (from level 1 up, by the window's level distribution); a share `misjudged`
+    of them at random instead."""
+    p = plan.params
+    dose, miss = float(p["dose"]), float(p.get("misjudged", 0.0))
+    if rng.random() < dose * miss:
+        return True
+    budget = dose * (1 - miss)  # the share of all citizens chosen by the target
+    if p["by"] == "duration":
+        if service_ms is None:
+            return False
+        z = statistics.NormalDist().inv_cdf(min(0.999, max(0.001, 1 - budget)))
+        return service_ms * math.exp(rng.gauss(0, 0.15)) > 360_000 * math.exp(0.65 * z)
+    below = sum(plan.levels[: level - 1]) / max(sum(plan.levels), 1e-9)
+    share = plan.levels[level - 1] / max(sum(plan.levels), 1e-9)
+    if below >= budget or share <= 0:
+        return False
+    return rng.random() < min(1.0, (budget - below) / share)
 
 
 def _standalone(times: list[int], key: int = 5) -> list[Action]:

@@ -3,7 +3,9 @@ peers, invitations given selectively."""
 
 from __future__ import annotations
 
+import itertools
 import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -245,58 +247,75 @@ def _coverage_up(u: Unit, c: _Ctx) -> _Raw | None:
 
 # The longest shares of a window's services compared with the rest of them.
 DURATION_CUTS = (0.5, 0.25, 0.125)
+# Least long services for a peer's gap to count in the hall's median (fewer are noise).
+DURATION_PEER_MIN = 8
 
 
-def _durations(u: Unit, c: _Ctx, cut: float) -> tuple[int, int, int, int, list[TxnFact]]:
+def _durations(u: Unit, c: _Ctx, cut: float, since_ms: int = 0
+               ) -> tuple[int, int, int, int, list[TxnFact]]:
     """(rated, decided) of the window's longest `cut` share of services (by completed -
-    started) and of the rest, and the long ones' unrated transactions."""
+    started) completed from `since_ms` on, and of the rest, and the long ones' unrated
+    transactions."""
     def find() -> tuple[int, int, int, int, list[TxnFact]]:
-        started = [(t, t.started_ms) for t in _decided_txns(u, c) if t.started_ms is not None]
+        started = [(t, t.started_ms) for t in _decided_txns(u, c)
+                   if t.started_ms is not None and t.completed_ms >= since_ms]
         ts = [t for t, _ in sorted(started, key=lambda x: x[0].completed_ms - x[1])]
         n_long = int(len(ts) * cut)
         short, long = ts[:len(ts) - n_long], ts[len(ts) - n_long:]
         return (sum(1 for t in long if t.state == "rated"), len(long),
                 sum(1 for t in short if t.state == "rated"), len(short),
                 [t for t in long if t.state == "unrated"])
-    return c.once(f"durations:{cut}", u, find)
+    return c.once(f"durations:{cut}:{since_ms}", u, find)
 
 
 def _duration_selection(u: Unit, c: _Ctx) -> _Raw | None:
     """Long (difficult) services rated less often than the others, beyond the hall's own
     difference: citizens with long cases are not asked to rate. The window's coverage of its
-    longest half, quarter and eighth of services against the rest of them, each with the
-    peers' pooled difference at that cut as the null (one-sided z), the clearest cut with a
-    Bonferroni factor of 3; strong evidence needs a gap of coverage_gap beyond the peers' and
-    at least 3 citizens missing."""
+    longest half, quarter and eighth of services against the rest of them. The null: the long
+    ones are rated as often as the window's short ones less the hall's gap at that cut (the
+    median of the other windows' gaps, so the hall's manipulated windows do not set it), the
+    short ones' coverage known only from their counts: the long ones rated then follow a
+    beta-binomial law (exact at a handful of long services, where a normal approximation
+    accused honest windows); the clearest cut with a Bonferroni factor of 3. Strong evidence
+    needs a gap of coverage_gap beyond the hall's and at least 3 citizens missing."""
     if not c.hall.has_feed:
         return None
+    # Selection starts on some day: over the rolling period also its last one and two
+    # business days alone (the days before them would dilute it), Bonferroni over the spans.
+    days = list(c.period.days)
+    recent = days[-2:] if len(days) >= 3 else days[-1:] if len(days) == 2 else []
+    spans = [0] + [c.s.midnight_ms(d) for d in recent]
     found = []
-    for cut in DURATION_CUTS:
-        kl, nl, ks, ns, unrated = _durations(u, c, cut)
+    for since, cut in itertools.product(spans, DURATION_CUTS):
+        kl, nl, ks, ns, unrated = _durations(u, c, cut, since)
         if nl < 4 or ns < c.s.min_ratings // 2:
             continue
-        pk = [0, 0, 0, 0]
+        gaps = []
         for x in c.units:
-            if x is not u:
-                for i, v in enumerate(_durations(x, c, cut)[:4]):
-                    pk[i] += v
-        peer_gap = max(0.0, pk[2] / pk[3] - pk[0] / pk[1]) if pk[1] and pk[3] else 0.0
+            if x is not u and x.staff is None:
+                xkl, xnl, xks, xns, _ = _durations(x, c, cut, since)
+                if xnl >= DURATION_PEER_MIN and xns:
+                    gaps.append(xks / xns - xkl / xnl)
+        peer_gap = max(0.0, statistics.median(gaps)) if gaps else 0.0
         cl, cs = kl / nl, ks / ns
-        pooled = (kl + ks) / (nl + ns)
-        se = math.sqrt(max(pooled * (1 - pooled), 1e-9) * (1 / nl + 1 / ns))
-        z = (cs - cl - peer_gap) / se
+        expect = min(1.0, max(0.01, cs - peer_gap))
+        a, b = expect * ns + 1, (1 - expect) * ns + 1
+        p_cut = stats.beta_binomial_cdf(kl, nl, a, b)
+        sd = math.sqrt(max(expect * (1 - expect), 1e-9) / nl)
+        z = (cs - cl - peer_gap) / sd
         missing = max(0, round((cs - peer_gap - cl) * nl))
         guard = cs - cl - peer_gap >= c.s.coverage_gap and missing >= 3
-        found.append((not guard, stats.normal_sf(z), cut, cl, cs, peer_gap, nl, ns, z, missing,
-                      unrated, guard))
+        found.append((not guard, p_cut, cut, cl, cs, peer_gap, nl, ns, z, missing,
+                      unrated, guard, since))
     if not found:
         return None
-    _, p, cut, cl, cs, peer_gap, nl, ns, z, missing, unrated, guard = min(
+    _, p, cut, cl, cs, peer_gap, nl, ns, z, missing, unrated, guard, since = min(
         found, key=lambda f: (f[0], f[1]))
-    p = min(1.0, p * len(DURATION_CUTS))
+    p = min(1.0, p * len(DURATION_CUTS) * len(spans))
     ev = {"long_coverage": round(cl, 4), "short_coverage": round(cs, 4), "longest_share": cut,
           "peer_gap": round(peer_gap, 4), "long": nl, "short": ns, "z": round(z, 2),
-          "missing": missing}
+          "missing": missing,
+          "since": str(c.s.local_day(since)) if since else None}
     zh = (f"办理时间最长的 {cut:.0%} 办件参评率 {cl:.0%}，远低于其余办件的 {cs:.0%}"
           f"（同厅差距 {peer_gap:.0%}），"
           f"约 {missing} 位办理复杂业务的群众未被邀请评价")
