@@ -192,7 +192,9 @@ class OutboxDrainer:
 
     def __init__(self, state: sqlite3.Connection, drained: sqlite3.Connection, writer: Writer, *,
                  batch_size: int = 5000, flush_interval_s: float = 0.2,
-                 retry_max_s: float = 30.0, probe_s: float = 5.0) -> None:
+                 retry_max_s: float = 30.0, probe_s: float = 5.0, target: str = "main") -> None:
+        """`target`: the name of the InfluxDB target ([influx] targets) whose progress this is."""
+        self.target = target
         self._probe_s = probe_s
         self._db = state
         self._drained = drained
@@ -201,7 +203,7 @@ class OutboxDrainer:
         self._flush = flush_interval_s
         self._retry_max = retry_max_s
         self._instance = state_instance(state)
-        self._done = drained_up_to(state, drained)
+        self._done = drained_up_to(state, drained, target)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="render")
         self._ahead: Future[list[tuple[int, str]]] | None = None
         self.healthy = True
@@ -222,7 +224,8 @@ class OutboxDrainer:
                 self.last_error = str(exc)
                 self.errors["unavailable"] += 1
                 backoff = min(self._retry_max, max(0.25, backoff * 2))
-                _LOG.warning("InfluxDB write failed, retrying in %.1fs: %s", backoff, exc)
+                _LOG.warning("InfluxDB target %r: write failed, retrying in %.1fs: %s",
+                             self.target, backoff, exc)
                 self._save_status()
                 stop.wait(backoff)
                 continue
@@ -246,7 +249,8 @@ class OutboxDrainer:
                         self._save_status()
                 elif self.healthy or self.last_error != _PING_FAILED:
                     self.healthy, self.last_error = False, _PING_FAILED
-                    _LOG.warning("InfluxDB does not answer its ping (nothing to write meanwhile)")
+                    _LOG.warning("InfluxDB target %r does not answer its ping (nothing to write "
+                                 "meanwhile)", self.target)
                     self._save_status()
             if wrote == 0:
                 stop.wait(idle_poll_s)
@@ -255,7 +259,7 @@ class OutboxDrainer:
                 stop.wait(self._flush)
 
     def depth(self) -> int:
-        return outbox_depth(self._db, self._drained)
+        return outbox_depth(self._db, self._drained, (self.target,))
 
     def drain_once(self) -> int:
         """Write one batch from the outbox. Returns how many points it took.
@@ -280,8 +284,8 @@ class OutboxDrainer:
         self._done = batch[-1][0]
         with transaction(self._drained):
             self._drained.execute(
-                "INSERT OR REPLACE INTO drained (one, instance, outbox_id) VALUES (1, ?, ?)",
-                (self._instance, self._done),
+                "INSERT OR REPLACE INTO drained_target (target, instance, outbox_id) "
+                "VALUES (?, ?, ?)", (self.target, self._instance, self._done),
             )
             self._save_status()
         _LOG.debug("wrote %d points up to outbox id %d in %.0f ms", len(batch), self._done,
@@ -302,10 +306,10 @@ class OutboxDrainer:
 
     def _save_status(self) -> None:
         self._drained.execute(
-            "INSERT OR REPLACE INTO drainer_status (one, pid, healthy, last_error, updated_ms, "
-            "points_written, errors_unavailable, errors_internal, dead_points) "
-            "VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (os.getpid(), int(self.healthy), self.last_error, now_ms(),
+            "INSERT OR REPLACE INTO drainer_target_status (target, pid, healthy, last_error, "
+            "updated_ms, points_written, errors_unavailable, errors_internal, dead_points) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.target, os.getpid(), int(self.healthy), self.last_error, now_ms(),
              self.points_written, self.errors["unavailable"], self.errors["internal"],
              self.dead_points),
         )
@@ -322,10 +326,11 @@ class OutboxDrainer:
             self._write_rows(rows[mid:])
 
     def _bury(self, row: tuple[int, str], error: str) -> None:
-        _LOG.error("InfluxDB refused point %d as invalid; kept in influx_dead: %s", row[0], error)
+        _LOG.error("InfluxDB target %r refused point %d as invalid; kept in influx_target_dead: "
+                   "%s", self.target, row[0], error)
         self._drained.execute(
-            "INSERT OR REPLACE INTO influx_dead (id, line, error, at_ms) VALUES (?, ?, ?, ?)",
-            (row[0], row[1], error, now_ms()),
+            "INSERT OR REPLACE INTO influx_target_dead (target, id, line, error, at_ms) "
+            "VALUES (?, ?, ?, ?, ?)", (self.target, row[0], row[1], error, now_ms()),
         )
         self.dead_points += 1
         self.points_written -= 1
