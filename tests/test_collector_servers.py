@@ -263,7 +263,8 @@ def test_influxdb_outage_loses_nothing(running: Callable[..., Collector],
             publisher.publish(*dev.rating(1 + i % 5, None))
         wait_for(lambda: c.health()["outbox_depth"] >= 40, what="points waiting in the outbox")
         wait_for(lambda: not c.health()["influx_ok"], what="write failures noticed")
-        assert metric(c, "evalterm_influx_write_errors_total", target="main", kind="unavailable") >= 1
+        assert metric(c, "evalterm_influx_write_errors_total", target="main",
+                      kind="unavailable") >= 1
         time.sleep(2)
         own.start()
         wait_for(lambda: len(ratings(cfg)) == 50, timeout=40, what="all 50 ratings after restart")

@@ -61,9 +61,9 @@ _NOTES = {
         'url = "http://influx-b:8086"',
         "```",
         "",
-        "with `EVALTERM_INFLUX__B__PASSWORD` for b's secret. Queries, dashboards, `evalterm backup`",
-        "and `restore` use the first target. Each target has a drainer process and progress of",
-        "its own (docs/storage.md, \"Several InfluxDB targets\").",
+        "with `EVALTERM_INFLUX__B__PASSWORD` for b's secret. Queries, dashboards,",
+        "`evalterm backup` and `restore` use the first target. Each target has a drainer process",
+        "and progress of its own (docs/storage.md, \"Several InfluxDB targets\").",
     ],
 }
 
