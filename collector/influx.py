@@ -5,7 +5,7 @@ same transaction as the linking state, `OutboxDrainer` writes them in order and 
 InfluxDB confirmed, and only then does the collector delete them (`prune_outbox`). While InfluxDB
 is down the outbox grows and nothing is lost; when it returns the outbox drains. A batch InfluxDB
 rejects as invalid (HTTP 400) is split until the offending points are isolated; they are kept in
-the drainer's `influx_dead` table and counted, never silently dropped.
+the drainer's `influx_target_dead` table and counted, never silently dropped.
 
 Two writers: `V1Writer` speaks the 1.x `/write` API (the Debian `influxdb` server), `V2Writer` uses
 `influxdb-client` for 2.x and 3.x (token, org, bucket).
@@ -180,11 +180,13 @@ class OutboxDrainer:
     """influx_outbox -> InfluxDB, in order, at least once.
 
     Runs in a process of its own (`collector.drainer`), so that rendering and writing points
-    do not compete with ingestion for the interpreter. It only reads the state database: how far
-    InfluxDB has confirmed, what it has done (`drainer_status`) and the points InfluxDB refused
-    (`influx_dead`) go to the drainer's own database (`collector.db.connect_drained`), and the
-    collector deletes the confirmed rows (`prune_outbox`). A crash between a write and the record
-    of it rewrites those points, which overwrites them (points are idempotent, collector/points.py).
+    do not compete with ingestion for the interpreter; one per InfluxDB target (`target`). It only
+    reads the state database: how far InfluxDB has confirmed, what it has done
+    (`drainer_target_status`) and the points InfluxDB refused (`influx_target_dead`), each keyed
+    by the target, go to the drainer's own database (`collector.db.connect_drained`), and the
+    collector deletes the rows every target confirmed (`prune_outbox`). A crash between a write
+    and the record of it rewrites those points, which overwrites them (points are idempotent,
+    collector/points.py).
     `state` is read from a second thread (read-ahead), one thread at a time: open it with
     `check_same_thread=False`. While there is nothing to write, InfluxDB is pinged every
     `probe_s`, so that `healthy` (the collector's /healthz) follows an outage without traffic.
