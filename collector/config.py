@@ -42,6 +42,7 @@ __all__ = [
     "parse_config",
     "parse_days_per_hall",
     "sample_config",
+    "target_names",
 ]
 
 
@@ -124,6 +125,13 @@ class MqttConfig:
 class InfluxConfig:
     """The [influx] section."""
 
+    targets: str = _opt("main",
+        help="Names of the InfluxDB servers fed the same points, comma-separated (lower-case "
+             "letters, digits, single _). The first is the server this section describes (queries,"
+             " dashboards, backups use it); each further NAME is an [influx.NAME] table with any "
+             "of this section's keys, the rest taken from here (EVALTERM_INFLUX__NAME__KEY "
+             "overrides). Each has its own drainer and progress; the outbox keeps a point until "
+             "every target has it (docs/storage.md).")
     version: int = _opt(1, choices=(1, 2),
         help="1 for InfluxDB 1.x (/write), 2 for 2.x/3.x (token, org, bucket).")
     url: str = _opt("http://127.0.0.1:8086",
@@ -384,6 +392,33 @@ class Config:
     manager: ManagerConfig = field(default_factory=ManagerConfig)
     state: StateConfig = field(default_factory=StateConfig)
     source: str = "defaults"
+    # The further InfluxDB targets ([influx] targets after the first), each with its
+    # [influx.NAME] settings resolved over [influx]'s.
+    influx_more: tuple[tuple[str, InfluxConfig], ...] = ()
+
+    @property
+    def influx_targets(self) -> tuple[tuple[str, InfluxConfig], ...]:
+        """Every InfluxDB target as (name, settings), the first (`[influx]` itself) first."""
+        first = (target_names(self.influx.targets) or [""])[0]
+        return ((first, self.influx), *self.influx_more)
+
+    def for_influx_target(self, name: str) -> Config:
+        """This config with [influx] replaced by target `name`'s settings (its drainer's)."""
+        from dataclasses import replace
+
+        settings = dict(self.influx_targets)[name]
+        return replace(self, influx=replace(settings, targets=name), influx_more=())
+
+    def _target_tables(self, secrets: bool) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for name, i in self.influx_more:
+            table = {}
+            for o in OPTIONS:
+                if o.section == "influx" and o.key != "targets":
+                    v = getattr(i, o.key)
+                    table[o.key] = v if secrets or not o.secret else ("***" if v else "")
+            out[name] = table
+        return out
 
     @property
     def _values(self) -> dict[tuple[str, str], Any]:
@@ -398,9 +433,18 @@ class Config:
         raw: dict[str, dict[str, Any]] = {}
         for (s, k), v in self._values.items():
             raw.setdefault(s, {})[k] = v
+        raw["influx"].update(self._target_tables(secrets=True))
         for name, v in overrides.items():
             s, _, k = name.partition("__")
-            raw.setdefault(s, {})[k] = v
+            target, sep, tkey = k.partition("__")
+            if s == "influx" and sep:
+                raw["influx"].setdefault(target, {})[tkey] = v
+            else:
+                raw.setdefault(s, {})[k] = v
+        listed = set(target_names(str(raw["influx"].get("targets", ""))))
+        for name in [k for k, v in raw["influx"].items() if isinstance(v, dict)]:
+            if name not in listed:  # a target the overrides removed
+                del raw["influx"][name]
         return _build(raw, {}, self.source)
 
     def redacted(self) -> dict[str, dict[str, Any]]:
@@ -408,6 +452,7 @@ class Config:
         for (s, k), v in self._values.items():
             shown = ("***" if v else "") if f"{s}.{k}" in SECRET_KEYS else v
             out.setdefault(s, {})[k] = shown
+        out["influx"].update(self._target_tables(secrets=False))
         return out
 
     def to_toml(self) -> str:
@@ -418,13 +463,10 @@ class Config:
             if s != section:
                 section = s
                 lines.append(f"\n[{s}]")
-            if isinstance(v, bool):
-                shown = str(v).lower()
-            elif isinstance(v, int | float):
-                shown = repr(v)
-            else:
-                shown = '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-            lines.append(f"{k} = {shown}")
+            lines.append(f"{k} = {_toml_value(v)}")
+        for name, table in self._target_tables(secrets=True).items():
+            lines.append(f"\n[influx.{name}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
         return "\n".join(lines).lstrip() + "\n"
 
     @property
@@ -442,6 +484,22 @@ class Config:
     def unrated_default(self) -> int | None:
         v = self.linking.unrated_default_level
         return None if v == "none" else int(v)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int | float):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_TARGET_NAME = re.compile(r"[a-z](?:_?[a-z0-9])*")
+
+
+def target_names(text: str) -> list[str]:
+    """`[influx] targets` as a list of names (validated by `_check_targets`)."""
+    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 def _coerce(opt: Option, value: Any, where: str) -> Any:
@@ -488,11 +546,15 @@ def _coerce(opt: Option, value: Any, where: str) -> Any:
 def _build(file_values: Mapping[str, Any], env: Mapping[str, str], source: str) -> Config:
     values: dict[tuple[str, str], Any] = {(o.section, o.key): o.default for o in OPTIONS}
     problems: list[str] = []
+    tables: dict[str, dict[str, tuple[Any, str]]] = {}  # [influx.NAME]: key -> (value, where)
     for section, table in file_values.items():
         if not isinstance(table, dict):
             problems.append(f"[{section}] ({source}): expected a table")
             continue
         for key, v in table.items():
+            if section == "influx" and isinstance(v, dict):
+                tables.setdefault(key, {}).update({k: (x, source) for k, x in v.items()})
+                continue
             opt = _BY_NAME.get((section, key))
             if opt is None:
                 problems.append(f"[{section}] {key} ({source}): unknown option")
@@ -505,6 +567,10 @@ def _build(file_values: Mapping[str, Any], env: Mapping[str, str], source: str) 
         if not name.startswith("EVALTERM_") or "__" not in name:
             continue
         section, key = name[len("EVALTERM_"):].lower().split("__", 1)
+        target, sep, tkey = key.partition("__")
+        if section == "influx" and sep:
+            tables.setdefault(target, {})[tkey] = (v, f"environment {name}")
+            continue
         opt = _BY_NAME.get((section, key))
         if opt is None:
             problems.append(f"{name}: unknown option [{section}] {key}")
@@ -518,11 +584,57 @@ def _build(file_values: Mapping[str, Any], env: Mapping[str, str], source: str) 
     kwargs: dict[str, Any] = {"source": source}
     for section, cls in SECTIONS:
         kwargs[section] = cls(**{k: v for (s, k), v in values.items() if s == section})
-    cfg = Config(**kwargs)
+    more, target_problems = _influx_targets(kwargs["influx"], tables)
+    problems += target_problems
+    cfg = Config(**kwargs, influx_more=more)
     problems += _cross_check(cfg)
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def _influx_targets(base: InfluxConfig, tables: dict[str, dict[str, tuple[Any, str]]]
+                    ) -> tuple[tuple[tuple[str, InfluxConfig], ...], list[str]]:
+    """The further targets of `[influx] targets`, each [influx.NAME] resolved over `base`."""
+    from dataclasses import replace
+
+    problems: list[str] = []
+    names = target_names(base.targets)
+    keys = {o.key for o in OPTIONS if o.section == "influx"}
+    if not names:
+        problems.append("[influx] targets: name at least one target (e.g. \"main\")")
+    for n in names:
+        if not _TARGET_NAME.fullmatch(n) or len(n) > 32 or n in keys:
+            problems.append(f"[influx] targets: {n!r} is not a target name (lower-case letters, "
+                            "digits and single _, at most 32, not an [influx] key)")
+    if len(set(names)) != len(names):
+        problems.append("[influx] targets: a name is listed twice")
+    for n in tables:
+        if n not in names[1:]:
+            problems.append(f"[influx.{n}]: not a further target of [influx] targets"
+                            + (" (the first target's settings are [influx]'s own)"
+                               if names and n == names[0] else ""))
+    more: list[tuple[str, InfluxConfig]] = []
+    for n in dict.fromkeys(names[1:]):
+        changes: dict[str, Any] = {}
+        for key, (v, where) in tables.get(n, {}).items():
+            opt = _BY_NAME.get(("influx", key))
+            if opt is None or key == "targets":
+                problems.append(f"[influx.{n}] {key} ({where}): unknown option")
+                continue
+            try:
+                changes[key] = _coerce(replace(opt, section=f"influx.{n}"), v, where)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        more.append((n, replace(base, **changes)))
+    seen: dict[tuple[str, str], str] = {}
+    for n, i in ((names[0] if names else "", base), *more):
+        place = (i.url.rstrip("/"), i.database if i.version == 1 else i.bucket)
+        if place in seen:
+            problems.append(f"[influx] targets: {seen[place]!r} and {n!r} are the same InfluxDB "
+                            f"database ({place[0]}, {place[1]})")
+        seen.setdefault(place, n)
+    return tuple(more), problems
 
 
 def _bind_client_id(values: dict[tuple[str, str], Any]) -> list[str]:
@@ -549,20 +661,23 @@ def _cross_check(cfg: Config) -> list[str]:
     out: list[str] = []
     if not cfg.mqtt.client_id:
         out.append("[mqtt] client_id: a persistent session requires a fixed client id")
-    if cfg.influx.version == 2 and not (cfg.influx.token and cfg.influx.org and cfg.influx.bucket):
-        out.append("[influx] version = 2 requires token, org and bucket")
-    url = urlsplit(cfg.influx.url)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        out.append(f"[influx] url = {cfg.influx.url!r}: must be http:// or https:// and a host")
-    else:
-        try:
-            url.port  # noqa: B018  raises ValueError for a port out of range or not a number
-        except ValueError:
-            out.append(f"[influx] url = {cfg.influx.url!r}: the port must be 1-65535")
-    host, sep, port = cfg.influx.backup_address.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        out.append(f"[influx] backup_address: expected host:port, got "
-                   f"{cfg.influx.backup_address!r}")
+    for n, (name, influx) in enumerate(cfg.influx_targets):
+        sec = "influx" if n == 0 else f"influx.{name}"
+        if influx.version == 2 and not (influx.token and influx.org and influx.bucket):
+            out.append(f"[{sec}] version = 2 requires token, org and bucket")
+        url = urlsplit(influx.url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            out.append(f"[{sec}] url = {influx.url!r}: must be http:// or https:// and a host")
+        else:
+            try:
+                url.port  # noqa: B018  raises ValueError for a port out of range or not a number
+            except ValueError:
+                out.append(f"[{sec}] url = {influx.url!r}: the port must be 1-65535")
+        host, sep, port = influx.backup_address.rpartition(":")
+        if (not sep or not host or not (port.isascii() and port.isdigit())
+                or not 0 < int(port) < 65536):
+            out.append(f"[{sec}] backup_address: expected host:port, got "
+                       f"{influx.backup_address!r}")
     if cfg.http.listen:
         _host, sep, port = cfg.http.listen.rpartition(":")
         if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:

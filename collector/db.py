@@ -34,9 +34,9 @@ from collector.pgstate import (
     split_script,
 )
 
-__all__ = ["SCHEMA_VERSION", "connect", "connect_drained", "connect_reader", "drained_path",
-           "drained_up_to", "is_postgres", "outbox_high_water", "state_instance", "transaction",
-           "try_lock_partition"]
+__all__ = ["SCHEMA_VERSION", "connect", "connect_drained", "connect_reader", "drained_cursors",
+           "drained_path", "drained_up_to", "is_postgres", "outbox_high_water", "state_instance",
+           "transaction", "try_lock_partition"]
 
 # What `connect` takes: an SQLite file path (or ":memory:"), or a postgresql:// URL.
 StateTarget = str | Path
@@ -208,25 +208,29 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 """
 
 
+# drained.db, version 2 (PRAGMA user_version): one row per InfluxDB target ([influx] targets),
+# so several servers can be fed the same outbox, each at its own pace.
 _DRAINED_SCHEMA = """
--- How far the drainer has written the state database's influx_outbox (one row).
+-- How far each target's drainer has written the state database's influx_outbox.
 -- `instance` is the state database's meta 'instance': progress through another (recreated)
 -- state database's outbox means nothing.
-CREATE TABLE IF NOT EXISTS drained (
-    one INTEGER PRIMARY KEY CHECK (one = 1), instance TEXT NOT NULL, outbox_id INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS drained_target (
+    target TEXT PRIMARY KEY, instance TEXT NOT NULL, outbox_id INTEGER NOT NULL
 );
--- What the drainer process last reported (one row), for /healthz and /metrics.
-CREATE TABLE IF NOT EXISTS drainer_status (
-    one INTEGER PRIMARY KEY CHECK (one = 1),
+-- What each target's drainer process last reported, for /healthz and /metrics.
+CREATE TABLE IF NOT EXISTS drainer_target_status (
+    target TEXT PRIMARY KEY,
     pid INTEGER, healthy INTEGER NOT NULL, last_error TEXT NOT NULL, updated_ms INTEGER NOT NULL,
     points_written INTEGER NOT NULL, errors_unavailable INTEGER NOT NULL,
     errors_internal INTEGER NOT NULL, dead_points INTEGER NOT NULL
 );
--- Points InfluxDB refused as invalid (kept, never silently dropped).
-CREATE TABLE IF NOT EXISTS influx_dead (
-    id INTEGER PRIMARY KEY, line TEXT NOT NULL, error TEXT NOT NULL, at_ms INTEGER NOT NULL
+-- Points a target refused as invalid (kept, never silently dropped).
+CREATE TABLE IF NOT EXISTS influx_target_dead (
+    target TEXT NOT NULL, id INTEGER NOT NULL, line TEXT NOT NULL, error TEXT NOT NULL,
+    at_ms INTEGER NOT NULL, PRIMARY KEY (target, id)
 );
 """
+_DRAINED_VERSION = 2
 
 
 @contextmanager
@@ -404,29 +408,58 @@ def drained_path(state_db: str | Path) -> Path:
     return Path(state_db).with_name("drained.db")
 
 
-def connect_drained(path: str | Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
+def connect_drained(path: str | Path, *, check_same_thread: bool = True,
+                    first_target: str = "main") -> sqlite3.Connection:
     """Open the drainer's database: its progress through the outbox, its status, refused points.
 
     Only the drainer process writes it, so the drainer never waits for the state database's write
     lock, which the ingest worker holds nearly all the time under load; the collector only reads
     it (WAL readers do not block the writer) and deletes the drained outbox rows itself.
+    `first_target` (the first of `[influx] targets`) inherits the progress, status and refused
+    points of a version 1 database (one target, one row), so an upgrade neither loses nor
+    re-sends anything.
     """
     conn = _open(path, check_same_thread)
-    conn.executescript(_DRAINED_SCHEMA)
+    with transaction(conn):  # several drainers may open it at once: one upgrades
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > _DRAINED_VERSION:
+            raise RuntimeError(f"{path} has version {version}, newer than this collector's "
+                               f"{_DRAINED_VERSION}: run the version that wrote it")
+        if version < _DRAINED_VERSION:
+            for statement in filter(str.strip, _DRAINED_SCHEMA.split(";")):
+                conn.execute(statement)
+            old = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "drained" in old:  # version 1
+                conn.execute("INSERT OR IGNORE INTO drained_target (target, instance, outbox_id) "
+                             "SELECT ?, instance, outbox_id FROM drained", (first_target,))
+                conn.execute("INSERT OR IGNORE INTO drainer_target_status SELECT ?, pid, healthy, "
+                             "last_error, updated_ms, points_written, errors_unavailable, "
+                             "errors_internal, dead_points FROM drainer_status", (first_target,))
+                conn.execute("INSERT OR IGNORE INTO influx_target_dead SELECT ?, id, line, error, "
+                             "at_ms FROM influx_dead", (first_target,))
+                for table in ("drained", "drainer_status", "influx_dead"):
+                    conn.execute(f"DROP TABLE {table}")
+                _LOG.info("%s upgraded: its progress is InfluxDB target %r's", path, first_target)
+            conn.execute(f"PRAGMA user_version = {_DRAINED_VERSION}")
     return conn
 
 
-def drained_up_to(state: sqlite3.Connection, drained: sqlite3.Connection) -> int:
-    """The highest influx_outbox id that InfluxDB has confirmed (0: none, or not for this state
-    database: one recreated, or restored from a backup older than the drainer's progress)."""
-    row = drained.execute("SELECT instance, outbox_id FROM drained WHERE one = 1").fetchone()
-    if row is None:
-        return 0
-    instance, up_to = row
+def drained_up_to(state: sqlite3.Connection, drained: sqlite3.Connection,
+                  target: str = "main") -> int:
+    """The highest influx_outbox id that InfluxDB target `target` has confirmed (0: none, or not
+    for this state database: one recreated, or restored from a backup older than the drainer's
+    progress)."""
+    return drained_cursors(state, drained).get(target, 0)
+
+
+def drained_cursors(state: sqlite3.Connection, drained: sqlite3.Connection) -> dict[str, int]:
+    """Every target's progress recorded in drained.db, valid for this state database (see
+    `drained_up_to`), targets no longer configured included."""
     mine = state.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
-    if mine is None or mine[0] != instance or up_to > outbox_high_water(state):
-        return 0
-    return int(up_to)
+    top = outbox_high_water(state)
+    return {target: int(up_to) if mine is not None and mine[0] == instance and up_to <= top else 0
+            for target, instance, up_to in
+            drained.execute("SELECT target, instance, outbox_id FROM drained_target")}
 
 
 def outbox_high_water(state: sqlite3.Connection) -> int:

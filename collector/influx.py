@@ -5,7 +5,7 @@ same transaction as the linking state, `OutboxDrainer` writes them in order and 
 InfluxDB confirmed, and only then does the collector delete them (`prune_outbox`). While InfluxDB
 is down the outbox grows and nothing is lost; when it returns the outbox drains. A batch InfluxDB
 rejects as invalid (HTTP 400) is split until the offending points are isolated; they are kept in
-the drainer's `influx_dead` table and counted, never silently dropped.
+the drainer's `influx_target_dead` table and counted, never silently dropped.
 
 Two writers: `V1Writer` speaks the 1.x `/write` API (the Debian `influxdb` server), `V2Writer` uses
 `influxdb-client` for 2.x and 3.x (token, org, bucket).
@@ -180,11 +180,13 @@ class OutboxDrainer:
     """influx_outbox -> InfluxDB, in order, at least once.
 
     Runs in a process of its own (`collector.drainer`), so that rendering and writing points
-    do not compete with ingestion for the interpreter. It only reads the state database: how far
-    InfluxDB has confirmed, what it has done (`drainer_status`) and the points InfluxDB refused
-    (`influx_dead`) go to the drainer's own database (`collector.db.connect_drained`), and the
-    collector deletes the confirmed rows (`prune_outbox`). A crash between a write and the record
-    of it rewrites those points, which overwrites them (points are idempotent, collector/points.py).
+    do not compete with ingestion for the interpreter; one per InfluxDB target (`target`). It only
+    reads the state database: how far InfluxDB has confirmed, what it has done
+    (`drainer_target_status`) and the points InfluxDB refused (`influx_target_dead`), each keyed
+    by the target, go to the drainer's own database (`collector.db.connect_drained`), and the
+    collector deletes the rows every target confirmed (`prune_outbox`). A crash between a write
+    and the record of it rewrites those points, which overwrites them (points are idempotent,
+    collector/points.py).
     `state` is read from a second thread (read-ahead), one thread at a time: open it with
     `check_same_thread=False`. While there is nothing to write, InfluxDB is pinged every
     `probe_s`, so that `healthy` (the collector's /healthz) follows an outage without traffic.
@@ -192,7 +194,9 @@ class OutboxDrainer:
 
     def __init__(self, state: sqlite3.Connection, drained: sqlite3.Connection, writer: Writer, *,
                  batch_size: int = 5000, flush_interval_s: float = 0.2,
-                 retry_max_s: float = 30.0, probe_s: float = 5.0) -> None:
+                 retry_max_s: float = 30.0, probe_s: float = 5.0, target: str = "main") -> None:
+        """`target`: the name of the InfluxDB target ([influx] targets) whose progress this is."""
+        self.target = target
         self._probe_s = probe_s
         self._db = state
         self._drained = drained
@@ -201,7 +205,7 @@ class OutboxDrainer:
         self._flush = flush_interval_s
         self._retry_max = retry_max_s
         self._instance = state_instance(state)
-        self._done = drained_up_to(state, drained)
+        self._done = drained_up_to(state, drained, target)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="render")
         self._ahead: Future[list[tuple[int, str]]] | None = None
         self.healthy = True
@@ -222,7 +226,8 @@ class OutboxDrainer:
                 self.last_error = str(exc)
                 self.errors["unavailable"] += 1
                 backoff = min(self._retry_max, max(0.25, backoff * 2))
-                _LOG.warning("InfluxDB write failed, retrying in %.1fs: %s", backoff, exc)
+                _LOG.warning("InfluxDB target %r: write failed, retrying in %.1fs: %s",
+                             self.target, backoff, exc)
                 self._save_status()
                 stop.wait(backoff)
                 continue
@@ -246,7 +251,8 @@ class OutboxDrainer:
                         self._save_status()
                 elif self.healthy or self.last_error != _PING_FAILED:
                     self.healthy, self.last_error = False, _PING_FAILED
-                    _LOG.warning("InfluxDB does not answer its ping (nothing to write meanwhile)")
+                    _LOG.warning("InfluxDB target %r does not answer its ping (nothing to write "
+                                 "meanwhile)", self.target)
                     self._save_status()
             if wrote == 0:
                 stop.wait(idle_poll_s)
@@ -255,7 +261,7 @@ class OutboxDrainer:
                 stop.wait(self._flush)
 
     def depth(self) -> int:
-        return outbox_depth(self._db, self._drained)
+        return outbox_depth(self._db, self._drained, (self.target,))
 
     def drain_once(self) -> int:
         """Write one batch from the outbox. Returns how many points it took.
@@ -280,8 +286,8 @@ class OutboxDrainer:
         self._done = batch[-1][0]
         with transaction(self._drained):
             self._drained.execute(
-                "INSERT OR REPLACE INTO drained (one, instance, outbox_id) VALUES (1, ?, ?)",
-                (self._instance, self._done),
+                "INSERT OR REPLACE INTO drained_target (target, instance, outbox_id) "
+                "VALUES (?, ?, ?)", (self.target, self._instance, self._done),
             )
             self._save_status()
         _LOG.debug("wrote %d points up to outbox id %d in %.0f ms", len(batch), self._done,
@@ -302,10 +308,10 @@ class OutboxDrainer:
 
     def _save_status(self) -> None:
         self._drained.execute(
-            "INSERT OR REPLACE INTO drainer_status (one, pid, healthy, last_error, updated_ms, "
-            "points_written, errors_unavailable, errors_internal, dead_points) "
-            "VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (os.getpid(), int(self.healthy), self.last_error, now_ms(),
+            "INSERT OR REPLACE INTO drainer_target_status (target, pid, healthy, last_error, "
+            "updated_ms, points_written, errors_unavailable, errors_internal, dead_points) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.target, os.getpid(), int(self.healthy), self.last_error, now_ms(),
              self.points_written, self.errors["unavailable"], self.errors["internal"],
              self.dead_points),
         )
@@ -322,10 +328,11 @@ class OutboxDrainer:
             self._write_rows(rows[mid:])
 
     def _bury(self, row: tuple[int, str], error: str) -> None:
-        _LOG.error("InfluxDB refused point %d as invalid; kept in influx_dead: %s", row[0], error)
+        _LOG.error("InfluxDB target %r refused point %d as invalid; kept in influx_target_dead: "
+                   "%s", self.target, row[0], error)
         self._drained.execute(
-            "INSERT OR REPLACE INTO influx_dead (id, line, error, at_ms) VALUES (?, ?, ?, ?)",
-            (row[0], row[1], error, now_ms()),
+            "INSERT OR REPLACE INTO influx_target_dead (target, id, line, error, at_ms) "
+            "VALUES (?, ?, ?, ?, ?)", (self.target, row[0], row[1], error, now_ms()),
         )
         self.dead_points += 1
         self.points_written -= 1

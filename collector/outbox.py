@@ -18,9 +18,9 @@ transaction (collector.db.transaction) decides what commits together.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from collector.db import drained_up_to
+from collector.db import drained_cursors
 from collector.points import render
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "points_depth",
     "prune_points",
     "read_points",
+    "slowest_cursor",
 ]
 
 
@@ -55,16 +56,26 @@ def read_points(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[
     return [(i, render(line) if spec else line) for i, line, spec in rows]
 
 
-def points_depth(state: sqlite3.Connection, drained: sqlite3.Connection) -> int:
-    """Points in the outbox that InfluxDB has not confirmed yet."""
+def slowest_cursor(state: sqlite3.Connection, drained: sqlite3.Connection,
+                   targets: Sequence[str] = ("main",)) -> int:
+    """The outbox id every one of `targets` has confirmed (a target without progress: 0).
+    Progress of targets not listed (removed from the configuration) holds nothing back."""
+    cursors = drained_cursors(state, drained)
+    return min((cursors.get(t, 0) for t in targets), default=0)
+
+
+def points_depth(state: sqlite3.Connection, drained: sqlite3.Connection,
+                 targets: Sequence[str] = ("main",)) -> int:
+    """Points in the outbox that some target of `targets` has not confirmed yet."""
     row = state.execute("SELECT count(*) FROM influx_outbox WHERE id > ?",
-                        (drained_up_to(state, drained),)).fetchone()
+                        (slowest_cursor(state, drained, targets),)).fetchone()
     return int(row[0])
 
 
-def prune_points(state: sqlite3.Connection, drained: sqlite3.Connection) -> int:
-    """Delete the points InfluxDB has confirmed (the collector's side of the drainer)."""
-    up_to = drained_up_to(state, drained)
+def prune_points(state: sqlite3.Connection, drained: sqlite3.Connection,
+                 targets: Sequence[str] = ("main",)) -> int:
+    """Delete the points every target has confirmed (the collector's side of the drainers)."""
+    up_to = slowest_cursor(state, drained, targets)
     if not up_to:
         return 0
     return state.execute("DELETE FROM influx_outbox WHERE id <= ?", (up_to,)).rowcount

@@ -32,15 +32,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector as MetricsCollector
 from starlette.routing import BaseRoute
 
 from collector import outbox
 from collector.clock import now_ms
 from collector.config import Config
 from collector.db import connect
-from collector.drainer import DrainerProcess
+from collector.drainer import DrainerMetrics, DrainerProcess
 from collector.health import Part, PartsMetrics, health_document
 from collector.ingest import Inbound, Ingest, Outcome
 from collector.manager.run import ManagerRun
@@ -54,30 +52,6 @@ from collector.web.server import WebServer
 __all__ = ["Collector"]
 
 _LOG = logging.getLogger(__name__)
-
-
-class _DrainerMetrics(MetricsCollector):
-    """The drainer process's counters, read from its status row at scrape time."""
-
-    def __init__(self, drainer: DrainerProcess) -> None:
-        self._drainer = drainer
-
-    def collect(self) -> Any:
-        st = self._drainer.status()
-        yield GaugeMetricFamily("evalterm_outbox_depth", "Points waiting to be written to InfluxDB",
-                                value=self._drainer.depth())
-        yield CounterMetricFamily("evalterm_influx_points_written", "Points written to InfluxDB",
-                                  value=st["points_written"])
-        errors = CounterMetricFamily("evalterm_influx_write_errors",
-                                     "Failed InfluxDB writes (retried)", labels=["kind"])
-        errors.add_metric(["unavailable"], st["errors_unavailable"])
-        errors.add_metric(["internal"], st["errors_internal"])
-        yield errors
-        yield CounterMetricFamily("evalterm_influx_dead_points", "Points InfluxDB refused as "
-                                  "invalid (kept in the influx_dead table)",
-                                  value=st["dead_points"])
-        yield CounterMetricFamily("evalterm_drainer_restarts", "Drainer process restarts",
-                                  value=self._drainer.restarts)
 
 
 class _Waiter:
@@ -106,7 +80,7 @@ class Collector:
         self._unacked = threading.BoundedSemaphore(2 * cfg.collector.batch_max)
         self._stop = threading.Event()
         self._drainer = DrainerProcess(cfg, connect(cfg.state_target, check_same_thread=False))
-        self.metrics.registry.register(_DrainerMetrics(self._drainer))
+        self.metrics.registry.register(DrainerMetrics(self._drainer))
         self.metrics.registry.register(PartsMetrics(self.parts))
         self._client = self._make_client()
         self._inflight_cmds: dict[int, int] = {}  # paho mid -> cmd_outbox id
@@ -425,9 +399,6 @@ class Collector:
         """Each part of the running service, up or down with the reason (collector/health.py
         turns them into /healthz and evalterm_part_up)."""
         mqtt_ok = self._client.is_connected()
-        st = self._drainer.status()
-        drainer_ok = self._drainer.alive
-        influx_ok = drainer_ok and st["healthy"]
         worker_ok = self._worker.is_alive()
         detector_on = self.cfg.detection.enabled
         detector_ok = self._detector.is_alive() and not self._detector_error
@@ -436,10 +407,7 @@ class Collector:
             Part("ingest", worker_ok and not self.stalled,
                  f"cannot commit: {self.stalled}" if self.stalled
                  else "" if worker_ok else "the ingest worker is not running"),
-            Part("drainer", drainer_ok, "" if drainer_ok else
-                 f"the drainer process is not running (restarts: {self._drainer.restarts})"),
-            Part("influx", influx_ok, "" if influx_ok else
-                 (st["last_error"] or "no InfluxDB writes while the drainer is not running")),
+            *self._drainer.parts(),  # "drainer" and "influx", every target's
             Part("detector", detector_ok, "" if detector_ok else
                  self._detector_error or "the detector thread is not running", detector_on),
         ]
@@ -454,6 +422,7 @@ class Collector:
             "influx_ok": up["influx"],
             "influx_error": influx.reason,
             "outbox_depth": self._drainer.depth(),
+            "influx_targets": self._drainer.targets_health(),
             "queue_depth": self._queue.qsize(),
         })
 

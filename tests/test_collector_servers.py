@@ -263,7 +263,8 @@ def test_influxdb_outage_loses_nothing(running: Callable[..., Collector],
             publisher.publish(*dev.rating(1 + i % 5, None))
         wait_for(lambda: c.health()["outbox_depth"] >= 40, what="points waiting in the outbox")
         wait_for(lambda: not c.health()["influx_ok"], what="write failures noticed")
-        assert metric(c, "evalterm_influx_write_errors_total", kind="unavailable") >= 1
+        assert metric(c, "evalterm_influx_write_errors_total", target="main",
+                      kind="unavailable") >= 1
         time.sleep(2)
         own.start()
         wait_for(lambda: len(ratings(cfg)) == 50, timeout=40, what="all 50 ratings after restart")
@@ -290,7 +291,7 @@ def test_invalid_points_are_kept_not_dropped(make_config: Callable[..., Config])
     assert drainer.depth() == 0 and drainer.drain_once() == 0
     assert prune_outbox(conn, drained) == 8
     assert conn.execute("SELECT count(*) FROM influx_outbox").fetchone()[0] == 0
-    assert drained.execute("SELECT count(*) FROM influx_dead").fetchone()[0] == 1
+    assert drained.execute("SELECT count(*) FROM influx_target_dead").fetchone()[0] == 1
     assert len(query(cfg, 'SELECT * FROM "m"')) == 7
     assert (drainer.points_written, drainer.dead_points) == (7, 1)
     drainer.close()

@@ -67,7 +67,8 @@ def test_a_version_1_database_is_upgraded_in_place_once(tmp_path: Path,
     _v1_db(db)
     # The drainer's progress through the outbox, recorded against this database.
     drained = connect_drained(drained_path(db))
-    drained.execute("INSERT INTO drained (one, instance, outbox_id) VALUES (1, ?, 2)", (INSTANCE,))
+    drained.execute("INSERT INTO drained_target (target, instance, outbox_id) VALUES "
+                    "('main', ?, 2)", (INSTANCE,))
     with pytest.raises(RuntimeError, match=f"has schema 1, expected {SCHEMA_VERSION}"):
         connect_reader(db)  # the drainer never runs on an older schema
 

@@ -137,7 +137,7 @@ def test_an_idle_drainer_pings_influxdb_and_reports_an_outage_without_traffic(
     status = connect_drained(drained_path(db))
 
     def healthy() -> tuple[int, str]:
-        row = status.execute("SELECT healthy, last_error FROM drainer_status").fetchone()
+        row = status.execute("SELECT healthy, last_error FROM drainer_target_status").fetchone()
         return (-1, "") if row is None else (row[0], row[1])
 
     t = threading.Thread(target=run)

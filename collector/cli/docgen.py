@@ -24,6 +24,7 @@ def config_markdown() -> str:
     section = None
     for o in OPTIONS:
         if o.section != section:
+            lines += _NOTES.get(section or "", [])
             section = o.section
             lines += ["", f"## [{section}]", "", "| option | type | default | meaning |",
                       "|---|---|---|---|"]
@@ -39,7 +40,32 @@ def config_markdown() -> str:
         default = f"`{o.default!r}`" if o.default != "" else "(empty)"
         meaning = o.help + (f" ({'; '.join(extra)})" if extra else "")
         lines.append(f"| `{o.key}` | {o.type.__name__} | {default} | {meaning} |")
+    lines += _NOTES.get(section or "", [])
     return "\n".join(lines) + "\n"
+
+
+# What a section's table of options cannot show, after it.
+_NOTES = {
+    "influx": [
+        "",
+        "Several InfluxDB servers (InfluxDB OSS has no clustering) are fed the same points with",
+        "`targets`: the first name is the server `[influx]` describes, each further one a table",
+        "`[influx.NAME]` with any of the keys above except `targets` (the rest inherited), e.g.",
+        "",
+        "```toml",
+        "[influx]",
+        'targets = "a,b"',
+        'url = "http://influx-a:8086"',
+        "",
+        "[influx.b]",
+        'url = "http://influx-b:8086"',
+        "```",
+        "",
+        "with `EVALTERM_INFLUX__B__PASSWORD` for b's secret. Queries, dashboards,",
+        "`evalterm backup` and `restore` use the first target. Each target has a drainer process",
+        "and progress of its own (docs/storage.md, \"Several InfluxDB targets\").",
+    ],
+}
 
 
 if __name__ == "__main__":
