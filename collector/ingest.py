@@ -136,6 +136,7 @@ class Ingest:
         # unless a later one of the batch overwrites it (_last_states).
         self._lines: list[str | TxnRecorded] = []
         self._registry_read_ms = 0
+        self._received_by_kind: dict[str, Any] = {}
         self._registry_version: tuple[str] | None = None
 
     # -- the batch ---------------------------------------------------------------------------------
@@ -243,10 +244,17 @@ class Ingest:
     def _handle(self, item: Inbound) -> Outcome:
         where = parse_topic(self.prefix, item.topic)
         if isinstance(where, DeviceTopic):
-            self.metrics.received.labels(where.kind).inc()
+            self._received(where.kind).inc()
             return self._device_message(item)
-        self.metrics.received.labels("feed").inc()
+        self._received("feed").inc()
         return self._feed_message(where[1], item)
+
+    def _received(self, kind: str) -> Any:
+        """The `received` counter of a message kind (labels() costs a look-up under a lock)."""
+        child = self._received_by_kind.get(kind)
+        if child is None:
+            child = self._received_by_kind[kind] = self.metrics.received.labels(kind)
+        return child
 
     def _device_message(self, item: Inbound) -> Outcome:
         topic, msg = open_device_message(self.prefix, item.topic, item.payload, self.registry.get)
