@@ -52,6 +52,32 @@ __all__ = ["Inbound", "Ingest", "Outcome"]
 REGISTRY_REFRESH_MS = 2000
 
 
+def _last_states(lines: list[str | TxnRecorded]) -> list[str]:
+    """The points of a batch, rendered, without the transaction points that a later one of the
+    batch overwrites.
+
+    A transaction's point is rewritten whenever its state changes (awaiting, then rated), with
+    the same series and time (collector/points.py), so InfluxDB merges the later over the
+    earlier field by field: an earlier point whose optional fields (level, rating_id) the later
+    ones all carry leaves no trace and need not be written. A transaction and its rating usually
+    arrive in the same batch: one point of their three."""
+    later: dict[tuple[str, str], tuple[bool, bool]] = {}  # optional fields written after
+    out: list[str] = []
+    for x in reversed(lines):
+        if isinstance(x, str):
+            out.append(x)
+            continue
+        key = (x.txn.hall, x.txn.txn)
+        level, rating = x.level is not None, x.rating_id is not None
+        after = later.get(key)
+        if after is None or (level and not after[0]) or (rating and not after[1]):
+            out.append(points.transaction_point(x))
+            later[key] = (level or (after is not None and after[0]),
+                          rating or (after is not None and after[1]))
+    out.reverse()
+    return out
+
+
 class _RedoCarefully(Exception):
     """A message failed unexpectedly on the fast path: run the batch again, one savepoint each."""
 
@@ -106,8 +132,11 @@ class Ingest:
             unrated_default=cfg.unrated_default,
         )
         self._serial = 0
-        self._lines: list[str] = []  # points of the batch in hand
+        # Points of the batch in hand; a transaction's as its decision, rendered at the flush
+        # unless a later one of the batch overwrites it (_last_states).
+        self._lines: list[str | TxnRecorded] = []
         self._registry_read_ms = 0
+        self._received_by_kind: dict[str, Any] = {}
         self._registry_version: tuple[str] | None = None
 
     # -- the batch ---------------------------------------------------------------------------------
@@ -215,10 +244,17 @@ class Ingest:
     def _handle(self, item: Inbound) -> Outcome:
         where = parse_topic(self.prefix, item.topic)
         if isinstance(where, DeviceTopic):
-            self.metrics.received.labels(where.kind).inc()
+            self._received(where.kind).inc()
             return self._device_message(item)
-        self.metrics.received.labels("feed").inc()
+        self._received("feed").inc()
         return self._feed_message(where[1], item)
+
+    def _received(self, kind: str) -> Any:
+        """The `received` counter of a message kind (labels() costs a look-up under a lock)."""
+        child = self._received_by_kind.get(kind)
+        if child is None:
+            child = self._received_by_kind[kind] = self.metrics.received.labels(kind)
+        return child
 
     def _device_message(self, item: Inbound) -> Outcome:
         topic, msg = open_device_message(self.prefix, item.topic, item.payload, self.registry.get)
@@ -336,12 +372,12 @@ class Ingest:
     # -- effects -----------------------------------------------------------------------------------
 
     def _apply(self, decisions: list[Decision], now_ms: int, feed_id: str) -> None:
-        lines: list[str] = []
+        lines: list[str | TxnRecorded] = []
         for d in decisions:
             if isinstance(d, RatingJudged):
                 lines.append(points.rating_point(d))
             elif isinstance(d, TxnRecorded):
-                lines.append(points.transaction_point(d))
+                lines.append(d)
             elif isinstance(d, WindowSet):
                 lines.append(points.window_point(d, feed_id))
                 if d.event.kind in ("window_paused", "window_resumed"):
@@ -356,12 +392,12 @@ class Ingest:
                 self._queue_command(d.hall, d.window, invite, now_ms, ttl_s * 1000)
         self._queue_points(lines)
 
-    def _queue_points(self, lines: list[str]) -> None:
+    def _queue_points(self, lines: Iterable[str | TxnRecorded]) -> None:
         self._lines.extend(lines)  # written to the outbox once per batch, before COMMIT
 
     def _flush_lines(self) -> None:
         if self._lines:
-            outbox.add_points(self._db, self._lines)
+            outbox.add_points(self._db, _last_states(self._lines))
             self._lines = []
 
     def _queue_command(self, hall: str, window: str, build: Callable[..., bytes], now_ms: int,

@@ -225,15 +225,23 @@ class Linker:
 
     def rating(self, r: RatingIn, now_ms: int) -> list[Decision]:
         paused, signed_on, staff_id = self._window_context(r.hall, r.window)
-        self._db.execute(
-            f"INSERT INTO rating (rating_id, {_RATING_COLS}, state, paused, signed_on) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'held', ?, ?)",
-            (r.rating_id, r.hall, r.window, r.device, r.boot, r.seq, r.level, r.reason, r.mode,
-             r.rt_ms, r.txn, r.press_ms, r.received_ms, r.device_ts, int(paused),
-             None if signed_on is None else int(signed_on)),
-        )
+        # Judged before it is stored: the row is inserted once, in its final state.
         return self._judge(r, now_ms, final=self.grace_ms == 0,
                            context=(paused, signed_on, staff_id))
+
+    def _insert_rating(self, r: RatingIn, paused: bool, signed_on: bool | None, state: str,
+                       hold_until_ms: int | None = None, txn: str | None = None,
+                       staff_id: str | None = None, service_code: str | None = None,
+                       unlinked_reason: str | None = None) -> None:
+        self._db.execute(
+            f"INSERT INTO rating (rating_id, {_RATING_COLS}, state, paused, signed_on, "
+            "hold_until_ms, txn, staff_id, service_code, unlinked_reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (r.rating_id, r.hall, r.window, r.device, r.boot, r.seq, r.level, r.reason, r.mode,
+             r.rt_ms, r.txn, r.press_ms, r.received_ms, r.device_ts, state, int(paused),
+             None if signed_on is None else int(signed_on), hold_until_ms, txn, staff_id,
+             service_code, unlinked_reason),
+        )
 
     def paused(self, hall: str, window: str) -> bool | None:
         """Whether a window is paused now; None if no pause or staff event was ever seen."""
@@ -282,9 +290,11 @@ class Linker:
     def _judge(self, r: RatingIn, now_ms: int, *, final: bool,
                context: tuple[bool, bool | None, str | None] | None = None) -> list[Decision]:
         """Link `r` or record why not. `context` is the window's state when `r` arrived (read
-        from the stored rating when a held rating is judged again)."""
+        from the stored rating when a held rating is judged again); given, `r` is a new rating,
+        not stored yet, and is inserted in the state judged."""
         db = self._db
         found = self._candidate(r)
+        new = context is not None
         if context is None:
             ctx = db.execute(
                 "SELECT paused, signed_on FROM rating WHERE rating_id=?", (r.rating_id,)
@@ -299,11 +309,15 @@ class Linker:
                 "UPDATE txn SET state='rated', rating_id=?, level=? WHERE hall=? AND txn=?",
                 (r.rating_id, r.level, t.hall, t.txn),
             )
-            db.execute(
-                "UPDATE rating SET state='linked', hold_until_ms=NULL, txn=?, staff_id=?, "
-                "service_code=? WHERE rating_id=?",
-                (t.txn, t.staff_id, t.service_code, r.rating_id),
-            )
+            if new:
+                self._insert_rating(r, paused, signed_on, "linked", txn=t.txn,
+                                    staff_id=t.staff_id, service_code=t.service_code)
+            else:
+                db.execute(
+                    "UPDATE rating SET state='linked', hold_until_ms=NULL, txn=?, staff_id=?, "
+                    "service_code=? WHERE rating_id=?",
+                    (t.txn, t.staff_id, t.service_code, r.rating_id),
+                )
             return [
                 RatingJudged(r, True, None, t.txn, t.staff_id, t.service_code, paused, signed_on),
                 TxnRecorded(t, "rated", r.level, False, r.rating_id),
@@ -311,18 +325,24 @@ class Linker:
         if found is None:
             hold_until = r.received_ms + self.grace_ms
             if not final and hold_until > now_ms:
-                db.execute(
-                    "UPDATE rating SET hold_until_ms=? WHERE rating_id=?", (hold_until, r.rating_id)
-                )
+                if new:
+                    self._insert_rating(r, paused, signed_on, "held", hold_until_ms=hold_until)
+                else:
+                    db.execute("UPDATE rating SET hold_until_ms=? WHERE rating_id=?",
+                               (hold_until, r.rating_id))
                 return []
             found = Unlinked.UNKNOWN if r.txn is not None else Unlinked.NO_TRANSACTION
         if context is None:
             staff_id = self._window_context(r.hall, r.window)[2]
-        db.execute(
-            "UPDATE rating SET state='unlinked', hold_until_ms=NULL, unlinked_reason=?, staff_id=? "
-            "WHERE rating_id=?",
-            (found.value, staff_id, r.rating_id),
-        )
+        if new:
+            self._insert_rating(r, paused, signed_on, "unlinked", staff_id=staff_id,
+                                unlinked_reason=found.value)
+        else:
+            db.execute(
+                "UPDATE rating SET state='unlinked', hold_until_ms=NULL, unlinked_reason=?, "
+                "staff_id=? WHERE rating_id=?",
+                (found.value, staff_id, r.rating_id),
+            )
         return [RatingJudged(r, False, found, None, staff_id, None, paused, signed_on)]
 
     # -- windows ---------------------------------------------------------------------------------

@@ -67,4 +67,17 @@ if ! grep -qs "\"version\": \"$wasm_version\"" "$wasm_meta"; then
     npm install --prefix .venv/npm --save-exact --no-audit --no-fund --loglevel=error \
         "$wasm_pkg@$wasm_version" >/dev/null
 fi
+# Node-RED with its InfluxDB nodes, pinned, into .venv/node-red: a consumer of bench/run.py
+# (bench/nodered.py holds the same pins and installs them on first use if this did not run).
+# Node-RED 5 needs Node.js 22; Debian 12 has 20.
+nodered_version=4.1.8
+nodered_influx_version=0.7.0
+if ! grep -qs "\"version\": \"$nodered_version\"" .venv/node-red/node_modules/node-red/package.json \
+    || ! grep -qs "\"version\": \"$nodered_influx_version\"" \
+        .venv/node-red/node_modules/node-red-contrib-influxdb/package.json; then
+    echo "setup: installing node-red $nodered_version and node-red-contrib-influxdb into .venv/node-red"
+    mkdir -p .venv/node-red
+    npm install --prefix .venv/node-red --save-exact --no-audit --no-fund --loglevel=error \
+        "node-red@$nodered_version" "node-red-contrib-influxdb@$nodered_influx_version" >/dev/null
+fi
 echo "setup: ready"

@@ -43,7 +43,10 @@ def test_unexpected_error_dead_letters_only_that_message(state_target: str) -> N
     assert conn.execute("SELECT state FROM txn WHERE txn='T1'").fetchone() == ("rated",)
     lines = [render(line) if spec else line
              for line, spec in conn.execute("SELECT line, spec FROM influx_outbox ORDER BY id")]
-    assert sum(x.startswith("transaction,") for x in lines) == 2  # T1 awaiting, T1 rated
+    # T1 awaiting, then rated in the same batch: only the rated point is written (it overwrites
+    # the other in InfluxDB: same series and time, every field of it and more).
+    txn_lines = [x for x in lines if x.startswith("transaction,")]
+    assert len(txn_lines) == 1 and 'state="rated"' in txn_lines[0]
     assert sum(x.startswith("rating,") for x in lines) == 1
     assert sum(x.startswith("rejection,") for x in lines) == 1
     assert not any("BOOM" in x for x in lines)
@@ -87,3 +90,49 @@ def test_queue_calls_and_the_hardwares_tamper_events_are_accepted_and_kept(
                                                  "power_lost"]
     assert unit.device_log[0].data == {"keys": [1], "adc": [4095]}
     conn.close()
+
+
+def test_a_transactions_point_is_written_once_per_batch_unless_an_earlier_one_has_more(
+        tmp_path: Path) -> None:
+    """A transaction rated in the batch that brought it: its awaiting point is not written (the
+    rated point overwrites it in InfluxDB). Rated in a later batch: both are written, since the
+    awaiting point was committed with the first batch. Points of different transactions are
+    never merged, and a point with a field the later one lacks is kept."""
+    from collector.ingest import _last_states
+    from collector.linking import TxnRecorded
+
+    cfg = load_config(None, env={}).with_overrides(linking__grace_s=0)
+    conn = connect(tmp_path / "state.db")
+    ingest = Ingest(conn, cfg)
+    conn.execute("BEGIN")
+    key = ingest.registry.add("kp1", "h1", "w1", T0).key
+    conn.execute("COMMIT")
+    dev = Dev("evalterm", "kp1", key)
+
+    def txn_points() -> list[str]:
+        rows = conn.execute("SELECT line, spec FROM influx_outbox ORDER BY id").fetchall()
+        return [x for x in (render(line) if spec else line for line, spec in rows)
+                if x.startswith("transaction,")]
+
+    ingest.process_batch([
+        Inbound("mqtt", feed("evalterm"), feed_bytes(txn_msg("T1", completed=T0)), T0),
+        Inbound("mqtt", *dev.rating(5, "T1"), T0 + 1000),
+        Inbound("mqtt", feed("evalterm"), feed_bytes(txn_msg("T2", completed=T0 + 2000)),
+                T0 + 2000),
+    ], T0 + 2000)
+    assert [('txn="T1"' in x, 'state="rated"' in x) for x in txn_points()] == [
+        (True, True), (False, False)]  # T1 rated only; T2 awaiting
+    ingest.process_batch([Inbound("mqtt", *dev.rating(4, "T2"), T0 + 3000)], T0 + 3000)
+    # T2's awaiting point of the first batch stays; the second batch adds its rated point.
+    assert [('txn="T2"' in x, 'state="rated"' in x) for x in txn_points()[1:]] == [
+        (True, False), (True, True)]
+    conn.close()
+
+    t = TxnIn("h1", "w1", "T9", "s1", "", "", "sfz", "", T0, T0, "completed")
+    with_level = TxnRecorded(t, "unrated", 3, True, None)
+    rated = TxnRecorded(t, "rated", 4, False, "kp1:1:1")
+    awaiting = TxnRecorded(t, "awaiting", None, False, None)
+    assert len(_last_states([awaiting, with_level, rated])) == 1
+    # Had the later point fewer optional fields, the earlier would be kept.
+    assert len(_last_states([rated, awaiting])) == 2
+    assert len(_last_states(["x", awaiting, "y"])) == 3

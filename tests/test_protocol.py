@@ -277,3 +277,48 @@ def test_open_device_message_checks_in_the_documented_order() -> None:
         with pytest.raises(ProtocolError) as err:
             open_device_message(prefix, where, payload, known.get)
         assert err.value.reason is reason, (reason, err.value)
+
+
+def test_the_validator_of_a_kind_agrees_with_the_whole_schema() -> None:
+    """_validate checks a feed message (an event) with the schema's branch for its kind (type):
+    for valid messages of every kind and each of them with a member removed or of another type
+    or value, it accepts and refuses exactly what the whole schema does, with the same message."""
+    import fastjsonschema
+
+    from collector.protocol import _validate, _validator
+
+    feed_samples: list[dict[str, object]] = [txn_msg("T1")] + [
+        {"v": 1, "kind": k, "id": f"e-{k}", "window": "w1", "ts": T0,
+         "staff": {"id": "s1", "name": "张伟"}, "reason": "lunch"}
+        for k in ("staff_signon", "staff_signoff", "window_paused", "window_resumed")] + [
+        {"v": 1, "kind": "queue_called", "id": "e-q", "window": "w1", "ts": T0, "ticket": "A12"}]
+    event_samples: list[dict[str, object]] = [
+        {"v": 1, "kind": "event", "dev": "kp1", "boot": 1, "seq": 1, "ts": T0, "up": 5,
+         "type": t, "data": d, "sig": "0" * 64}
+        for t, d in (("heartbeat", {"fw": "1.0", "rssi": None, "heap_free": 1, "outbox": 0,
+                                    "discards": 0, "reconnects": 0, "keys": [0, 0, 0, 0, 0],
+                                    "uninvited": 0, "state": "idle"}),
+                     ("key_stuck", {"key": 2}), ("boot", {"fw": "1.0"}), ("power_lost", {}),
+                     ("nonsense", {}))]
+    odd_values: list[object] = [None, 7, "x", [], {}, "txn_completed", "heartbeat"]
+    checked = 0
+    for name, samples in (("feed", feed_samples), ("event", event_samples)):
+        for sample in samples:
+            variants = [sample]
+            for member in sample:
+                variants.append({k: v for k, v in sample.items() if k != member})
+                variants += [{**sample, member: odd} for odd in odd_values]
+            for obj in variants:
+                try:
+                    _validator(name)(obj)
+                    whole = ""
+                except fastjsonschema.JsonSchemaValueException as err:
+                    whole = err.message[:160]
+                try:
+                    _validate(name, obj)
+                    branch = ""
+                except ProtocolError as err:
+                    branch = err.detail.removeprefix(f"{name}: ")
+                assert branch == whole, (name, obj)
+                checked += 1
+    assert checked > 300
