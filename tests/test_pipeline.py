@@ -3,6 +3,8 @@ letters, outbox."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from helpers import T0, Dev, feed, feed_bytes, txn_msg
 
 from collector.config import load_config
