@@ -1,13 +1,15 @@
 """evalterm benchmark: the collector against two baselines, on real Mosquitto and InfluxDB.
 
     .venv/bin/python bench/run.py [--pairs 20000] [--devices 20000] [--rate 1000] [--seconds 20]
-        [--only bare,bridge,nodered,collector,live] [--baseline-code /path/to/other/checkout]
+        [--only bare,bridge,nodered,collector,collector_pg,live]
+        [--baseline-code /path/to/other/checkout]
 
 Prints a table; docs/performance.md records the figures and how to read them. Nothing here is a
 test: there are no pass/fail limits, only measurements taken in one run on one machine.
 
 1. Backlog drain (throughput). For each consumer (bare subscribers, plain bridge, Node-RED,
-   collector; with --baseline-code also the collector of another checkout, e.g. main's) the same
+   collector on SQLite, the collector on a private PostgreSQL (`[state] url`, collector_pg); with
+   --baseline-code also the collector of another checkout, e.g. main's) the same
    backlog of `--pairs` (transaction event, signed rating) pairs is queued at the broker
    for the consumer's persistent session; then the consumer starts and the clock runs until it is
    done
@@ -42,9 +44,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from loadgen import register_devices  # noqa: E402
 from nodered import NodeRed  # noqa: E402
 
-from collector.db import connect_drained, drained_path  # noqa: E402
+from collector.db import connect, connect_drained, drained_path  # noqa: E402
 from collector.influx import WriteFailed, influxql, outbox_depth  # noqa: E402
-from collector.sim.servers import InfluxServer, MosquittoServer  # noqa: E402
+from collector.sim.servers import InfluxServer, MosquittoServer, PostgresServer  # noqa: E402
 
 PY = sys.executable
 BUCKET_MS = 100  # latency: ratings are counted per 100 ms of publish time
@@ -108,14 +110,18 @@ def wait_until(pred, timeout: float, poll: float = 0.1) -> float:  # type: ignor
     return time.perf_counter()
 
 
-PARTS = ("bare", "bridge", "nodered", "collector", "live")
+PARTS = ("bare", "bridge", "nodered", "collector", "collector_pg", "live")
 
 
-def collector_toml(data_dir: Path, mqtt_port: int, influx_url: str, database: str) -> str:
+def collector_toml(data_dir: Path, mqtt_port: int, influx_url: str, database: str,
+                   state_url: str = "") -> str:
     """Only the settings the bench needs; every other one is the code's own default, so that a
     baseline checkout runs with its defaults, not this checkout's."""
     return (f'[collector]\ndata_dir = "{data_dir}"\nlog_level = "WARNING"\n'
+            + (f'[state]\nurl = "{state_url}"\n' if state_url else "") +
             f'[mqtt]\nport = {mqtt_port}\ntopic_prefix = "evalterm"\n'
+            # A session of its own: the SQLite collector stays connected for the live run.
+            + ('client_id = "evalterm-collector-pg"\n' if state_url else "") +
             f'[influx]\nurl = "{influx_url}"\ndatabase = "{database}"\n'
             '[http]\nlisten = ""\n'
             # The detector runs in a thread of its own every 5 minutes; its cost is measured by
@@ -131,17 +137,38 @@ def cpu_of_exited(proc: subprocess.Popen[bytes]) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def copy_devices(pristine_db: Path, url: str) -> None:
+    """The registered devices of `pristine_db` into the (new) PostgreSQL state database `url`."""
+    src = sqlite3.connect(pristine_db)
+    rows = src.execute("SELECT device, hall, window, key_hex, state, created_ms "
+                       "FROM device").fetchall()
+    src.close()
+    dst = connect(url)
+    dst.execute("BEGIN")
+    dst.executemany("INSERT INTO device (device, hall, window, key_hex, state, created_ms) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", rows)
+    dst.execute("COMMIT")
+    dst.close()
+
+
 def drain_collector(code: Path, tmp: Path, name: str, pristine_db: Path, broker: MosquittoServer,
-                    influx: InfluxServer, database: str, keys: Path, pairs: int
+                    influx: InfluxServer, database: str, keys: Path, pairs: int,
+                    pg: PostgresServer | None = None
                     ) -> tuple[dict[str, Any], subprocess.Popen[bytes], list[tuple[float, int]]]:
-    """Drain the backlog with the collector of checkout `code`; returns its figures, the
-    still running collector and its outbox depth series."""
+    """Drain the backlog with the collector of checkout `code` (its state in a new database of
+    `pg` if given, else in SQLite); returns its figures, the still running collector and its
+    outbox depth series."""
     data_dir = tmp / name
     data_dir.mkdir()
     state_db = data_dir / "state.db"
-    shutil.copy(pristine_db, state_db)
+    state_url = ""
+    if pg is None:
+        shutil.copy(pristine_db, state_db)
+    else:
+        state_url = pg.create_database()
+        copy_devices(pristine_db, state_url)
     cfg_file = tmp / f"{name}.toml"
-    cfg_file.write_text(collector_toml(data_dir, broker.port, influx.url, database))
+    cfg_file.write_text(collector_toml(data_dir, broker.port, influx.url, database, state_url))
     env = {**os.environ, "PYTHONPATH": str(code)}
     log = (tmp / f"{name}.log").open("ab")
     argv = [PY, "-m", "collector.cli", "-c", str(cfg_file), "run"]
@@ -152,14 +179,20 @@ def drain_collector(code: Path, tmp: Path, name: str, pristine_db: Path, broker:
     loadgen(broker.port, keys, pairs)
     depth_series: list[tuple[float, int]] = []
     servers = {"Mosquitto": broker.proc, "InfluxDB": influx.proc}
+    pg_pids = pg_backends(pg) if pg is not None else []
     servers_cpu0 = {k: proc_stats(p.pid)[0] for k, p in servers.items() if p is not None}
     busy0 = machine_busy()
     t0 = time.perf_counter()
     coll = subprocess.Popen(argv, cwd=code, env=env, stdout=log, stderr=log)
     stop_poll = threading.Event()
 
+    def open_state() -> sqlite3.Connection:
+        if state_url:
+            return connect(state_url)
+        return sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30)
+
     def poll_depth() -> None:
-        c = sqlite3.connect(state_db, timeout=30)
+        c = open_state()
         drained = connect_drained(drained_path(state_db))
         while not stop_poll.wait(1.0):
             try:
@@ -174,7 +207,7 @@ def drain_collector(code: Path, tmp: Path, name: str, pristine_db: Path, broker:
     poller.start()
     # Asked of InfluxDB only once the collector's own state says it is done: a count over
     # every rating, five times a second, would add its cost to InfluxDB's CPU figure below.
-    state = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30)
+    state = open_state()
     state_drained = connect_drained(drained_path(state_db))
 
     def collector_done() -> bool:
@@ -197,6 +230,12 @@ def drain_collector(code: Path, tmp: Path, name: str, pristine_db: Path, broker:
     busy1 = machine_busy()
     servers_cpu = {k: proc_stats(p.pid)[0] - servers_cpu0[k] for k, p in servers.items()
                    if p is not None}
+    if pg is not None:
+        # The server's processes: those that lived through the drain (postmaster, WAL writer,
+        # checkpointer, ...) from their start figures, the collector's backends entirely.
+        before = dict(pg_pids)
+        servers_cpu["PostgreSQL"] = sum(cpu_s - before.get(pid, 0.0)
+                                        for pid, cpu_s in pg_backends(pg))
     dt = t1 - t0
     n_msgs = 2 * pairs
     print(f"  {name}: {n_msgs / dt:,.0f} msg/s", flush=True)
@@ -204,6 +243,21 @@ def drain_collector(code: Path, tmp: Path, name: str, pristine_db: Path, broker:
              "cpu": {"collector": cpu, "its drainer": drainer_cpu, **servers_cpu},
              "rss_mb": rss / 2**20,
              "machine": ((busy1[0] - busy0[0]), (busy1[1] - busy0[1]))}, coll, depth_series)
+
+
+def pg_backends(pg: PostgresServer) -> list[tuple[int, float]]:
+    """(pid, CPU seconds) of every process of the PostgreSQL server `pg`."""
+    pid_file = pg.data / "postmaster.pid"
+    postmaster = int(pid_file.read_text().split()[0])
+    kids = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True,
+                          text=True).stdout.split()
+    out = []
+    for pid in [postmaster, *map(int, kids)]:
+        try:
+            out.append((pid, proc_stats(pid)[0]))
+        except OSError:
+            continue  # a backend that ended meanwhile
+    return out
 
 
 def main() -> int:
@@ -321,6 +375,16 @@ def main() -> int:
             r, coll, depth_series = drain_collector(ROOT, tmp, "collector", pristine, broker,
                                                     influx, "evalterm", keys, args.pairs)
             results["evalterm collector"] = r
+        if "collector_pg" in parts:
+            pg = PostgresServer("bench-pg").init().start()
+            try:
+                r, pg_coll, _ = drain_collector(ROOT, tmp, "collector_pg", pristine, broker,
+                                                influx, "evalterm_pg", keys, args.pairs, pg)
+                pg_coll.terminate()
+                pg_coll.wait(30)
+                results["evalterm collector, state on PostgreSQL"] = r
+            finally:
+                pg.destroy()
 
         # -- 2. live latency ----------------------------------------------------------------------
         if "live" in parts and coll is not None:

@@ -1,4 +1,4 @@
-"""Private Mosquitto and InfluxDB 1.x servers for the demo and the tests.
+"""Private Mosquitto, InfluxDB 1.x and PostgreSQL servers for the demo, the tests and the bench.
 
 Each server runs from the Debian package's binary (installed by scripts/setup.sh) with its own
 config and data under a folder of ours, on free loopback ports, so nothing depends on or disturbs
@@ -9,6 +9,8 @@ bring it back on the same port with the same data.
 from __future__ import annotations
 
 import getpass
+import itertools
+import os
 import shutil
 import socket
 import subprocess
@@ -16,8 +18,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-__all__ = ["InfluxServer", "MosquittoServer", "free_port"]
+__all__ = ["InfluxServer", "MosquittoServer", "PostgresServer", "free_port", "pg_bindir"]
 
 
 def free_port() -> int:
@@ -184,3 +187,97 @@ class InfluxServer(_Server):
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"influxd did not answer /ping; see {self.log}")
+
+
+def pg_bindir() -> Path:
+    """PostgreSQL's server binaries (initdb, pg_ctl, pg_basebackup): `pg_config --bindir` names
+    the client's folder on Debian, so the newest /usr/lib/postgresql/*/bin with initdb wins."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    if found:
+        return found[-1].parent
+    if shutil.which("pg_config"):
+        out = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
+                                  check=True).stdout.strip())
+        if (out / "initdb").exists():
+            return out
+    raise RuntimeError("PostgreSQL server binaries not found: run scripts/setup.sh")
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster in its own folder, on a free loopback port, trust auth (tests
+    and the bench only). initdb refuses root: as root, the cluster belongs to and runs as
+    `nobody`, in a folder under /tmp (a pytest folder of root's is not reachable for nobody)."""
+
+    def __init__(self, name: str = "pg", port: int | None = None) -> None:
+        import tempfile
+
+        self.bindir = pg_bindir()
+        self.root = Path(tempfile.mkdtemp(prefix=f"evalterm-{name}-"))
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self.port = port or free_port()
+        self.name = name
+        if _as_root():
+            os.chown(self.root, *_nobody())
+
+    def run(self, *argv: str, check: bool = True) -> Any:
+        cmd = [str(self.bindir / argv[0]), *argv[1:]]
+        if _as_root():
+            cmd = ["runuser", "-u", "nobody", "--", *cmd]
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=self.root, timeout=120)
+        if check and res.returncode != 0:
+            log = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+            raise RuntimeError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr}\n{log}")
+        return res
+
+    def init(self) -> PostgresServer:
+        self.run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                 "--no-locale", "-E", "UTF8", "--no-sync")
+        with open(self.data / "postgresql.conf", "a", encoding="utf-8") as f:
+            f.write(f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                    f"unix_socket_directories = '{self.root}'\nfsync = on\n"
+                    f"cluster_name = '{self.name}'\nmax_connections = 60\n"
+                    "shared_buffers = 16MB\nwal_keep_size = 64MB\n")
+        return self
+
+    def start(self) -> PostgresServer:
+        self.run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        if (self.data / "postmaster.pid").exists():
+            self.run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def url(self, db: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
+
+    def sql(self, statement: str, db: str = "postgres") -> list[tuple[Any, ...]]:
+        """One statement in autocommit mode; its rows (if any)."""
+        import psycopg
+        with psycopg.connect(self.url(db), autocommit=True, connect_timeout=10) as c:
+            cur = c.execute(statement)  # type: ignore[call-overload]
+            return list(cur.fetchall()) if cur.description else []
+
+    def create_database(self) -> str:
+        """A new empty database; its URL."""
+        name = f"t{next(_PG_DB_COUNTER)}"
+        self.sql(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+
+_PG_DB_COUNTER = itertools.count(1)
+
+
+def _as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _nobody() -> tuple[int, int]:
+    import pwd
+    pw = pwd.getpwnam("nobody")
+    return pw.pw_uid, pw.pw_gid
