@@ -20,8 +20,8 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable
 
-__all__ = ["MAX_PARTITIONS", "SINGLETONS_LOCK", "client_id", "hall_filters", "parse_own",
-           "partition_of", "partition_users", "wildcard_filters"]
+__all__ = ["MAX_PARTITIONS", "SINGLETONS_LOCK", "client_id", "hall_filters", "hall_of_topic",
+           "parse_own", "partition_of", "partition_users", "wildcard_filters"]
 
 # Partitions are 0 .. MAX_PARTITIONS-1 ([partitions] count at most this).
 MAX_PARTITIONS = 4096
@@ -83,3 +83,14 @@ def hall_filters(prefix: str, halls: Iterable[str]) -> list[str]:
         out += [f"{prefix}/dev/{hall}/+/+/{kind}" for kind in DEVICE_KINDS]
         out.append(f"{prefix}/feed/{hall}")
     return out
+
+
+def hall_of_topic(prefix: str, topic: str) -> str | None:
+    """The hall a topic of the protocol belongs to (`{prefix}/dev/{hall}/...`, `{prefix}/feed/
+    {hall}`); None for anything else."""
+    if not topic.startswith(prefix + "/"):
+        return None
+    parts = topic[len(prefix) + 1:].split("/")
+    if len(parts) >= 2 and parts[0] in ("dev", "feed") and parts[1]:
+        return parts[1]
+    return None

@@ -13,6 +13,7 @@ from collector.partition import (
     SINGLETONS_LOCK,
     client_id,
     hall_filters,
+    hall_of_topic,
     parse_own,
     partition_of,
     partition_users,
@@ -57,6 +58,14 @@ def test_client_ids_users_and_topic_filters() -> None:
         "P/dev/h2/+/+/rating", "P/dev/h2/+/+/event", "P/dev/h2/+/+/status", "P/feed/h2"]
     assert wildcard_filters("P") == ["P/dev/+/+/+/rating", "P/dev/+/+/+/event",
                                      "P/dev/+/+/+/status", "P/feed/+"]
+
+
+def test_the_hall_of_a_topic() -> None:
+    assert hall_of_topic("a/b", "a/b/dev/h7/w1/kp1/cmd") == "h7"
+    assert hall_of_topic("a/b", "a/b/feed/h7") == "h7"
+    assert hall_of_topic("a/b", "a/c/feed/h7") is None
+    assert hall_of_topic("a/b", "a/b/other/h7") is None
+    assert hall_of_topic("a/b", "a/b/feed") is None
 
 
 def test_partitions_config_defaults_and_problems() -> None:
