@@ -291,6 +291,10 @@ class Collector:
             self._stop_serving(served, why="stopping")
         if self._singletons:
             self._stop_singletons()
+        if self._partitioned and self._session:  # the locks go with the session: free them now
+            self._session = False
+            release_partition_locks(self._db)
+            self._db.close()
 
     def run_forever(self) -> None:
         done = threading.Event()
