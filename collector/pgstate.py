@@ -325,10 +325,13 @@ class _Errors:
 def open_pg(url: str, *, read_only: bool = False, connect_timeout_s: int = 10) -> PgConnection:
     """Connect to `url` (libpq URL; several hosts and target_session_attrs allowed; the password
     from PGPASSWORD or PGPASSFILE, never from the configuration)."""
-    options = "-c default_transaction_read_only=on" if read_only else None
+    # A reader is made read-only after it connected, not by a startup option: libpq's
+    # target_session_attrs=read-write (a multi-host URL) would see the option's read-only
+    # session and refuse every host, the primary too.
     try:
-        raw = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout_s,
-                              options=options)
+        raw = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout_s)
+        if read_only:
+            raw.execute("SET SESSION default_transaction_read_only = on")
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StateUnavailable(f"PostgreSQL state database {redacted_url(url)} unreachable: "
