@@ -136,7 +136,7 @@ class Collector:
         self._halls_at = -1e9
         self._known_halls: frozenset[str] = frozenset()
         self._singletons = not self._partitioned  # drainer, detector, manager run here
-        self._singletons_stop = threading.Event()
+        self._singletons_stop = threading.Event() if self._partitioned else self._stop
         if self._partitioned:
             self.ingest.owns = self._owns
             self.metrics.registry.register(_PartitionMetrics(self))
@@ -258,7 +258,8 @@ class Collector:
     def _start_singletons(self) -> None:
         """The work that runs in one process: the drainer, the detector, the manager."""
         self._singletons = True
-        self._singletons_stop = threading.Event()
+        # Unpartitioned: they stop with the service, as before partitions existed.
+        self._singletons_stop = threading.Event() if self._partitioned else self._stop
         self._drainer.start()
         if self.cfg.detection.enabled:
             if self._detector.ident is not None:  # a thread runs once: a new one
