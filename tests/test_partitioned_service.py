@@ -5,11 +5,12 @@ stopped peer's partitions are taken over, a hall new to the registry is subscrib
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
 import pytest
-from helpers import Dev, Publisher, feed, feed_bytes, query, txn_msg, wait_for
+from helpers import Dev, PostgresServer, Publisher, feed, feed_bytes, query, txn_msg, wait_for
 
 from collector.clock import now_ms
 from collector.config import Config
@@ -63,6 +64,11 @@ def test_two_partitioned_collectors_split_the_halls_and_take_over(
         assert served == 1.0
         assert a.metrics.registry.get_sample_value("evalterm_partition_served",
                                                    {"partition": "2"}) == 0.0
+        # a webhook for a hall another process serves is "busy" (503) at once, not queued
+        theirs = next(h for h in halls if partition_of(h, 4) in (2, 3))
+        began = time.monotonic()
+        assert a.submit_feed(theirs, feed_bytes(txn_msg("X-1"))) is None
+        assert time.monotonic() - began < 1
         time.sleep(0.5)  # subscriptions granted
 
         def one_round(tag: str) -> None:
@@ -104,3 +110,50 @@ def test_two_partitioned_collectors_split_the_halls_and_take_over(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_lost_database_session_stops_every_partition_until_the_locks_are_retaken(
+        make_config: Callable[..., Config], pg_server: PostgresServer, publisher: Publisher,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL ends the session holding the locks (as a failover does): the collector stops
+    serving everything, opens a new session, takes its partitions again, and goes on."""
+    url = pg_server.create_database()
+    cfg = make_config(state__url=url, partitions__count=2, partitions__lock_interval_s=0.2,
+                      partitions__takeover_delay_s=0.5, http__listen="")
+    prefix = cfg.mqtt.topic_prefix
+    conn = connect(url)
+    reg = Registry(conn)
+    halls = _halls(2, 1)
+    devs = {h: Dev(prefix, f"kp-{h}", reg.add(f"kp-{h}", h, "w1", now_ms()).key, h, "w1")
+            for h in halls}
+    conn.close()
+    c = Collector(cfg)
+    c.start()
+    try:
+        wait_for(lambda: c.served_partitions() == [0, 1] and c.serves_singletons
+                 and c.health()["mqtt_connected"], what="serving both partitions")
+        pid = c._db.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with caplog.at_level(logging.INFO, logger="collector.service"):
+            pg_server.sql(f"SELECT pg_terminate_backend({int(pid)})")
+            wait_for(lambda: any("session holding the partition locks is lost" in r.getMessage()
+                                 for r in caplog.records), what="the loss noticed")
+            wait_for(lambda: c.served_partitions() == [0, 1] and c.serves_singletons
+                     and c.health()["mqtt_connected"], what="serving again")
+        stopped = [r.getMessage() for r in caplog.records if "stopped serving" in r.getMessage()]
+        assert len(stopped) == 2
+        assert c._db.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
+        time.sleep(0.5)
+        t = now_ms()
+        for h, d in devs.items():
+            publisher.publish(feed(prefix, h), feed_bytes(txn_msg(f"L-{h}", completed=t)))
+            publisher.publish(*d.rating(4, f"L-{h}", ts=t + 10))
+
+        def linked() -> int:
+            state = connect(url)
+            n = state.execute("SELECT count(*) FROM rating WHERE state = 'linked'").fetchone()[0]
+            state.close()
+            return int(n)
+
+        wait_for(lambda: linked() == len(halls), what="both ratings linked after the loss")
+    finally:
+        c.stop()
