@@ -32,6 +32,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 from psycopg.adapt import Dumper, Loader
+from psycopg.conninfo import make_conninfo
 from psycopg.types.numeric import Int8Dumper
 
 from collector.errors import ServiceUnavailable
@@ -337,8 +338,8 @@ def open_pg(url: str, *, read_only: bool = False, connect_timeout_s: int = 10) -
     # locks (collector/service.py) must not keep serving on a dead link. Settings in the URL win.
     dead_link = {k: v for k, v in _DEAD_LINK.items() if f"{k}=" not in url}
     try:
-        raw = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout_s,
-                              **dead_link)
+        raw = psycopg.connect(make_conninfo(url, **dead_link), autocommit=True,
+                              connect_timeout=connect_timeout_s)
         if read_only:
             raw.execute("SET SESSION default_transaction_read_only = on")
     except psycopg.Error as exc:
