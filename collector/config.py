@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from collector.errors import EvaltermError
+from collector.partition import parse_own
 
 __all__ = [
     "OPTIONS",
@@ -34,6 +35,7 @@ __all__ = [
     "ManagerConfig",
     "MqttConfig",
     "Option",
+    "PartitionsConfig",
     "StateConfig",
     "check_data_dir",
     "config_warnings",
@@ -348,6 +350,30 @@ class StateConfig:
              "password in it: libpq takes it from PGPASSWORD or the PGPASSFILE file.")
 
 
+@dataclass(frozen=True)
+class PartitionsConfig:
+    """The [partitions] section: hall partitions served by several collector processes
+    (docs/scale.md, "Hall partitions")."""
+
+    count: int = _opt(1, minimum=1, maximum=4096,
+        help="Fixed number of partitions P; a hall's partition is crc32(hall) mod P. 1: one "
+             "process serves every hall, as without this section. Every process of a deployment "
+             "has the same count; changing it moves halls between partitions (stop them all).")
+    own: str = _opt("",
+        help="The partitions this process prefers, e.g. \"0,1\" or \"2-3\"; empty: all. It "
+             "serves one only while it holds the partition's lock in the state database, "
+             "waiting for the lock if a peer has it.")
+    takeover: bool = _opt(True,
+        help="Also serve the other partitions whose lock is free (a peer died), until this "
+             "process stops.")
+    takeover_delay_s: float = _opt(5.0, minimum=0, maximum=3600,
+        help="After start-up and after reconnecting to the state database, how long to leave "
+             "the other partitions to their preferring process before taking them over.")
+    lock_interval_s: float = _opt(1.0, minimum=0.1, maximum=60,
+        help="How often the locks are checked and free ones tried: a dead peer's partitions "
+             "are taken over within about this long after its database session ends.")
+
+
 # The sections in file order: (name in the file and in `cfg.<name>`, dataclass).
 SECTIONS: tuple[tuple[str, type], ...] = (
     ("collector", CollectorConfig),
@@ -358,6 +384,7 @@ SECTIONS: tuple[tuple[str, type], ...] = (
     ("detection", DetectionConfig),
     ("manager", ManagerConfig),
     ("state", StateConfig),
+    ("partitions", PartitionsConfig),
 )
 
 
@@ -391,6 +418,7 @@ class Config:
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     manager: ManagerConfig = field(default_factory=ManagerConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    partitions: PartitionsConfig = field(default_factory=PartitionsConfig)
     source: str = "defaults"
     # The further InfluxDB targets ([influx] targets after the first), each with its
     # [influx.NAME] settings resolved over [influx]'s.
@@ -703,6 +731,10 @@ def _cross_check(cfg: Config) -> list[str]:
         out.extend(exc.problems)
     if cfg.manager.holidays_file and not Path(cfg.manager.holidays_file).is_file():
         out.append(f"[manager] holidays_file = {cfg.manager.holidays_file!r}: no such file")
+    try:
+        parse_own(cfg.partitions.own, cfg.partitions.count)
+    except ValueError as exc:
+        out.append(f"[partitions] own = {cfg.partitions.own!r}: {exc}")
     if cfg.detection.q_weak < cfg.detection.q_strong:
         out.append(f"[detection] q_weak = {cfg.detection.q_weak}: must be at least q_strong "
                    f"({cfg.detection.q_strong})")

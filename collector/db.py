@@ -35,8 +35,9 @@ from collector.pgstate import (
 )
 
 __all__ = ["SCHEMA_VERSION", "connect", "connect_drained", "connect_reader", "drained_cursors",
-           "drained_path", "drained_up_to", "is_postgres", "outbox_high_water", "state_instance",
-           "transaction", "try_lock_partition"]
+           "drained_path", "drained_up_to", "is_postgres", "outbox_high_water",
+           "partition_locks_lost", "release_partition_locks", "state_instance", "transaction",
+           "try_lock_partition"]
 
 # What `connect` takes: an SQLite file path (or ":memory:"), or a postgresql:// URL.
 StateTarget = str | Path
@@ -517,6 +518,15 @@ def try_lock_partition(conn: sqlite3.Connection, k: int) -> bool:
         return False
     held[k] = fd
     return True
+
+
+def partition_locks_lost(conn: sqlite3.Connection) -> bool:
+    """True when `conn` is a PostgreSQL connection that held partition locks and broke: the
+    locks died with the session (collector/pgstate.py), so nothing may be served under them."""
+    if not is_postgres(conn):
+        return False
+    pg = cast(PgConnection, conn)
+    return bool(pg.partition_locks) and (pg.raw.broken or pg.raw.closed)
 
 
 def release_partition_locks(conn: sqlite3.Connection) -> None:

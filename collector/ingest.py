@@ -132,6 +132,8 @@ class Ingest:
             unrated_default=cfg.unrated_default,
         )
         self._serial = 0
+        # A partitioned service: the halls it serves (the timer judges only theirs); None: all.
+        self.owns: Callable[[str], bool] | None = None
         # Points of the batch in hand; a transaction's as its decision, rendered at the flush
         # unless a later one of the batch overwrites it (_last_states).
         self._lines: list[str | TxnRecorded] = []
@@ -202,7 +204,7 @@ class Ingest:
                     )
                     outcome = Outcome("error", "internal", type(exc).__name__)
                 outcomes.append(outcome)
-            ticked = self.linker.tick(now_ms)
+            ticked = self.linker.tick(now_ms, self.owns)
             self._apply(ticked, now_ms, "")
             self._flush_lines()
         self._count(outcomes, ticked)
@@ -212,7 +214,7 @@ class Ingest:
         """Time passes with no message: expire and judge what is due."""
         self._lines = []
         with transaction(self._db):
-            decisions = self.linker.tick(now_ms)
+            decisions = self.linker.tick(now_ms, self.owns)
             self._apply(decisions, now_ms, "")
             self._flush_lines()
         self._count([], decisions)

@@ -23,6 +23,7 @@ Rules (docs/linking.md explains them with examples):
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -385,8 +386,9 @@ class Linker:
 
     # -- time ------------------------------------------------------------------------------------
 
-    def tick(self, now_ms: int) -> list[Decision]:
-        """Judge held ratings whose grace ran out, then expire transactions past their deadline."""
+    def tick(self, now_ms: int, owns: Callable[[str], bool] | None = None) -> list[Decision]:
+        """Judge held ratings whose grace ran out, then expire transactions past their deadline.
+        `owns`: only the halls it accepts (a partitioned service: the halls it serves)."""
         db = self._db
         out: list[Decision] = []
         held = db.execute(
@@ -395,21 +397,31 @@ class Linker:
             (now_ms,),
         ).fetchall()
         for row in held:
-            out += self._judge(RatingIn(*row[1:]), now_ms, final=True)
+            if owns is None or owns(row[1]):
+                out += self._judge(RatingIn(*row[1:]), now_ms, final=True)
         due = db.execute(
             f"SELECT {_TXN_COLS} FROM txn WHERE state='awaiting' AND deadline_ms<=? "
             "ORDER BY deadline_ms, hall, txn",
             (now_ms,),
         ).fetchall()
         for row in due:
-            out += self._expire(_txn_from_row(row))
+            if owns is None or owns(row[0]):
+                out += self._expire(_txn_from_row(row))
         return out
 
-    def next_due_ms(self) -> int | None:
-        """When `tick` next has something to do (for the service's timer)."""
-        row = self._db.execute(
-            "SELECT min(x) FROM (SELECT min(hold_until_ms) AS x FROM rating WHERE state='held' "
-            "UNION ALL SELECT min(deadline_ms) FROM txn WHERE state='awaiting') AS due"
-        ).fetchone()
-        due: int | None = row[0]
-        return due
+    def next_due_ms(self, owns: Callable[[str], bool] | None = None) -> int | None:
+        """When `tick` next has something to do (for the service's timer); `owns` as in tick."""
+        if owns is None:
+            row = self._db.execute(
+                "SELECT min(x) FROM (SELECT min(hold_until_ms) AS x FROM rating "
+                "WHERE state='held' UNION ALL SELECT min(deadline_ms) FROM txn "
+                "WHERE state='awaiting') AS due"
+            ).fetchone()
+            due: int | None = row[0]
+            return due
+        rows = self._db.execute(
+            "SELECT hall, min(hold_until_ms) FROM rating WHERE state='held' GROUP BY hall "
+            "UNION ALL SELECT hall, min(deadline_ms) FROM txn WHERE state='awaiting' GROUP BY hall"
+        ).fetchall()
+        mine = [int(x) for hall, x in rows if owns(hall)]
+        return min(mine) if mine else None

@@ -32,6 +32,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 from psycopg.adapt import Dumper, Loader
+from psycopg.conninfo import make_conninfo
 from psycopg.types.numeric import Int8Dumper
 
 from collector.errors import ServiceUnavailable
@@ -322,13 +323,25 @@ class _Errors:
             raise _sqlite_error(exc, self._conn.raw) from exc
 
 
+_DEAD_LINK = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "3",
+              "keepalives_count": "3", "tcp_user_timeout": "20000"}
+
+
 def open_pg(url: str, *, read_only: bool = False, connect_timeout_s: int = 10) -> PgConnection:
     """Connect to `url` (libpq URL; several hosts and target_session_attrs allowed; the password
     from PGPASSWORD or PGPASSFILE, never from the configuration)."""
-    options = "-c default_transaction_read_only=on" if read_only else None
+    # A reader is made read-only after it connected, not by a startup option: libpq's
+    # target_session_attrs=read-write (a multi-host URL) would see the option's read-only
+    # session and refuse every host, the primary too.
+    # A server that vanished without closing the connection (a host down, a network cut) is
+    # noticed within about 20 s instead of the kernel's minutes: the session holding partition
+    # locks (collector/service.py) must not keep serving on a dead link. Settings in the URL win.
+    dead_link = {k: v for k, v in _DEAD_LINK.items() if f"{k}=" not in url}
     try:
-        raw = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout_s,
-                              options=options)
+        raw = psycopg.connect(make_conninfo(url, **dead_link), autocommit=True,
+                              connect_timeout=connect_timeout_s)
+        if read_only:
+            raw.execute("SET SESSION default_transaction_read_only = on")
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StateUnavailable(f"PostgreSQL state database {redacted_url(url)} unreachable: "

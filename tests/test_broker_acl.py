@@ -280,3 +280,47 @@ def test_reload_keeps_sessions_admits_new_and_drops_revoked(hall: dict[str, Any]
     assert c.accepted
     again = hall["client"]("kp-a")
     assert again.connack.is_failure
+
+
+def test_partition_users_have_the_collectors_password_and_rights(tmp_path: Path) -> None:
+    """[partitions] count = 2: `collector-p0` and `collector-p1` connect with the collector's
+    password, subscribe their halls' explicit filters and read the devices' messages; a
+    partition user the count does not have is refused, and rendering with count 1 drops them."""
+    reg = Registry(connect(tmp_path / "state.db"))
+    kp = reg.add("kp-a", "h1", "w1", 1)
+    runner = ToolRunner()
+    pki.init_ca(tmp_path / "pki")
+    pki.issue_server(tmp_path / "pki", ["localhost", "127.0.0.1"])
+    lst = Listeners(local_port=free_port(), hall_port=free_port(), pki_dir=tmp_path / "pki")
+    out = tmp_path / "broker"
+    files = render_broker(runner, out, P, reg.list(), *COLLECTOR, listeners=lst, partitions=2)
+    users = sorted(line.split(":")[0] for line in (out / "passwd").read_text().splitlines())
+    assert users == ["collector", "collector-p0", "collector-p1", "feed-h1", "kp-a", "monitor",
+                     "ota"]
+    acl = (out / "acl").read_text()
+    assert "user collector-p1\ntopic read evalterm/dev/+/+/+/rating" in acl
+    server = DebianLikeMosquitto(tmp_path / "mosq", files.conf, lst.local_port).start()
+    clients: list[Client] = []
+    try:
+        p1 = Client(server.port, "collector-p1", COLLECTOR[1], client_id="collector-p1")
+        clients.append(p1)
+        assert p1.accepted
+        assert p1.subscribe(f"{P}/dev/h1/+/+/rating", f"{P}/feed/h1") == [1, 1]
+        wrong = Client(server.port, "collector-p0", "not-the-password")
+        clients.append(wrong)
+        assert not wrong.accepted
+        none = Client(server.port, "collector-p2", COLLECTOR[1])
+        clients.append(none)
+        assert not none.accepted
+        a = Client(server.port, "kp-a", mqtt_password(kp.key))
+        clients.append(a)
+        dev = Dev(P, "kp-a", kp.key, "h1", "w1")
+        assert a.publish(*dev.rating(5)).value < 128
+        wait_for(lambda: len(p1.messages) == 1, 10, what="the rating at partition 1's client")
+        render_broker(runner, out, P, reg.list(), *COLLECTOR, listeners=lst, partitions=1)
+        assert "collector-p" not in (out / "passwd").read_text()
+        assert "collector-p" not in (out / "service-users").read_text()
+    finally:
+        for c in clients:
+            c.close()
+        server.stop()

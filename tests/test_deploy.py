@@ -200,3 +200,39 @@ def test_the_documented_influxdb_edit_binds_http_locally_and_turns_ifql_off(
     assert 'bind-address = "127.0.0.1:8086"' in sections["http"]
     assert "enabled = false" in sections["ifql"]
     assert re.search(r'^bind-address = "127\.0\.0\.1:8088"', shown, re.M)  # backups: loopback
+
+
+def test_the_partition_template_unit_is_the_plain_unit_with_its_partitions() -> None:
+    """deploy/evalterm-collector@.service: the plain unit's service, plus the instance name as
+    [partitions] own (a number or a range: a unit name has no commas)."""
+    plain, tmpl = _unit("evalterm-collector.service"), _unit("evalterm-collector@.service")
+    assert tmpl["Service"]["Environment"] == "EVALTERM_PARTITIONS__OWN=%i"
+    assert tmpl["Unit"]["Conflicts"] == "evalterm-collector.service"
+    same = set(plain["Service"]) - {"EnvironmentFile"}
+    assert {k: tmpl["Service"][k] for k in same} == {k: plain["Service"][k] for k in same}
+    for own in ("0-1", "3"):
+        cfg = load_config(DEPLOY / "collector.toml", env={
+            "EVALTERM_MQTT__PASSWORD": "x", "EVALTERM_PARTITIONS__COUNT": "4",
+            "EVALTERM_PARTITIONS__OWN": own})
+        assert cfg.partitions.own == own
+    assert "evalterm-collector@" in DOC
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None
+                    or not Path("/lib/systemd/system/multi-user.target").exists(),
+                    reason="needs systemd-analyze and the system's own units (systemd)")
+def test_the_partition_template_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    for name in ("evalterm-collector@.service", "evalterm-collector.service"):
+        shutil.copy(DEPLOY / name, root / "etc/systemd/system" / name)
+    exe = root / "opt/evalterm/bin/evalterm"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    r = subprocess.run(["systemd-analyze", "verify", f"--root={root}",
+                        "evalterm-collector@0-1.service"],
+                       capture_output=True, text=True, timeout=60)
+    ours = [ln for ln in (r.stdout + r.stderr).splitlines() if "evalterm" in ln]
+    assert r.returncode == 0 and not ours, r.stdout + r.stderr

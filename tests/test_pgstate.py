@@ -270,6 +270,21 @@ def test_a_commit_on_the_primary_is_on_the_synchronous_standby(pg_pair: PgPair) 
     assert multi.execute("SELECT count(*) FROM seen_feed").fetchone() == (1,)
     assert multi.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
     multi.close()
+    # and so does the drainer's read-only connection (read-only after connecting: libpq's
+    # target_session_attrs=read-write would refuse a session read-only from its start)
+    reader = connect_reader(pg_pair.url(db))
+    assert reader.execute("SELECT count(*) FROM seen_feed").fetchone() == (1,)
+    with pytest.raises(sqlite3.DatabaseError, match="read-only"):
+        reader.execute("INSERT INTO seen_feed (hall, id) VALUES ('h1', 'no')")
+    reader.close()
+    # a dead link is noticed in seconds (TCP keepalives, tcp_user_timeout), unless the URL says
+    multi = connect(pg_pair.url(db))
+    params = multi.raw.info.get_parameters()  # type: ignore[attr-defined]
+    assert (params["keepalives_idle"], params["tcp_user_timeout"]) == ("10", "20000")
+    multi.close()
+    own = connect(pg_pair.url(db) + "&keepalives_idle=30")
+    assert own.raw.info.get_parameters()["keepalives_idle"] == "30"  # type: ignore[attr-defined]
+    own.close()
     # with the standby gone, a commit waits (it is not acknowledged): the synchronous guarantee
     pg_pair.standby.stop("immediate")
     waiting = _commit_in_thread(url, "e2")

@@ -50,6 +50,23 @@ def test_broker_render_dry_run_then_real(tmp_path: Path, capsys: pytest.CaptureF
     assert "--hall-listen 'everywhere': give ADDRESS:PORT" in capsys.readouterr().err
 
 
+def test_broker_render_of_a_partitioned_deployment_is_one_command(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = Path(_config(tmp_path))
+    cfg.write_text(cfg.read_text() + "[partitions]\ncount = 3\n")
+    out = tmp_path / "broker"
+    assert main(["-c", str(cfg), "broker", "render", "--out", str(out), "--pki",
+                 _pki(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "partition users collector-p0 .. -p2" in printed and "pw-0123456789" not in printed
+    service = (out / "service-users").read_text()
+    for k in range(3):
+        assert f"collector-p{k}:pw-0123456789\n" in service
+        assert f"user collector-p{k}\ntopic read evalterm/dev/+/+/+/rating" in (
+            out / "acl").read_text()
+    assert "collector-p3" not in service
+
+
 def test_broker_render_needs_the_collectors_user(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _config(tmp_path, user="", password="")

@@ -28,11 +28,15 @@ def cmd_broker_render(args: argparse.Namespace) -> int:
     devices = Registry(connect(cfg.state_target)).list()
     files = render_broker(runner, Path(args.out), cfg.mqtt.topic_prefix, devices,
                           cfg.mqtt.username, cfg.mqtt.password, file_group=args.file_group,
-                          halls=args.hall or (), listeners=_listeners(args, Listeners))
+                          halls=args.hall or (), listeners=_listeners(args, Listeners),
+                          partitions=cfg.partitions.count)
     if not args.dry_run:
         active = sum(1 for d in devices if d.state == "active")
         print(f"wrote {files.passwd}, {files.acl}, {files.conf}: {active} active devices, "
               f"{len(files.users) - active} service users")
+        if cfg.partitions.count > 1:
+            print(f"partition users {cfg.mqtt.username}-p0 .. -p{cfg.partitions.count - 1}: the "
+                  "collector's password and rights ([partitions] count)")
         for user in files.new_service_users:
             whom = ("the technicians' monitoring (read-only)" if user == MONITOR_USER
                     else "the hall's business system")

@@ -65,6 +65,17 @@ _NOTES = {
         "`evalterm backup` and `restore` use the first target. Each target has a drainer process",
         "and progress of its own (docs/storage.md, \"Several InfluxDB targets\").",
     ],
+    "partitions": [
+        "",
+        "With `count` above 1, partition k is served by an MQTT client of its own, client id and",
+        "broker user `<[mqtt] client_id>-p<k>` (the broker binds client ids to user names), with",
+        "the password of `[mqtt] password`; `evalterm broker render` writes these users. A process",
+        "serves partition k only while it holds k's lock in the state database (a PostgreSQL",
+        "advisory lock, or a lock file beside an SQLite database); the InfluxDB drainer, the",
+        "detector and the manager run in the one process holding the singletons' lock. A feed",
+        "posted over HTTP to a process that does not serve the hall is answered 503 (post it to",
+        "the owner, or publish it on MQTT). docs/scale.md, \"Hall partitions\", has the design.",
+    ],
 }
 
 
