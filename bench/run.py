@@ -380,8 +380,10 @@ def main() -> int:
             try:
                 r, pg_coll, _ = drain_collector(ROOT, tmp, "collector_pg", pristine, broker,
                                                 influx, "evalterm_pg", keys, args.pairs, pg)
+                t_stop = time.perf_counter()
                 pg_coll.terminate()
-                pg_coll.wait(30)
+                pg_coll.wait(120)
+                r["stop_s"] = time.perf_counter() - t_stop
                 results["evalterm collector, state on PostgreSQL"] = r
             finally:
                 pg.destroy()
@@ -498,6 +500,9 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]],
                      f"({os.cpu_count() * 0.5e6 / total:,.0f} ratings/s); the machine was "
                      f"{busy / span:.0%} busy; peak RSS {r['rss_mb']:.0f} MB")
         print(line)
+    for name, r in results.items():
+        if "stop_s" in r:
+            print(f"{name}: stopped {r['stop_s']:.1f} s after SIGTERM")
     for name, r in results.items():
         if "start_s" in r:
             print(f"{name}: started in {r['start_s']:.1f} s (not timed), {r['stored']} of "

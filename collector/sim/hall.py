@@ -15,7 +15,7 @@ from typing import Any
 
 from collector import outbox
 from collector.config import Config
-from collector.db import connect
+from collector.db import connect, transaction
 from collector.ingest import Inbound, Ingest
 from collector.protocol import feed_message, feed_topic
 from collector.registry import Registry
@@ -168,7 +168,8 @@ class VirtualHall:
             self.rejected += 1
         rows = outbox.commands_after(self.conn, 0)
         if rows:
-            outbox.delete_commands(self.conn, [r[0] for r in rows])
+            with transaction(self.conn):
+                outbox.delete_commands(self.conn, [r[0] for r in rows])
             for _, ctopic, cpayload, _expires in rows:
                 window = ctopic.split("/")[-3]
                 self.at(self.now + self.rng.randint(30, 300), self._command, window, ctopic,
