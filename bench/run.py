@@ -1,14 +1,15 @@
 """evalterm benchmark: the collector against two baselines, on real Mosquitto and InfluxDB.
 
     .venv/bin/python bench/run.py [--pairs 20000] [--devices 20000] [--rate 1000] [--seconds 20]
-        [--only bare,bridge,nodered,collector,collector_pg,live]
+        [--only bare,bridge,nodered,collector,collector_pg,partitioned,live]
         [--baseline-code /path/to/other/checkout]
 
 Prints a table; docs/performance.md records the figures and how to read them. Nothing here is a
 test: there are no pass/fail limits, only measurements taken in one run on one machine.
 
 1. Backlog drain (throughput). For each consumer (bare subscribers, plain bridge, Node-RED,
-   collector on SQLite, the collector on a private PostgreSQL (`[state] url`, collector_pg); with
+   collector on SQLite, the collector on a private PostgreSQL (`[state] url`, collector_pg), two
+   collector processes serving one hall partition each on the same SQLite state (partitioned); with
    --baseline-code also the collector of another checkout, e.g. main's) the same
    backlog of `--pairs` (transaction event, signed rating) pairs is queued at the broker
    for the consumer's persistent session; then the consumer starts and the clock runs until it is
@@ -110,18 +111,20 @@ def wait_until(pred, timeout: float, poll: float = 0.1) -> float:  # type: ignor
     return time.perf_counter()
 
 
-PARTS = ("bare", "bridge", "nodered", "collector", "collector_pg", "live")
+PARTS = ("bare", "bridge", "nodered", "collector", "collector_pg", "partitioned", "live")
 
 
 def collector_toml(data_dir: Path, mqtt_port: int, influx_url: str, database: str,
-                   state_url: str = "") -> str:
+                   state_url: str = "", client_id: str = "", partitions: str = "") -> str:
     """Only the settings the bench needs; every other one is the code's own default, so that a
-    baseline checkout runs with its defaults, not this checkout's."""
+    baseline checkout runs with its defaults, not this checkout's. `client_id`: a session of
+    its own (the SQLite collector stays connected for the live run); `partitions`: the body of
+    a [partitions] section."""
     return (f'[collector]\ndata_dir = "{data_dir}"\nlog_level = "WARNING"\n'
             + (f'[state]\nurl = "{state_url}"\n' if state_url else "") +
             f'[mqtt]\nport = {mqtt_port}\ntopic_prefix = "evalterm"\n'
-            # A session of its own: the SQLite collector stays connected for the live run.
-            + ('client_id = "evalterm-collector-pg"\n' if state_url else "") +
+            + (f'client_id = "{client_id}"\n' if client_id else "")
+            + (f'[partitions]\n{partitions}' if partitions else "") +
             f'[influx]\nurl = "{influx_url}"\ndatabase = "{database}"\n'
             '[http]\nlisten = ""\n'
             # The detector runs in a thread of its own every 5 minutes; its cost is measured by
@@ -168,7 +171,8 @@ def drain_collector(code: Path, tmp: Path, name: str, pristine_db: Path, broker:
         state_url = pg.create_database()
         copy_devices(pristine_db, state_url)
     cfg_file = tmp / f"{name}.toml"
-    cfg_file.write_text(collector_toml(data_dir, broker.port, influx.url, database, state_url))
+    cfg_file.write_text(collector_toml(data_dir, broker.port, influx.url, database, state_url,
+                                       "evalterm-collector-pg" if state_url else ""))
     env = {**os.environ, "PYTHONPATH": str(code)}
     log = (tmp / f"{name}.log").open("ab")
     argv = [PY, "-m", "collector.cli", "-c", str(cfg_file), "run"]
@@ -243,6 +247,76 @@ def drain_collector(code: Path, tmp: Path, name: str, pristine_db: Path, broker:
              "cpu": {"collector": cpu, "its drainer": drainer_cpu, **servers_cpu},
              "rss_mb": rss / 2**20,
              "machine": ((busy1[0] - busy0[0]), (busy1[1] - busy0[1]))}, coll, depth_series)
+
+
+def drain_partitioned(tmp: Path, pristine_db: Path, broker: MosquittoServer,
+                      influx: InfluxServer, database: str, keys: Path, pairs: int,
+                      processes: int = 2) -> dict[str, Any]:
+    """Drain the backlog with `processes` collectors of this checkout, one hall partition each
+    (no takeover), on one SQLite state database; returns their figures."""
+    data_dir = tmp / "partitioned"
+    data_dir.mkdir()
+    state_db = data_dir / "state.db"
+    shutil.copy(pristine_db, state_db)
+    argvs = []
+    for k in range(processes):
+        cfg_file = tmp / f"partitioned-{k}.toml"
+        cfg_file.write_text(collector_toml(
+            data_dir, broker.port, influx.url, database, client_id="evalterm-part",
+            partitions=f'count = {processes}\nown = "{k}"\ntakeover = false\n'))
+        argvs.append([PY, "-m", "collector.cli", "-c", str(cfg_file), "run"])
+    log = (tmp / "partitioned.log").open("ab")
+
+    def start() -> list[subprocess.Popen[bytes]]:
+        return [subprocess.Popen(a, cwd=ROOT, stdout=log, stderr=log) for a in argvs]
+
+    first = start()
+    time.sleep(5)  # each holds its partition and subscribed its halls: the sessions exist
+    for p in first:
+        p.terminate()
+    for p in first:
+        p.wait(60)
+    loadgen(broker.port, keys, pairs)
+    servers = {"Mosquitto": broker.proc, "InfluxDB": influx.proc}
+    servers_cpu0 = {k: proc_stats(p.pid)[0] for k, p in servers.items() if p is not None}
+    busy0 = machine_busy()
+    t0 = time.perf_counter()
+    procs = start()
+    state = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30)
+    state_drained = connect_drained(drained_path(state_db))
+
+    def done() -> bool:
+        try:
+            if state.execute("SELECT count(*) FROM rating").fetchone()[0] < pairs:
+                return False
+            if outbox_depth(state, state_drained) > 0:
+                return False
+        except sqlite3.Error:
+            return False
+        return count_ratings(influx.url, database) >= pairs
+
+    t1 = wait_until(done, 900, 0.2)
+    state.close()
+    state_drained.close()
+    cpu = {}
+    rss = 0
+    for k, p in enumerate(procs):
+        c, r = proc_stats(p.pid)
+        cpu[f"collector {k}"] = c
+        cpu[f"its drainer {k}"] = sum(proc_stats(int(pid))[0] for pid in subprocess.run(
+            ["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split())
+        rss = max(rss, r)
+    busy1 = machine_busy()
+    cpu.update({k: proc_stats(p.pid)[0] - servers_cpu0[k] for k, p in servers.items()
+                if p is not None})
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(60)
+    dt = t1 - t0
+    print(f"  partitioned ({processes} processes): {2 * pairs / dt:,.0f} msg/s", flush=True)
+    return {"msgs_s": 2 * pairs / dt, "ratings_s": pairs / dt, "seconds": dt, "cpu": cpu,
+            "rss_mb": rss / 2**20, "machine": (busy1[0] - busy0[0], busy1[1] - busy0[1])}
 
 
 def pg_backends(pg: PostgresServer) -> list[tuple[int, float]]:
@@ -375,6 +449,9 @@ def main() -> int:
             r, coll, depth_series = drain_collector(ROOT, tmp, "collector", pristine, broker,
                                                     influx, "evalterm", keys, args.pairs)
             results["evalterm collector"] = r
+        if "partitioned" in parts:
+            results["evalterm collector, 2 partitions in 2 processes"] = drain_partitioned(
+                tmp, pristine, broker, influx, "evalterm_part", keys, args.pairs)
         if "collector_pg" in parts:
             pg = PostgresServer("bench-pg").init().start()
             try:

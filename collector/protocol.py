@@ -239,17 +239,22 @@ def _int64(text: str) -> int:
     return value
 
 
+_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys,
+                                   parse_constant=_reject_constant, parse_float=_reject_float,
+                                   parse_int=_int64)
+
+
+def _strict_json(text: str) -> Any:
+    # One decoder for every message, as compact_json is one encoder: json.loads with hooks
+    # builds a new JSONDecoder on each call.
+    return _STRICT_DECODER.decode(text)
+
+
 def _parse_json_object(payload: bytes, limit: int) -> dict[str, Any]:
     if len(payload) > limit:
         raise ProtocolError(Rejection.OVERSIZED, f"{len(payload)} bytes, limit {limit}")
     try:
-        obj = json.loads(
-            payload.decode("utf-8"),
-            object_pairs_hook=_no_duplicate_keys,
-            parse_constant=_reject_constant,
-            parse_float=_reject_float,
-            parse_int=_int64,
-        )
+        obj = _strict_json(payload.decode("utf-8"))
     except _HugeInt as exc:
         raise ProtocolError(Rejection.MALFORMED, f"integer beyond 64 bits: {exc}...") from None
     except _FloatSeen as exc:
