@@ -154,6 +154,31 @@ def copy_devices(pristine_db: Path, url: str) -> None:
     dst.close()
 
 
+def wait_drained(state: sqlite3.Connection, state_db: Path, influx: InfluxServer, database: str,
+                 pairs: int) -> float:
+    """Wait until `pairs` ratings are in the state database `state` (closed after), its outbox
+    is drained and InfluxDB holds them; the time then (perf_counter). InfluxDB is asked only
+    once the state says it is done: a count over every rating, five times a second, would add
+    its cost to InfluxDB's CPU figure."""
+    state_drained = connect_drained(drained_path(state_db))
+
+    def done() -> bool:
+        try:
+            if state.execute("SELECT count(*) FROM rating").fetchone()[0] < pairs:
+                return False
+            if outbox_depth(state, state_drained) > 0:
+                return False
+        except sqlite3.Error:
+            return False
+        return count_ratings(influx.url, database) >= pairs
+
+    try:
+        return wait_until(done, 900, 0.2)
+    finally:
+        state.close()
+        state_drained.close()
+
+
 def drain_collector(code: Path, tmp: Path, name: str, pristine_db: Path, broker: MosquittoServer,
                     influx: InfluxServer, database: str, keys: Path, pairs: int,
                     pg: PostgresServer | None = None
@@ -209,25 +234,8 @@ def drain_collector(code: Path, tmp: Path, name: str, pristine_db: Path, broker:
 
     poller = threading.Thread(target=poll_depth, daemon=True)
     poller.start()
-    # Asked of InfluxDB only once the collector's own state says it is done: a count over
-    # every rating, five times a second, would add its cost to InfluxDB's CPU figure below.
-    state = open_state()
-    state_drained = connect_drained(drained_path(state_db))
-
-    def collector_done() -> bool:
-        try:
-            if state.execute("SELECT count(*) FROM rating").fetchone()[0] < pairs:
-                return False
-            if outbox_depth(state, state_drained) > 0:
-                return False
-        except sqlite3.Error:
-            return False
-        return count_ratings(influx.url, database) >= pairs
-
-    t1 = wait_until(collector_done, 900, 0.2)
+    t1 = wait_drained(open_state(), state_db, influx, database, pairs)
     stop_poll.set()
-    state.close()
-    state_drained.close()
     cpu, rss = proc_stats(coll.pid)
     drainer_cpu = sum(proc_stats(int(pid))[0] for pid in subprocess.run(
         ["pgrep", "-P", str(coll.pid)], capture_output=True, text=True).stdout.split())
@@ -282,22 +290,8 @@ def drain_partitioned(tmp: Path, pristine_db: Path, broker: MosquittoServer,
     busy0 = machine_busy()
     t0 = time.perf_counter()
     procs = start()
-    state = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30)
-    state_drained = connect_drained(drained_path(state_db))
-
-    def done() -> bool:
-        try:
-            if state.execute("SELECT count(*) FROM rating").fetchone()[0] < pairs:
-                return False
-            if outbox_depth(state, state_drained) > 0:
-                return False
-        except sqlite3.Error:
-            return False
-        return count_ratings(influx.url, database) >= pairs
-
-    t1 = wait_until(done, 900, 0.2)
-    state.close()
-    state_drained.close()
+    t1 = wait_drained(sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30),
+                      state_db, influx, database, pairs)
     cpu = {}
     rss = 0
     for k, p in enumerate(procs):

@@ -230,9 +230,11 @@ class Collector:
             _LOG.warning("disconnected from the broker (%s); reconnecting", reason)
 
     def _on_message(self, _c: Any, served: _Served, msg: mqtt.MQTTMessage) -> None:
-        # Checked before waiting too: on a stop, paho may still hold up to receive_maximum
-        # messages read from the socket, and 0.5 s each kept a stop waiting for minutes.
-        while self._stop.is_set() or not self._unacked.acquire(timeout=0.5):
+        # Checked before waiting too: on a stop, or when the partition is given up, paho may
+        # still hold up to receive_maximum messages read from the socket, and 0.5 s each kept
+        # the worker's loop_stop() waiting for minutes (the failover test, once, in CI).
+        while (self._stop.is_set() or not served.active
+               or not self._unacked.acquire(timeout=0.5)):
             if self._stop.is_set() or not served.active:
                 return  # not acknowledged: the broker delivers it again to the next owner
         self._queue.put(Inbound("mqtt", msg.topic, bytes(msg.payload), self.clock(),
