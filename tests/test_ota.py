@@ -155,3 +155,16 @@ def test_old_version_booting_again_is_not_success() -> None:
     r.event("a", "ota", {"state": "ready", "ver": "2.0.0"}, 100)
     assert _sent(r.event("a", "boot", {"fw": "1.0.0", "reset_cause": "soft"}, 200)) == []
     assert r.runs[0].state == "ready" and not r.done
+
+
+def test_a_missed_boot_event_is_asked_for_again() -> None:
+    """The broker restarted as the canary rebooted: its boot and trial events never reached the
+    rollout. It sends the confirmation anyway; the device on trial answers `confirmed`."""
+    r = _rollout(stall_s=5, timeout_s=60)
+    r.tick(0)
+    r.event("a", "ota", {"state": "ready", "ver": "2.0.0"}, 1000)
+    assert _sent(r.tick(6000)) == []  # no-fire: within stall_s of "ready"
+    assert _sent(r.tick(6100)) == [("confirm", "a")]
+    assert _sent(r.tick(7000)) == []  # the next one waits longer (back-off)
+    r.event("a", "ota", {"state": "confirmed", "ver": "2.0.0"}, 8000)
+    assert r.runs[0].state == "confirmed" and not r.failed

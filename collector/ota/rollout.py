@@ -140,6 +140,15 @@ class Rollout:
                     r.resends += 1
                     self._say(r, "no request for a while: update sent again (it resumes)")
                     out.append(("update", r))
+            elif r.state == "ready" and now - r.seen_ms > self.stall_s * 1000 * (r.resends + 1):
+                # Its boot event never came: the broker or this connection may have restarted
+                # as it rebooted (a clean session hears nothing meanwhile). Ask: a slot on trial
+                # takes the command as its confirmation, a confirmed one answers "current".
+                if r.resends < self.max_resends:
+                    r.resends += 1
+                    self._say(r, "no word since it rebooted: confirmation sent (in case it "
+                              "runs the new version)")
+                    out.append(("confirm", r))
             elif r.state == "trial" and now - r.confirm_ms > self.stall_s * 1000:
                 r.confirm_ms = now
                 out.append(("confirm", r))

@@ -80,6 +80,9 @@ class OtaServer:
                            "line of `evalterm broker render`'s service-users)")
         if m.tls_ca_file:
             self._client.tls_set(ca_certs=m.tls_ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        # Back within seconds of a broker restart (paho's default waits up to 120 s): what
+        # devices send while this clean session is away is not kept for it.
+        self._client.reconnect_delay_set(min_delay=1, max_delay=5)
         self._client.on_connect = self._on_connect
         self._client.on_message = lambda _c, _u, msg: self.inbox.put((msg.topic,
                                                                       bytes(msg.payload)))
