@@ -18,9 +18,11 @@ test: there are no pass/fail limits, only measurements taken in one run on one m
    InfluxDB). The publisher is not running meanwhile, so only the consumer's work is timed.
 2. Live latency. The collector runs while the load generator publishes at `--rate` pairs per second
    for `--seconds`; a poller asks InfluxDB every 100 ms how many ratings it holds per 100 ms of
-   publish time; the k-th rating published in such a bucket is taken as seen when the bucket's count
-   first reached k (p50/p99 of seen minus publish time; up to 100 ms of polling delay and an error
-   below 100 ms). The split "publish -> received by the collector" is exact (`received_ms` field).
+   publish time over the last LOOKBACK_S; the k-th rating published in such a bucket is taken as
+   seen when the bucket's count first reached k (p50/p99 of seen minus publish time: an upper
+   bound with the time that poll answered, a lower bound with the time it was asked; the poll's
+   own duration is printed; an error below 100 ms). The split "publish -> received by the
+   collector" is exact (`received_ms` field).
 """
 
 from __future__ import annotations
@@ -535,7 +537,7 @@ def live_latency(args: argparse.Namespace, broker: MosquittoServer, influx: Infl
             to_collector.append(received[rid] - int(ms))
     lat_file.unlink()
     # Within a bucket the k-th rating to be published is taken as the k-th to be seen: the
-    # error is below one bucket (100 ms), on top of up to 100 ms of polling.
+    # error is below one bucket (100 ms), on top of up to 100 ms between polls.
     # Seen when the poll that first counted it answered (an upper bound); the same with the time
     # that poll was asked is a lower bound (what it counted was written before it answered,
     # and mostly before it began).
