@@ -360,6 +360,32 @@ def test_low_coverage_with_ordinary_satisfaction_is_not_selective():
     assert indicator(h, "exc", "selective_invitation").strength == "none"
 
 
+def test_an_excellent_window_on_a_rush_day_among_fill_in_windows_is_not_selective():
+    # Always 99 % satisfied and 94 % rated (its own past); today, a rush, 60 % rated. Three
+    # peers have every transaction rated (their staff fill in): the pooled coverage rises.
+    past = tuple([5] * 396 + [4] * 4)
+    exc = replace(excellent("exc", 21, n_txn=120, top=0.99, coverage=0.6), history=past,
+                  history_rated=376, history_decided=400)
+    peers = [honest(f"p{i}", i, n_txn=80, bad=0.06, top=0.45, coverage=0.92) for i in range(4)]
+    fillers = [honest(f"f{i}", 30 + i, n_txn=90, bad=0.05, coverage=1.0) for i in range(3)]
+    h = HallFacts("h1", (*peers, *fillers, exc), has_feed=True, has_signons=True)
+    ind = indicator(h, "exc", "selective_invitation")
+    assert ind.strength != "strong", ind.reason_en
+    assert not verdict(h, "exc").flagged
+
+
+def test_a_window_selective_all_along_is_still_selective_against_the_hall():
+    # Its past as today: under half its citizens rated, all of them happy; the peers alike
+    # (so that the hall's satisfaction is a clear reference).
+    past = tuple([5] * 190 + [4] * 10)
+    t = replace(honest("t", 9, n_txn=160, bad=0.0, top=0.97, coverage=0.45), history=past,
+                history_rated=200, history_decided=420)
+    peers = [honest(f"p{i}", i, n_txn=80, bad=0.08, top=0.4, coverage=0.85) for i in range(7)]
+    h = HallFacts("h1", (*peers, t), has_feed=True, has_signons=True)
+    ind = indicator(h, "t", "selective_invitation")
+    assert ind.strength == "strong" and "the hall's" in ind.reason_en
+
+
 # -- device offline ------------------------------------------------------------------------------
 
 

@@ -236,10 +236,13 @@ def funnel_z(events: int, trials: int, peer_events: Sequence[int], peer_trials: 
     return funnel_z_sums(events, trials, PeerSums.of(peer_events, peer_trials))
 
 
-def funnel_z_sums(events: int, trials: int, peers: PeerSums) -> tuple[float, float, float]:
+def funnel_z_sums(events: int, trials: int, peers: PeerSums,
+                  center: float | None = None) -> tuple[float, float, float]:
     """`funnel_z` from the peers' sums. With weights w_i = t_i / (p0 (1 - p0)) the weighted
     mean of the peers' rates is their pooled rate, and Cochran's Q and the DerSimonian-Laird
-    denominator reduce to the sums of `PeerSums`."""
+    denominator reduce to the sums of `PeerSums`. `center`, if given, replaces the pooled rate
+    as the reference (e.g. the peers' median, which a minority of windows cannot move); the
+    spread between windows is still the peers' own."""
     total = peers.trials
     if peers.n <= 0 or total <= 0 or trials == 0:
         return 0.0, math.nan, 0.0
@@ -252,6 +255,8 @@ def funnel_z_sums(events: int, trials: int, peers: PeerSums) -> tuple[float, flo
         denom = scale * (total - peers.trials_sq / total)
         if denom > 0:
             tau2 = max(0.0, (q - (peers.n - 1)) / denom)
+    if center is not None:
+        p0 = min(max(center, 0.5 / total), 1 - 0.5 / total)
     se = math.sqrt(p0 * (1 - p0) / trials + tau2)
     return (events / trials - p0) / se, p0, tau2
 

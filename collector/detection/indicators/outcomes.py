@@ -87,6 +87,11 @@ def _coverage_counts(u: Unit, c: _Ctx) -> tuple[int, int]:
     return c.once("coverage", u, find)
 
 
+def _coverage_rate(u: Unit, c: _Ctx) -> float:
+    rated, decided = _coverage_counts(u, c)
+    return rated / decided if decided else 0.0
+
+
 def _two_proportion_z(k1: int, n1: int, k2: int, n2: int) -> float:
     """z of k1/n1 - k2/n2 under a pooled proportion (own now vs own past)."""
     pooled = (k1 + k2) / (n1 + n2)
@@ -149,14 +154,32 @@ def _selective(u: Unit, c: _Ctx) -> _Raw | None:
     rs = _judged(u, c)
     if decided < c.s.min_ratings or len(rs) < c.s.min_ratings:
         return None
-    z_cov, cov0, _ = stats.funnel_z_sums(rated, decided, c.peer_sums(
-        "coverage", u, lambda x: _coverage_counts(x, c)))
+    # The hall's coverage as the median window has it when that is lower than the pooled one:
+    # a few windows whose staff fill in unrated invitations raise the pooled coverage, and an
+    # honest colleague would then look selective against it.
+    median = c.peer_median("coverage_rate", u, lambda x: _coverage_rate(x, c),
+                           lambda x: _coverage_counts(x, c)[1] >= c.s.min_ratings)
+    peers_cov = c.peer_sums("coverage", u, lambda x: _coverage_counts(x, c))
+    z_cov, cov0, _ = stats.funnel_z_sums(rated, decided, peers_cov)
+    if median is not None and median < cov0:
+        z_cov, cov0, _ = stats.funnel_z_sums(rated, decided, peers_cov, center=median)
     z_sat, sat0, _ = stats.funnel_z_sums(*_satisfied_count(u, c), c.peer_sums(
         "satisfied", u, lambda x: _satisfied_count(x, c)))
     if math.isnan(cov0) or math.isnan(sat0):
         return None
     cov, sat = rated / decided, _satisfied(rs) / len(rs)
     p = max(stats.normal_sf(-z_cov), stats.normal_sf(z_sat))
+    if u.history_decided >= c.s.min_ratings and len(u.history) >= c.s.min_ratings:
+        # Against the hall, a window whose citizens are always happier than the hall's (an
+        # excellent window) is "above" on every day, so a day of low coverage (a rush) would
+        # be enough. With a past of its own, the satisfaction must also have risen over that
+        # past, or the past's coverage must itself be below the hall's (selection all along).
+        past_sat = sum(1 for x in u.history if x >= 4)
+        p_rise = stats.normal_sf(_two_proportion_z(_satisfied(rs), len(rs), past_sat,
+                                                   len(u.history)))
+        z_past, _, _ = stats.funnel_z_sums(u.history_rated, u.history_decided, peers_cov,
+                                           center=cov0)
+        p = max(p, min(p_rise, stats.normal_sf(-z_past)))
     ref_cov, ref_sat, own, since, judged = cov0, sat0, False, None, decided
     refs = _coverage_refs(u, c)
     for k1, n1, s1, m1, k2, n2, s2, m2, split in refs:
