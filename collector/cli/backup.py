@@ -42,7 +42,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if args.no_state and args.no_influx:
         raise UsageError("--no-state and --no-influx together restore nothing: drop one")
     restore(cfg, Path(args.dir), influx=not args.no_influx, state=not args.no_state,
-            live=args.live, say=_say)
+            live=args.live, replace=args.replace, say=_say)
     if args.live and not args.no_state:
         print("restored; restart the collector now (systemctl restart evalterm-collector): it "
               "still holds the replaced state in memory")
@@ -110,7 +110,10 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--no-state", action="store_true", help="InfluxDB only")
     r.add_argument("--live", action="store_true",
                    help="replace the state database although a running collector has it open "
-                        "(restart the collector right after)")
+                        "(restart the collector right after; SQLite only)")
+    r.add_argument("--replace", action="store_true",
+                   help="with [state] url: restore into a PostgreSQL database that is not empty "
+                        "(its content is first dumped to the data folder)")
     r.set_defaults(func=cmd_restore)
     i = sub.add_parser("influx", help="InfluxDB 1.x retention policies and hourly rollups")
     i_sub = i.add_subparsers(dest="influx_command", required=True)
