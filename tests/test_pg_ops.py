@@ -22,13 +22,15 @@ from helpers import Dev, PostgresServer, Publisher, feed, feed_bytes, query, txn
 
 from collector.cli import main
 from collector.clock import now_ms
-from collector.config import Config
+from collector.config import Config, load_config
 from collector.db import connect, connect_drained, drained_cursors, drained_path
-from collector.errors import ServiceUnavailable
-from collector.pgadmin import find_tool
+from collector.errors import InputFileError, ServiceUnavailable
+from collector.pgadmin import find_tool, user_relations
+from collector.pgstate import open_pg
 from collector.registry import Registry
 from collector.service import Collector
 from collector.sim.servers import InfluxServer
+from collector.statecopy import copy_state
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 12
@@ -361,3 +363,35 @@ def test_a_missing_or_too_old_pg_dump_is_one_line_saying_what_to_install() -> No
         find_tool("pg_dump_not_here", 15)
     assert "not installed" in str(missing.value) and "postgresql-client-15" in str(missing.value)
     assert len(str(old.value).splitlines()) == len(str(missing.value).splitlines()) == 1
+
+
+def test_state_copy_is_one_transaction_and_ids_continue_after_deleted_rows(
+        pg_server: PostgresServer, tmp_path: Path) -> None:
+    cfg = load_config(None, env={}).with_overrides(collector__data_dir=str(tmp_path / "data"))
+    lite = connect(cfg.state_db)
+    Registry(lite).add("kp1", "h1", "w1", now_ms())
+    lite.executemany("INSERT INTO influx_outbox (line) VALUES (?)",
+                     [(f"m v={i}",) for i in range(5)])
+    lite.execute("DELETE FROM influx_outbox WHERE id <= 4")  # drained and pruned
+    # text PostgreSQL cannot hold (NUL): the copy fails as a whole, the target stays empty
+    lite.execute("INSERT INTO dead_letter (source, topic, payload, error, at_ms) "
+                 "VALUES ('mqtt', 't', x'00', 'bad' || char(0) || 'text', 1)")
+    lite.close()
+    url = pg_server.create_database()
+    with pytest.raises(InputFileError, match="table dead_letter cannot be copied") as bad:
+        copy_state(cfg, url)
+    assert len(str(bad.value).splitlines()) == 1
+    pg = open_pg(url)
+    assert user_relations(pg) == 0
+    pg.close()
+    lite = connect(cfg.state_db)
+    lite.execute("DELETE FROM dead_letter")
+    lite.close()
+    counts = copy_state(cfg, url)
+    assert counts["influx_outbox"] == 1 and counts["device"] == 1 and counts["meta"] == 3
+    pg = connect(url)
+    # the next outbox id follows the highest one SQLite handed out (5), not the highest left
+    new = pg.execute("INSERT INTO influx_outbox (line) VALUES ('m v=9') RETURNING id").fetchone()
+    assert new == (6,)
+    assert pg.execute("SELECT value FROM meta WHERE key = 'registry_version'").fetchone() == ("1",)
+    pg.close()
