@@ -4,6 +4,9 @@ A backup folder holds
 
     state.db        the state database, copied by SQLite's online backup API: a consistent
                     copy taken while the collector runs (it holds the device keys: secret)
+    state.pgdump    instead, with the state in PostgreSQL ([state] url): `pg_dump` of that
+                    database (custom format, no owner) from an exported snapshot, in which the
+                    manifest's counts are read too (collector/pgadmin.py)
     influx/         `influxd backup -portable -db <database>` (InfluxDB 1.x), unless left out
     manifest.json   what the folder holds: format, evalterm version, the state database's
                     schema version and instance, the InfluxDB database, and the SHA-256 and size
@@ -18,6 +21,13 @@ outbox again from its first row (points overwrite themselves). InfluxDB is resto
 the database does not exist; when it does (a collector started meanwhile creates it), the backup
 is restored into a temporary database and copied in with `SELECT * INTO ... GROUP BY *`, per
 retention policy and measurement, then the temporary database is dropped.
+
+With the state in PostgreSQL, `restore` runs `pg_restore` into the configured database in one
+transaction. It refuses a database that other sessions are connected to (a running collector),
+and one that is not empty unless told to (`replace=True`: its content is first dumped to
+`state.pgdump.pre-restore-<time>` in the data folder, then the backup's tables replace it);
+`drained.db` is removed as above. A backup of one backend is not restored into the other: the
+SQLite one is restored as SQLite and then moved with `evalterm state copy`.
 """
 
 from __future__ import annotations
@@ -43,13 +53,28 @@ from collector.config import Config
 from collector.db import SCHEMA_VERSION, drained_path
 from collector.errors import InputFileError, ServiceUnavailable, UsageError
 from collector.influx import QueryFailed, QueryRefused, influxql
+from collector.pgadmin import (
+    dump,
+    find_tool,
+    other_sessions,
+    run_tool,
+    server_major,
+    snapshot,
+    user_relations,
+)
+from collector.pgstate import PgConnection, open_pg, redacted_url
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "BackupResult", "backup", "db_in_use", "prune_dated",
            "read_manifest", "restore"]
 
 FORMAT = "evalterm-backup"
-FORMAT_VERSION = 1
+# The newest format this version reads. 1: state.db; 2: state.pgdump (PostgreSQL), which an
+# evalterm reading only 1 must refuse as newer. An SQLite backup is still written as 1.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+PG_DUMP = "state.pgdump"
+# The tables whose row counts a manifest records (the restore compares them).
+_COUNTED = ("device", "txn", "rating", "influx_outbox")
 _DATED = re.compile(r"\d{8}T\d{6}Z")
 _HOUR_NS = 3600 * 10**9
 
@@ -116,13 +141,47 @@ def _meta(db: Path) -> dict[str, str]:
         c.close()
 
 
+def _count_rows(conn: sqlite3.Connection | PgConnection) -> dict[str, int]:
+    return {t: int(conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])  # noqa: S608
+            for t in _COUNTED}
+
+
 def _counts(db: Path) -> dict[str, int]:
     c = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return {t: int(c.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])  # noqa: S608
-                for t in ("device", "txn", "rating", "influx_outbox")}
+        return _count_rows(c)
     finally:
         c.close()
+
+
+def _pg_state(conn: PgConnection, url: str) -> None:
+    """Refuse a PostgreSQL database that holds no evalterm state (no `meta` table)."""
+    if not conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]:
+        raise UsageError(f"the PostgreSQL database {redacted_url(url)} holds no evalterm state "
+                         "database (no meta table): check [state] url")
+
+
+def _pg_check_backup(url: str) -> None:
+    """Before anything is written: the server answers, holds the state, pg_dump fits it."""
+    conn = open_pg(url)
+    try:
+        _pg_state(conn, url)
+        find_tool("pg_dump", server_major(conn))
+    finally:
+        conn.close()
+
+
+def _pg_backup(url: str, dest: Path) -> dict[str, Any]:
+    """The state in PostgreSQL dumped into `dest`; the manifest's `state` entry, read in the
+    dump's own snapshot."""
+    with snapshot(url) as snap:
+        _pg_state(snap.conn, url)
+        meta = {str(k): str(v) for k, v in snap.conn.execute("SELECT key, value FROM meta")}
+        counts = _count_rows(snap.conn)
+        tool = dump(snap, dest)
+    return {"backend": "postgresql", "schema_version": int(meta.get("schema_version", "0")),
+            "instance": meta.get("instance", ""), "counts": counts,
+            "server_major": snap.server_major, "pg_dump_major": tool}
 
 
 def _influxd() -> str:
@@ -183,11 +242,10 @@ def backup(cfg: Config, folder: Path, *, influx: bool = True, dated: bool = Fals
     """Back up the state database and (1.x) InfluxDB into `folder` (new or empty; `dated`: a new
     folder `YYYYmmddTHHMMSSZ` under it, written as `.partial-...` and renamed when complete;
     `keep`: then delete all but the newest `keep` dated backups there)."""
-    if cfg.state.url:
-        raise UsageError("the state database is in PostgreSQL ([state] url): back it up with "
-                         "pg_dump or the server's own backups (docs/storage.md)")
     state = cfg.state_db
-    if not state.is_file():
+    if cfg.state.url:
+        _pg_check_backup(cfg.state.url)
+    elif not state.is_file():
         raise UsageError(f"no state database at {state}: check [collector] data_dir (-c "
                          "collector.toml)")
     if not dated:
@@ -220,16 +278,20 @@ def backup(cfg: Config, folder: Path, *, influx: bool = True, dated: bool = Fals
     try:
         old_umask = os.umask(0o077)  # the copy holds device keys
         try:
-            _sqlite_copy(state, work / "state.db")
-            meta = _meta(work / "state.db")
+            if cfg.state.url:
+                state_entry = _pg_backup(cfg.state.url, work / PG_DUMP)
+            else:
+                _sqlite_copy(state, work / "state.db")
+                meta = _meta(work / "state.db")
+                state_entry = {"schema_version": int(meta.get("schema_version", "0")),
+                               "instance": meta.get("instance", ""),
+                               "counts": _counts(work / "state.db")}
             manifest: dict[str, Any] = {
-                "format": FORMAT, "format_version": FORMAT_VERSION,
+                "format": FORMAT, "format_version": 2 if cfg.state.url else 1,
                 "evalterm_version": __version__,
                 "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
                 "host": socket.gethostname(),
-                "state": {"schema_version": int(meta.get("schema_version", "0")),
-                          "instance": meta.get("instance", ""),
-                          "counts": _counts(work / "state.db")},
+                "state": state_entry,
                 "influx": None,
             }
             if influx:
@@ -295,8 +357,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
                              f"evalterm's {SCHEMA_VERSION} (backup from evalterm "
                              f"{m.get('evalterm_version')}): install that version to restore it")
     files = m.get("files")
-    if not isinstance(files, dict) or "state.db" not in files:
-        raise InputFileError(f"{path}: lists no state.db; use another backup")
+    if not isinstance(files, dict) or _state_file(m) not in files:
+        raise InputFileError(f"{path}: lists no {_state_file(m)}; use another backup")
     bad = []
     for name, info in files.items():
         p = folder / name
@@ -311,9 +373,20 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return m
 
 
+def _is_pg(m: dict[str, Any]) -> bool:
+    state = m.get("state")
+    return isinstance(state, dict) and state.get("backend") == "postgresql"
+
+
+def _state_file(m: dict[str, Any]) -> str:
+    return PG_DUMP if _is_pg(m) else "state.db"
+
+
 def restore(cfg: Config, folder: Path, *, influx: bool = True, state: bool = True,
-            live: bool = False, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Restore a backup made by `backup` (module docstring). Returns what was done."""
+            live: bool = False, replace: bool = False,
+            say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Restore a backup made by `backup` (module docstring). Returns what was done.
+    `replace`: with the state in PostgreSQL, restore into a database that is not empty."""
     m = read_manifest(folder)
     done: dict[str, Any] = {}
     has_influx = m.get("influx") is not None
@@ -328,10 +401,22 @@ def restore(cfg: Config, folder: Path, *, influx: bool = True, state: bool = Tru
             raise ServiceUnavailable(f"{exc} (or pass --no-influx)") from None
         _check_rpc(cfg)
     target = cfg.state_db
+    if state and _is_pg(m) and not cfg.state.url:
+        raise UsageError("the backup holds a PostgreSQL state database (state.pgdump) but "
+                         "[state] url is empty: set it to a new empty PostgreSQL database and "
+                         "run restore again, or pass --no-state")
+    if state and cfg.state.url and not _is_pg(m):
+        raise UsageError("the backup holds an SQLite state database (state.db) but [state] url "
+                         "names PostgreSQL: restore it with [state] url empty, then move it with "
+                         "`evalterm state copy` (docs/storage.md), or pass --no-state")
     if state and cfg.state.url:
-        raise UsageError("the state database is in PostgreSQL ([state] url): restore it with "
-                         "pg_restore (docs/storage.md), and pass --no-state here")
-    if state:
+        if live:
+            raise UsageError("--live replaces an SQLite state database under a running "
+                             "collector; with [state] url stop the collector and restore "
+                             "without --live")
+        plan = _pg_restore_check(cfg.state.url, m["state"], replace)
+        done["state"] = _pg_restore(cfg, folder / PG_DUMP, m["state"], plan, say)
+    elif state:
         if db_in_use(target) and not live:
             raise UsageError(f"{target} is open by a running process (the collector or its "
                              "drainer): stop it first (systemctl stop evalterm-collector) and "
@@ -341,6 +426,72 @@ def restore(cfg: Config, folder: Path, *, influx: bool = True, state: bool = Tru
     if influx and has_influx:
         done["influx"] = _restore_influx(cfg, folder, m["influx"]["database"], say)
     return done
+
+
+@dataclass
+class _PgRestorePlan:
+    pg_restore: str
+    nonempty: int  # relations in the target before (0: empty)
+
+
+def _pg_restore_check(url: str, entry: dict[str, Any], replace: bool) -> _PgRestorePlan:
+    """Before anything changes: the target is reachable, unused, empty (or `replace`), and a
+    pg_restore (and for `replace` a pg_dump) of a fitting version is here."""
+    conn = open_pg(url)
+    try:
+        where = redacted_url(url)
+        others = other_sessions(conn)
+        if others:
+            raise UsageError(f"the PostgreSQL state database {where} is in use by {others} other "
+                             "session(s) (the collector or its drainer): stop it first "
+                             "(systemctl stop evalterm-collector) and run restore again")
+        n = user_relations(conn)
+        if n and not replace:
+            raise UsageError(f"the PostgreSQL state database {where} is not empty ({n} tables, "
+                             "views or sequences): restore into a new empty database (docs/"
+                             "storage.md), or pass --replace to replace it (its content is "
+                             "dumped to the data folder first)")
+        major = server_major(conn)
+        if n:
+            find_tool("pg_dump", major)
+        tool, _ = find_tool("pg_restore", int(entry.get("pg_dump_major", major)))
+        return _PgRestorePlan(tool, n)
+    finally:
+        conn.close()
+
+
+def _pg_restore(cfg: Config, src: Path, entry: dict[str, Any], plan: _PgRestorePlan,
+                say: Callable[[str], None]) -> dict[str, Any]:
+    url = str(cfg.state.url)
+    kept = None
+    if plan.nonempty:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        kept = cfg.state_db.with_name(f"{PG_DUMP}.pre-restore-{stamp}")
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        old_umask = os.umask(0o077)
+        try:
+            with snapshot(url) as snap:
+                dump(snap, kept)
+        finally:
+            os.umask(old_umask)
+        say(f"kept the previous state database as {kept}")
+    run_tool([plan.pg_restore, "--single-transaction", "--exit-on-error", "--no-owner",
+              "--no-acl", *(["--clean", "--if-exists"] if plan.nonempty else []),
+              f"--dbname={url}", str(src)], "pg_restore")
+    conn = open_pg(url)
+    try:
+        counts = _count_rows(conn)
+    finally:
+        conn.close()
+    if counts != entry.get("counts"):
+        raise InputFileError(f"{src}: restored, but the row counts {counts} differ from the "
+                             f"manifest's {entry.get('counts')}: check the database")
+    drained = drained_path(cfg.state_db)
+    for p in (Path(f"{drained}-wal"), Path(f"{drained}-shm"), drained):
+        p.unlink(missing_ok=True)
+    say(f"state database restored into {redacted_url(url)}: {counts['device']} devices, "
+        f"{counts['txn']} transactions, {counts['rating']} ratings")
+    return {"kept": str(kept) if kept else None, "counts": counts}
 
 
 def _restore_state(src: Path, target: Path, live: bool, say: Callable[[str], None]

@@ -44,6 +44,7 @@ __all__ = [
     "parse_config",
     "parse_days_per_hall",
     "sample_config",
+    "state_url_problem",
     "target_names",
 ]
 
@@ -809,17 +810,21 @@ def _check_http(http: HttpConfig) -> list[str]:
     return out
 
 
+def state_url_problem(url: str, what: str = "[state] url") -> str | None:
+    """What is wrong with `url` as the PostgreSQL state database's URL (None: nothing). Never
+    repeats the URL: it may hold a password."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return f"{what}: expected empty (SQLite) or a postgresql:// URL"
+    if re.match(r"^[a-z]+://[^/@]*:[^/@]*@", url) or re.search(r"[?&]password=", url):
+        return (f"{what} holds a password: remove it, and give it in PGPASSWORD or a "
+                "PGPASSFILE file (docs/config.md)")
+    return None
+
+
 def _check_state_url(values: Mapping[tuple[str, str], Any]) -> list[str]:
     url = str(values[("state", "url")])
-    if not url:
-        return []
-    if not url.startswith(("postgresql://", "postgres://")):
-        return ["[state] url: expected empty (SQLite) or a postgresql:// URL"]
-    if re.match(r"^[a-z]+://[^/@]*:[^/@]*@", url) or re.search(r"[?&]password=", url):
-        # never shown: the URL holds a password
-        return ["[state] url holds a password: remove it, and give it in PGPASSWORD or a "
-                "PGPASSFILE file (docs/config.md)"]
-    return []
+    problem = state_url_problem(url) if url else None
+    return [problem] if problem else []
 
 
 def config_warnings(cfg: Config) -> list[str]:

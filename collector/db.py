@@ -34,8 +34,9 @@ from collector.pgstate import (
     split_script,
 )
 
-__all__ = ["SCHEMA_VERSION", "connect", "connect_drained", "connect_reader", "drained_cursors",
-           "drained_path", "drained_up_to", "is_postgres", "outbox_high_water",
+__all__ = ["SCHEMA_VERSION", "connect", "connect_drained", "connect_reader",
+           "current_schema_statements", "drained_cursors", "drained_path", "drained_up_to",
+           "is_postgres", "outbox_high_water",
            "partition_locks_lost", "release_partition_locks", "state_instance", "transaction",
            "try_lock_partition"]
 
@@ -349,6 +350,17 @@ def _schema_statements(conn: sqlite3.Connection, script: str) -> list[str]:
     if is_postgres(conn):
         return ddl_statements(script)
     return list(split_script(script))
+
+
+def current_schema_statements(conn: sqlite3.Connection) -> list[str]:
+    """The statements that make the current schema's tables in an empty database, in the
+    connection's dialect: version 1 and every migration, as `connect` runs them (without the
+    `meta` rows; the caller runs them in a transaction of its own: `evalterm state copy`)."""
+    out = _schema_statements(conn, _SCHEMA)
+    for statements in _MIGRATIONS:
+        for step in statements:
+            out += _schema_statements(conn, step)
+    return out
 
 
 def _schema_version(conn: sqlite3.Connection) -> int | None:

@@ -9,7 +9,7 @@
     sim       simulate, demo
     detect    detect run|simulate|evaluate
     grafana   grafana export|deploy
-    backup    backup, restore, influx setup|rollup (state database and InfluxDB)
+    backup    backup, restore, state copy, influx setup|rollup (state database and InfluxDB)
     manager   audit verify, case ..., directory import, export day, report month
               (collector/manager/cli.py)
 

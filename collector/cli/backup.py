@@ -1,5 +1,6 @@
-"""`evalterm backup`, `evalterm restore` (collector/backup.py) and `evalterm influx setup|rollup`
-(InfluxDB retention policies and hourly rollups, collector/retention.py)."""
+"""`evalterm backup`, `evalterm restore` (collector/backup.py), `evalterm state copy` (SQLite
+state into PostgreSQL, collector/statecopy.py) and `evalterm influx setup|rollup` (InfluxDB
+retention policies and hourly rollups, collector/retention.py)."""
 
 from __future__ import annotations
 
@@ -42,13 +43,30 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if args.no_state and args.no_influx:
         raise UsageError("--no-state and --no-influx together restore nothing: drop one")
     restore(cfg, Path(args.dir), influx=not args.no_influx, state=not args.no_state,
-            live=args.live, say=_say)
+            live=args.live, replace=args.replace, say=_say)
     if args.live and not args.no_state:
         print("restored; restart the collector now (systemctl restart evalterm-collector): it "
               "still holds the replaced state in memory")
     else:
         print("restored; start the collector (systemctl start evalterm-collector): its drainer "
               "writes the restored outbox to InfluxDB again")
+    return 0
+
+
+def cmd_state_copy(args: argparse.Namespace) -> int:
+    from collector.cli.table import render_table
+    from collector.statecopy import copy_state
+
+    cfg = load(args)
+    url = args.url or cfg.state.url
+    if not url:
+        raise UsageError("give the PostgreSQL database's URL (postgresql://user@host/db), or set "
+                         "[state] url")
+    counts = copy_state(cfg, url, say=_say)
+    print(render_table(["table", "rows"], sorted(counts.items())))
+    print(f"{sum(counts.values())} rows in {len(counts)} tables copied and counted on both "
+          f"sides; {cfg.state_db} is unchanged. Now set [state] url to this database "
+          "(collector.toml) and start the collector")
     return 0
 
 
@@ -95,7 +113,7 @@ def _positive(text: str) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    """Register `backup`, `restore` and `influx` on the main parser's subparsers."""
+    """Register `backup`, `restore`, `state` and `influx` on the main parser's subparsers."""
     b = sub.add_parser("backup", help="back up the state database and InfluxDB into a folder")
     b.add_argument("dir", help="a new or empty folder (with --dated: the folder of the backups)")
     b.add_argument("--dated", action="store_true",
@@ -110,8 +128,19 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--no-state", action="store_true", help="InfluxDB only")
     r.add_argument("--live", action="store_true",
                    help="replace the state database although a running collector has it open "
-                        "(restart the collector right after)")
+                        "(restart the collector right after; SQLite only)")
+    r.add_argument("--replace", action="store_true",
+                   help="with [state] url: restore into a PostgreSQL database that is not empty "
+                        "(its content is first dumped to the data folder)")
     r.set_defaults(func=cmd_restore)
+    st = sub.add_parser("state", help="the state database: move it from SQLite to PostgreSQL")
+    st_sub = st.add_subparsers(dest="state_command", required=True)
+    sc = st_sub.add_parser("copy", help="copy the stopped collector's SQLite state database into "
+                           "a new, empty PostgreSQL database, and count the rows on both sides")
+    sc.add_argument("url", nargs="?", default="",
+                    help="postgresql://user@host:port/db (no password: PGPASSWORD or "
+                         "PGPASSFILE); default: [state] url")
+    sc.set_defaults(func=cmd_state_copy)
     i = sub.add_parser("influx", help="InfluxDB 1.x retention policies and hourly rollups")
     i_sub = i.add_subparsers(dest="influx_command", required=True)
     i_sub.add_parser("setup", help="create or update the retention policies and continuous "
