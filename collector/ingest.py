@@ -17,7 +17,7 @@ from typing import Any
 
 from collector import outbox, points
 from collector.config import Config
-from collector.db import transaction
+from collector.db import sync, transaction
 from collector.linking import (
     Decision,
     Invite,
@@ -170,7 +170,9 @@ class Ingest:
         db = self._db
         outcomes: list[Outcome] = []
         self._lines = []
-        with transaction(db):
+        # Pipelined: any error of a statement fails the batch (or, careful, its message's
+        # savepoint), so on PostgreSQL the writes whose results are not read need not wait.
+        with transaction(db, pipelined=True):
             for item in items:
                 mark = len(self._lines)
                 if careful:
@@ -204,6 +206,15 @@ class Ingest:
                     )
                     outcome = Outcome("error", "internal", type(exc).__name__)
                 outcomes.append(outcome)
+            if not careful:
+                # a pipelined statement's error surfaces at a later read: the last message's
+                # here, where it still sends the batch down the careful path
+                try:
+                    sync(db)
+                except sqlite3.OperationalError:
+                    raise
+                except Exception as exc:
+                    raise _RedoCarefully from exc
             ticked = self.linker.tick(now_ms, self.owns)
             self._apply(ticked, now_ms, "")
             self._flush_lines()
@@ -213,7 +224,7 @@ class Ingest:
     def tick(self, now_ms: int) -> list[Decision]:
         """Time passes with no message: expire and judge what is due."""
         self._lines = []
-        with transaction(self._db):
+        with transaction(self._db, pipelined=True):
             decisions = self.linker.tick(now_ms, self.owns)
             self._apply(decisions, now_ms, "")
             self._flush_lines()
