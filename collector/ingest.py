@@ -277,10 +277,8 @@ class Ingest:
         )
         kept = topic.kind == "rating" or (topic.kind == "event" and msg["type"] != "heartbeat")
         receipt = (topic.device, msg["boot"], msg["seq"]) if kept else None
-        if cur.rowcount == 0:
-            raise _Replay(receipt,
-                          f"{msg['dev']} boot {msg['boot']} seq {msg['seq']} already processed")
         event_ms = self._event_time(msg, item.received_ms)
+        reads = None
         if topic.kind == "rating":
             r = RatingIn(
                 hall=topic.hall, window=topic.window, device=topic.device, boot=msg["boot"],
@@ -288,7 +286,16 @@ class Ingest:
                 rt_ms=msg["rt"], txn=msg["txn"], press_ms=event_ms, received_ms=item.received_ms,
                 device_ts=msg["ts"],
             )
-            decisions = self.linker.rating(r, item.received_ms)
+            # Asked before the replay check is read (they only read): on PostgreSQL the
+            # check and the linker's reads come back in one round trip.
+            reads = self.linker.rating_reads(r)
+        if cur.rowcount == 0:
+            if reads is not None:
+                reads.close()
+            raise _Replay(receipt,
+                          f"{msg['dev']} boot {msg['boot']} seq {msg['seq']} already processed")
+        if topic.kind == "rating":
+            decisions = self.linker.rating(r, item.received_ms, reads)
             self._apply(decisions, item.received_ms, "")
             return Outcome("accepted", decisions=decisions, receipt=receipt)
         if topic.kind == "event":

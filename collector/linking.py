@@ -34,6 +34,7 @@ __all__ = [
     "Linker",
     "RatingIn",
     "RatingJudged",
+    "RatingReads",
     "TxnIn",
     "TxnRecorded",
     "Unlinked",
@@ -143,6 +144,19 @@ class WindowSet:
     event: WindowEvent
 
 
+@dataclass(frozen=True, slots=True)
+class RatingReads:
+    """The statements `Linker.rating` starts with, executed, their results not read yet."""
+
+    window: sqlite3.Cursor
+    candidate: sqlite3.Cursor
+
+    def close(self) -> None:
+        """Not needed after all (a replay): done with them."""
+        self.window.close()
+        self.candidate.close()
+
+
 Decision = Invite | TxnRecorded | RatingJudged | WindowSet
 
 _TXN_COLS = (
@@ -186,17 +200,20 @@ class Linker:
             (t.hall, t.window, t.txn, t.staff_id, t.staff_name, t.staff_badge, t.service_code,
              t.service_name, t.started_ms, t.completed_ms, t.outcome, deadline),
         )
-        if cur.rowcount == 0:
-            return []  # the same case number again: one transaction, one rating
-        out: list[Decision] = [TxnRecorded(t, "awaiting", None, False, None)]
         # Ratings that came before this transaction: the one naming it, else an implicit one.
-        held = db.execute(
+        # Asked before the insert's row count is read: one round trip for both on PostgreSQL.
+        held_cur = db.execute(
             f"SELECT rating_id, {_RATING_COLS} FROM rating WHERE state='held' AND hall=? "
             "AND (txn_claimed=? "
             "OR (txn_claimed IS NULL AND window=? AND press_ms BETWEEN ? AND ?)) "
             "ORDER BY txn_claimed IS NULL, press_ms",
             (t.hall, t.txn, t.window, t.completed_ms - EARLY_TOLERANCE_MS, deadline),
-        ).fetchall()
+        )
+        if cur.rowcount == 0:
+            held_cur.close()
+            return []  # the same case number again: one transaction, one rating
+        out: list[Decision] = [TxnRecorded(t, "awaiting", None, False, None)]
+        held = held_cur.fetchall()
         for row in held:
             out += self._judge(RatingIn(*row[1:]), now_ms, final=False)
             if self._txn_state(t.hall, t.txn) == "rated":
@@ -224,11 +241,21 @@ class Linker:
 
     # -- ratings ---------------------------------------------------------------------------------
 
-    def rating(self, r: RatingIn, now_ms: int) -> list[Decision]:
-        paused, signed_on, staff_id = self._window_context(r.hall, r.window)
+    def rating_reads(self, r: RatingIn) -> RatingReads:
+        """Ask now what `rating(r)` reads first (the window's state, the candidate transaction):
+        a caller with a result of its own to wait for (the replay check) asks them before it,
+        and on PostgreSQL (pipelined) all come back in one round trip."""
+        return RatingReads(self._window_query(r.hall, r.window), self._candidate_query(r))
+
+    def rating(self, r: RatingIn, now_ms: int,
+               reads: RatingReads | None = None) -> list[Decision]:
+        """Judge a new rating; `reads`: its `rating_reads`, if asked already."""
+        if reads is None:
+            reads = self.rating_reads(r)
+        paused, signed_on, staff_id = self._window_row(reads.window.fetchone())
         # Judged before it is stored: the row is inserted once, in its final state.
         return self._judge(r, now_ms, final=self.grace_ms == 0,
-                           context=(paused, signed_on, staff_id))
+                           context=(paused, signed_on, staff_id), candidate=reads.candidate)
 
     def _insert_rating(self, r: RatingIn, paused: bool, signed_on: bool | None, state: str,
                        hold_until_ms: int | None = None, txn: str | None = None,
@@ -251,23 +278,39 @@ class Linker:
         ).fetchone()
         return None if row is None else bool(row[0])
 
-    def _window_context(self, hall: str, window: str) -> tuple[bool, bool | None, str | None]:
-        """(paused, staff signed on (None: unknown), signed-on staff id) of a window now."""
-        row = self._db.execute(
-            "SELECT paused, staff_id FROM window_state WHERE hall=? AND window=?", (hall, window)
-        ).fetchone()
+    def _window_query(self, hall: str, window: str) -> sqlite3.Cursor:
+        return self._db.execute(
+            "SELECT paused, staff_id FROM window_state WHERE hall=? AND window=?", (hall, window))
+
+    @staticmethod
+    def _window_row(row: tuple[Any, ...] | None) -> tuple[bool, bool | None, str | None]:
+        """(paused, staff signed on (None: unknown), signed-on staff id) of a window's row."""
         if row is None:
             return False, None, None
         return bool(row[0]), row[1] is not None, row[1]
 
-    def _candidate(self, r: RatingIn) -> tuple[TxnIn, str, int] | Unlinked | None:
-        """The transaction `r` rates, the reason it cannot link, or None if none is known yet."""
-        db = self._db
+    def _window_context(self, hall: str, window: str) -> tuple[bool, bool | None, str | None]:
+        """(paused, staff signed on (None: unknown), signed-on staff id) of a window now."""
+        return self._window_row(self._window_query(hall, window).fetchone())
+
+    def _candidate_query(self, r: RatingIn) -> sqlite3.Cursor:
+        """The statement of `_candidate`, executed (its result read there)."""
         if r.txn is not None:
-            row = db.execute(
+            return self._db.execute(
                 f"SELECT {_TXN_COLS}, state, deadline_ms FROM txn WHERE hall=? AND txn=?",
-                (r.hall, r.txn),
-            ).fetchone()
+                (r.hall, r.txn))
+        return self._db.execute(
+            f"SELECT {_TXN_COLS}, state, deadline_ms FROM txn WHERE hall=? AND window=? "
+            "AND state IN ('awaiting', 'unrated') AND completed_ms <= ? AND deadline_ms >= ? "
+            "ORDER BY completed_ms DESC, txn DESC LIMIT 1",
+            (r.hall, r.window, r.press_ms + EARLY_TOLERANCE_MS, r.press_ms))
+
+    def _candidate(self, r: RatingIn, cur: sqlite3.Cursor
+                   ) -> tuple[TxnIn, str, int] | Unlinked | None:
+        """The transaction `r` rates, the reason it cannot link, or None if none is known yet;
+        `cur`: its `_candidate_query`."""
+        row = cur.fetchone()
+        if r.txn is not None:
             if row is None:
                 return None
             t, state, deadline = _txn_from_row(row), row[11], row[12]
@@ -278,23 +321,19 @@ class Linker:
             if r.press_ms > deadline:
                 return Unlinked.EXPIRED
             return t, state, deadline
-        row = db.execute(
-            f"SELECT {_TXN_COLS}, state, deadline_ms FROM txn WHERE hall=? AND window=? "
-            "AND state IN ('awaiting', 'unrated') AND completed_ms <= ? AND deadline_ms >= ? "
-            "ORDER BY completed_ms DESC, txn DESC LIMIT 1",
-            (r.hall, r.window, r.press_ms + EARLY_TOLERANCE_MS, r.press_ms),
-        ).fetchone()
         if row is None:
             return None
         return _txn_from_row(row), row[11], row[12]
 
     def _judge(self, r: RatingIn, now_ms: int, *, final: bool,
-               context: tuple[bool, bool | None, str | None] | None = None) -> list[Decision]:
+               context: tuple[bool, bool | None, str | None] | None = None,
+               candidate: sqlite3.Cursor | None = None) -> list[Decision]:
         """Link `r` or record why not. `context` is the window's state when `r` arrived (read
         from the stored rating when a held rating is judged again); given, `r` is a new rating,
-        not stored yet, and is inserted in the state judged."""
+        not stored yet, and is inserted in the state judged. `candidate`: its
+        `_candidate_query`, if executed already."""
         db = self._db
-        found = self._candidate(r)
+        found = self._candidate(r, self._candidate_query(r) if candidate is None else candidate)
         new = context is not None
         if context is None:
             ctx = db.execute(
