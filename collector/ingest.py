@@ -286,8 +286,8 @@ class Ingest:
                 rt_ms=msg["rt"], txn=msg["txn"], press_ms=event_ms, received_ms=item.received_ms,
                 device_ts=msg["ts"],
             )
-            # Asked before the replay check is read (they only read): on PostgreSQL the
-            # check and the linker's reads come back in one round trip.
+            # Asked before the replay check is read (it only reads): on PostgreSQL the
+            # check and the linker's read come back in one round trip.
             reads = self.linker.rating_reads(r)
         if cur.rowcount == 0:
             if reads is not None:

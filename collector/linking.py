@@ -34,7 +34,6 @@ __all__ = [
     "Linker",
     "RatingIn",
     "RatingJudged",
-    "RatingReads",
     "TxnIn",
     "TxnRecorded",
     "Unlinked",
@@ -144,19 +143,6 @@ class WindowSet:
     event: WindowEvent
 
 
-@dataclass(frozen=True, slots=True)
-class RatingReads:
-    """The statements `Linker.rating` starts with, executed, their results not read yet."""
-
-    window: sqlite3.Cursor
-    candidate: sqlite3.Cursor
-
-    def close(self) -> None:
-        """Not needed after all (a replay): done with them."""
-        self.window.close()
-        self.candidate.close()
-
-
 Decision = Invite | TxnRecorded | RatingJudged | WindowSet
 
 _TXN_COLS = (
@@ -241,21 +227,20 @@ class Linker:
 
     # -- ratings ---------------------------------------------------------------------------------
 
-    def rating_reads(self, r: RatingIn) -> RatingReads:
-        """Ask now what `rating(r)` reads first (the window's state, the candidate transaction):
-        a caller with a result of its own to wait for (the replay check) asks them before it,
-        and on PostgreSQL (pipelined) all come back in one round trip."""
-        return RatingReads(self._window_query(r.hall, r.window), self._candidate_query(r))
+    def rating_reads(self, r: RatingIn) -> sqlite3.Cursor:
+        """Ask now what `rating(r)` reads first (the window's state and the candidate
+        transaction, one statement): a caller with a result of its own to wait for (the replay
+        check) asks it before that, and on PostgreSQL (pipelined) both come back in one round
+        trip. The caller reads it by passing it to `rating`, or closes it."""
+        return self._candidate_query(r)
 
     def rating(self, r: RatingIn, now_ms: int,
-               reads: RatingReads | None = None) -> list[Decision]:
+               reads: sqlite3.Cursor | None = None) -> list[Decision]:
         """Judge a new rating; `reads`: its `rating_reads`, if asked already."""
-        if reads is None:
-            reads = self.rating_reads(r)
-        paused, signed_on, staff_id = self._window_row(reads.window.fetchone())
+        row = (self._candidate_query(r) if reads is None else reads).fetchone()
         # Judged before it is stored: the row is inserted once, in its final state.
         return self._judge(r, now_ms, final=self.grace_ms == 0,
-                           context=(paused, signed_on, staff_id), candidate=reads.candidate)
+                           context=self._window_row(row), candidate=row)
 
     def _insert_rating(self, r: RatingIn, paused: bool, signed_on: bool | None, state: str,
                        hold_until_ms: int | None = None, txn: str | None = None,
@@ -278,38 +263,37 @@ class Linker:
         ).fetchone()
         return None if row is None else bool(row[0])
 
-    def _window_query(self, hall: str, window: str) -> sqlite3.Cursor:
-        return self._db.execute(
-            "SELECT paused, staff_id FROM window_state WHERE hall=? AND window=?", (hall, window))
-
     @staticmethod
-    def _window_row(row: tuple[Any, ...] | None) -> tuple[bool, bool | None, str | None]:
-        """(paused, staff signed on (None: unknown), signed-on staff id) of a window's row."""
-        if row is None:
+    def _window_row(row: tuple[Any, ...]) -> tuple[bool, bool | None, str | None]:
+        """(paused, staff signed on (None: unknown), signed-on staff id) of the window, from a
+        `_candidate_query` row (paused is NULL there when the window has no window_state)."""
+        if row[0] is None:
             return False, None, None
         return bool(row[0]), row[1] is not None, row[1]
 
-    def _window_context(self, hall: str, window: str) -> tuple[bool, bool | None, str | None]:
-        """(paused, staff signed on (None: unknown), signed-on staff id) of a window now."""
-        return self._window_row(self._window_query(hall, window).fetchone())
-
     def _candidate_query(self, r: RatingIn) -> sqlite3.Cursor:
-        """The statement of `_candidate`, executed (its result read there)."""
+        """One row: the window's state (paused, staff_id) and the transaction `r` may rate
+        (_TXN_COLS, state, deadline_ms; NULLs if none), executed, for `_candidate`. One
+        statement for both: each costs a round trip on PostgreSQL."""
+        ws = ("SELECT ws.paused, ws.staff_id, t.* FROM (SELECT 1 AS one) AS one "
+              "LEFT JOIN window_state AS ws ON ws.hall = ? AND ws.window = ? ")
         if r.txn is not None:
             return self._db.execute(
-                f"SELECT {_TXN_COLS}, state, deadline_ms FROM txn WHERE hall=? AND txn=?",
-                (r.hall, r.txn))
+                ws + f"LEFT JOIN (SELECT {_TXN_COLS}, state, deadline_ms FROM txn "
+                "WHERE hall = ? AND txn = ?) AS t ON 1 = 1",
+                (r.hall, r.window, r.hall, r.txn))
         return self._db.execute(
-            f"SELECT {_TXN_COLS}, state, deadline_ms FROM txn WHERE hall=? AND window=? "
-            "AND state IN ('awaiting', 'unrated') AND completed_ms <= ? AND deadline_ms >= ? "
-            "ORDER BY completed_ms DESC, txn DESC LIMIT 1",
-            (r.hall, r.window, r.press_ms + EARLY_TOLERANCE_MS, r.press_ms))
+            ws + f"LEFT JOIN (SELECT {_TXN_COLS}, state, deadline_ms FROM txn "
+            "WHERE hall = ? AND window = ? AND state IN ('awaiting', 'unrated') "
+            "AND completed_ms <= ? AND deadline_ms >= ? "
+            "ORDER BY completed_ms DESC, txn DESC LIMIT 1) AS t ON 1 = 1",
+            (r.hall, r.window, r.hall, r.window, r.press_ms + EARLY_TOLERANCE_MS, r.press_ms))
 
-    def _candidate(self, r: RatingIn, cur: sqlite3.Cursor
+    def _candidate(self, r: RatingIn, window_and_txn: tuple[Any, ...]
                    ) -> tuple[TxnIn, str, int] | Unlinked | None:
         """The transaction `r` rates, the reason it cannot link, or None if none is known yet;
-        `cur`: its `_candidate_query`."""
-        row = cur.fetchone()
+        `window_and_txn`: the row of its `_candidate_query`."""
+        row = None if window_and_txn[4] is None else window_and_txn[2:]  # t.txn NULL: none
         if r.txn is not None:
             if row is None:
                 return None
@@ -327,13 +311,15 @@ class Linker:
 
     def _judge(self, r: RatingIn, now_ms: int, *, final: bool,
                context: tuple[bool, bool | None, str | None] | None = None,
-               candidate: sqlite3.Cursor | None = None) -> list[Decision]:
+               candidate: tuple[Any, ...] | None = None) -> list[Decision]:
         """Link `r` or record why not. `context` is the window's state when `r` arrived (read
         from the stored rating when a held rating is judged again); given, `r` is a new rating,
-        not stored yet, and is inserted in the state judged. `candidate`: its
-        `_candidate_query`, if executed already."""
+        not stored yet, and is inserted in the state judged. `candidate`: the row of its
+        `_candidate_query`, if read already."""
         db = self._db
-        found = self._candidate(r, self._candidate_query(r) if candidate is None else candidate)
+        if candidate is None:
+            candidate = self._candidate_query(r).fetchone()
+        found = self._candidate(r, candidate)
         new = context is not None
         if context is None:
             ctx = db.execute(
@@ -373,7 +359,7 @@ class Linker:
                 return []
             found = Unlinked.UNKNOWN if r.txn is not None else Unlinked.NO_TRANSACTION
         if context is None:
-            staff_id = self._window_context(r.hall, r.window)[2]
+            staff_id = self._window_row(candidate)[2]  # the window's staff now
         if new:
             self._insert_rating(r, paused, signed_on, "unlinked", staff_id=staff_id,
                                 unlinked_reason=found.value)
