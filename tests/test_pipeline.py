@@ -183,3 +183,34 @@ def test_a_failed_write_not_read_dead_letters_only_its_message(state_target: str
         T0 + 2000)
     assert [o.status for o in outcomes] == ["accepted"]
     conn.close()
+
+
+def test_a_replayed_rating_is_refused_and_the_batch_goes_on(state_target: str) -> None:
+    """The linker's read is asked with the replay check (one round trip on PostgreSQL) and
+    dropped when the check says replay: the messages after it are handled as usual."""
+    cfg = load_config(None, env={}).with_overrides(linking__grace_s=0)
+    conn = connect(state_target)
+    ingest = Ingest(conn, cfg)
+    conn.execute("BEGIN")
+    key = ingest.registry.add("kp1", "h1", "w1", T0).key
+    conn.execute("COMMIT")
+    dev = Dev("evalterm", "kp1", key)
+    first = dev.rating(5, "T1")
+    items = [
+        Inbound("mqtt", feed("evalterm"), feed_bytes(txn_msg("T1", completed=T0)), T0),
+        Inbound("mqtt", *first, T0 + 1000),
+        Inbound("mqtt", *first, T0 + 1001),
+        Inbound("mqtt", feed("evalterm"), feed_bytes(txn_msg("T2", completed=T0)), T0 + 1002),
+        Inbound("mqtt", *dev.rating(4, "T2"), T0 + 1003),
+    ]
+    outcomes = ingest.process_batch(items, T0 + 1003)
+    assert [(o.status, o.reason) for o in outcomes] == [
+        ("accepted", ""), ("accepted", ""), ("rejected", "replay"), ("accepted", ""),
+        ("accepted", "")]
+    assert outcomes[2].receipt == outcomes[1].receipt  # answered again
+    again = ingest.process_batch([Inbound("mqtt", *first, T0 + 2000)], T0 + 2000)
+    assert [(o.status, o.reason) for o in again] == [("rejected", "replay")]
+    assert conn.execute("SELECT txn, state, level FROM txn ORDER BY txn").fetchall() == [
+        ("T1", "rated", 5), ("T2", "rated", 4)]
+    assert conn.execute("SELECT count(*) FROM rating").fetchone() == (2,)
+    conn.close()
