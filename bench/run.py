@@ -10,7 +10,8 @@ test: there are no pass/fail limits, only measurements taken in one run on one m
 1. Backlog drain (throughput). For each consumer (bare subscribers, plain bridge, Node-RED,
    collector on SQLite, the collector on a private PostgreSQL (`[state] url`, collector_pg), two
    collector processes serving one hall partition each on the same SQLite state (partitioned); with
-   --baseline-code also the collector of another checkout, e.g. main's) the same
+   --baseline-code also the collector of another checkout, e.g. main's, before this checkout's
+   collector and collector_pg, on the same state backend) the same
    backlog of `--pairs` (transaction event, signed rating) pairs is queued at the broker
    for the consumer's persistent session; then the consumer starts and the clock runs until it is
    done
@@ -452,6 +453,15 @@ def main() -> int:
         if "collector_pg" in parts:
             pg = PostgresServer("bench-pg").init().start()
             try:
+                if args.baseline_code is not None:
+                    # the other checkout's collector first, on a database of its own of the
+                    # same server
+                    r, other, _ = drain_collector(args.baseline_code.resolve(), tmp,
+                                                  "baseline_pg", pristine, broker, influx,
+                                                  "evalterm_baseline_pg", keys, args.pairs, pg)
+                    other.terminate()
+                    other.wait(120)
+                    results[f"collector of {args.baseline_code}, state on PostgreSQL"] = r
                 r, pg_coll, _ = drain_collector(ROOT, tmp, "collector_pg", pristine, broker,
                                                 influx, "evalterm_pg", keys, args.pairs, pg)
                 t_stop = time.perf_counter()

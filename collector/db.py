@@ -36,9 +36,8 @@ from collector.pgstate import (
 
 __all__ = ["SCHEMA_VERSION", "connect", "connect_drained", "connect_reader",
            "current_schema_statements", "drained_cursors", "drained_path", "drained_up_to",
-           "is_postgres", "outbox_high_water",
-           "partition_locks_lost", "release_partition_locks", "state_instance", "transaction",
-           "try_lock_partition"]
+           "is_postgres", "outbox_high_water", "partition_locks_lost", "release_partition_locks",
+           "state_instance", "sync", "transaction", "try_lock_partition"]
 
 # What `connect` takes: an SQLite file path (or ":memory:"), or a postgresql:// URL.
 StateTarget = str | Path
@@ -236,13 +235,23 @@ _DRAINED_VERSION = 2
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def transaction(conn: sqlite3.Connection, *,
+                pipelined: bool = False) -> Iterator[sqlite3.Connection]:
     """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` if the block raises.
 
     The ROLLBACK only runs while a transaction is open: on some errors (SQLITE_FULL, I/O) SQLite
     has rolled back already, and a ROLLBACK then would raise "no transaction is active" and hide
-    the error that matters. Every transaction block of the collector goes through here."""
-    conn.execute("BEGIN IMMEDIATE")
+    the error that matters. Every transaction block of the collector goes through here.
+
+    `pipelined`: on PostgreSQL the block's statements do not wait for their replies until a
+    result is read (collector/pgstate.py), so an error may surface at a later statement or at
+    COMMIT; only for a block where any error fails the whole block (or its savepoint). SQLite
+    runs it the same either way."""
+    pg = cast(object, conn)  # a PgConnection behind the sqlite3 annotation (_open_pg)
+    if pipelined and isinstance(pg, PgConnection):
+        pg.begin_pipelined()
+    else:
+        conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
         conn.execute("COMMIT")
@@ -250,6 +259,15 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def sync(conn: sqlite3.Connection) -> None:
+    """In a pipelined transaction on PostgreSQL: wait until every statement sent so far has
+    answered, so that an error of one raises here (collector/pgstate.py). SQLite: nothing (its
+    statements ran as they were executed)."""
+    pg = cast(object, conn)
+    if isinstance(pg, PgConnection):
+        pg.sync()
 
 
 def _open(path: str | Path, check_same_thread: bool) -> sqlite3.Connection:

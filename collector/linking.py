@@ -186,17 +186,20 @@ class Linker:
             (t.hall, t.window, t.txn, t.staff_id, t.staff_name, t.staff_badge, t.service_code,
              t.service_name, t.started_ms, t.completed_ms, t.outcome, deadline),
         )
-        if cur.rowcount == 0:
-            return []  # the same case number again: one transaction, one rating
-        out: list[Decision] = [TxnRecorded(t, "awaiting", None, False, None)]
         # Ratings that came before this transaction: the one naming it, else an implicit one.
-        held = db.execute(
+        # Asked before the insert's row count is read: one round trip for both on PostgreSQL.
+        held_cur = db.execute(
             f"SELECT rating_id, {_RATING_COLS} FROM rating WHERE state='held' AND hall=? "
             "AND (txn_claimed=? "
             "OR (txn_claimed IS NULL AND window=? AND press_ms BETWEEN ? AND ?)) "
             "ORDER BY txn_claimed IS NULL, press_ms",
             (t.hall, t.txn, t.window, t.completed_ms - EARLY_TOLERANCE_MS, deadline),
-        ).fetchall()
+        )
+        if cur.rowcount == 0:
+            held_cur.close()
+            return []  # the same case number again: one transaction, one rating
+        out: list[Decision] = [TxnRecorded(t, "awaiting", None, False, None)]
+        held = held_cur.fetchall()
         for row in held:
             out += self._judge(RatingIn(*row[1:]), now_ms, final=False)
             if self._txn_state(t.hall, t.txn) == "rated":
@@ -224,11 +227,20 @@ class Linker:
 
     # -- ratings ---------------------------------------------------------------------------------
 
-    def rating(self, r: RatingIn, now_ms: int) -> list[Decision]:
-        paused, signed_on, staff_id = self._window_context(r.hall, r.window)
+    def rating_reads(self, r: RatingIn) -> sqlite3.Cursor:
+        """Ask now what `rating(r)` reads first (the window's state and the candidate
+        transaction, one statement): a caller with a result of its own to wait for (the replay
+        check) asks it before that, and on PostgreSQL (pipelined) both come back in one round
+        trip. The caller reads it by passing it to `rating`, or closes it."""
+        return self._candidate_query(r)
+
+    def rating(self, r: RatingIn, now_ms: int,
+               reads: sqlite3.Cursor | None = None) -> list[Decision]:
+        """Judge a new rating; `reads`: its `rating_reads`, if asked already."""
+        row = (self._candidate_query(r) if reads is None else reads).fetchone()
         # Judged before it is stored: the row is inserted once, in its final state.
         return self._judge(r, now_ms, final=self.grace_ms == 0,
-                           context=(paused, signed_on, staff_id))
+                           context=self._window_row(row), candidate=row)
 
     def _insert_rating(self, r: RatingIn, paused: bool, signed_on: bool | None, state: str,
                        hold_until_ms: int | None = None, txn: str | None = None,
@@ -251,23 +263,38 @@ class Linker:
         ).fetchone()
         return None if row is None else bool(row[0])
 
-    def _window_context(self, hall: str, window: str) -> tuple[bool, bool | None, str | None]:
-        """(paused, staff signed on (None: unknown), signed-on staff id) of a window now."""
-        row = self._db.execute(
-            "SELECT paused, staff_id FROM window_state WHERE hall=? AND window=?", (hall, window)
-        ).fetchone()
-        if row is None:
+    @staticmethod
+    def _window_row(row: tuple[Any, ...]) -> tuple[bool, bool | None, str | None]:
+        """(paused, staff signed on (None: unknown), signed-on staff id) of the window, from a
+        `_candidate_query` row (paused is NULL there when the window has no window_state)."""
+        if row[0] is None:
             return False, None, None
         return bool(row[0]), row[1] is not None, row[1]
 
-    def _candidate(self, r: RatingIn) -> tuple[TxnIn, str, int] | Unlinked | None:
-        """The transaction `r` rates, the reason it cannot link, or None if none is known yet."""
-        db = self._db
+    def _candidate_query(self, r: RatingIn) -> sqlite3.Cursor:
+        """One row: the window's state (paused, staff_id) and the transaction `r` may rate
+        (_TXN_COLS, state, deadline_ms; NULLs if none), executed, for `_candidate`. One
+        statement for both: each costs a round trip on PostgreSQL."""
+        ws = ("SELECT ws.paused, ws.staff_id, t.* FROM (SELECT 1 AS one) AS one "
+              "LEFT JOIN window_state AS ws ON ws.hall = ? AND ws.window = ? ")
         if r.txn is not None:
-            row = db.execute(
-                f"SELECT {_TXN_COLS}, state, deadline_ms FROM txn WHERE hall=? AND txn=?",
-                (r.hall, r.txn),
-            ).fetchone()
+            return self._db.execute(
+                ws + f"LEFT JOIN (SELECT {_TXN_COLS}, state, deadline_ms FROM txn "
+                "WHERE hall = ? AND txn = ?) AS t ON 1 = 1",
+                (r.hall, r.window, r.hall, r.txn))
+        return self._db.execute(
+            ws + f"LEFT JOIN (SELECT {_TXN_COLS}, state, deadline_ms FROM txn "
+            "WHERE hall = ? AND window = ? AND state IN ('awaiting', 'unrated') "
+            "AND completed_ms <= ? AND deadline_ms >= ? "
+            "ORDER BY completed_ms DESC, txn DESC LIMIT 1) AS t ON 1 = 1",
+            (r.hall, r.window, r.hall, r.window, r.press_ms + EARLY_TOLERANCE_MS, r.press_ms))
+
+    def _candidate(self, r: RatingIn, window_and_txn: tuple[Any, ...]
+                   ) -> tuple[TxnIn, str, int] | Unlinked | None:
+        """The transaction `r` rates, the reason it cannot link, or None if none is known yet;
+        `window_and_txn`: the row of its `_candidate_query`."""
+        row = None if window_and_txn[4] is None else window_and_txn[2:]  # t.txn NULL: none
+        if r.txn is not None:
             if row is None:
                 return None
             t, state, deadline = _txn_from_row(row), row[11], row[12]
@@ -278,23 +305,21 @@ class Linker:
             if r.press_ms > deadline:
                 return Unlinked.EXPIRED
             return t, state, deadline
-        row = db.execute(
-            f"SELECT {_TXN_COLS}, state, deadline_ms FROM txn WHERE hall=? AND window=? "
-            "AND state IN ('awaiting', 'unrated') AND completed_ms <= ? AND deadline_ms >= ? "
-            "ORDER BY completed_ms DESC, txn DESC LIMIT 1",
-            (r.hall, r.window, r.press_ms + EARLY_TOLERANCE_MS, r.press_ms),
-        ).fetchone()
         if row is None:
             return None
         return _txn_from_row(row), row[11], row[12]
 
     def _judge(self, r: RatingIn, now_ms: int, *, final: bool,
-               context: tuple[bool, bool | None, str | None] | None = None) -> list[Decision]:
+               context: tuple[bool, bool | None, str | None] | None = None,
+               candidate: tuple[Any, ...] | None = None) -> list[Decision]:
         """Link `r` or record why not. `context` is the window's state when `r` arrived (read
         from the stored rating when a held rating is judged again); given, `r` is a new rating,
-        not stored yet, and is inserted in the state judged."""
+        not stored yet, and is inserted in the state judged. `candidate`: the row of its
+        `_candidate_query`, if read already."""
         db = self._db
-        found = self._candidate(r)
+        if candidate is None:
+            candidate = self._candidate_query(r).fetchone()
+        found = self._candidate(r, candidate)
         new = context is not None
         if context is None:
             ctx = db.execute(
@@ -334,7 +359,7 @@ class Linker:
                 return []
             found = Unlinked.UNKNOWN if r.txn is not None else Unlinked.NO_TRANSACTION
         if context is None:
-            staff_id = self._window_context(r.hall, r.window)[2]
+            staff_id = self._window_row(candidate)[2]  # the window's staff now
         if new:
             self._insert_rating(r, paused, signed_on, "unlinked", staff_id=staff_id,
                                 unlinked_reason=found.value)

@@ -17,6 +17,14 @@ a lost connection as `StateUnavailable`, which is both a `ServiceUnavailable` (o
 user) and an `sqlite3.OperationalError` (the ingest worker aborts the batch unacknowledged).
 A COMMIT whose reply was lost is reported the same way: its outcome is unknown, so nothing it
 covered may be acknowledged; the broker redelivers and replay protection sorts it out.
+
+A transaction begun with `begin_pipelined` (collector/db.py `transaction(pipelined=True)`, the
+ingest batch) runs in psycopg's pipeline mode: a statement is sent without waiting for its reply,
+and the connection waits (a Sync) only when a result is read (fetch*, rowcount, description), at
+a savepoint statement, and before COMMIT, which itself is sent alone, as always. So a statement
+whose result nobody reads costs no round trip, and an error of one surfaces at the next of those
+points, not at its `execute`: only a block that takes any error as the failure of the whole
+block (or of the savepoint it is in) may be pipelined.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -37,12 +46,16 @@ from psycopg.types.numeric import Int8Dumper
 
 from collector.errors import ServiceUnavailable
 
-__all__ = ["WRITE_LOCK_KEY", "PgConnection", "StateUnavailable", "ddl_statements", "is_url",
-           "open_pg", "redacted_url", "split_script", "translate"]
+__all__ = ["SYNC_HEADS", "WRITE_LOCK_KEY", "PgConnection", "StateUnavailable", "ddl_statements",
+           "is_url", "open_pg", "redacted_url", "split_script", "translate"]
 
 # pg_advisory_xact_lock key of "BEGIN IMMEDIATE" (any constant; the partition locks of
 # collector/db.py `try_lock_partition` use another key space: (classid, objid) pairs).
 WRITE_LOCK_KEY = 0x6576616C  # "eval"
+
+# In a pipelined transaction these wait for their reply (and for the replies of everything sent
+# before): an error of a message's statements surfaces at its own RELEASE, inside its savepoint.
+SYNC_HEADS = ("SAVEPOINT", "RELEASE", "ROLLBACK TO")
 
 
 class StateUnavailable(ServiceUnavailable, sqlite3.OperationalError):
@@ -182,15 +195,33 @@ def _sqlite_error(exc: psycopg.Error, conn: psycopg.Connection[Any]) -> Exceptio
     return sqlite3.DatabaseError(text)
 
 
+_TUPLES = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.SINGLE_TUPLE)
+
+
 class PgCursor:
-    """What `execute` returns: fetchone/fetchall/rowcount/lastrowid/iteration."""
+    """What `execute` returns: fetchone/fetchall/rowcount/lastrowid/iteration.
+
+    In a pipelined transaction its reply may not have come yet: every read waits for it."""
 
     def __init__(self, cur: psycopg.Cursor[Any], owner: PgConnection) -> None:
         self._cur = cur
         self._owner = owner
+        self._sent_in = owner._pipe_segment
+
+    def _ready(self) -> None:
+        owner = self._owner
+        if owner._pipe is not None and self._sent_in == owner._pipe_segment:
+            owner.sync()
+
+    def _rows(self) -> bool:
+        """Whether the statement returned rows (psycopg's `description` without building its
+        Column objects, a cost per statement)."""
+        res = self._cur.pgresult
+        return res is not None and (res.nfields > 0 or res.status in _TUPLES)
 
     @property
     def rowcount(self) -> int:
+        self._ready()
         return self._cur.rowcount
 
     @property
@@ -200,19 +231,23 @@ class PgCursor:
 
     @property
     def description(self) -> Any:
+        self._ready()
         return self._cur.description
 
     def fetchone(self) -> Any:
+        self._ready()
         with self._owner.errors():
-            return self._cur.fetchone() if self._cur.description else None
+            return self._cur.fetchone() if self._rows() else None
 
     def fetchall(self) -> list[Any]:
+        self._ready()
         with self._owner.errors():
-            return self._cur.fetchall() if self._cur.description else []
+            return self._cur.fetchall() if self._rows() else []
 
     def fetchmany(self, size: int = 1) -> list[Any]:
+        self._ready()
         with self._owner.errors():
-            return self._cur.fetchmany(size) if self._cur.description else []
+            return self._cur.fetchmany(size) if self._rows() else []
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())
@@ -242,6 +277,12 @@ class PgConnection:
         self.read_only = read_only
         self.partition_locks: set[int] = set()
         self._lock = threading.RLock()
+        # The pipeline of a transaction begun with begin_pipelined (None: each statement waits
+        # for its reply), and its segment: bumped at each Sync, after which every statement
+        # sent before has its reply (PgCursor._ready).
+        self._pipe: ExitStack | None = None
+        self._pipeline: psycopg.Pipeline | None = None
+        self._pipe_segment = 0
         self._use(raw)
 
     def _use(self, raw: psycopg.Connection[Any]) -> None:
@@ -252,6 +293,7 @@ class PgConnection:
     def _reconnect_if_broken(self) -> None:
         if not self.raw.broken:
             return
+        self._drop_pipeline()
         if self.partition_locks:
             raise StateUnavailable(
                 "PostgreSQL state database connection lost with the partition locks "
@@ -263,9 +305,72 @@ class PgConnection:
 
     @property
     def in_transaction(self) -> bool:
+        if self._pipe is not None:
+            # BEGIN may still be unsent; on a broken connection the server ended it
+            return not self.raw.broken
         return self.raw.info.transaction_status in (pq.TransactionStatus.INTRANS,
                                                     pq.TransactionStatus.INERROR,
                                                     pq.TransactionStatus.ACTIVE)
+
+    def begin_pipelined(self) -> None:
+        """BEGIN IMMEDIATE, with the transaction's statements pipelined until its COMMIT or
+        ROLLBACK (module docstring)."""
+        with self._lock, self.errors():
+            self._reconnect_if_broken()
+            if self._pipe is not None or self.in_transaction:
+                raise sqlite3.OperationalError("cannot start a transaction within a transaction")
+            stack = ExitStack()
+            self._pipeline = stack.enter_context(self.raw.pipeline())
+            self._pipe = stack
+            self._pipe_segment += 1
+            self.raw.execute("BEGIN")
+            self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+
+    def sync(self) -> None:
+        """Wait for the replies of everything sent (pipelined transaction; else nothing to do):
+        the first error among them raises here."""
+        with self._lock, self.errors():
+            if self._pipeline is not None:
+                self._pipe_segment += 1
+                self._pipeline.sync()
+
+    def _end_pipeline(self, *, keep_errors: bool) -> None:
+        """Leave pipeline mode, every reply received. `keep_errors`: the first error of a
+        statement not read yet raises (before COMMIT); else (before ROLLBACK) it is dropped,
+        unless the connection broke."""
+        stack, self._pipe, self._pipeline = self._pipe, None, None
+        self._pipe_segment += 1
+        if stack is None:
+            return
+        try:
+            stack.close()
+        except psycopg.Error:
+            if keep_errors or self.raw.broken:
+                raise
+
+    def _after_pipeline_error(self) -> None:
+        """In pipeline mode, an error makes the server skip what was sent after it up to the next
+        Sync (psycopg may raise it at a later `execute` already): a Sync now, so the caller's
+        next statement (ROLLBACK TO, ROLLBACK) runs in the failed transaction."""
+        if self._pipeline is None:
+            return
+        self._pipe_segment += 1
+        try:
+            self._pipeline.sync()
+        except psycopg.Error:  # the skipped statements' "pipeline aborted"
+            if self.raw.broken:
+                self._drop_pipeline()
+
+    def _drop_pipeline(self) -> None:
+        """The connection broke: forget its pipeline (psycopg's too) without a word to it."""
+        stack, self._pipe, self._pipeline = self._pipe, None, None
+        self._pipe_segment += 1
+        if stack is not None:
+            lost = psycopg.OperationalError("connection lost")
+            try:
+                stack.__exit__(type(lost), lost, None)
+            except psycopg.Error:
+                pass
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
         head = sql.strip().upper()
@@ -275,9 +380,17 @@ class PgConnection:
                 self.raw.execute("BEGIN")
                 self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
                 return PgCursor(self.raw.cursor(), self)
+            if self._pipe is not None and head in ("COMMIT", "ROLLBACK"):
+                # COMMIT only once every statement of the transaction answered without error,
+                # and then alone: a lost reply to it is an unknown outcome (StateUnavailable)
+                self._end_pipeline(keep_errors=head == "COMMIT")
+                if head == "ROLLBACK" and not self.in_transaction:
+                    return PgCursor(self.raw.cursor(), self)  # BEGIN itself failed
             cur = self.raw.cursor()
             # always a parameter tuple: psycopg then reads %% as % (translate doubled them)
             cur.execute(translate(sql), tuple(params))
+            if self._pipe is not None and head.startswith(SYNC_HEADS):
+                self.sync()
             return PgCursor(cur, self)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> PgCursor:
@@ -320,6 +433,10 @@ class _Errors:
 
     def __exit__(self, _t: object, exc: BaseException | None, _tb: object) -> None:
         if isinstance(exc, psycopg.Error):
+            if self._conn.raw.broken:
+                self._conn._drop_pipeline()
+            else:
+                self._conn._after_pipeline_error()
             raise _sqlite_error(exc, self._conn.raw) from exc
 
 

@@ -162,12 +162,14 @@ class Registry:
         cached = self._at.get((hall, window))
         if cached is not None:
             return cached
+        # The rows themselves, not their names then each device: one statement per window.
         rows = self._conn.execute(
-            "SELECT device FROM device WHERE hall=? AND window=? AND state='active' "
-            "ORDER BY device",
+            "SELECT device, hall, window, state, created_ms, key_hex FROM device "
+            "WHERE hall=? AND window=? AND state='active' ORDER BY device",
             (hall, window),
         ).fetchall()
-        devices = [d for (name,) in rows if (d := self.get(name)) is not None]
+        devices = [_device(r) for r in rows]
+        self._cache.update((d.device, d) for d in devices)
         if devices:  # like unknown devices, an empty window is not cached
             self._at[(hall, window)] = devices
         return devices

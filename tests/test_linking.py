@@ -186,6 +186,8 @@ def test_window_context_is_recorded(db: sqlite3.Connection) -> None:
     lk = make_linker(db)
     [j] = judged(step(db, lk.rating, rating(5, None, T0), T0)) or [None]
     assert j is None  # held
+    # no word from the business system about the window yet: signed on unknown, not "no"
+    assert db.execute("SELECT paused, signed_on FROM rating").fetchone() == (0, None)
     step(db, lk.window_event, WindowEvent("h1", "w1", "staff_signon", T0, "s1", "张伟", "01"))
     step(db, lk.window_event, WindowEvent("h1", "w1", "window_paused", T0 + 1, reason="午休"))
     lk2 = make_linker(db, )
@@ -197,6 +199,13 @@ def test_window_context_is_recorded(db: sqlite3.Connection) -> None:
     step(db, lk.window_event, WindowEvent("h1", "w1", "staff_signoff", T0 + 4, "s1"))
     [m] = judged(step(db, lk2.rating, rating(5, None, T0 + 5), T0 + 5))
     assert m.signed_on is False and m.staff_id is None
+    [n] = judged(step(db, lk2.rating, rating(5, None, T0 + 6, window="w9", device="d9"),
+                      T0 + 6))
+    assert (n.paused, n.signed_on, n.staff_id) == (False, None, None)
+    # the held rating, judged when its grace ran out: the window's staff then
+    step(db, lk.window_event, WindowEvent("h1", "w1", "staff_signon", T0 + 7, "s3", "李", "02"))
+    [h] = judged(step(db, lk.tick, T0 + MIN))
+    assert (h.linked, h.signed_on, h.staff_id) == (False, None, "s3")
 
 
 def test_state_survives_reopen(state_target: str) -> None:

@@ -452,3 +452,53 @@ def test_the_registry_on_both_backends(state_target: str) -> None:
     # every change bumped registry_version (3 adds, a rotation, a revocation, a removal)
     assert int(conn.execute(version).fetchone()[0]) == v0 + 6
     conn.close()
+
+
+def test_a_pipelined_transaction_reports_errors_at_reads_and_commits_nothing_of_them(
+        pg_server: PostgresServer, pg_database: str) -> None:
+    """transaction(pipelined=True): a write's error comes at the next read (or before COMMIT)
+    as the same sqlite3 class, the transaction is rolled back, the connection goes on."""
+    conn = connect(pg_database)
+    dup = "INSERT INTO seen_feed (hall, id) VALUES ('h1', 'x'), ('h1', 'x')"
+    with pytest.raises(sqlite3.IntegrityError):
+        with transaction(conn, pipelined=True):
+            conn.execute("INSERT INTO seen_feed (hall, id) VALUES ('h1', 'a')")
+            conn.execute(dup)  # not waited for
+            conn.execute("SELECT count(*) FROM seen_feed").fetchone()
+    with pytest.raises(sqlite3.IntegrityError):
+        with transaction(conn, pipelined=True):
+            conn.execute("INSERT INTO seen_feed (hall, id) VALUES ('h1', 'b')")
+            conn.execute(dup)  # its error comes at COMMIT, which is then not sent
+    assert not conn.in_transaction
+    assert conn.execute("SELECT count(*) FROM seen_feed").fetchone() == (0,)
+    # results read in the transaction are those of its statements, in order
+    with transaction(conn, pipelined=True):
+        first = conn.execute("INSERT INTO seen_feed (hall, id) VALUES ('h1', 'c') "
+                             "ON CONFLICT DO NOTHING")
+        again = conn.execute("INSERT INTO seen_feed (hall, id) VALUES ('h1', 'c') "
+                             "ON CONFLICT DO NOTHING")
+        count = conn.execute("SELECT count(*) FROM seen_feed")
+        assert (again.rowcount, first.rowcount, count.fetchone()) == (0, 1, (1,))
+        # a savepoint waits at RELEASE: its own error surfaces there, inside it
+        conn.execute("SAVEPOINT msg")
+        conn.execute(dup)
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("RELEASE msg")
+        conn.execute("ROLLBACK TO msg")
+        conn.execute("RELEASE msg")
+        conn.execute("INSERT INTO seen_feed (hall, id) VALUES ('h1', 'd')")
+    assert conn.execute("SELECT id FROM seen_feed ORDER BY id").fetchall() == [("c",), ("d",)]
+    # a lost connection in a pipelined transaction: StateUnavailable, nothing of it committed,
+    # and the next transaction connects again
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    with pytest.raises(StateUnavailable):
+        with transaction(conn, pipelined=True):
+            conn.execute("INSERT INTO seen_feed (hall, id) VALUES ('h1', 'e')")
+            pg_server.sql(f"SELECT pg_terminate_backend({int(pid)})")
+            conn.execute("INSERT INTO seen_feed (hall, id) VALUES ('h1', 'f')")
+            conn.execute("SELECT 1").fetchone()
+    with transaction(conn, pipelined=True):
+        conn.execute("INSERT INTO seen_feed (hall, id) VALUES ('h1', 'g')")
+    assert conn.execute("SELECT id FROM seen_feed ORDER BY id").fetchall() == [
+        ("c",), ("d",), ("g",)]
+    conn.close()

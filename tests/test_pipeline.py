@@ -138,3 +138,79 @@ def test_a_transactions_point_is_written_once_per_batch_unless_an_earlier_one_ha
     # Had the later point fewer optional fields, the earlier would be kept.
     assert len(_last_states([rated, awaiting])) == 2
     assert len(_last_states(["x", awaiting, "y"])) == 3
+
+
+class StoreFailingLinker(Linker):
+    """A linking engine whose write for one case number fails in the database (a duplicate key)
+    and whose result nobody reads: on PostgreSQL, pipelined, the error comes at a later read."""
+
+    def txn_completed(self, t: TxnIn, now_ms: int) -> list:
+        out = super().txn_completed(t, now_ms)
+        if t.txn.startswith("DUP"):
+            self._db.execute("INSERT INTO seen_feed (hall, id) VALUES (?, 'dup'), (?, 'dup')",
+                             (t.hall, t.hall))
+        return out
+
+
+def test_a_failed_write_not_read_dead_letters_only_its_message(state_target: str) -> None:
+    """Its error surfaces at the next message's first read, or (the last message) before the
+    batch's timer and outbox: either way the batch is run again one savepoint per message."""
+    cfg = load_config(None, env={}).with_overrides(linking__grace_s=0)
+    conn = connect(state_target)
+    ingest = Ingest(conn, cfg,
+                    linker=StoreFailingLinker(conn, rating_window_ms=600_000, grace_ms=0))
+    conn.execute("BEGIN")
+    key = ingest.registry.add("kp1", "h1", "w1", T0).key
+    conn.execute("COMMIT")
+    dev = Dev("evalterm", "kp1", key)
+    items = [
+        Inbound("mqtt", feed("evalterm"), feed_bytes(txn_msg("T1", completed=T0)), T0),
+        Inbound("mqtt", feed("evalterm"), feed_bytes(txn_msg("DUP1", completed=T0)), T0),
+        Inbound("mqtt", *dev.rating(5, "T1"), T0 + 1000),
+        Inbound("mqtt", feed("evalterm"), feed_bytes(txn_msg("DUP2", completed=T0)), T0),
+    ]
+    outcomes = ingest.process_batch(items, T0 + 1000)
+    assert [o.status for o in outcomes] == ["accepted", "error", "accepted", "error"]
+    assert [o.reason for o in outcomes if o.status == "error"] == ["internal", "internal"]
+    assert conn.execute("SELECT count(*) FROM dead_letter").fetchone()[0] == 2
+    assert conn.execute("SELECT txn, state FROM txn ORDER BY txn").fetchall() == [
+        ("T1", "rated")]
+    assert conn.execute("SELECT count(*) FROM seen_feed WHERE id = 'dup'").fetchone() == (0,)
+    assert not conn.in_transaction
+    # the connection goes on as before (on PostgreSQL: out of pipeline mode)
+    outcomes = ingest.process_batch(
+        [Inbound("mqtt", feed("evalterm"), feed_bytes(txn_msg("T2", completed=T0)), T0)],
+        T0 + 2000)
+    assert [o.status for o in outcomes] == ["accepted"]
+    conn.close()
+
+
+def test_a_replayed_rating_is_refused_and_the_batch_goes_on(state_target: str) -> None:
+    """The linker's read is asked with the replay check (one round trip on PostgreSQL) and
+    dropped when the check says replay: the messages after it are handled as usual."""
+    cfg = load_config(None, env={}).with_overrides(linking__grace_s=0)
+    conn = connect(state_target)
+    ingest = Ingest(conn, cfg)
+    conn.execute("BEGIN")
+    key = ingest.registry.add("kp1", "h1", "w1", T0).key
+    conn.execute("COMMIT")
+    dev = Dev("evalterm", "kp1", key)
+    first = dev.rating(5, "T1")
+    items = [
+        Inbound("mqtt", feed("evalterm"), feed_bytes(txn_msg("T1", completed=T0)), T0),
+        Inbound("mqtt", *first, T0 + 1000),
+        Inbound("mqtt", *first, T0 + 1001),
+        Inbound("mqtt", feed("evalterm"), feed_bytes(txn_msg("T2", completed=T0)), T0 + 1002),
+        Inbound("mqtt", *dev.rating(4, "T2"), T0 + 1003),
+    ]
+    outcomes = ingest.process_batch(items, T0 + 1003)
+    assert [(o.status, o.reason) for o in outcomes] == [
+        ("accepted", ""), ("accepted", ""), ("rejected", "replay"), ("accepted", ""),
+        ("accepted", "")]
+    assert outcomes[2].receipt == outcomes[1].receipt  # answered again
+    again = ingest.process_batch([Inbound("mqtt", *first, T0 + 2000)], T0 + 2000)
+    assert [(o.status, o.reason) for o in again] == [("rejected", "replay")]
+    assert conn.execute("SELECT txn, state, level FROM txn ORDER BY txn").fetchall() == [
+        ("T1", "rated", 5), ("T2", "rated", 4)]
+    assert conn.execute("SELECT count(*) FROM rating").fetchone() == (2,)
+    conn.close()
