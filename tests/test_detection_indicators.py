@@ -976,6 +976,31 @@ def test_a_day_on_which_every_citizen_answers_slower_is_no_fill_in(seed):
     assert indicator(h, "t", "late_response").strength != "strong"
 
 
+def _hall_with_pasts(*units: Unit) -> HallFacts:
+    """`hall`'s peers, each with a past of its own (citizens answering in 3-5 s)."""
+    peers = [with_past_rts(honest(f"p{i}", i, rt_median=3000 + 300 * i), 3000 + 300 * i, 0.5,
+                           seed=50 + i) for i in range(7)]
+    return HallFacts("h1", (*peers, *units), has_feed=True, has_signons=True)
+
+
+def test_a_quick_windows_slower_day_is_not_late_against_the_hall():
+    # Citizens who answer in 1.5 s (their slow tail: 2-3 s) take 3 s today (a new staff member,
+    # elderly citizens): slower than this window's past, not later than the hall's citizens.
+    t = with_past_rts(honest("t", 34, n_txn=80, rt_median=3000, rt_sigma=0.35), 1500, 0.35)
+    ind = indicator(_hall_with_pasts(t), "t", "late_response")
+    assert ind.strength != "strong", ind.reason_en
+    assert ind.evidence["hall_floor_ms"] > 3000
+
+
+def test_a_fill_in_at_a_quick_window_is_late_against_the_hall_too():
+    t = with_past_rts(_fill_in(honest("t", 35, n_txn=80, coverage=0.6, rt_median=1500,
+                                      rt_sigma=0.35), 0.7, (20_000, 70_000)), 1500, 0.35)
+    ind = indicator(_hall_with_pasts(t), "t", "late_response")
+    assert ind.strength == "strong"
+    assert ind.evidence["threshold_ms"] == ind.evidence["hall_floor_ms"]
+    assert all(x["rt_ms"] > ind.evidence["hall_floor_ms"] for x in ind.items)
+
+
 def test_ratings_after_the_next_service_began_fire():
     t = _timeline(honest("t", 33, n_txn=60))
     starts = sorted(x.started_ms for x in t.txns)  # type: ignore[type-var]

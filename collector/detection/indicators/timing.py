@@ -425,7 +425,7 @@ def _body_shift(stratum: _Stratum, tau: float) -> tuple[float, float]:
 
 
 def _times_p(strata: list[_Stratum], share: float, below: int,
-             spreads: list[float] | None) -> float:
+             spreads: list[float] | None, floor: int = 0) -> float:
     """P(at least `below` current response times under the strata's thresholds) when now and
     before come from one distribution up to an honest shift of the log response times by a
     factor e^d (`spreads`: the prior standard deviation of d per stratum; None: no shift
@@ -450,7 +450,7 @@ def _times_p(strata: list[_Stratum], share: float, below: int,
         pmfs = []
         for st, f in zip(strata, scale, strict=True):
             n, m = len(st[0]), len(st[2])
-            (k1, w1), (k2, w2) = _k_of(st, share, f)
+            (k1, w1), (k2, w2) = _k_of(st, share, f, floor)
             if len(strata) == 1:
                 return (w1 * stats.below_order_statistic_sf(below, n, m, k1)
                         + (w2 * stats.below_order_statistic_sf(below, n, m, k2) if w2 else 0.0))
@@ -468,14 +468,27 @@ def _times_p(strata: list[_Stratum], share: float, below: int,
     return min(1.0, total)
 
 
-def _k_of(stratum: _Stratum, share: float, f: float) -> tuple[tuple[int, float],
-                                                              tuple[int, float]]:
-    """Where the threshold (the k-th smallest of the past, k its share) scaled by f falls among
-    the past's order statistics: between the r-th and the (r+1)-th, as ((r, 1 - x), (r + 1, x))
-    with x its linear place between them (`_times_p` mixes the two laws by these weights)."""
-    past = stratum[2]
+def _k_at(past: list[int], share: float, floor: int = 0) -> int:
+    """The rank k of the threshold in the past (sorted; mirrored for the slow tail: negated
+    times): the share's, or, where that threshold is quicker than the hall's `floor` (ms, the
+    slow tail's `_hall_late_floor`), the first past value at or below the floor, so that the
+    count beyond it is judged against the past's own count beyond the floor."""
     m = len(past)
     k = max(1, round(share * m))
+    if floor > 0 and -past[k - 1] < floor:
+        k = min(m, 1 + bisect.bisect_left(past, -floor))
+    return k
+
+
+def _k_of(stratum: _Stratum, share: float, f: float, floor: int = 0
+          ) -> tuple[tuple[int, float], tuple[int, float]]:
+    """Where the threshold (the k-th smallest of the past, k its share: `_k_at`) scaled by f
+    falls among the past's order statistics: between the r-th and the (r+1)-th, as ((r, 1 - x),
+    (r + 1, x)) with x its linear place between them (`_times_p` mixes the two laws by these
+    weights)."""
+    past = stratum[2]
+    m = len(past)
+    k = _k_at(past, share, floor)
     if f == 1.0:
         return (k, 1.0), (k, 0.0)
     v = past[k - 1] * f
@@ -489,8 +502,8 @@ def _k_of(stratum: _Stratum, share: float, f: float) -> tuple[tuple[int, float],
     return (r, 1.0 - x), (r + 1, x)
 
 
-def _shift_at(strata: list[_Stratum], share: float, spreads: list[float] | None = None
-              ) -> _Shift:
+def _shift_at(strata: list[_Stratum], share: float, spreads: list[float] | None = None,
+              floor: int = 0) -> _Shift:
     """The response-shift count and level test at one share of the past, summed over the
     strata (each against its own past; exact laws convolved); `spreads`: allow for an honest
     day-level shift of that standard deviation per stratum (`_times_p`)."""
@@ -500,7 +513,7 @@ def _shift_at(strata: list[_Stratum], share: float, spreads: list[float] | None 
     levels_known = True
     for now, now_levels, past, past_levels in strata:
         n, m = len(now), len(past)
-        k = max(1, round(share * m))
+        k = _k_at(past, share, floor)
         threshold = past[k - 1]
         b = bisect.bisect_left(now, threshold)
         below += b
@@ -520,7 +533,7 @@ def _shift_at(strata: list[_Stratum], share: float, spreads: list[float] | None 
         f_past = sum(1 for x in past_levels[:bf] if x == 5)
         fives_before += f_past
         level_pmfs.append(stats.hypergeom_pmf(b + bf, f_now + f_past, b))
-    p_times = _times_p(strata, share, below, spreads)
+    p_times = _times_p(strata, share, below, spreads, floor)
     p_level, known_before = 1.0, None
     if levels_known and below and before:
         p_level = stats.convolution_sf(level_pmfs, fives)
@@ -695,6 +708,49 @@ def _unshifted(stratum: tuple[list[int], list[int], list[int], list[int | None]]
     return [int(x / ratio) for x in now], levels, past, past_levels
 
 
+# The hall's own slow tail, below which no rating counts as late: the upper quartile of the
+# response times of the hall's median window (its past). A window whose citizens are quick
+# has a slow tail of 2-3 s, and a day on which they take 3-4 s (a new staff member, elderly
+# citizens) is then "late" against it; the fill-in this indicator is for comes when the
+# citizen has left, later than most of the hall's citizens answer at all.
+HALL_FLOOR_QUANTILE = 0.75
+
+
+def _hall_late_floor(u: Unit, c: _Ctx) -> int:
+    """HALL_FLOOR_QUANTILE of the past response times of the hall's median window (each
+    window's longest own past of `_rt_refs`: its history, or over the rolling period the days
+    before a change-point); 0 without any. The median of windows: a few fill-in windows cannot
+    move it."""
+    def quantile(x: Unit) -> float | None:
+        refs = _rt_refs(x, c)
+        if not refs:
+            return None
+        rts = max((r.past for r in refs), key=len)  # sorted ascending
+        return float(rts[min(len(rts) - 1, int(HALL_FLOOR_QUANTILE * len(rts)))])
+    key = ("hall_late_floor", None)
+    if key not in c.memo:
+        values = sorted(v for v in (quantile(x) for x in c.units) if v is not None)
+        c.memo[key] = int(values[len(values) // 2]) if values else 0
+    floor: int = c.memo[key]
+    return floor
+
+
+def _floored(stratum: _Stratum, floor_ms: int) -> _Stratum:
+    """A mirrored stratum whose current response times at or below `floor_ms` can no longer
+    count as late: each is replaced by the smaller of itself and the past's median (below
+    every slow threshold, `_k_at`). The threshold then sits at the first past value at or
+    below the floor, and the count beyond it is the count beyond the floor: its exact law is
+    the one of the count beyond that order statistic, which bounds it (never anti-
+    conservative)."""
+    now, levels, past, past_levels = stratum
+    if floor_ms <= 0 or not past:
+        return stratum
+    mid = -past[len(past) // 2]  # mirrored: past holds negated times, slowest first
+    pairs = sorted((x if -x > floor_ms else -min(-x, mid), lv)
+                   for x, lv in zip(now, levels, strict=True))
+    return [x for x, _ in pairs], [lv for _, lv in pairs], past, past_levels
+
+
 def _late_response(u: Unit, c: _Ctx) -> _Raw | None:
     """Ratings arriving later after the invitation than this window's citizens' did: of the
     current invited ratings, the number slower than the k-th slowest of the window's own past
@@ -712,11 +768,12 @@ def _late_response(u: Unit, c: _Ctx) -> _Raw | None:
     refs = [_mirror(r) for r in _rt_refs(u, c)]
     if not refs:
         return None
+    floor = _hall_late_floor(u, c)
     found: list[dict[str, Any]] = []  # each reading with its reference and share
     for ref in refs:
-        strata = [_unshifted(s) for s in _staff_strata(ref)]
+        strata = [_floored(_unshifted(s), floor) for s in _staff_strata(ref)]
         for share in LATE_QUANTILES:
-            f = _shift_at(strata, share)
+            f = _shift_at(strata, share, floor=floor)
             pile = f["below"] >= c.s.shift_min and (
                 f["below"] >= 2 * f["expected"]
                 or (f["levels_known"] and f["p_level"] < c.s.q_weak
@@ -733,14 +790,15 @@ def _late_response(u: Unit, c: _Ctx) -> _Raw | None:
     days = {c.s.local_day(at) for at in ref.past_press if at is not None}
     one_day = len(days) == 1
     p = min(1.0, best["p"] * len(LATE_QUANTILES) * len(refs) * 2)
-    threshold = -max(best["thresholds"])  # the lowest of the strata's slow thresholds
+    # The lowest of the strata's slow thresholds, or the hall's floor if higher.
+    threshold = max(-max(best["thresholds"]), floor)
     since = ref.since
     ev = {"late": late, "invited": len(ref.now), "threshold_ms": threshold,
           "thresholds_ms": [-x for x in best["thresholds"]], "past_share": share,
           "past_invited": len(ref.past), "expected": round(best["expected"], 1),
           "very_satisfied": best["fives"], "past_slow": best["before"],
           "past_slow_very_satisfied": best["fives_before"], "p_times": best["p_times"],
-          "p_levels": best["p_level"],
+          "p_levels": best["p_level"], "hall_floor_ms": floor,
           "since": None if since is None else str(c.s.local_day(since))}
     when_zh, when_en = _since_words(c, since)
     zh = (f"{when_zh}{late} 条评价（共 {len(ref.now)} 条）在邀请后超过 "
