@@ -307,3 +307,23 @@ def test_frontier_counts_each_dose_and_draws_a_png(tmp_path: Path) -> None:
     for bad in ({"families": ["nope"]}, {"days": 2, "start_day": 1}, {"workers": 3}):
         with pytest.raises(UsageError):
             frontier(**bad)  # type: ignore[arg-type]
+
+
+def test_the_staffs_delay_range_replaces_the_familys_with_the_same_draws() -> None:
+    from collector.errors import UsageError
+    from collector.sim.frontier import frontier
+    from collector.sim.profiles import STAFF_DELAY_MS
+
+    for fam, (lo, hi) in STAFF_DELAY_MS.items():
+        own = draw_window(random.Random(5), "h", 1, profile=fam, start_day=1, dose=1.0)
+        assert lo <= own.params["delay_ms"] <= hi
+        set_ = draw_window(random.Random(5), "h", 1, profile=fam, start_day=1, dose=1.0,
+                           delay_ms=(15_000, 60_000))
+        assert 15_000 <= set_.params["delay_ms"] <= 60_000
+        # Only the delay differs: every other draw of the window is the same.
+        assert {k: v for k, v in set_.params.items() if k != "delay_ms"} == \
+            {k: v for k, v in own.params.items() if k != "delay_ms"}
+        assert set_.txn_per_hour == own.txn_per_hour and set_.traits == own.traits
+    for bad in ((0.1, 10.0), (60.0, 15.0), (10.0, 200.0)):
+        with pytest.raises(UsageError, match="--delay-s"):
+            frontier(["fill_in"], delay_s=bad)

@@ -101,12 +101,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _delay_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in text.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give LO-HI in seconds, e.g. 15-60") from None
+    return lo, hi
+
+
 def cmd_frontier(args: argparse.Namespace) -> int:
     from collector.sim.frontier import main_frontier
 
     print(main_frontier(args.family, args.runs, args.days, args.start_day, args.per_run,
                         (args.windows_min, args.windows_max), args.every, args.workers,
-                        args.seed, None if args.no_plots else args.plots))
+                        args.seed, None if args.no_plots else args.plots, args.delay_s))
     return 0
 
 
@@ -177,5 +185,9 @@ def add_parsers(sub: Any) -> None:
     fr.add_argument("--seed", type=int, default=1)
     fr.add_argument("--plots", default="docs/img", help="folder for the PNGs (docs/img)")
     fr.add_argument("--no-plots", action="store_true", help="print the table only")
+    fr.add_argument("--delay-s", type=_delay_range, default=None, metavar="LO-HI",
+                    help="the staff's typical delay after the invitation, seconds, drawn "
+                         "log-uniformly in LO-HI, for fill_in, drip and cooperation (default: "
+                         "each family's own range)")
     fr.set_defaults(func=cmd_frontier)
 

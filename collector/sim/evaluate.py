@@ -74,14 +74,16 @@ def run_once(seed: int, days: int = 5, start_day: int = 3, profiles: Iterable[st
              every_min: int = 30, workdir: str | None = None,
              honest_drift: bool = False, *, doses: dict[str, float] | None = None,
              variation: bool = False,
-             windows: tuple[int, int] = (8, 14)) -> list[WindowOutcome]:
+             windows: tuple[int, int] = (8, 14),
+             delay_ms: tuple[float, float] | None = None) -> list[WindowOutcome]:
     """One simulated hall; `doses` fixes the families' doses, `variation` turns on the honest
-    traits (profiles.HONEST_TRAITS), `windows` is the range of its number of windows."""
+    traits (profiles.HONEST_TRAITS), `windows` is the range of its number of windows,
+    `delay_ms` the range of the staff's typical delay (profiles.STAFF_DELAY_MS)."""
     rng = random.Random(seed)
     profiles = list(profiles)
     n_windows = rng.randint(*windows)
     plans = draw_hall(rng, "vhall", n_windows, profiles, start_day, doses=doses,
-                      variation=variation, days=days)
+                      variation=variation, days=days, delay_ms=delay_ms)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         cfg = load_config(None, env={}).with_overrides(collector__data_dir=str(Path(tmp)))
         settings = DetectionSettings.from_config(cfg)

@@ -52,10 +52,10 @@ def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def _job(args: tuple[Any, ...]) -> tuple[str, float, list[WindowOutcome]]:
-    family, dose, seed, days, start_day, per_run, every, windows = args
+    family, dose, seed, days, start_day, per_run, every, windows, delay_ms = args
     profiles = [family] if family == "cooperation" else [family] * per_run
     out = run_once(seed, days, start_day, profiles, every, None, False, doses={family: dose},
-                   variation=True, windows=windows)
+                   variation=True, windows=windows, delay_ms=delay_ms)
     return family, dose, out
 
 
@@ -63,8 +63,10 @@ def frontier(families: list[str] | None = None, runs: int = 2, days: int = 4,
              start_day: int = 2, per_run: int = 3, windows: tuple[int, int] = (6, 8),
              every_min: int = 60, workers: int = 2, seed: int = 1,
              doses: dict[str, tuple[float, ...]] | None = None,
+             delay_s: tuple[float, float] | None = None,
              ) -> tuple[list[FrontierPoint], list[WindowOutcome]]:
-    """The frontier points of each family, and every window's outcome (for the false flags)."""
+    """The frontier points of each family, and every window's outcome (for the false flags);
+    `delay_s`: the range of the staff's typical delay (s) instead of each family's own."""
     fams = list(families or FAMILIES)
     unknown = [f for f in fams if f not in FAMILIES]
     if unknown:
@@ -73,6 +75,13 @@ def frontier(families: list[str] | None = None, runs: int = 2, days: int = 4,
     if days - start_day < 2 or start_day < 1:
         raise UsageError("--days must leave 2 manipulated days after --start-day (>= 1): "
                          "e.g. --days 4 --start-day 2")
+    delay_ms = None
+    if delay_s is not None:
+        lo, hi = delay_s
+        if not 0.5 <= lo <= hi <= 120:
+            raise UsageError("--delay-s: LO-HI in seconds, 0.5 <= LO <= HI <= 120 (the "
+                             "invitation's lifetime), e.g. --delay-s 15-60")
+        delay_ms = (lo * 1000, hi * 1000)
     if not 1 <= workers <= 2:
         raise UsageError("--workers: 1 or 2 (the machine is shared)")
     jobs = []
@@ -80,7 +89,7 @@ def frontier(families: list[str] | None = None, runs: int = 2, days: int = 4,
         for di, dose in enumerate((doses or {}).get(fam) or FAMILIES[fam].grid):
             for r in range(runs):
                 jobs.append((fam, float(dose), seed * 1_000_003 + fi * 10_007 + di * 101 + r,
-                             days, start_day, per_run, every_min, windows))
+                             days, start_day, per_run, every_min, windows, delay_ms))
     if workers == 1:
         results = [_job(j) for j in jobs]
     else:
@@ -214,11 +223,15 @@ def plot_frontier(points: list[FrontierPoint], outcomes: list[WindowOutcome],
 
 def main_frontier(families: list[str] | None, runs: int, days: int, start_day: int,
                   per_run: int, windows: tuple[int, int], every_min: int, workers: int,
-                  seed: int, plot_dir: str | None) -> str:
+                  seed: int, plot_dir: str | None,
+                  delay_s: tuple[float, float] | None = None) -> str:
     t0 = time.monotonic()
     points, outcomes = frontier(families, runs, days, start_day, per_run, windows, every_min,
-                                workers, seed)
+                                workers, seed, delay_s=delay_s)
     text = format_frontier(points, outcomes, time.monotonic() - t0)
+    if delay_s is not None:
+        text += (f"\nthe staff's typical delay: {delay_s[0]:g}-{delay_s[1]:g} s after the "
+                 "invitation (log-uniform; fill_in, drip, cooperation)")
     if plot_dir:
         files = plot_frontier(points, outcomes, Path(plot_dir))
         text += "\n" + "\n".join(f"wrote {p}" for p in files)

@@ -136,9 +136,12 @@ def _loguniform(rng: random.Random, lo: float, hi: float) -> float:
 
 def draw_window(rng: random.Random, hall: str, index: int, *, excellent: bool = False,
                 profile: str = "honest", start_day: int = 0, dose: float | None = None,
-                variation: bool = False, days: int = 5) -> WindowPlan:
+                variation: bool = False, days: int = 5,
+                delay_ms: tuple[float, float] | None = None) -> WindowPlan:
     """An honest window drawn from wide ranges, then the profile's own parameters (`dose`: the
-    family's dose, else drawn), then, with `variation`, its honest traits (HONEST_TRAITS)."""
+    family's dose, else drawn; `delay_ms`: the range of a staff member's typical delay for the
+    families that have one, else the family's own), then, with `variation`, its honest traits
+    (HONEST_TRAITS)."""
     w = f"w{index:02d}"
     staff = [(f"s{index:02d}{x}", f"员工{index}{x}", f"{100000 + index * 10 + j}")
              for j, x in enumerate("ab")]
@@ -161,7 +164,7 @@ def draw_window(rng: random.Random, hall: str, index: int, *, excellent: bool = 
         blips_per_day=rng.uniform(0.0, 1.5), heartbeat_s=rng.randint(120, 200),
         excellent=excellent, profile=profile, start_day=start_day,
     )
-    plan.params.update(draw_profile_params(rng, profile, dose))
+    plan.params.update(draw_profile_params(rng, profile, dose, delay_ms))
     if variation:
         plan.traits = draw_traits(rng, plan, days)
     return plan
@@ -215,8 +218,8 @@ def family_dose(plan: WindowPlan) -> float | None:
     return float(v) if v is not None else None
 
 
-def draw_profile_params(rng: random.Random, profile: str,
-                        dose: float | None = None) -> dict[str, Any]:
+def draw_profile_params(rng: random.Random, profile: str, dose: float | None = None,
+                        delay_ms: tuple[float, float] | None = None) -> dict[str, Any]:
     """The manipulation's own parameters, drawn from wide ranges (never shown to the detector).
     The one definition both simulators use (this module's `VirtualHall`, in simulated time, and
     collector/sim/realtime.py, in real time over the broker)."""
@@ -242,22 +245,27 @@ def draw_profile_params(rng: random.Random, profile: str,
         fam = FAMILIES[profile]
         d = dose if dose is not None else rng.uniform(fam.lo, fam.hi)
         p["dose"] = round(d) if profile == "drip" else d
-        p.update(_family_params(rng, profile))
+        p.update(_family_params(rng, profile, delay_ms))
     elif profile != "honest":
         raise ValueError(f"unknown profile {profile!r}")
     return p
 
 
-def _family_params(rng: random.Random, profile: str) -> dict[str, Any]:
-    """A family's parameters besides its dose, drawn over the whole space the family covers."""
-    if profile == "fill_in":
-        # The staff member's habit: a typical delay from 1 s to the invitation's lifetime (the
-        # upper end is capped by the actual ttl), jittered per press; the level mix.
-        return {"delay_ms": _loguniform(rng, 1000, 120_000), "five": rng.uniform(0.5, 1.0)}
-    if profile == "drip":
-        return {"delay_ms": _loguniform(rng, 1500, 30_000), "five": rng.uniform(0.6, 1.0)}
-    if profile == "cooperation":
-        return {"delay_ms": _loguniform(rng, 8000, 90_000), "five": rng.uniform(0.6, 1.0)}
+# The range of a staff member's typical delay after the invitation, per family that has one.
+STAFF_DELAY_MS = {"fill_in": (1000, 120_000), "drip": (1500, 30_000), "cooperation": (8000, 90_000)}
+
+
+def _family_params(rng: random.Random, profile: str,
+                   delay_ms: tuple[float, float] | None = None) -> dict[str, Any]:
+    """A family's parameters besides its dose, drawn over the whole space the family covers
+    (`delay_ms`: another range for the staff's typical delay; the same draws either way)."""
+    if profile in STAFF_DELAY_MS:
+        # fill_in: the staff member's habit, a typical delay from 1 s to the invitation's
+        # lifetime (the upper end is capped by the actual ttl), jittered per press; the level
+        # mix. drip: through ordinary invitations; cooperation: the partners' invitations.
+        lo, hi = delay_ms or STAFF_DELAY_MS[profile]
+        return {"delay_ms": _loguniform(rng, lo, hi),
+                "five": rng.uniform(0.5 if profile == "fill_in" else 0.6, 1.0)}
     if profile == "interruption":
         return {"mode": rng.choice(("power", "network")), "minutes": rng.uniform(1, 15),
                 "after_ms": rng.randint(1500, 15_000)}
@@ -441,7 +449,8 @@ def profile_episodes(rng: random.Random, plan: WindowPlan, shifts: list[tuple[in
 
 def draw_hall(rng: random.Random, hall: str, n_windows: int, profiles: list[str],
               start_day: int, *, doses: dict[str, float] | None = None,
-              variation: bool = False, days: int = 5) -> list[WindowPlan]:
+              variation: bool = False, days: int = 5,
+              delay_ms: tuple[float, float] | None = None) -> list[WindowPlan]:
     """`n_windows` windows: the given manipulated profiles, 1-3 honest excellent ones, the rest
     ordinary honest windows of very different quality and volume (positions shuffled). A
     `cooperation` entry is a group of 2-3 windows (the group counts as one entry per window it
@@ -456,5 +465,6 @@ def draw_hall(rng: random.Random, hall: str, n_windows: int, profiles: list[str]
     rng.shuffle(kinds)
     doses = doses or {}
     return [draw_window(rng, hall, i + 1, excellent=exc, profile=prof, start_day=start_day,
-                        dose=doses.get(prof), variation=variation, days=days)
+                        dose=doses.get(prof), variation=variation, days=days,
+                        delay_ms=delay_ms)
             for i, (prof, exc) in enumerate(kinds)]
