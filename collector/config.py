@@ -153,7 +153,7 @@ class InfluxConfig:
         help="2.x/3.x: bucket.")
     batch_size: int = _opt(5000, minimum=1, maximum=50000,
         help="Most points in one write.")
-    flush_interval_ms: int = _opt(200, minimum=0, maximum=60000,
+    flush_interval_ms: int = _opt(50, minimum=0, maximum=60000,
         help="Wait this long for more points before writing.")
     timeout_s: float = _opt(10.0, minimum=0.5,
         help="HTTP timeout of one write.")

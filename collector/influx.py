@@ -193,7 +193,7 @@ class OutboxDrainer:
     """
 
     def __init__(self, state: sqlite3.Connection, drained: sqlite3.Connection, writer: Writer, *,
-                 batch_size: int = 5000, flush_interval_s: float = 0.2,
+                 batch_size: int = 5000, flush_interval_s: float = 0.05,
                  retry_max_s: float = 30.0, probe_s: float = 5.0, target: str = "main") -> None:
         """`target`: the name of the InfluxDB target ([influx] targets) whose progress this is."""
         self.target = target
