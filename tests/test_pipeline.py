@@ -3,6 +3,7 @@ letters, outbox."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from helpers import T0, Dev, feed, feed_bytes, txn_msg
@@ -24,14 +25,22 @@ class BuggyLinker(Linker):
         return out
 
 
-def test_unexpected_error_dead_letters_only_that_message(state_target: str) -> None:
+def _ingest(state_target: str, linker: type[Linker] | None = None
+            ) -> tuple[sqlite3.Connection, Ingest, Dev]:
+    """A connection to `state_target`, an ingest on it (with the linking engine `linker` if
+    given) and keypad kp1 registered at h1/w1."""
     cfg = load_config(None, env={}).with_overrides(linking__grace_s=0)
     conn = connect(state_target)
-    ingest = Ingest(conn, cfg, linker=BuggyLinker(conn, rating_window_ms=600_000, grace_ms=0))
+    ingest = Ingest(conn, cfg, linker=None if linker is None
+                    else linker(conn, rating_window_ms=600_000, grace_ms=0))
     conn.execute("BEGIN")
     key = ingest.registry.add("kp1", "h1", "w1", T0).key
     conn.execute("COMMIT")
-    dev = Dev("evalterm", "kp1", key)
+    return conn, ingest, Dev("evalterm", "kp1", key)
+
+
+def test_unexpected_error_dead_letters_only_that_message(state_target: str) -> None:
+    conn, ingest, dev = _ingest(state_target, BuggyLinker)
     items = [
         Inbound("mqtt", feed("evalterm"), feed_bytes(txn_msg("T1", completed=T0)), T0),
         Inbound("mqtt", feed("evalterm"), feed_bytes(txn_msg("BOOM", completed=T0)), T0),
@@ -59,13 +68,7 @@ def test_queue_calls_and_the_hardwares_tamper_events_are_accepted_and_kept(
         state_target: str) -> None:
     from collector.detection.facts import load_hall_facts
 
-    cfg = load_config(None, env={}).with_overrides(linking__grace_s=0)
-    conn = connect(state_target)
-    ingest = Ingest(conn, cfg)
-    conn.execute("BEGIN")
-    key = ingest.registry.add("kp1", "h1", "w1", T0).key
-    conn.execute("COMMIT")
-    dev = Dev("evalterm", "kp1", key)
+    conn, ingest, dev = _ingest(state_target)
 
     def event(kind: str, data: dict, ts: int) -> tuple[str, bytes]:
         return dev.event(kind, data, ts)
@@ -155,14 +158,7 @@ class StoreFailingLinker(Linker):
 def test_a_failed_write_not_read_dead_letters_only_its_message(state_target: str) -> None:
     """Its error surfaces at the next message's first read, or (the last message) before the
     batch's timer and outbox: either way the batch is run again one savepoint per message."""
-    cfg = load_config(None, env={}).with_overrides(linking__grace_s=0)
-    conn = connect(state_target)
-    ingest = Ingest(conn, cfg,
-                    linker=StoreFailingLinker(conn, rating_window_ms=600_000, grace_ms=0))
-    conn.execute("BEGIN")
-    key = ingest.registry.add("kp1", "h1", "w1", T0).key
-    conn.execute("COMMIT")
-    dev = Dev("evalterm", "kp1", key)
+    conn, ingest, dev = _ingest(state_target, StoreFailingLinker)
     items = [
         Inbound("mqtt", feed("evalterm"), feed_bytes(txn_msg("T1", completed=T0)), T0),
         Inbound("mqtt", feed("evalterm"), feed_bytes(txn_msg("DUP1", completed=T0)), T0),
@@ -188,13 +184,7 @@ def test_a_failed_write_not_read_dead_letters_only_its_message(state_target: str
 def test_a_replayed_rating_is_refused_and_the_batch_goes_on(state_target: str) -> None:
     """The linker's read is asked with the replay check (one round trip on PostgreSQL) and
     dropped when the check says replay: the messages after it are handled as usual."""
-    cfg = load_config(None, env={}).with_overrides(linking__grace_s=0)
-    conn = connect(state_target)
-    ingest = Ingest(conn, cfg)
-    conn.execute("BEGIN")
-    key = ingest.registry.add("kp1", "h1", "w1", T0).key
-    conn.execute("COMMIT")
-    dev = Dev("evalterm", "kp1", key)
+    conn, ingest, dev = _ingest(state_target)
     first = dev.rating(5, "T1")
     items = [
         Inbound("mqtt", feed("evalterm"), feed_bytes(txn_msg("T1", completed=T0)), T0),
