@@ -334,6 +334,20 @@ def test_excellent_window_without_negatives_is_not_accused():
     assert not verdict(h, "exc").flagged
 
 
+def test_a_run_without_negatives_and_without_a_past_does_not_join_the_combination():
+    # Never a 差评 (an excellent window): the run is its whole record, so it is no evidence
+    # that 差评 stopped, alone or together with a few presses outside an invitation.
+    exc = _uninvited(replace(excellent(n_txn=200), history=tuple([5] * 300)), [5, 5, 4])
+    h = hall(exc)
+    ind = indicator(h, "exc", "missing_negatives")
+    assert ind.events == 0 and ind.strength != "strong"
+    assert not verdict(h, "exc").flagged
+    # A window whose 差评 stopped has a past before its run: its events count.
+    past = tuple(([4] * 19 + [1]) * 20)
+    stopped = replace(honest("t", 8, n_txn=340, bad=0.0, coverage=0.9), history=past)
+    assert indicator(hall(stopped, excellent()), "t", "missing_negatives").events >= 300
+
+
 def test_high_satisfaction_alone_never_flags():
     exc = excellent(n_txn=200, top=0.99)
     h = hall(exc)

@@ -47,9 +47,13 @@ def _missing_negatives(u: Unit, c: _Ctx) -> _Raw | None:
     en = (f"no 差评 in the last {run} ratings; with the hall's 差评 rate {prior.mean:.1%} and this "
           f"window's own past, the chance of that is about {p:.1g}")
     # Only a window with a real past of its own can lose its 差评: without one, a long run is
-    # what an excellent window looks like, and the peers alone must not decide.
-    return _Raw(run, p, run >= c.s.min_ratings and len(before) >= c.s.prior_strength_max, ev,
-                (zh, en), events=run)
+    # what an excellent window looks like, and the peers alone must not decide, neither as
+    # strong evidence nor in the combination of weak signals (no events to count there: two
+    # excellent windows were flagged by it with a few presses outside an invitation, or with
+    # their very quick citizens' regular timing).
+    past = len(before) >= c.s.prior_strength_max
+    return _Raw(run, p, run >= c.s.min_ratings and past, ev, (zh, en),
+                events=run if past else 0)
 
 
 def _satisfied(rs: Sequence[RatingFact]) -> int:
